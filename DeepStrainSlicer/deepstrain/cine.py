@@ -1,0 +1,130 @@
+"""The one in-memory representation of a cine study.
+
+Conventions (used by every module of the package):
+
+* Image arrays are ``(T, Z, Y, X)`` = frames x slices x rows x columns, ``float32``.
+  A single frame or label map is ``(Z, Y, X)``.
+* ``Geometry.spacing`` is in mm and in **array-axis order** ``(slice, row, column)``.
+* World coordinates are RAS (right, anterior, superior) in mm, as in NIfTI and 3D Slicer.
+  ``Geometry.direction`` is a 3x3 matrix whose *columns* are the unit RAS directions of the
+  array axes ``(slice, row, column)``; ``Geometry.origin`` is the RAS position of the centre
+  of voxel ``[0, 0, 0]``. A voxel centre at array index ``(k, j, i)`` is at
+  ``origin + direction @ (spacing * (k, j, i))``.
+* Labels use the ACDC values: 0 background, 1 RV cavity, 2 LV myocardium, 3 LV cavity.
+* Displacement fields are ``(T, 3, Z, Y, X)`` ``float32``: for every frame, the displacement
+  in mm, **RAS world components**, of the material point that sits at the centre of each
+  voxel at end-diastole (Lagrangian, ED is the reference; the ED frame is all zeros).
+* Frames are 0-based everywhere inside the package (``ed``, ``es``); ``times_ms`` is the time
+  of each frame after the R wave in ms, or NaN where the input carries no timing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+ACDC_LABELS = {"background": 0, "rv": 1, "myocardium": 2, "lv": 3}
+
+
+@dataclass
+class Geometry:
+    """Voxel grid to RAS world mapping (see module docstring for the conventions)."""
+
+    spacing: np.ndarray
+    origin: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    direction: np.ndarray = field(default_factory=lambda: np.eye(3))
+
+    def __post_init__(self) -> None:
+        self.spacing = np.asarray(self.spacing, dtype=np.float64).reshape(3)
+        self.origin = np.asarray(self.origin, dtype=np.float64).reshape(3)
+        self.direction = np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
+        if not np.all(np.isfinite(self.spacing)) or np.any(self.spacing <= 0):
+            raise ValueError(f"voxel spacing must be positive and finite, got {self.spacing.tolist()}")
+
+    @property
+    def index_to_world(self) -> np.ndarray:
+        """4x4 matrix from array index ``(k, j, i, 1)`` to RAS mm."""
+        m = np.eye(4)
+        m[:3, :3] = self.direction * self.spacing[None, :]
+        m[:3, 3] = self.origin
+        return m
+
+    def world_points(self, shape: tuple[int, int, int]) -> np.ndarray:
+        """RAS coordinates (mm) of every voxel centre, shape ``(Z, Y, X, 3)``."""
+        k, j, i = np.meshgrid(*(np.arange(n, dtype=np.float64) for n in shape), indexing="ij")
+        idx = np.stack([k, j, i], axis=-1) * self.spacing
+        return idx @ self.direction.T + self.origin
+
+    def to_nifti_affine(self) -> np.ndarray:
+        """NIfTI affine: voxel ``(i=column, j=row, k=slice)`` to RAS mm."""
+        m = self.index_to_world
+        a = np.eye(4)
+        a[:3, :3] = m[:3, [2, 1, 0]]
+        a[:3, 3] = m[:3, 3]
+        return a
+
+    @classmethod
+    def from_nifti_affine(cls, affine: np.ndarray, zooms: tuple[float, float, float] | None = None) -> "Geometry":
+        """Build from a NIfTI affine (``i, j, k`` = column, row, slice).
+
+        If ``zooms`` (pixdim of i, j, k in mm) is given it sets the spacing and the affine is
+        used for orientation only (the ACDC quirk: an sform without voxel size).
+        """
+        a = np.asarray(affine, dtype=np.float64)
+        cols = a[:3, :3]
+        norms = np.linalg.norm(cols, axis=0)
+        if np.any(norms == 0):
+            raise ValueError("NIfTI affine is singular")
+        spacing_ijk = norms if zooms is None else np.asarray(zooms, dtype=np.float64)
+        direction_ijk = cols / norms
+        return cls(
+            spacing=spacing_ijk[[2, 1, 0]],
+            origin=a[:3, 3].copy(),
+            direction=direction_ijk[:, [2, 1, 0]],
+        )
+
+    def copy(self) -> "Geometry":
+        return Geometry(self.spacing.copy(), self.origin.copy(), self.direction.copy())
+
+
+@dataclass
+class Cine:
+    """A cine study: image frames, geometry, timing and what the input said about ED/ES."""
+
+    data: np.ndarray
+    geometry: Geometry
+    times_ms: np.ndarray
+    name: str = "study"
+    source: str = ""
+    ed: int | None = None
+    es: int | None = None
+    frame_numbers: np.ndarray | None = None
+    """0-based index of each frame in the full cardiac cycle (ACDC folders hold only ED and ES)."""
+    frame_files: list[str] | None = None
+    """One source file per frame when the input was one file per frame (ACDC folders)."""
+    labels: dict[int, np.ndarray] = field(default_factory=dict)
+    """Manual label maps shipped with the input, by frame index into ``data``."""
+    group: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.data = np.asarray(self.data)
+        if self.data.ndim != 4:
+            raise ValueError(f"cine data must be (T, Z, Y, X), got shape {self.data.shape}")
+        self.times_ms = np.asarray(self.times_ms, dtype=np.float64).reshape(-1)
+        if self.times_ms.shape[0] != self.data.shape[0]:
+            raise ValueError("times_ms needs one value per frame")
+        if self.frame_numbers is None:
+            self.frame_numbers = np.arange(self.data.shape[0])
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.data.shape[0])
+
+    @property
+    def shape3d(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.data.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def has_timing(self) -> bool:
+        return bool(np.all(np.isfinite(self.times_ms)))
