@@ -1,0 +1,99 @@
+"""Analyse one study from a path into an output folder (what ``deepstrain analyze`` does).
+
+Segmentation and motion come from the networks unless the user gives them (corrected
+contours, or another tracker's motion). The output folder is written atomically: it holds
+
+* ``report.json`` and ``strain.csv`` (see :mod:`deepstrain.report`),
+* ``segmentation.nii.gz``: 4D (x, y, z, t) uint8, ACDC label values, on the input's grid,
+* ``displacement.nii.gz``: 5D (x, y, z, t, 3) float32, RAS mm, Lagrangian from ED,
+* for an input given as one file per frame (ACDC folders): ``<frame file name>_seg.nii.gz``
+  for each input frame, on that file's grid and header.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import io, pipeline, report
+from .cine import Cine
+from .outputs import atomic_output_dir
+
+Progress = Callable[[float, str], None]
+
+
+def analyze_cine(
+    cine: Cine,
+    *,
+    labels: np.ndarray | None = None,
+    displacement: np.ndarray | None = None,
+    ed: int | None = None,
+    es: int | None = None,
+    progress: Progress | None = None,
+) -> pipeline.Analysis:
+    """Run what is missing of (labels, displacement) through the networks, then strain and volumes."""
+    if labels is None or displacement is None:
+        from . import inference  # torch is imported only when the networks are needed
+
+        pred = inference.predict(
+            cine,
+            progress=progress,
+            with_motion=displacement is None,
+        )
+        if labels is None:
+            labels = pred.labels
+        if displacement is None:
+            displacement = pred.displacement
+    if progress:
+        progress(0.95, "strain and volumes")
+    return pipeline.compute(cine, labels, displacement, ed=ed, es=es)
+
+
+def write_analysis(analysis: pipeline.Analysis, out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write report, tables and NIfTI outputs of ``analysis`` atomically into ``out_dir``."""
+    cine = analysis.cine
+    with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
+        report.write_report(analysis.report, tmp)
+        io.save_labels(analysis.labels, cine.geometry, tmp / "segmentation.nii.gz")
+        if analysis.displacement is not None:
+            io.save_displacement(analysis.displacement, cine.geometry, tmp / "displacement.nii.gz")
+        for t, frame_file in enumerate(cine.frame_files or []):
+            stem = Path(frame_file).name
+            for ext in (".nii.gz", ".nii"):
+                if stem.endswith(ext):
+                    stem = stem[: -len(ext)]
+                    break
+            io.save_frame_labels(analysis.labels[t], frame_file, tmp / f"{stem}_seg.nii.gz")
+    return Path(out_dir)
+
+
+def analyze_path(
+    input_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    segmentation: str | os.PathLike | None = None,
+    displacement: str | os.PathLike | None = None,
+    spacing: tuple[float, float, float] | None = None,
+    heart_rate_bpm: float | None = None,
+    rr_ms: float | None = None,
+    ed: int | None = None,
+    es: int | None = None,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> dict:
+    """Load ``input_path``, analyse it and write ``out_dir``; returns the report dict.
+
+    ``ed``/``es`` are 0-based frame indices; ``spacing`` is (slice, row, column) in mm.
+    """
+    if progress:
+        progress(0.0, "loading")
+    cine = io.load_cine(input_path, spacing=spacing, heart_rate_bpm=heart_rate_bpm, rr_ms=rr_ms, ed=ed, es=es)
+    labels = io.load_labels(segmentation, cine) if segmentation is not None else None
+    disp = io.load_displacement(displacement, cine) if displacement is not None else None
+    analysis = analyze_cine(cine, labels=labels, displacement=disp, ed=cine.ed, es=cine.es, progress=progress)
+    write_analysis(analysis, out_dir, overwrite=overwrite)
+    if progress:
+        progress(1.0, "done")
+    return analysis.report
