@@ -1,0 +1,259 @@
+"""Network input preparation: in-plane resampling, heart-centred crop, intensity normalisation, and the inverse.
+
+The networks work on a fixed in-plane pixel size (``TARGET_SPACING_MM`` = 1.25 mm) and a square field of
+view (``CROP_SIZE`` = 128 pixels = 160 mm) centred on the LV. Slices are kept as they are (no through-plane
+resampling), so the crop is a per-slice 2D affine resampling of the input grid.
+
+A :class:`CropTransform` records the map between the two grids. For a crop pixel ``(r, c)`` (row, column)
+the input grid position (continuous voxel indices, row and column) is::
+
+    input_row = offset[0] + scale[0] * r        input_col = offset[1] + scale[1] * c
+
+with ``scale = target_spacing / input_spacing`` (input pixels per crop pixel) and the offset chosen so that
+the crop's centre pixel ``((size - 1) / 2)`` lands on ``centre`` (the LV centre, input voxel row/column).
+The slice index is the same in both grids. Every function here works on the last three axes
+``(Z, Y, X)`` of an array and keeps any leading axes (frames, channels), following :mod:`deepstrain.cine`.
+
+Displacements produced in crop space have components in **array-axis order (slice, row, column)** in
+crop voxel units; :func:`displacement_to_input` converts them to mm, rotates them to RAS world components
+with the geometry's direction matrix and interpolates them onto the input grid.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from .cine import Geometry
+
+TARGET_SPACING_MM = 1.25
+"""In-plane pixel size (mm) of the segmentation and motion networks' input."""
+CROP_SIZE = 128
+"""Side (pixels) of the square field of view the segmentation and motion networks see."""
+
+__all__ = [
+    "TARGET_SPACING_MM",
+    "CROP_SIZE",
+    "CropTransform",
+    "crop_transform",
+    "full_view_transform",
+    "world_to_voxel",
+    "crop_image",
+    "crop_labels",
+    "uncrop",
+    "uncrop_probabilities",
+    "displacement_to_input",
+    "normalize_intensity",
+]
+
+
+@dataclass(frozen=True)
+class CropTransform:
+    """Per-slice affine map between an input grid and a crop grid (see the module docstring).
+
+    ``input_shape`` is ``(Z, Y, X)`` of the input; ``input_spacing`` is ``(slice, row, col)`` mm;
+    ``centre`` and ``offset`` are input voxel ``(row, col)``; ``scale`` is input pixels per crop pixel
+    ``(row, col)``; ``size`` is the crop ``(rows, cols)``; ``target_spacing`` the crop pixel size (mm).
+    """
+
+    input_shape: tuple[int, int, int]
+    input_spacing: tuple[float, float, float]
+    centre: tuple[float, float]
+    scale: tuple[float, float]
+    offset: tuple[float, float]
+    size: tuple[int, int]
+    target_spacing: float
+
+    @property
+    def crop_shape(self) -> tuple[int, int, int]:
+        """``(Z, rows, cols)`` of the crop grid."""
+        return (self.input_shape[0], self.size[0], self.size[1])
+
+    def crop_to_input(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Input voxel (row, col) of crop pixel coordinates."""
+        return self.offset[0] + self.scale[0] * rows, self.offset[1] + self.scale[1] * cols
+
+    def input_to_crop(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Crop pixel (row, col) of input voxel coordinates."""
+        return (rows - self.offset[0]) / self.scale[0], (cols - self.offset[1]) / self.scale[1]
+
+    def as_dict(self) -> dict:
+        return {
+            "input_shape": list(self.input_shape),
+            "input_spacing_mm": list(self.input_spacing),
+            "centre_voxel_row_col": list(self.centre),
+            "scale": list(self.scale),
+            "offset": list(self.offset),
+            "size": list(self.size),
+            "target_spacing_mm": self.target_spacing,
+        }
+
+
+def crop_transform(
+    input_shape: tuple[int, int, int],
+    spacing: np.ndarray | tuple[float, float, float],
+    centre: tuple[float, float],
+    size: int | tuple[int, int] = CROP_SIZE,
+    target_spacing: float = TARGET_SPACING_MM,
+) -> CropTransform:
+    """The crop of ``size`` pixels of ``target_spacing`` mm centred on input voxel ``centre`` (row, col)."""
+    sp = np.asarray(spacing, dtype=np.float64).reshape(3)
+    size2 = (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
+    if min(size2) < 1:
+        raise ValueError(f"crop size must be positive, got {size2}")
+    scale = (float(target_spacing / sp[1]), float(target_spacing / sp[2]))
+    centre = (float(centre[0]), float(centre[1]))
+    offset = (
+        centre[0] - scale[0] * (size2[0] - 1) / 2.0,
+        centre[1] - scale[1] * (size2[1] - 1) / 2.0,
+    )
+    return CropTransform(
+        input_shape=tuple(int(s) for s in input_shape[-3:]),  # type: ignore[arg-type]
+        input_spacing=tuple(float(s) for s in sp),  # type: ignore[arg-type]
+        centre=centre,
+        scale=scale,
+        offset=offset,
+        size=size2,
+        target_spacing=float(target_spacing),
+    )
+
+
+def full_view_transform(
+    input_shape: tuple[int, int, int],
+    spacing: np.ndarray | tuple[float, float, float],
+    target_spacing: float,
+    multiple: int = 16,
+) -> CropTransform:
+    """A crop covering the whole in-plane field of view at ``target_spacing``, sides a multiple of ``multiple``."""
+    sp = np.asarray(spacing, dtype=np.float64).reshape(3)
+    shape = tuple(int(s) for s in input_shape[-3:])
+    fov = np.array([shape[1] * sp[1], shape[2] * sp[2]])
+    size = np.maximum(np.ceil(fov / target_spacing / multiple), 1).astype(int) * multiple
+    centre = ((shape[1] - 1) / 2.0, (shape[2] - 1) / 2.0)
+    return crop_transform(shape, sp, centre, (int(size[0]), int(size[1])), target_spacing)
+
+
+def world_to_voxel(point_ras: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """Continuous array index ``(slice, row, col)`` of a RAS point (mm)."""
+    m = geometry.direction * geometry.spacing[None, :]
+    return np.linalg.solve(m, np.asarray(point_ras, dtype=np.float64).reshape(3) - geometry.origin)
+
+
+def _sample_slices(volumes: np.ndarray, rows: np.ndarray, cols: np.ndarray, order: int, cval: float) -> np.ndarray:
+    """Sample every 2D slice of ``volumes`` (..., Z, Y, X) at the (row, col) grids ``rows``/``cols`` (H, W)."""
+    lead = volumes.shape[:-2]
+    flat = volumes.reshape((-1,) + volumes.shape[-2:])
+    coords = np.stack([rows, cols])
+    out = np.empty((flat.shape[0],) + rows.shape, dtype=np.float32)
+    for n in range(flat.shape[0]):
+        out[n] = ndimage.map_coordinates(
+            flat[n].astype(np.float32, copy=False), coords, order=order, mode="constant", cval=cval, prefilter=False
+        )
+    return out.reshape(lead + rows.shape)
+
+
+def _crop_grid(t: CropTransform) -> tuple[np.ndarray, np.ndarray]:
+    r, c = np.meshgrid(np.arange(t.size[0], dtype=np.float64), np.arange(t.size[1], dtype=np.float64), indexing="ij")
+    return t.crop_to_input(r, c)
+
+
+def _input_grid(t: CropTransform) -> tuple[np.ndarray, np.ndarray]:
+    r, c = np.meshgrid(
+        np.arange(t.input_shape[1], dtype=np.float64), np.arange(t.input_shape[2], dtype=np.float64), indexing="ij"
+    )
+    return t.input_to_crop(r, c)
+
+
+def crop_image(image: np.ndarray, t: CropTransform, antialias: bool = True) -> np.ndarray:
+    """Resample an image ``(..., Z, Y, X)`` into the crop grid ``(..., Z, rows, cols)``, linear, zero outside.
+
+    When the crop pixel is larger than the input pixel, a Gaussian pre-filter (sigma = 0.4 x the
+    size ratio, in input pixels) limits aliasing if ``antialias`` is true.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    if image.shape[-3:] != t.input_shape:
+        raise ValueError(f"image shape {image.shape[-3:]} does not match the transform's {t.input_shape}")
+    sig = [0.4 * s if s > 1.0 else 0.0 for s in t.scale]
+    if antialias and max(sig) > 0:
+        sigma = [0.0] * (image.ndim - 2) + sig
+        image = ndimage.gaussian_filter(image, sigma=sigma, mode="nearest")
+    rows, cols = _crop_grid(t)
+    return _sample_slices(image, rows, cols, order=1, cval=0.0)
+
+
+def crop_labels(labels: np.ndarray, t: CropTransform, n_classes: int = 4) -> np.ndarray:
+    """Resample a label map ``(..., Z, Y, X)`` into the crop grid by one-hot linear interpolation + argmax.
+
+    Outside the input the label is background (0). Returns ``uint8``.
+    """
+    labels = np.asarray(labels)
+    if labels.shape[-3:] != t.input_shape:
+        raise ValueError(f"label shape {labels.shape[-3:]} does not match the transform's {t.input_shape}")
+    rows, cols = _crop_grid(t)
+    probs = np.stack(
+        [_sample_slices((labels == k).astype(np.float32), rows, cols, 1, 1.0 if k == 0 else 0.0) for k in range(n_classes)]
+    )
+    return np.argmax(probs, axis=0).astype(np.uint8)
+
+
+def uncrop(crop: np.ndarray, t: CropTransform, order: int = 1, cval: float = 0.0) -> np.ndarray:
+    """Map a crop-space array ``(..., Z, rows, cols)`` back onto the input grid ``(..., Z, Y, X)``.
+
+    Linear (``order=1``) or nearest (``order=0``) interpolation; input voxels outside the crop get ``cval``.
+    """
+    crop = np.asarray(crop, dtype=np.float32)
+    if crop.shape[-3:] != t.crop_shape:
+        raise ValueError(f"crop shape {crop.shape[-3:]} does not match the transform's {t.crop_shape}")
+    rows, cols = _input_grid(t)
+    if order == 0:
+        rows, cols = np.rint(rows), np.rint(cols)
+    return _sample_slices(crop, rows, cols, order=order, cval=cval)
+
+
+def uncrop_probabilities(probs: np.ndarray, t: CropTransform) -> np.ndarray:
+    """Crop-space class probabilities ``(..., C, Z, rows, cols)`` -> input-grid labels ``(..., Z, Y, X)`` uint8.
+
+    Each class map is interpolated linearly onto the input grid (background = 1 outside the crop)
+    and the label is the argmax.
+    """
+    probs = np.asarray(probs, dtype=np.float32)
+    c_axis = probs.ndim - 4
+    n = probs.shape[c_axis]
+    maps = [uncrop(np.take(probs, k, axis=c_axis), t, order=1, cval=1.0 if k == 0 else 0.0) for k in range(n)]
+    return np.argmax(np.stack(maps, axis=0), axis=0).astype(np.uint8)
+
+
+def displacement_to_input(disp: np.ndarray, t: CropTransform, geometry: Geometry) -> np.ndarray:
+    """Crop-space displacement -> input-grid displacement in mm, RAS world components.
+
+    ``disp`` is ``(..., 3, Z, rows, cols)`` with components (slice, row, col) in crop voxel units
+    (slice: input slices; row/col: crop pixels of ``t.target_spacing`` mm). Returns
+    ``(..., 3, Z, Y, X)`` float32: the displacement of the material point at each input voxel centre,
+    linearly interpolated from the crop grid (zero outside the crop), rotated by ``geometry.direction``.
+    """
+    disp = np.asarray(disp, dtype=np.float32)
+    if disp.shape[-4] != 3 or disp.shape[-3:] != t.crop_shape:
+        raise ValueError(f"displacement shape {disp.shape} does not match (..., 3) + {t.crop_shape}")
+    mm_per_unit = np.array([t.input_spacing[0], t.target_spacing, t.target_spacing], dtype=np.float64)
+    on_input = uncrop(disp, t, order=1, cval=0.0).astype(np.float64)  # (..., 3, Z, Y, X), crop units
+    comp = np.moveaxis(on_input, -4, -1) * mm_per_unit  # (..., Z, Y, X, 3) mm along array axes
+    ras = comp @ np.asarray(geometry.direction, dtype=np.float64).T
+    return np.moveaxis(ras, -1, -4).astype(np.float32)
+
+
+def normalize_intensity(image: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
+    """Rescale each 3D volume (last three axes) so its ``low``/``high`` percentiles map to 0/1, clipped to [0, 1].
+
+    Deterministic; a constant volume maps to zeros. Leading axes (frames) are normalised separately.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    flat = image.reshape((-1,) + image.shape[-3:])
+    out = np.empty_like(flat)
+    for n in range(flat.shape[0]):
+        lo, hi = np.percentile(flat[n], [low, high])
+        if hi - lo <= 1e-12:
+            out[n] = 0.0
+        else:
+            out[n] = np.clip((flat[n] - lo) / (hi - lo), 0.0, 1.0)
+    return out.reshape(image.shape)
