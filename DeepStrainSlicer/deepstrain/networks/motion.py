@@ -1,0 +1,193 @@
+"""Motion network: displacement from end-diastole (ED) to any frame on the heart-centred crop.
+
+Grid and conventions
+--------------------
+* Input: the crop made by :mod:`deepstrain.preprocess` -- ``(Z, H, W)`` = slices x rows x
+  columns, in-plane 1.25 mm (any ``H``, ``W``), all slices of the study (any slice spacing).
+* Output of :func:`estimate_motion`: ``(T, 3, Z, H, W)`` float32 displacement in **mm**, with
+  components along the **crop array axes** ``(slice, row, column)`` (not RAS). Mapping it to
+  RAS world components is ``direction_crop @ u`` (columns of the crop's direction matrix); the
+  caller (:mod:`deepstrain.inference`) does that and resamples to the input grid.
+* Lagrangian, ED is the reference: ``u(X)`` moves the material point at ED voxel centre ``X``
+  to ``X + u(X)`` at frame ``t``; hence ``frame_t(X + u(X)) ~ ED(X)``.
+* Inside the network, displacement is in crop **voxel units** (slices, rows, columns); it is
+  multiplied by the crop spacing to give mm. The network never sees the spacing, so one
+  model serves every slice thickness.
+* Intensities: whatever normalisation the caller used, :func:`estimate_motion` rescales ED and
+  all frames with the same affine map that sends ED's 1st / 99th percentiles to 0 / 1
+  (so the result does not depend on an affine change of intensities).
+
+Architecture (:class:`MotionNet`): a light 3D U-Net that pools in-plane only (slices are
+kept: ACDC has 6-18 slices of 5-10 mm). A stride-2 in-plane stem takes the pair to half
+resolution, four U-Net levels work there, and the displacement predicted at half resolution
+is upsampled (trilinear, in-plane x2) to the full crop -- the field is smooth at that scale.
+No layer depends on the image size: any ``H``, ``W`` is padded to a multiple of 16.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+PAD_MULTIPLE = 16
+"""``H`` and ``W`` are padded to a multiple of this (stem stride 2 x three in-plane poolings)."""
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "motion.pt"
+
+
+def _conv(cin: int, cout: int, kernel=(3, 3, 3), stride=(1, 1, 1)) -> nn.Sequential:
+    pad = tuple(k // 2 for k in kernel)
+    return nn.Sequential(nn.Conv3d(cin, cout, kernel, stride=stride, padding=pad), nn.LeakyReLU(0.2))
+
+
+class MotionNet(nn.Module):
+    """Pair ``[reference, moving]`` ``(N, 2, Z, H, W)`` -> displacement ``(N, 3, Z, H, W)`` in voxels.
+
+    ``H`` and ``W`` must be multiples of :data:`PAD_MULTIPLE` (use :func:`predict_voxels`
+    for any size). ``channels`` = (stem, level 1..4) feature widths.
+    """
+
+    def __init__(self, channels: Sequence[int] = (16, 32, 48, 64, 96)) -> None:
+        super().__init__()
+        c0, c1, c2, c3, c4 = (int(c) for c in channels)
+        self.channels = (c0, c1, c2, c3, c4)
+        self.stem = nn.Sequential(_conv(2, c0, (1, 3, 3)), _conv(c0, c1, (1, 3, 3), (1, 2, 2)))
+        self.enc1 = nn.Sequential(_conv(c1, c1), _conv(c1, c1))
+        self.down2 = _conv(c1, c2, (1, 3, 3), (1, 2, 2))
+        self.enc2 = _conv(c2, c2)
+        self.down3 = _conv(c2, c3, (1, 3, 3), (1, 2, 2))
+        self.enc3 = _conv(c3, c3)
+        self.down4 = _conv(c3, c4, (1, 3, 3), (1, 2, 2))
+        self.enc4 = nn.Sequential(_conv(c4, c4), _conv(c4, c4))
+        self.dec3 = _conv(c4 + c3, c3)
+        self.dec2 = _conv(c3 + c2, c2)
+        self.dec1 = nn.Sequential(_conv(c2 + c1, c1), _conv(c1, c1))
+        self.head = nn.Conv3d(c1, 3, 3, padding=1)
+        nn.init.normal_(self.head.weight, std=1e-3)
+        nn.init.zeros_(self.head.bias)
+
+    @staticmethod
+    def _up(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, size=like.shape[2:], mode="trilinear", align_corners=False)
+
+    def forward(self, pair: torch.Tensor) -> torch.Tensor:
+        s1 = self.enc1(self.stem(pair))
+        s2 = self.enc2(self.down2(s1))
+        s3 = self.enc3(self.down3(s2))
+        b = self.enc4(self.down4(s3))
+        d = self.dec3(torch.cat([self._up(b, s3), s3], 1))
+        d = self.dec2(torch.cat([self._up(d, s2), s2], 1))
+        d = self.dec1(torch.cat([self._up(d, s1), s1], 1))
+        flow = self.head(d)
+        return F.interpolate(flow, size=pair.shape[2:], mode="trilinear", align_corners=False)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+# --------------------------------------------------------------------------- warping
+def _sampling_grid(disp_vox: torch.Tensor) -> torch.Tensor:
+    """``grid_sample`` grid for sampling at ``X + u`` (``u`` in voxels, ``(N, 3, Z, H, W)``)."""
+    n, _, z, h, w = disp_vox.shape
+    dev, dt = disp_vox.device, disp_vox.dtype
+    axes = [torch.arange(s, device=dev, dtype=dt) for s in (z, h, w)]
+    kk, jj, ii = torch.meshgrid(*axes, indexing="ij")
+    pos = torch.stack([kk, jj, ii], 0)[None] + disp_vox  # (N, 3, Z, H, W) in voxels
+    scale = torch.tensor([2.0 / max(s - 1, 1) for s in (z, h, w)], device=dev, dtype=dt).view(1, 3, 1, 1, 1)
+    norm = pos * scale - 1.0
+    # grid_sample wants (x=W, y=H, z=Z) in the last dimension
+    return norm[:, [2, 1, 0]].permute(0, 2, 3, 4, 1)
+
+
+def warp(image: torch.Tensor, disp_vox: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """Sample ``image`` ``(N, C, Z, H, W)`` at ``X + u(X)``; ``u`` ``(N, 3, Z, H, W)`` in voxels.
+
+    With the Lagrangian displacement ED -> t, ``warp(frame_t, u)`` is frame ``t`` pulled
+    back onto the ED grid (it should look like ED). Outside the volume: nearest border value.
+    """
+    return F.grid_sample(image, _sampling_grid(disp_vox), mode=mode, padding_mode="border", align_corners=True)
+
+
+# --------------------------------------------------------------------------- inference
+def normalise_pair(ed: np.ndarray, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rescale ED and frames by the affine map sending ED's 1st/99th percentiles to 0/1."""
+    lo, hi = np.percentile(ed, [1.0, 99.0])
+    scale = 1.0 / max(float(hi - lo), 1e-6)
+    return ((ed - lo) * scale).astype(np.float32), ((frames - lo) * scale).astype(np.float32)
+
+
+def _pad_hw(x: torch.Tensor, multiple: int = PAD_MULTIPLE) -> tuple[torch.Tensor, tuple[int, int]]:
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), mode="replicate")
+    return x, (ph, pw)
+
+
+def predict_voxels(model: MotionNet, pairs: torch.Tensor) -> torch.Tensor:
+    """Run ``model`` on pairs of any ``H``, ``W`` (replicate-padded), displacement in voxels."""
+    h, w = pairs.shape[-2:]
+    padded, (ph, pw) = _pad_hw(pairs)
+    out = model(padded)
+    return out[..., ph // 2: ph // 2 + h, pw // 2: pw // 2 + w]
+
+
+def load_model(path: str | Path | None = None) -> MotionNet:
+    """Load a :class:`MotionNet` checkpoint (default: the shipped ``weights/motion.pt``)."""
+    path = Path(path) if path is not None else DEFAULT_WEIGHTS
+    if path == DEFAULT_WEIGHTS:
+        try:  # the weights manifest checks size and SHA-256 of shipped files
+            from .. import weights as _weights  # type: ignore[attr-defined]
+
+            if hasattr(_weights, "verify"):
+                _weights.verify("motion")
+        except ImportError:
+            pass
+    if not path.is_file():
+        raise FileNotFoundError(f"motion weights not found: {path}")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    model = MotionNet(channels=tuple(ckpt["channels"]))
+    state = {k: v.float() for k, v in ckpt["state_dict"].items()}
+    model.load_state_dict(state)
+    model.eval()
+    return model
+
+
+def estimate_motion(
+    ed: np.ndarray,
+    frames: np.ndarray,
+    spacing_crop: Sequence[float],
+    *,
+    batch: int = 4,
+    model: MotionNet | None = None,
+) -> np.ndarray:
+    """Lagrangian displacement from ED to every frame, on the crop grid.
+
+    ``ed`` ``(Z, H, W)`` and ``frames`` ``(T, Z, H, W)`` are crop intensities (any affine
+    normalisation); ``spacing_crop`` is the crop spacing ``(slice, row, col)`` in mm.
+    Returns ``(T, 3, Z, H, W)`` float32 in mm, components along ``(slice, row, col)``;
+    ``frame_t(X + u(X)) ~ ED(X)``. Frames run ``batch`` at a time through the network.
+    """
+    ed = np.asarray(ed, dtype=np.float32)
+    frames = np.asarray(frames, dtype=np.float32)
+    if ed.ndim != 3 or frames.ndim != 4 or frames.shape[1:] != ed.shape:
+        raise ValueError(f"need ed (Z,H,W) and frames (T,Z,H,W) of the same grid, got {ed.shape} and {frames.shape}")
+    spacing = np.asarray(spacing_crop, dtype=np.float32).reshape(3)
+    if model is None:
+        model = load_model()
+    model.eval()
+    e, f = normalise_pair(ed, frames)
+    out = np.empty((frames.shape[0], 3) + ed.shape, dtype=np.float32)
+    ref = torch.from_numpy(e)[None, None]
+    with torch.no_grad():
+        for start in range(0, frames.shape[0], max(int(batch), 1)):
+            mov = torch.from_numpy(f[start: start + batch])[:, None]
+            pairs = torch.cat([ref.expand(mov.shape[0], -1, -1, -1, -1), mov], 1)
+            out[start: start + mov.shape[0]] = predict_voxels(model, pairs).numpy()
+    out *= spacing.reshape(1, 3, 1, 1, 1)
+    return out

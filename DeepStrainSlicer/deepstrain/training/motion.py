@@ -1,0 +1,422 @@
+"""Training of the motion network (``deepstrain train motion``).
+
+Data (all on the 1.25 mm heart-centred crop of :mod:`deepstrain.preprocess`, centred on the
+ground-truth LV centre with random jitter; intensities as at inference: per-frame
+``normalize_intensity`` then :func:`deepstrain.networks.motion.normalise_pair`):
+
+* ACDC training patients (the validation patients of :mod:`deepstrain.training.data` are
+  excluded): pairs ``[ED, ES]`` and ``[ES, ED]`` with both label maps, and ``[ED, ED]``
+  (exact target: zero motion).
+* The full cardiac cycles of ``acdc_cine_crop`` (training patients only; the true spacing from
+  ``crops.json``, since three headers lost it): ``[ED, t]`` for any frame ``t``; labels only at
+  ED and ES.
+* Synthetic phantoms (:mod:`deepstrain.phantom`, seeds ``PHANTOM_TRAIN_SEEDS``; the evaluation
+  seeds of ``benchmarks/motion_accuracy.py`` are disjoint): ``[ED, t]`` with the exact
+  displacement.
+
+Loss per pair (``u`` in mm, Lagrangian ED -> t; ``warp(frame_t, u)`` pulls frame ``t`` back to ED):
+
+* ``w_sim``    x MSE(warp(frame_t, u), ED) (intensities ~[0, 1]),
+* ``w_dice``   x (1 - mean soft Dice over RV, myocardium, LV of warp(onehot(labels_t), u) vs ED labels),
+* ``w_smooth`` x mean ||du/dX||^2 (diffusion regulariser, finite differences divided by the
+  physical spacing, so it is dimensionless),
+* ``w_epe``    x mean end-point error (mm) against the exact displacement (phantoms, [ED, ED]).
+
+Checkpoints (``<out>/checkpoint.pt``) are written every ``--save-every`` steps and resumed
+with ``--resume``; the final weights go to ``--export``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import preprocess as pp
+from ..networks.motion import MotionNet, count_parameters, normalise_pair, warp
+
+PHANTOM_TRAIN_SEEDS = range(1000, 1040)
+"""Phantom seeds used for training; evaluation uses seeds >= 9000."""
+PATCH = 96
+"""In-plane side of the random training window taken from the 128-pixel crop."""
+
+
+@dataclass
+class Sample:
+    """One study on the crop grid: frames (T,Z,H,W) normalised, labels by frame, exact motion."""
+
+    name: str
+    images: np.ndarray
+    spacing: np.ndarray  # (slice, row, col) mm of the crop
+    labels: dict[int, np.ndarray]
+    ed: int
+    es: int
+    disp_vox: np.ndarray | None = None  # (T,3,Z,H,W) exact, crop voxel units
+
+
+# --------------------------------------------------------------------------- data
+def validation_patients() -> set[str]:
+    """ACDC patients held out for validation (the split of :mod:`deepstrain.training.data`)."""
+    from . import data
+
+    for name in ("VALIDATION_PATIENTS", "VAL_PATIENTS", "VALIDATION"):
+        if hasattr(data, name):
+            return {_pid(p) for p in getattr(data, name)}
+    if hasattr(data, "split"):
+        return {_pid(p) for p in data.split()[1]}
+    raise RuntimeError("deepstrain.training.data defines no validation split")
+
+
+def _pid(p: object) -> str:
+    s = str(p)
+    return s if s.startswith("patient") else f"patient{int(s):03d}"
+
+
+def _read_nifti(path: Path, zooms: tuple[float, float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(Z,Y,X[,T]) array with (x,y,z)->(z,y,x) and spacing (slice,row,col) mm."""
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    arr = np.asarray(img.dataobj)
+    z = zooms if zooms is not None else tuple(float(v) for v in img.header.get_zooms()[:3])
+    arr = np.moveaxis(arr, [0, 1, 2], [2, 1, 0])  # (Z, Y, X, ...)
+    if arr.ndim == 4:
+        arr = np.moveaxis(arr, 3, 0)  # (T, Z, Y, X)
+    return arr, np.array([z[2], z[1], z[0]], dtype=np.float64)
+
+
+def _info(folder: Path) -> dict[str, str]:
+    out = {}
+    for line in (folder / "Info.cfg").read_text().splitlines():
+        if ":" in line:
+            k, v = line.split(":", 1)
+            out[k.strip()] = v.strip()
+    return out
+
+
+def _lv_centre(labels: np.ndarray) -> tuple[float, float]:
+    idx = np.argwhere((labels == 2) | (labels == 3))
+    return float(idx[:, 1].mean()), float(idx[:, 2].mean())
+
+
+def _to_crop(images: np.ndarray, labels: dict[int, np.ndarray], spacing: np.ndarray, ed: int):
+    t = pp.crop_transform(images.shape[-3:], spacing, _lv_centre(labels[ed]), pp.CROP_SIZE)
+    crop = pp.normalize_intensity(pp.crop_image(images.astype(np.float32), t))
+    lab = {k: pp.crop_labels(v, t) for k, v in labels.items()}
+    sp = np.array([spacing[0], pp.TARGET_SPACING_MM, pp.TARGET_SPACING_MM])
+    return crop, lab, sp, t
+
+
+def load_acdc(root: Path, patients: list[str]) -> list[Sample]:
+    out = []
+    for p in patients:
+        folder = root / "acdc" / "training" / p
+        info = _info(folder)
+        ed_f, es_f = int(info["ED"]), int(info["ES"])
+        ims, labs, sp = [], [], None
+        for f in (ed_f, es_f):
+            im, sp = _read_nifti(folder / f"{p}_frame{f:02d}.nii.gz")
+            lb, _ = _read_nifti(folder / f"{p}_frame{f:02d}_gt.nii.gz")
+            ims.append(im.astype(np.float32))
+            labs.append(lb.astype(np.uint8))
+        crop, lab, csp, _ = _to_crop(np.stack(ims), {0: labs[0], 1: labs[1]}, sp, 0)
+        out.append(Sample(p, crop, csp, lab, 0, 1))
+    return out
+
+
+def load_cine_crops(root: Path, patients: list[str]) -> list[Sample]:
+    meta = json.loads((root / "acdc_cine_crop" / "crops.json").read_text())
+    out = []
+    for p in patients:
+        m = meta[p]
+        sx, sy, sz = m["true_spacing_mm"]
+        ims, sp = _read_nifti(root / "acdc_cine_crop" / p / f"{p}_4d.nii.gz", (sx, sy, sz))
+        x0, y0, z0 = m["crop_offset_in_original_frame_xyz"]
+        nz, ny, nx = ims.shape[1:]
+        ed, es = int(m["ED"]) - 1, int(m["ES"]) - 1
+        labels = {}
+        for fr in (ed, es):
+            lb, _ = _read_nifti(root / "acdc" / "training" / p / f"{p}_frame{fr + 1:02d}_gt.nii.gz")
+            labels[fr] = lb[z0:z0 + nz, y0:y0 + ny, x0:x0 + nx].astype(np.uint8)
+        crop, lab, csp, _ = _to_crop(ims.astype(np.float32), labels, sp, ed)
+        out.append(Sample(p, crop, csp, lab, ed, es))
+    return out
+
+
+def phantom_sample(seed: int) -> Sample:
+    """A phantom on the crop grid with its exact displacement in crop voxel units."""
+    from .. import phantom as ph
+
+    P = ph.generate_phantom(ph.PhantomParams(seed=int(seed)))
+    cine = P.cine
+    geo = cine.geometry
+    ed = int(cine.ed or 0)
+    es = int(cine.es if cine.es is not None else 0)
+    lab_all = np.asarray(P.labels)
+    labels = {ed: lab_all[ed] if lab_all.ndim == 4 else lab_all}
+    if lab_all.ndim == 4:
+        labels[es] = lab_all[es]
+    images = np.asarray(cine.data, dtype=np.float32)
+    crop, lab, csp, t = _to_crop(images, labels, geo.spacing, ed)
+    # exact displacement: RAS mm -> array-axis mm -> crop voxel units, resampled onto the crop grid
+    disp = np.asarray(P.displacement, dtype=np.float64)  # (T,3,Z,Y,X)
+    arr_mm = np.einsum("ij,tizyx->tjzyx", np.asarray(geo.direction), disp)  # D^T u
+    units = np.array([geo.spacing[0], pp.TARGET_SPACING_MM, pp.TARGET_SPACING_MM]).reshape(1, 3, 1, 1, 1)
+    rows, cols = pp._crop_grid(t)
+    dv = pp._sample_slices(arr_mm.astype(np.float32), rows, cols, order=1, cval=0.0) / units
+    return Sample(f"phantom{seed}", crop, csp, lab, ed, es, dv.astype(np.float32))
+
+
+# --------------------------------------------------------------------------- pairs
+def _onehot(lab: np.ndarray) -> np.ndarray:
+    return np.stack([(lab == k) for k in range(4)]).astype(np.float32)
+
+
+def make_pair(s: Sample, rng: np.random.Generator, kind: str):
+    """(ref, mov, ref_lab, mov_lab, target_vox or None) on a random PATCH window, random flips."""
+    T = s.images.shape[0]
+    ref_i, mov_i = s.ed, s.es
+    target = None
+    if kind == "identity":
+        ref_i = mov_i = [s.ed, s.es][rng.integers(2)] if s.es in s.labels else s.ed
+        target = np.zeros((3,) + s.images.shape[1:], np.float32)
+    elif kind == "swap":
+        ref_i, mov_i = s.es, s.ed
+    elif kind == "cycle":
+        mov_i = int(rng.integers(T))
+        if s.disp_vox is not None:
+            target = s.disp_vox[mov_i]
+    ref, mov = normalise_pair(s.images[ref_i], s.images[mov_i][None])
+    mov = mov[0]
+    rl, ml = s.labels.get(ref_i), s.labels.get(mov_i)
+    H, W = ref.shape[1:]
+    ph, pw = min(PATCH, H), min(PATCH, W)
+    r0 = int(rng.integers(0, H - ph + 1))
+    c0 = int(rng.integers(0, W - pw + 1))
+    sl = (slice(None), slice(r0, r0 + ph), slice(c0, c0 + pw))
+    ref, mov = ref[sl], mov[sl]
+    rl = rl[sl] if rl is not None else None
+    ml = ml[sl] if ml is not None else None
+    if target is not None:
+        target = target[(slice(None),) + sl].copy()
+    for axis, comp in ((1, 1), (2, 2)):  # random in-plane flips (target component flips sign)
+        if rng.random() < 0.5:
+            ref, mov = np.flip(ref, axis), np.flip(mov, axis)
+            rl = np.flip(rl, axis) if rl is not None else None
+            ml = np.flip(ml, axis) if ml is not None else None
+            if target is not None:
+                target = np.flip(target, axis + 1).copy()
+                target[comp] *= -1
+    if rng.random() < 0.5:  # random in-plane transpose (row/col components swap)
+        ref, mov = ref.transpose(0, 2, 1), mov.transpose(0, 2, 1)
+        rl = rl.transpose(0, 2, 1) if rl is not None else None
+        ml = ml.transpose(0, 2, 1) if ml is not None else None
+        if target is not None:
+            target = target[[0, 2, 1]].transpose(0, 1, 3, 2).copy()
+    g = float(np.exp(rng.normal(0, 0.15)))  # gamma, same for both frames
+    ref = np.clip(ref, 0, None) ** g
+    mov = np.clip(mov, 0, None) ** g
+    return (np.ascontiguousarray(ref), np.ascontiguousarray(mov),
+            None if rl is None else np.ascontiguousarray(rl), None if ml is None else np.ascontiguousarray(ml),
+            None if target is None else np.ascontiguousarray(target))
+
+
+# --------------------------------------------------------------------------- loss
+def smoothness(u_mm: torch.Tensor, spacing: torch.Tensor) -> torch.Tensor:
+    """Mean squared spatial gradient of ``u`` (mm) per mm: the diffusion regulariser."""
+    terms = []
+    for ax in range(3):
+        n = u_mm.shape[2 + ax]
+        if n < 2:
+            continue
+        d = torch.diff(u_mm, dim=2 + ax) / spacing[ax]
+        terms.append((d ** 2).mean())
+    return sum(terms) / max(len(terms), 1)
+
+
+def soft_dice(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean Dice over foreground channels 1..3 of (N,4,...) soft one-hot maps."""
+    dims = tuple(range(2, a.ndim))
+    inter = (a[:, 1:] * b[:, 1:]).sum(dims)
+    den = a[:, 1:].sum(dims) + b[:, 1:].sum(dims)
+    present = den > 0
+    d = (2 * inter + 1e-3) / (den + 1e-3)
+    return d[present].mean() if present.any() else torch.ones((), dtype=a.dtype)
+
+
+def pair_loss(model, ref, mov, rl, ml, target, spacing, w):
+    sp = torch.tensor(spacing, dtype=torch.float32)
+    pair = torch.from_numpy(np.stack([ref, mov]))[None]
+    u = model(pair)
+    u_mm = u * sp.view(1, 3, 1, 1, 1)
+    parts = {}
+    warped = warp(torch.from_numpy(mov)[None, None], u)
+    parts["sim"] = F.mse_loss(warped, torch.from_numpy(ref)[None, None])
+    if rl is not None and ml is not None:
+        wl = warp(torch.from_numpy(_onehot(ml))[None], u)
+        parts["dice"] = 1.0 - soft_dice(wl, torch.from_numpy(_onehot(rl))[None])
+    parts["smooth"] = smoothness(u_mm, sp)
+    if target is not None:
+        t_mm = torch.from_numpy(target)[None] * sp.view(1, 3, 1, 1, 1)
+        parts["epe"] = torch.linalg.vector_norm(u_mm - t_mm, dim=1).mean()
+    total = sum(w[k] * v for k, v in parts.items())
+    return total, {k: float(v.detach()) for k, v in parts.items()}
+
+
+# --------------------------------------------------------------------------- validation
+def validate(model: MotionNet, samples: list[Sample]) -> dict[str, float]:
+    """Mean Dice (RV, myo, LV) of ES labels pulled back to ED vs ED labels, and with no motion."""
+    model.eval()
+    d_mot, d_0 = [], []
+    with torch.no_grad():
+        for s in samples:
+            ref, mov = normalise_pair(s.images[s.ed], s.images[s.es][None])
+            from ..networks.motion import predict_voxels
+
+            u = predict_voxels(model, torch.from_numpy(np.stack([ref, mov[0]]))[None])
+            es_oh = torch.from_numpy(_onehot(s.labels[s.es]))[None]
+            ed_oh = torch.from_numpy(_onehot(s.labels[s.ed]))[None]
+            wl = warp(es_oh, u, mode="nearest")
+            d_mot.append(float(soft_dice(wl, ed_oh)))
+            d_0.append(float(soft_dice(es_oh, ed_oh)))
+    model.train()
+    return {"dice_motion": float(np.mean(d_mot)), "dice_none": float(np.mean(d_0))}
+
+
+# --------------------------------------------------------------------------- CLI
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, default=None, help="shared data folder (acdc/, acdc_cine_crop/)")
+    p.add_argument("--out", type=Path, default=Path("runs/motion"), help="run folder (checkpoints, log)")
+    p.add_argument("--export", type=Path, default=None, help="write the final weights here")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--minutes", type=float, default=0.0, help="stop after this wall time (0: no limit)")
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--channels", type=int, nargs=5, default=[16, 24, 40, 64, 96])
+    p.add_argument("--phantoms", type=int, default=len(PHANTOM_TRAIN_SEEDS), help="number of training phantoms")
+    p.add_argument("--save-every", type=int, default=50)
+    p.add_argument("--val-every", type=int, default=250)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--w-sim", type=float, default=1.0)
+    p.add_argument("--w-dice", type=float, default=0.5)
+    p.add_argument("--w-smooth", type=float, default=0.1)
+    p.add_argument("--w-epe", type=float, default=0.1)
+
+
+def _default_data() -> Path:
+    return Path(__file__).resolve().parents[3].parent / "shared" / "data"
+
+
+def _log(msg: str, fh) -> None:
+    line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+    print(line, flush=True)
+    fh.write(line + "\n")
+    fh.flush()
+
+
+def main(args: argparse.Namespace) -> int:
+    torch.set_num_threads(max(int(args.threads), 1))
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    root = Path(args.data) if args.data else _default_data()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = open(out / "train.log", "a")
+    t0 = time.time()
+    val = validation_patients()
+    all_p = sorted(d.name for d in (root / "acdc" / "training").iterdir() if d.name.startswith("patient"))
+    train_p = [p for p in all_p if p not in val]
+    cine_all = sorted(json.loads((root / "acdc_cine_crop" / "crops.json").read_text()))
+    cine_train = [p for p in cine_all if p not in val]
+    _log(f"ACDC train {len(train_p)} / val {len(val)}; cine cycles train {cine_train}", log)
+    acdc = load_acdc(root, train_p)
+    acdc_val = load_acdc(root, sorted(val))
+    cine = load_cine_crops(root, cine_train)
+    phantoms = []
+    if args.phantoms > 0:
+        for s in list(PHANTOM_TRAIN_SEEDS)[: args.phantoms]:
+            phantoms.append(phantom_sample(s))
+    _log(f"data ready in {time.time() - t0:.0f} s: {len(acdc)} ACDC, {len(cine)} cycles, {len(phantoms)} phantoms", log)
+
+    model = MotionNet(tuple(args.channels))
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    step = 0
+    ckpt_path = out / "checkpoint.pt"
+    if args.resume and ckpt_path.is_file():
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        step = int(ck["step"])
+        rng = np.random.default_rng([args.seed, step])
+        torch.manual_seed(args.seed + step)
+        _log(f"resumed at step {step}", log)
+    _log(f"MotionNet {tuple(args.channels)}: {count_parameters(model)} parameters", log)
+    w = {"sim": args.w_sim, "dice": args.w_dice, "smooth": args.w_smooth, "epe": args.w_epe}
+    kinds = [("acdc", "es", 0.30), ("acdc", "swap", 0.15), ("acdc", "identity", 0.08), ("cine", "cycle", 0.22),
+             ("phantom", "cycle", 0.25)]
+    pools = {"acdc": acdc, "cine": cine, "phantom": phantoms}
+    kinds = [k for k in kinds if pools[k[0]]]
+    probs = np.array([k[2] for k in kinds])
+    probs /= probs.sum()
+    hist: dict[str, list[float]] = {}
+    best = None
+    model.train()
+    while step < args.steps:
+        if args.minutes and (time.time() - t0) / 60 > args.minutes:
+            _log("wall-time limit reached", log)
+            break
+        lr = args.lr * 0.5 * (1 + math.cos(math.pi * step / args.steps))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        src, kind, _ = kinds[int(rng.choice(len(kinds), p=probs))]
+        pool = pools[src]
+        s = pool[int(rng.integers(len(pool)))]
+        ref, mov, rl, ml, target = make_pair(s, rng, kind)
+        loss, parts = pair_loss(model, ref, mov, rl, ml, target, s.spacing, w)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        step += 1
+        for k, v in parts.items():
+            hist.setdefault(f"{src}/{k}", []).append(v)
+        if step % 25 == 0:
+            msg = " ".join(f"{k}={np.mean(v[-50:]):.4f}" for k, v in sorted(hist.items()))
+            _log(f"step {step} lr {lr:.2e} {msg} ({time.time() - t0:.0f} s)", log)
+        if step % args.save_every == 0 or step == args.steps:
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
+                        "channels": list(args.channels)}, ckpt_path.with_suffix(".tmp"))
+            ckpt_path.with_suffix(".tmp").replace(ckpt_path)
+        if step % args.val_every == 0 or step == args.steps:
+            v = validate(model, acdc_val)
+            best = v
+            _log(f"validation step {step}: {v}", log)
+    v = validate(model, acdc_val)
+    _log(f"final validation ({step} steps, {time.time() - t0:.0f} s): {v}", log)
+    if args.export:
+        export(model, Path(args.export), {"steps": step, "validation": v, "seed": args.seed,
+                                           "wall_s": round(time.time() - t0), "weights": w})
+        _log(f"exported {args.export}", log)
+    return 0
+
+
+def export(model: MotionNet, path: Path, info: dict) -> None:
+    """Write inference weights (state dict + channel widths + training info)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"state_dict": model.state_dict(), "channels": list(model.channels), "info": info}, tmp)
+    tmp.replace(path)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    p = argparse.ArgumentParser(description="train the motion network")
+    add_arguments(p)
+    sys.exit(main(p.parse_args()))
