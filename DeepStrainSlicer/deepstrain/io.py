@@ -1,0 +1,822 @@
+"""Reading and writing cine studies, label maps and displacement fields.
+
+Inputs understood by :func:`load_cine` (array conventions: :mod:`deepstrain.cine`):
+
+* **4D NIfTI** ``(x, y, z, t)`` (``.nii`` / ``.nii.gz``). The NIfTI axes ``i, j, k`` are the
+  array's column, row and slice axes; the array becomes ``(T, Z, Y, X)`` ``float32`` with the
+  header's ``scl_slope``/``scl_inter`` applied.
+
+  - *Orientation* comes from the sform when ``sform_code > 0``, else from the qform when
+    ``qform_code > 0``, else there is none (an axis-aligned default is used, with a warning).
+  - *Spacing* always comes from ``pixdim`` (``header.get_zooms()``), never from the affine's
+    column lengths. This is the ACDC quirk: ACDC files have ``qform_code = 0``,
+    ``sform_code = 2`` and an sform ``diag(-1, -1, 1)`` without the voxel size; the true
+    spacing is only in ``pixdim`` (checked on the real files: pixdim gives 1.5625 x 1.5625 x
+    10 mm for ACDC patient001, the affine gives 1 x 1 x 1). 3D Slicer / ITK read these files
+    the same way (sform direction, pixdim spacing), so outputs written by this module overlay
+    the input in Slicer. Exception: when pixdim is exactly 1, 1, 1 but the affine columns
+    have other lengths, the affine's lengths are used (with a warning).
+  - *Lost spacing*: pixdim exactly 1.0, 1.0, 1.0 and an affine that says nothing else (as in
+    the ``acdc_cine_crop`` files of patients 051, 083, 098) gives a :class:`DeepStrainWarning`
+    asking for ``--spacing``; ``spacing=`` replaces the header's spacing and silences it.
+  - *Timing*: ``times_ms[t] = toffset + t * pixdim[4]`` when the time unit (``xyzt_units``)
+    is s, ms or us and the frame interval is plausible (5 to 500 ms). Otherwise NaN (no
+    timing) and a warning. ACDC files carry no timing (unit unknown, pixdim[4] = 1).
+
+* **ACDC patient folder** (recognised by its ``Info.cfg``): ``ED``/``ES`` are 1-based in
+  ``Info.cfg``; ``Group``; ``NbFrame``. If a ``<name>_4d.nii.gz`` is present the whole cycle
+  is loaded from it; otherwise the cine holds only the ``<name>_frameXX.nii.gz`` images (ED
+  and ES: 2 frames), with ``frame_numbers`` their 0-based indices in the cycle (``XX - 1``)
+  and ``frame_files`` their paths. The ``<name>_frameXX_gt.nii.gz`` manual labels are
+  attached as ``cine.labels[index into data]``. ``cine.ed`` / ``cine.es`` are **indices into
+  ``cine.data``** (for patient001: ``frame_numbers == [0, 11]``, ``ed == 0``, ``es == 1``).
+
+* **DICOM cine folder** (any other folder; searched recursively; files read with
+  ``force=True``; files that are not DICOM images are skipped). Images with pixel data and
+  ``ImagePositionPatient``/``ImageOrientationPatient`` are grouped by ``SeriesInstanceUID``.
+  Several series: the one with the most images is used and a warning lists the others; a tie
+  for the most images is an error (ambiguous). (A study stored as one series per slice is
+  therefore not assembled: give a folder with one series.) Within the series:
+
+  - all images must share orientation, rows/columns and pixel spacing;
+  - slices are ordered by ascending position along the normal ``n = row_dir x col_dir``
+    (``ImageOrientationPatient``), so the written NIfTI affine is right-handed; images at the
+    same position (within 0.05 mm) form one slice;
+  - frames of each slice are ordered by ``TriggerTime``; every slice must have the same
+    number of frames; ``times_ms`` is the per-frame mean of ``TriggerTime`` over slices;
+  - spacing: rows/columns from ``PixelSpacing`` (row spacing, column spacing); the slice
+    spacing is the median distance between neighbouring slice positions (not
+    ``SliceThickness``); gaps more than 10 % off the median (a missing slice) are an error,
+    and so are slices shifted in-plane by more than half a pixel;
+  - DICOM patient coordinates are LPS; they are converted to RAS (x and y negated). The
+    origin is the RAS position of the first (most negative along ``n``) slice's
+    ``ImagePositionPatient``;
+  - ``RescaleSlope`` / ``RescaleIntercept`` are applied; multi-frame (enhanced) DICOM and
+    colour images are refused.
+
+* Overrides: ``spacing`` = ``(slice, row, col)`` mm replaces the input's spacing;
+  ``heart_rate_bpm`` or ``rr_ms`` (not both) sets ``times_ms = frame_number * RR / N`` with
+  ``N`` the number of frames in the cycle (``NbFrame`` for ACDC, else the number of frames)
+  and replaces any timing in the input; ``ed`` / ``es`` are 0-based frame numbers in the
+  cardiac cycle (the same as indices into the data except for two-frame ACDC folders, where
+  they must be one of ``frame_numbers``). Inputs other than ACDC carry no ED/ES: ``cine.ed``
+  and ``cine.es`` stay ``None`` unless given.
+
+File layouts written and read here (all keep the input geometry so outputs overlay it):
+
+* cine: 4D NIfTI ``(x, y, z, t)`` ``float32``; ``pixdim[4]`` = frame interval in ms and
+  ``toffset`` = time of frame 0 in ms when the timing is known and evenly spaced (1 % tol.),
+  else ``pixdim[4] = 0`` (read back as "no timing"); ``xyzt_units`` = mm, ms.
+* labels: NIfTI ``(x, y, z, t)`` or ``(x, y, z)`` ``uint8`` with the ACDC values.
+* displacement: 5D NIfTI ``(x, y, z, t, 3)`` ``float32``, intent ``NIFTI_INTENT_VECTOR``,
+  components in RAS mm, Lagrangian from the ED voxel centres, same affine as the cine.
+* Every file written by :func:`save_cine`, :func:`save_labels` and :func:`save_displacement`
+  has its sform **and** qform set to the geometry's affine, both with code 1 (scanner): any
+  reader (nibabel, ITK/Slicer, FSL) then sees the same grid. :func:`save_frame_labels` instead
+  copies the header of the input frame file (codes and affines included), so its output
+  reads exactly like that input in every reader.
+* Writers refuse to replace an existing file unless ``overwrite=True`` and write through a
+  temporary file in the same folder, renamed when complete (no half-written files).
+
+Geometry round trips are exact up to the ``float32`` precision of NIfTI headers.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import nibabel as nib
+import numpy as np
+
+from .cine import Cine, Geometry
+from .errors import InputError
+
+__all__ = [
+    "DeepStrainWarning",
+    "load_cine",
+    "load_labels",
+    "load_displacement",
+    "save_cine",
+    "save_labels",
+    "save_displacement",
+    "save_frame_labels",
+]
+
+PathLike = str | os.PathLike
+LABEL_VALUES = (0, 1, 2, 3)
+_NIFTI_SUFFIXES = (".nii", ".nii.gz")
+_PLAUSIBLE_FRAME_INTERVAL_MS = (5.0, 500.0)
+_GRID_ATOL_MM = 1e-2  # origin tolerance for "same grid"
+_GRID_RTOL = 1e-3  # spacing / direction tolerance for "same grid"
+
+
+class DeepStrainWarning(UserWarning):
+    """Something about an input that the user should know (it is also kept in ``cine.warnings``)."""
+
+
+def _warn(messages: list[str], message: str) -> None:
+    """Collect a warning; :func:`load_cine` emits the ones that still apply when it returns."""
+    messages.append(message)
+
+
+# =========================================================================== NIfTI helpers
+def _is_nifti(path: Path) -> bool:
+    return path.name.lower().endswith(_NIFTI_SUFFIXES)
+
+
+def _load_nifti(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """Image and its data (scaling applied); any read failure becomes an InputError."""
+    if not path.exists():
+        raise InputError(path, "file not found")
+    if not path.is_file():
+        raise InputError(path, "is not a file")
+    if not _is_nifti(path):
+        raise InputError(path, "not a NIfTI file (expected .nii or .nii.gz)")
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:  # nibabel, gzip/zlib and OS errors alike
+        raise InputError(path, f"cannot be read as NIfTI (truncated or corrupt file?): {exc}") from exc
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise InputError(path, f"not a NIfTI image ({type(img).__name__})")
+    return img, data
+
+
+def _nifti_affine(img: nib.Nifti1Image) -> tuple[np.ndarray, bool]:
+    """The affine that orients the image (sform, else qform) and whether the header had one."""
+    hdr = img.header
+    if int(hdr["sform_code"]) > 0:
+        return np.asarray(hdr.get_sform(), dtype=np.float64), True
+    if int(hdr["qform_code"]) > 0:
+        return np.asarray(hdr.get_qform(), dtype=np.float64), True
+    return np.asarray(hdr.get_base_affine(), dtype=np.float64), False
+
+
+_SPATIAL_SCALE_TO_MM = {"mm": 1.0, "unknown": 1.0, "meter": 1000.0, "micron": 1e-3}
+
+
+def _nifti_geometry(path: Path, img: nib.Nifti1Image, messages: list[str], *, quiet: bool = False
+                    ) -> tuple[Geometry, bool]:
+    """Geometry from a NIfTI header (orientation: affine; spacing: pixdim) and whether the
+    spacing looks lost (pixdim exactly 1, 1, 1 and no other information)."""
+    hdr = img.header
+    affine, oriented = _nifti_affine(img)
+    if not oriented and not quiet:
+        _warn(messages, f"{path}: the header has no orientation (qform_code and sform_code are 0); "
+                        "an axis-aligned orientation is assumed")
+    space_unit, _ = hdr.get_xyzt_units()
+    scale = _SPATIAL_SCALE_TO_MM.get(space_unit)
+    if scale is None:
+        raise InputError(path, f"spatial unit '{space_unit}' is not a length")
+    zooms = np.asarray(hdr.get_zooms()[:3], dtype=np.float64)
+    if zooms.shape[0] < 3:
+        zooms = np.concatenate([zooms, np.ones(3 - zooms.shape[0])])
+    col_norms = np.linalg.norm(affine[:3, :3], axis=0)
+    if np.any(col_norms == 0) or not np.all(np.isfinite(affine)):
+        raise InputError(path, "the header's affine is singular or not finite")
+    lost = False
+    if np.all(zooms == 1.0):
+        if np.allclose(col_norms, 1.0, rtol=1e-4):
+            lost = True
+        else:
+            if not quiet:
+                _warn(messages, f"{path}: pixdim says 1 x 1 x 1 mm but the affine says "
+                                f"{_fmt(col_norms)} mm (i, j, k); using the affine's spacing")
+            zooms = col_norms
+    if np.any(~np.isfinite(zooms)) or np.any(zooms <= 0):
+        raise InputError(path, f"voxel size in the header is not positive: {_fmt(zooms)}")
+    affine = affine.copy()
+    affine[:3, 3] *= scale
+    geom = Geometry.from_nifti_affine(affine, tuple(zooms * scale))
+    return geom, lost
+
+
+def _fmt(values: Sequence[float]) -> str:
+    return " x ".join(f"{float(v):.6g}" for v in values)
+
+
+def _lost_spacing_message(path: Path) -> str:
+    return (f"{path}: the voxel spacing looks lost (the header says 1 x 1 x 1 mm, as happens when a file "
+            "is re-saved by a tool that drops it); distances, volumes and strain rates would be wrong. "
+            "Give the true spacing with --spacing SLICE ROW COL (mm, e.g. --spacing 10 1.5625 1.5625), "
+            "or spacing=(slice, row, col) in Python")
+
+
+def _nifti_times(path: Path, img: nib.Nifti1Image, n_frames: int, messages: list[str]) -> np.ndarray:
+    hdr = img.header
+    _, time_unit = hdr.get_xyzt_units()
+    zooms = hdr.get_zooms()
+    dt = float(zooms[3]) if len(zooms) > 3 else 0.0
+    toffset = float(hdr["toffset"]) if "toffset" in hdr else 0.0
+    scale = {"sec": 1000.0, "msec": 1.0, "usec": 1e-3}.get(time_unit)
+    nan = np.full(n_frames, np.nan)
+    if scale is None:
+        _warn(messages, f"{path}: no frame timing (time unit '{time_unit}', frame interval {dt:g}); "
+                        "strain rates cannot be computed. Give the heart rate with --heart-rate BPM or the "
+                        "RR interval with --rr MS")
+        return nan
+    dt_ms = dt * scale
+    lo, hi = _PLAUSIBLE_FRAME_INTERVAL_MS
+    if not np.isfinite(dt_ms) or not lo <= dt_ms <= hi:
+        _warn(messages, f"{path}: frame interval {dt_ms:g} ms in the header is not plausible "
+                        f"(expected {lo:g} to {hi:g} ms); timing ignored. Give the heart rate with "
+                        "--heart-rate BPM or the RR interval with --rr MS")
+        return nan
+    t0 = toffset * scale if np.isfinite(toffset) else 0.0
+    return t0 + dt_ms * np.arange(n_frames, dtype=np.float64)
+
+
+def _check_finite(path: Path, data: np.ndarray) -> None:
+    if np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
+        n_bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
+        raise InputError(path, f"the image holds {n_bad} NaN or infinite values")
+
+
+def _to_tzyx(data: np.ndarray) -> np.ndarray:
+    """NIfTI (x, y, z, t) -> (T, Z, Y, X) float32, C-contiguous."""
+    return np.ascontiguousarray(np.transpose(data, (3, 2, 1, 0)), dtype=np.float32)
+
+
+def _load_nifti_cine(path: Path, messages: list[str]) -> tuple[np.ndarray, Geometry, bool, np.ndarray, nib.Nifti1Image]:
+    img, data = _load_nifti(path)
+    shape = data.shape
+    if data.ndim == 5 and shape[4] == 1:
+        data = data[..., 0]
+    if data.ndim == 3 or (data.ndim == 4 and shape[3] == 1):
+        raise InputError(path, f"a single 3D frame {tuple(shape)}, not a cine: a cine needs a 4D image "
+                               "(x, y, z, t) with at least 2 frames")
+    if data.ndim != 4:
+        raise InputError(path, f"image of shape {tuple(shape)} ({data.ndim}D) is not a cine: expected a 4D "
+                               "image (x, y, z, t)")
+    _check_finite(path, data)
+    geom, lost = _nifti_geometry(path, img, messages)
+    times = _nifti_times(path, img, data.shape[3], messages)
+    return _to_tzyx(data), geom, lost, times, img
+
+
+# =========================================================================== load_cine
+def load_cine(
+    path: PathLike,
+    *,
+    spacing: Sequence[float] | None = None,
+    heart_rate_bpm: float | None = None,
+    rr_ms: float | None = None,
+    ed: int | None = None,
+    es: int | None = None,
+) -> Cine:
+    """Load a cine from a 4D NIfTI file, an ACDC patient folder or a DICOM cine folder.
+
+    ``spacing`` ``(slice, row, col)`` in mm replaces the input's voxel size; ``heart_rate_bpm``
+    (beats/min) or ``rr_ms`` (ms) sets ``times_ms = frame_number * RR / frames_per_cycle``;
+    ``ed``/``es`` are 0-based frame numbers in the cardiac cycle. See the module docstring for
+    the layouts. Raises :class:`InputError` for unusable input; problems that do not stop the
+    analysis are warned (:class:`DeepStrainWarning`) and kept in ``cine.warnings``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "file or folder not found")
+    if spacing is not None:
+        spacing_arr = np.asarray(spacing, dtype=np.float64).reshape(-1)
+        if spacing_arr.shape != (3,) or not np.all(np.isfinite(spacing_arr)) or np.any(spacing_arr <= 0):
+            raise InputError(path, f"--spacing must be three positive numbers (slice, row, col) in mm, got {spacing}")
+    if heart_rate_bpm is not None and rr_ms is not None:
+        raise InputError(path, "give either the heart rate or the RR interval, not both")
+    rr = None
+    if heart_rate_bpm is not None:
+        if not np.isfinite(heart_rate_bpm) or not 20 <= heart_rate_bpm <= 300:
+            raise InputError(path, f"heart rate {heart_rate_bpm} bpm is not plausible (20 to 300)")
+        rr = 60000.0 / float(heart_rate_bpm)
+    if rr_ms is not None:
+        if not np.isfinite(rr_ms) or not 200 <= rr_ms <= 3000:
+            raise InputError(path, f"RR interval {rr_ms} ms is not plausible (200 to 3000 ms)")
+        rr = float(rr_ms)
+
+    messages: list[str] = []
+    frames_per_cycle: int | None = None
+    if path.is_file():
+        data, geom, lost, times, _ = _load_nifti_cine(path, messages)
+        cine = Cine(data=data, geometry=geom, times_ms=times, name=_nifti_stem(path), source=str(path))
+    elif (path / "Info.cfg").is_file():
+        cine, lost, frames_per_cycle = _load_acdc_folder(path, messages)
+    else:
+        cine = _load_dicom_folder(path, messages)
+        lost = False
+
+    if lost:
+        if spacing is None:
+            _warn(messages, _lost_spacing_message(path))
+    if spacing is not None:
+        cine.geometry = Geometry(spacing_arr, cine.geometry.origin, cine.geometry.direction)
+
+    if rr is not None:
+        n_cycle = frames_per_cycle or cine.n_frames
+        cine.times_ms = np.asarray(cine.frame_numbers, dtype=np.float64) * rr / n_cycle
+        # the timing warnings of the input no longer apply
+        messages[:] = [m for m in messages if "--heart-rate" not in m]
+
+    for attr, value in (("ed", ed), ("es", es)):
+        if value is None:
+            continue
+        numbers = [int(n) for n in cine.frame_numbers]
+        if int(value) not in numbers:
+            raise InputError(path, f"{attr.upper()} frame {value} (0-based) is not among the frames of the input "
+                                   f"{numbers}")
+        setattr(cine, attr, numbers.index(int(value)))
+
+    cine.warnings = messages
+    for message in messages:
+        warnings.warn(message, DeepStrainWarning, stacklevel=2)
+    return cine
+
+
+def _nifti_stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+# =========================================================================== ACDC folders
+_ACDC_FRAME = re.compile(r"^(?P<name>.+)_frame(?P<n>\d+)\.nii(\.gz)?$")
+_ACDC_GT = re.compile(r"^(?P<name>.+)_frame(?P<n>\d+)_gt\.nii(\.gz)?$")
+_ACDC_4D = re.compile(r"^(?P<name>.+)_4d\.nii(\.gz)?$")
+
+
+def _read_info_cfg(path: Path) -> dict[str, str]:
+    info: dict[str, str] = {}
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"cannot be read: {exc}") from exc
+    for line in text.splitlines():
+        if ":" in line:
+            key, value = line.split(":", 1)
+            info[key.strip()] = value.strip()
+    return info
+
+
+def _cfg_int(cfg_path: Path, info: dict[str, str], key: str) -> int | None:
+    if key not in info:
+        return None
+    try:
+        value = float(info[key])
+    except ValueError:
+        raise InputError(cfg_path, f"{key} is not a number: {info[key]!r}") from None
+    if value != int(value) or value < 1:
+        raise InputError(cfg_path, f"{key} must be a positive whole number (1-based), got {info[key]!r}")
+    return int(value)
+
+
+def _load_acdc_labels(path: Path, shape3d: tuple[int, int, int], geom: Geometry) -> np.ndarray:
+    img, data = _load_nifti(path)
+    if data.ndim != 3 or tuple(data.shape[::-1]) != tuple(shape3d):
+        raise InputError(path, f"labels grid does not match the cine: shape {tuple(data.shape)} (x, y, z), "
+                               f"expected {tuple(shape3d[::-1])}")
+    lab_geom, _ = _nifti_geometry(path, img, [], quiet=True)
+    _check_same_grid(path, lab_geom, geom, check_spacing=True, what="labels grid")
+    return _checked_labels(path, data).transpose(2, 1, 0).copy()
+
+
+def _load_acdc_folder(folder: Path, messages: list[str]) -> tuple[Cine, bool, int | None]:
+    cfg = folder / "Info.cfg"
+    info = _read_info_cfg(cfg)
+    ed_1 = _cfg_int(cfg, info, "ED")
+    es_1 = _cfg_int(cfg, info, "ES")
+    nb = _cfg_int(cfg, info, "NbFrame")
+    group = info.get("Group")
+    frames: dict[int, Path] = {}
+    gts: dict[int, Path] = {}
+    fourd: list[Path] = []
+    for f in sorted(folder.iterdir()):
+        if not f.is_file():
+            continue
+        if m := _ACDC_GT.match(f.name):
+            gts[int(m["n"])] = f
+        elif m := _ACDC_FRAME.match(f.name):
+            frames[int(m["n"])] = f
+        elif _ACDC_4D.match(f.name):
+            fourd.append(f)
+    if len(fourd) > 1:
+        raise InputError(folder, f"several 4D files: {[p.name for p in fourd]}")
+    if ed_1 is None or es_1 is None:
+        messages_missing = [k for k, v in (("ED", ed_1), ("ES", es_1)) if v is None]
+        raise InputError(cfg, f"missing {' and '.join(messages_missing)}")
+
+    lost = False
+    if fourd:
+        data, geom, lost, times, _ = _load_nifti_cine(fourd[0], messages)
+        n = data.shape[0]
+        if nb is not None and nb != n:
+            _warn(messages, f"{cfg}: NbFrame is {nb} but {fourd[0].name} has {n} frames")
+        frame_numbers = np.arange(n)
+        frame_files = None
+        nb_cycle = n
+    else:
+        if not frames:
+            raise InputError(folder, "ACDC folder without images (no <name>_frameXX.nii.gz or <name>_4d.nii.gz)")
+        numbers = sorted(frames)
+        if len(numbers) < 2:
+            raise InputError(frames[numbers[0]], "only one frame in the folder: a cine needs at least 2 frames")
+        vols, geom, lost = [], None, False
+        for k in numbers:
+            f = frames[k]
+            img, d = _load_nifti(f)
+            if d.ndim != 3:
+                raise InputError(f, f"expected one 3D frame, got shape {tuple(d.shape)}")
+            _check_finite(f, d)
+            g, lost_k = _nifti_geometry(f, img, messages)
+            if geom is None:
+                geom, lost, shape0, first = g, lost_k, d.shape, f
+            else:
+                if d.shape != shape0:
+                    raise InputError(f, f"frame shape {tuple(d.shape)} differs from {first.name} {tuple(shape0)}")
+                _check_same_grid(f, g, geom, check_spacing=True, what=f"frame grid (compared with {first.name})")
+            vols.append(d)
+        data = _to_tzyx(np.stack(vols, axis=-1))
+        frame_numbers = np.asarray([k - 1 for k in numbers])
+        frame_files = [str(frames[k]) for k in numbers]
+        times = np.full(len(numbers), np.nan)
+        _warn(messages, f"{folder}: ACDC folders carry no frame timing; strain rates cannot be computed. Give the "
+                        "heart rate with --heart-rate BPM or the RR interval with --rr MS")
+        nb_cycle = nb if nb is not None else int(frame_numbers.max()) + 1
+
+    idx_of = {int(n): i for i, n in enumerate(frame_numbers)}
+    for key, one_based in (("ED", ed_1), ("ES", es_1)):
+        if one_based - 1 not in idx_of:
+            raise InputError(cfg, f"{key} frame {one_based} (1-based) is not among the images of the folder")
+    cine = Cine(data=data, geometry=geom, times_ms=times, name=folder.name, source=str(folder),
+                ed=idx_of[ed_1 - 1], es=idx_of[es_1 - 1], frame_numbers=frame_numbers,
+                frame_files=frame_files, group=group)
+    for k in sorted(gts):
+        if k - 1 not in idx_of:
+            _warn(messages, f"{gts[k]}: frame {k} has labels but is not among the loaded frames; ignored")
+            continue
+        cine.labels[idx_of[k - 1]] = _load_acdc_labels(gts[k], cine.shape3d, geom)
+    return cine, lost, nb_cycle
+
+
+# =========================================================================== DICOM folders
+def _load_dicom_folder(folder: Path, messages: list[str]) -> Cine:
+    import pydicom
+
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    series: dict[str, list[tuple[Path, object]]] = {}
+    nifti_seen = []
+    for f in files:
+        if _is_nifti(f):
+            nifti_seen.append(f.name)
+            continue
+        try:
+            ds = pydicom.dcmread(str(f), stop_before_pixels=True, force=True)
+        except Exception:
+            continue  # not DICOM
+        if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds or "Rows" not in ds:
+            continue  # not an image with geometry (DICOMDIR, report, ...)
+        uid = str(ds.get("SeriesInstanceUID", ""))
+        series.setdefault(uid, []).append((f, ds))
+    if not series:
+        hint = f"; it holds NIfTI files ({', '.join(nifti_seen[:3])}): give the file itself" if nifti_seen else ""
+        raise InputError(folder, f"no DICOM images found (and no Info.cfg of an ACDC folder){hint}")
+
+    def describe(uid: str) -> str:
+        ds0 = series[uid][0][1]
+        desc = str(ds0.get("SeriesDescription", "")).strip()
+        return f"{uid or '<no SeriesInstanceUID>'} ({len(series[uid])} images{', ' + desc if desc else ''})"
+
+    counts = sorted(((len(v), uid) for uid, v in series.items()), key=lambda c: (-c[0], c[1]))
+    if len(counts) > 1:
+        if counts[0][0] == counts[1][0]:
+            tied = [uid for n, uid in counts if n == counts[0][0]]
+            raise InputError(folder, "ambiguous: several DICOM series with the same number of images: "
+                                     + "; ".join(describe(u) for u in tied)
+                                     + ". Put the series to analyse in a folder of its own")
+        chosen = counts[0][1]
+        _warn(messages, f"{folder}: several DICOM series; using {describe(chosen)}; ignoring "
+                        + "; ".join(describe(u) for _, u in counts[1:]))
+    else:
+        chosen = counts[0][1]
+    return _assemble_dicom_series(folder, series[chosen], messages)
+
+
+def _dicom_float(ds: object, key: str, f: Path, n: int | None = None) -> np.ndarray:
+    try:
+        value = np.asarray([float(v) for v in (ds.get(key) if n else [ds.get(key)])], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f, f"DICOM tag {key} is missing or not numeric") from None
+    if n is not None and value.shape != (n,):
+        raise InputError(f, f"DICOM tag {key} must have {n} values")
+    return value
+
+
+def _assemble_dicom_series(folder: Path, items: list[tuple[Path, object]], messages: list[str]) -> Cine:
+    import pydicom
+
+    f0, ds0 = items[0]
+    iop0 = _dicom_float(ds0, "ImageOrientationPatient", f0, 6)
+    ps0 = _dicom_float(ds0, "PixelSpacing", f0, 2)
+    rc0 = (int(ds0.Rows), int(ds0.Columns))
+    recs = []
+    for f, ds in items:
+        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+            raise InputError(f, "multi-frame (enhanced) DICOM is not supported; export the cine as one image per file")
+        iop = _dicom_float(ds, "ImageOrientationPatient", f, 6)
+        ps = _dicom_float(ds, "PixelSpacing", f, 2)
+        if not np.allclose(iop, iop0, atol=1e-4):
+            raise InputError(f, f"inconsistent DICOM series: orientation {iop.tolist()} differs from {f0.name} "
+                                f"{iop0.tolist()}")
+        if not np.allclose(ps, ps0, rtol=1e-4):
+            raise InputError(f, f"inconsistent DICOM series: PixelSpacing {ps.tolist()} differs from {f0.name} "
+                                f"{ps0.tolist()}")
+        if (int(ds.Rows), int(ds.Columns)) != rc0:
+            raise InputError(f, f"inconsistent DICOM series: {ds.Rows}x{ds.Columns} pixels differs from "
+                                f"{f0.name} {rc0[0]}x{rc0[1]}")
+        ipp = _dicom_float(ds, "ImagePositionPatient", f, 3)
+        tt = ds.get("TriggerTime")
+        try:
+            trigger = float(tt) if tt is not None and str(tt).strip() != "" else np.nan
+        except (TypeError, ValueError):
+            trigger = np.nan
+        inst = ds.get("InstanceNumber")
+        recs.append((f, ipp, trigger, int(inst) if inst not in (None, "") else 0))
+
+    row_dir, col_dir = iop0[:3], iop0[3:]  # row_dir: along a row (increasing column index)
+    row_dir = row_dir / np.linalg.norm(row_dir)
+    col_dir = col_dir / np.linalg.norm(col_dir)
+    if abs(float(row_dir @ col_dir)) > 1e-3:
+        raise InputError(f0, "ImageOrientationPatient row and column directions are not perpendicular")
+    normal = np.cross(row_dir, col_dir)
+    normal /= np.linalg.norm(normal)
+
+    # group images into slices by position along the normal
+    pos = np.array([r[1] @ normal for r in recs])
+    order = np.argsort(pos, kind="stable")
+    slices: list[list[int]] = []
+    for i in order:
+        if slices and abs(pos[i] - pos[slices[-1][0]]) <= 0.05:
+            slices[-1].append(int(i))
+        else:
+            slices.append([int(i)])
+
+    no_trigger = any(not np.isfinite(recs[i][2]) for i in range(len(recs)))
+    if no_trigger:
+        _warn(messages, f"{folder}: some images have no TriggerTime; frames ordered by InstanceNumber and no "
+                        "frame timing (give --heart-rate BPM or --rr MS)")
+    per_slice = []
+    for members in slices:
+        key = (lambda i: (recs[i][3], recs[i][0].name)) if no_trigger else (lambda i: (recs[i][2], recs[i][3]))
+        members = sorted(members, key=key)
+        if not no_trigger:
+            tts = [recs[i][2] for i in members]
+            dup = [t for a, t in zip(tts, tts[1:]) if t == a]
+            if dup:
+                raise InputError(folder, f"inconsistent DICOM series: two images of the slice at "
+                                         f"{pos[members[0]]:.2f} mm have the same TriggerTime {dup[0]} ms "
+                                         f"({', '.join(recs[i][0].name for i in members if recs[i][2] == dup[0])})")
+        per_slice.append(members)
+    n_frames = {len(m) for m in per_slice}
+    if len(n_frames) != 1:
+        detail = ", ".join(f"slice {k} at {pos[m[0]]:.2f} mm: {len(m)}" for k, m in enumerate(per_slice))
+        raise InputError(folder, f"inconsistent DICOM series: the slices have different numbers of frames ({detail})")
+    T = n_frames.pop()
+    Z = len(per_slice)
+    if T < 2:
+        raise InputError(folder, f"only one frame per slice ({Z} slices): not a cine")
+
+    # geometry
+    positions = np.array([recs[m[0]][1] for m in per_slice])  # LPS, first frame of each slice
+    for m in per_slice:
+        for i in m:
+            if np.linalg.norm(recs[i][1] - recs[m[0]][1]) > 0.05:
+                raise InputError(recs[i][0], "inconsistent DICOM series: frames of one slice have different "
+                                             "ImagePositionPatient")
+    if Z > 1:
+        gaps = np.diff(positions @ normal)
+        dz = float(np.median(gaps))
+        if np.any(np.abs(gaps - dz) > 0.1 * dz):
+            raise InputError(folder, "slices are not evenly spaced (missing slice?): gaps "
+                                     + ", ".join(f"{g:.2f}" for g in gaps) + " mm")
+        if np.any(np.abs(gaps - dz) > 1e-3 * dz + 1e-3):
+            _warn(messages, f"{folder}: slice gaps vary slightly ({gaps.min():.3f} to {gaps.max():.3f} mm); "
+                            f"using {dz:.4f} mm")
+        inplane = positions - positions[:1] - np.outer((positions - positions[:1]) @ normal, normal)
+        shift = np.linalg.norm(inplane, axis=1).max()
+        if shift > 0.5 * float(ps0.min()):
+            raise InputError(folder, f"slices are shifted in-plane by up to {shift:.2f} mm: not a regular grid")
+    else:
+        dz = float(ds0.get("SpacingBetweenSlices", ds0.get("SliceThickness", 0)) or 0)
+        if dz <= 0:
+            dz = 1.0
+            _warn(messages, f"{folder}: a single slice without SliceThickness; slice spacing set to 1 mm")
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0])
+    direction = lps_to_ras @ np.stack([normal, col_dir, row_dir], axis=1)
+    origin = lps_to_ras @ positions[0]
+    geom = Geometry(spacing=(dz, ps0[0], ps0[1]), origin=origin, direction=direction)
+
+    # pixels
+    data = np.empty((T, Z, rc0[0], rc0[1]), dtype=np.float32)
+    for z, members in enumerate(per_slice):
+        for t, i in enumerate(members):
+            f = recs[i][0]
+            try:
+                ds = pydicom.dcmread(str(f), force=True)
+                arr = np.asarray(ds.pixel_array)
+            except Exception as exc:
+                raise InputError(f, f"DICOM pixel data cannot be read: {exc}") from exc
+            if arr.shape != rc0:
+                raise InputError(f, f"pixel data of shape {arr.shape} (colour or multi-frame?) where {rc0} was expected")
+            slope = float(ds.get("RescaleSlope", 1) or 1)
+            inter = float(ds.get("RescaleIntercept", 0) or 0)
+            data[t, z] = arr.astype(np.float64) * slope + inter
+    _check_finite(folder, data)
+    if no_trigger:
+        times = np.full(T, np.nan)
+    else:
+        times = np.array([[recs[i][2] for i in m] for m in per_slice]).mean(axis=0)
+    return Cine(data=data, geometry=geom, times_ms=times, name=folder.name, source=str(folder))
+
+
+# =========================================================================== labels / displacement
+def _grid_problems(geom: Geometry, ref: Geometry, *, check_spacing: bool) -> str:
+    """Empty when ``geom`` is ``ref`` within tolerance, else what differs."""
+    problems = []
+    if check_spacing and not np.allclose(geom.spacing, ref.spacing, rtol=_GRID_RTOL):
+        problems.append(f"spacing {_fmt(geom.spacing)} mm vs {_fmt(ref.spacing)} mm")
+    if not np.allclose(geom.direction, ref.direction, atol=_GRID_RTOL):
+        problems.append("different orientation")
+    if not np.allclose(geom.origin, ref.origin, atol=_GRID_ATOL_MM + _GRID_RTOL * float(ref.spacing.max())):
+        problems.append(f"origin {np.round(geom.origin, 3).tolist()} vs {np.round(ref.origin, 3).tolist()} mm")
+    return "; ".join(problems)
+
+
+def _check_same_grid(path: Path, geom: Geometry, ref: Geometry, *, check_spacing: bool, what: str) -> None:
+    problems = _grid_problems(geom, ref, check_spacing=check_spacing)
+    if problems:
+        raise InputError(path, f"{what} does not match the cine: {problems}")
+
+
+def _checked_labels(path: Path, data: np.ndarray) -> np.ndarray:
+    if np.issubdtype(data.dtype, np.floating):
+        if not np.all(np.isfinite(data)):
+            raise InputError(path, "labels hold NaN or infinite values")
+        values = np.unique(data)
+        if np.any(values != np.round(values)):
+            bad = values[values != np.round(values)][:5]
+            raise InputError(path, f"labels are not whole numbers (e.g. {bad.tolist()}); expected only "
+                                   f"{list(LABEL_VALUES)}")
+    else:
+        values = np.unique(data)
+    bad = [v for v in values.tolist() if v not in LABEL_VALUES]
+    if bad:
+        raise InputError(path, f"unexpected label values {bad[:10]}; expected only {list(LABEL_VALUES)} "
+                               "(0 background, 1 RV cavity, 2 LV myocardium, 3 LV cavity)")
+    return data.astype(np.uint8)
+
+
+def load_labels(path: PathLike, cine: Cine) -> np.ndarray:
+    """A 4D label map ``(x, y, z, t)`` on the cine's grid -> ``(T, Z, Y, X)`` ``uint8``.
+
+    It must have one map per frame of the cine, the cine's grid (shape and affine; a file
+    whose spacing was lost is accepted if shape, orientation and origin match) and only the
+    ACDC values 0-3.
+    """
+    path = Path(path)
+    img, data = _load_nifti(path)
+    expected = tuple(cine.shape3d[::-1]) + (cine.n_frames,)
+    if data.ndim == 3:
+        raise InputError(path, f"a single 3D label map {tuple(data.shape)}; expected a 4D label map (x, y, z, t) "
+                               f"with one map per frame, shape {expected}")
+    if data.ndim != 4 or tuple(data.shape) != expected:
+        raise InputError(path, f"labels grid does not match the cine: shape {tuple(data.shape)} (x, y, z, t), "
+                               f"expected {expected}")
+    labels = _checked_labels(path, data)
+    geom, lost = _nifti_geometry(path, img, [], quiet=True)
+    _check_same_grid(path, geom, cine.geometry, check_spacing=not lost, what="labels grid")
+    return np.ascontiguousarray(labels.transpose(3, 2, 1, 0))
+
+
+def load_displacement(path: PathLike, cine: Cine) -> np.ndarray:
+    """A 5D displacement file ``(x, y, z, t, 3)`` (RAS mm, Lagrangian from ED) -> ``(T, 3, Z, Y, X)`` float32."""
+    path = Path(path)
+    img, data = _load_nifti(path)
+    expected = tuple(cine.shape3d[::-1]) + (cine.n_frames, 3)
+    if data.ndim != 5 or tuple(data.shape) != expected:
+        raise InputError(path, f"displacement grid does not match the cine: shape {tuple(data.shape)}, expected "
+                               f"{expected} (x, y, z, t, 3)")
+    intent = img.header.get_intent()[0]
+    if intent not in ("none", "vector"):
+        raise InputError(path, f"NIfTI intent is '{intent}', expected 'vector' (a displacement field)")
+    if not np.all(np.isfinite(data)):
+        raise InputError(path, "displacement holds NaN or infinite values")
+    geom, lost = _nifti_geometry(path, img, [], quiet=True)
+    _check_same_grid(path, geom, cine.geometry, check_spacing=not lost, what="displacement grid")
+    return np.ascontiguousarray(np.transpose(data, (3, 4, 2, 1, 0)), dtype=np.float32)
+
+
+# =========================================================================== writers
+def _atomic_save(img: nib.Nifti1Image, path: PathLike, overwrite: bool) -> Path:
+    path = Path(path)
+    if not _is_nifti(path):
+        raise InputError(path, "output must end in .nii or .nii.gz")
+    if path.exists() and not overwrite:
+        raise InputError(path, "exists; will not overwrite it")
+    if path.is_dir():
+        raise InputError(path, "is a folder")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else ".nii"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.partial-", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        nib.save(img, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _nifti_image(data_xyz: np.ndarray, geometry: Geometry, dtype: type) -> nib.Nifti1Image:
+    affine = geometry.to_nifti_affine()
+    img = nib.Nifti1Image(np.asarray(data_xyz, dtype=dtype), affine)
+    hdr = img.header
+    hdr.set_data_dtype(dtype)
+    hdr.set_sform(affine, code=1)
+    hdr.set_qform(affine, code=1)
+    zooms = list(hdr.get_zooms())
+    zooms[:3] = geometry.spacing[[2, 1, 0]].tolist()
+    hdr.set_zooms(zooms)
+    hdr.set_xyzt_units("mm", "msec")
+    return img
+
+
+def save_cine(cine: Cine, path: PathLike, *, overwrite: bool = False) -> Path:
+    """Write ``cine.data`` as a 4D NIfTI ``(x, y, z, t)`` float32 on the cine's geometry.
+
+    ``pixdim[4]`` is the frame interval in ms and ``toffset`` the time of frame 0 when the
+    timing is known and even; otherwise ``pixdim[4] = 0`` (no timing).
+    """
+    data = np.transpose(np.asarray(cine.data, dtype=np.float32), (3, 2, 1, 0))
+    img = _nifti_image(data, cine.geometry, np.float32)
+    dt, t0 = 0.0, 0.0
+    t = cine.times_ms
+    if cine.has_timing and cine.n_frames > 1:
+        diffs = np.diff(t)
+        step = (t[-1] - t[0]) / (len(t) - 1)
+        if step > 0 and np.all(np.abs(diffs - step) <= 0.01 * step):
+            dt, t0 = float(step), float(t[0])
+    hdr = img.header
+    hdr.set_zooms(tuple(hdr.get_zooms()[:3]) + (dt,))
+    hdr["toffset"] = t0
+    return _atomic_save(img, path, overwrite)
+
+
+def save_labels(labels: np.ndarray, geometry: Geometry, path: PathLike, *, overwrite: bool = False) -> Path:
+    """Write a label map ``(T, Z, Y, X)`` or ``(Z, Y, X)`` as ``uint8`` NIfTI on ``geometry``."""
+    labels = np.asarray(labels)
+    if labels.ndim not in (3, 4):
+        raise ValueError(f"labels must be (T, Z, Y, X) or (Z, Y, X), got shape {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() > 255 or np.any(labels != np.round(labels))):
+        raise ValueError("labels must be whole numbers in 0..255")
+    data = np.transpose(labels, tuple(range(labels.ndim))[::-1])
+    img = _nifti_image(data, geometry, np.uint8)
+    return _atomic_save(img, path, overwrite)
+
+
+def save_displacement(disp: np.ndarray, geometry: Geometry, path: PathLike, *, overwrite: bool = False) -> Path:
+    """Write a displacement field ``(T, 3, Z, Y, X)`` (RAS mm) as 5D NIfTI ``(x, y, z, t, 3)``."""
+    disp = np.asarray(disp, dtype=np.float32)
+    if disp.ndim != 5 or disp.shape[1] != 3:
+        raise ValueError(f"displacement must be (T, 3, Z, Y, X), got shape {disp.shape}")
+    data = np.transpose(disp, (4, 3, 2, 0, 1))
+    img = _nifti_image(data, geometry, np.float32)
+    img.header.set_intent("vector")
+    return _atomic_save(img, path, overwrite)
+
+
+def save_frame_labels(labels3d: np.ndarray, reference_nifti_path: PathLike, out_path: PathLike, *,
+                      overwrite: bool = False) -> Path:
+    """Write a ``(Z, Y, X)`` label map with exactly the grid and header of an input frame file."""
+    ref = Path(reference_nifti_path)
+    out = Path(out_path)
+    if out.absolute() == ref.absolute():
+        raise InputError(out, "would overwrite the input frame file")
+    img, _ = _load_nifti(ref)
+    labels3d = np.asarray(labels3d)
+    shape_xyz = tuple(img.shape[:3])
+    if labels3d.ndim != 3 or tuple(labels3d.shape[::-1]) != shape_xyz:
+        raise ValueError(f"labels of shape {labels3d.shape} (Z, Y, X) do not fit {ref} of shape {shape_xyz} (x, y, z)")
+    if labels3d.size and (labels3d.min() < 0 or labels3d.max() > 255 or np.any(labels3d != np.round(labels3d))):
+        raise ValueError("labels must be whole numbers in 0..255")
+    hdr = img.header.copy()
+    hdr.set_data_dtype(np.uint8)
+    hdr.set_slope_inter(1.0, 0.0)
+    hdr["cal_min"], hdr["cal_max"] = 0, 0
+    out_img = nib.Nifti1Image(np.ascontiguousarray(labels3d.transpose(2, 1, 0), dtype=np.uint8), None, header=hdr)
+    # keep the reference's affines and codes exactly (nibabel would otherwise rebuild them)
+    out_img.header.set_sform(img.header.get_sform(), code=int(img.header["sform_code"]))
+    out_img.header.set_qform(img.header.get_qform(), code=int(img.header["qform_code"]))
+    return _atomic_save(out_img, out, overwrite)

@@ -1,0 +1,476 @@
+"""Tests of deepstrain.io: NIfTI / ACDC / DICOM readers, validation and writers."""
+from __future__ import annotations
+
+import hashlib
+import warnings
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from deepstrain.cine import Cine, Geometry
+from deepstrain.errors import InputError
+from deepstrain.io import (
+    DeepStrainWarning,
+    load_cine,
+    load_displacement,
+    load_labels,
+    save_cine,
+    save_displacement,
+    save_frame_labels,
+    save_labels,
+)
+
+
+# --------------------------------------------------------------------------- helpers
+def rotation(ax: float, ay: float, az: float) -> np.ndarray:
+    cx, sx, cy, sy, cz, sz = np.cos(ax), np.sin(ax), np.cos(ay), np.sin(ay), np.cos(az), np.sin(az)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def oblique_geometry() -> Geometry:
+    return Geometry(spacing=(8.0, 1.25, 1.4), origin=(-12.5, 40.0, 7.25), direction=rotation(0.3, -0.5, 1.1))
+
+
+def write_cine_nifti(path: Path, data_tzyx: np.ndarray, geom: Geometry, dt_ms: float | None = 30.0,
+                     time_unit: str = "msec") -> Path:
+    img = nib.Nifti1Image(np.transpose(data_tzyx, (3, 2, 1, 0)).astype(np.float32), geom.to_nifti_affine())
+    img.header.set_xyzt_units("mm", time_unit)
+    z = img.header.get_zooms()
+    img.header.set_zooms(z[:3] + ((dt_ms if dt_ms is not None else 1.0),))
+    nib.save(img, str(path))
+    return path
+
+
+def random_cine(shape=(5, 4, 6, 7), seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(100, 20, size=shape).astype(np.float32)
+
+
+def digest(path: Path) -> tuple[str, int]:
+    return hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns
+
+
+def assert_same_geometry(a: Geometry, b: Geometry) -> None:
+    np.testing.assert_allclose(a.spacing, b.spacing, rtol=1e-6)
+    np.testing.assert_allclose(a.direction, b.direction, atol=1e-6)
+    np.testing.assert_allclose(a.origin, b.origin, atol=1e-4)
+
+
+def quiet_load(*args, **kwargs) -> Cine:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load_cine(*args, **kwargs)
+
+
+# --------------------------------------------------------------------------- synthetic NIfTI
+def test_nifti_cine_oblique_anisotropic(tmp_path):
+    geom = oblique_geometry()
+    data = random_cine()
+    f = write_cine_nifti(tmp_path / "cine.nii.gz", data, geom, dt_ms=32.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a clean file gives no warning
+        cine = load_cine(f)
+    np.testing.assert_array_equal(cine.data, data)
+    assert cine.data.dtype == np.float32
+    assert_same_geometry(cine.geometry, geom)
+    np.testing.assert_allclose(cine.times_ms, 32.5 * np.arange(5))
+    assert cine.name == "cine" and cine.ed is None and cine.warnings == []
+    # voxel (k, j, i) centre is where the NIfTI affine puts voxel (i, j, k)
+    k, j, i = 3, 5, 6
+    expected = geom.to_nifti_affine() @ np.array([i, j, k, 1.0])
+    np.testing.assert_allclose(cine.geometry.index_to_world @ np.array([k, j, i, 1.0]), expected, atol=1e-4)
+
+
+def test_nifti_time_in_seconds_and_toffset(tmp_path):
+    geom = oblique_geometry()
+    f = tmp_path / "c.nii"
+    img = nib.Nifti1Image(np.zeros((3, 3, 2, 4), np.float32), geom.to_nifti_affine())
+    img.header.set_xyzt_units("mm", "sec")
+    img.header.set_zooms(img.header.get_zooms()[:3] + (0.04,))
+    img.header["toffset"] = 0.01
+    nib.save(img, str(f))
+    np.testing.assert_allclose(load_cine(f).times_ms, 10 + 40 * np.arange(4), rtol=1e-5)
+
+
+@pytest.mark.parametrize("unit,dt", [("unknown", 0.0175), ("msec", 1.0), ("sec", 2.0)])
+def test_nifti_no_or_implausible_timing_warns(tmp_path, unit, dt):
+    f = write_cine_nifti(tmp_path / "c.nii.gz", random_cine(), oblique_geometry(), dt_ms=dt, time_unit=unit)
+    with pytest.warns(DeepStrainWarning, match="--heart-rate"):
+        cine = load_cine(f)
+    assert not cine.has_timing and np.all(np.isnan(cine.times_ms))
+    assert any("--heart-rate" in w for w in cine.warnings)
+    # an override gives timing and removes the warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cine = load_cine(f, heart_rate_bpm=75)
+    np.testing.assert_allclose(cine.times_ms, np.arange(5) * 800.0 / 5)
+    np.testing.assert_allclose(load_cine(f, rr_ms=1000).times_ms, np.arange(5) * 200.0)
+
+
+def test_acdc_header_quirk(tmp_path):
+    """qform_code 0, sform_code 2 = diag(-1, -1, 1) without voxel size; true spacing in pixdim."""
+    data = random_cine((3, 5, 6, 4))
+    img = nib.Nifti1Image(np.transpose(data, (3, 2, 1, 0)), np.diag([-1.0, -1.0, 1.0, 1.0]))
+    hdr = img.header
+    hdr.set_qform(None, code=0)
+    hdr.set_sform(np.diag([-1.0, -1.0, 1.0, 1.0]), code=2)
+    hdr["pixdim"][1:5] = [1.7, 1.7, 9.0, 1.0]
+    f = tmp_path / "quirk_4d.nii.gz"
+    nib.save(img, str(f))
+    assert nib.load(str(f)).affine[0, 0] == -1.0  # nibabel's affine has unit spacing
+    cine = quiet_load(f)
+    np.testing.assert_allclose(cine.geometry.spacing, [9.0, 1.7, 1.7], rtol=1e-6)
+    # direction from the sform: array axes (slice, row, col) -> RAS (+S, -A, -R)
+    np.testing.assert_allclose(cine.geometry.direction, [[0, 0, -1], [0, -1, 0], [1, 0, 0]], atol=1e-12)
+    assert not any("spacing looks lost" in w for w in cine.warnings)
+
+
+def test_lost_spacing_warns_and_override(tmp_path):
+    geom = Geometry(spacing=(1, 1, 1), origin=(-50, -85, 1), direction=np.diag([1.0, -1.0, -1.0]))
+    f = write_cine_nifti(tmp_path / "lost.nii.gz", random_cine(), geom)
+    with pytest.warns(DeepStrainWarning, match="spacing looks lost.*--spacing"):
+        cine = load_cine(f)
+    assert any("spacing looks lost" in w and "--spacing" in w and str(f) in w for w in cine.warnings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cine = load_cine(f, spacing=(10, 1.5625, 1.5625))
+    np.testing.assert_allclose(cine.geometry.spacing, [10, 1.5625, 1.5625])
+    np.testing.assert_allclose(cine.geometry.direction, geom.direction)
+    np.testing.assert_allclose(cine.geometry.origin, geom.origin)
+    with pytest.raises(InputError, match="three positive numbers"):
+        load_cine(f, spacing=(10, 0, 1))
+
+
+def test_overrides_validation(tmp_path):
+    f = write_cine_nifti(tmp_path / "c.nii.gz", random_cine(), oblique_geometry())
+    with pytest.raises(InputError, match="not both"):
+        load_cine(f, heart_rate_bpm=60, rr_ms=1000)
+    with pytest.raises(InputError, match="not plausible"):
+        load_cine(f, heart_rate_bpm=0)
+    cine = load_cine(f, ed=1, es=3)
+    assert (cine.ed, cine.es) == (1, 3)
+    with pytest.raises(InputError, match="ES frame 7"):
+        load_cine(f, es=7)
+
+
+# --------------------------------------------------------------------------- round trips
+def test_roundtrip_cine_labels_displacement(tmp_path):
+    geom = oblique_geometry()
+    data = random_cine()
+    cine = Cine(data=data, geometry=geom, times_ms=18.75 + 37.5 * np.arange(5))
+    out = save_cine(cine, tmp_path / "out" / "cine.nii.gz")
+    back = load_cine(out)
+    np.testing.assert_array_equal(back.data, data)
+    assert_same_geometry(back.geometry, geom)
+    np.testing.assert_allclose(back.times_ms, cine.times_ms, rtol=1e-6)
+    hdr = nib.load(str(out)).header
+    assert (int(hdr["sform_code"]), int(hdr["qform_code"])) == (1, 1)
+    np.testing.assert_allclose(hdr.get_qform(), hdr.get_sform(), atol=1e-4)
+    assert hdr.get_xyzt_units() == ("mm", "msec")
+
+    labels = np.random.default_rng(1).integers(0, 4, size=data.shape).astype(np.uint8)
+    save_labels(labels, geom, tmp_path / "labels.nii.gz")
+    np.testing.assert_array_equal(load_labels(tmp_path / "labels.nii.gz", back), labels)
+    save_labels(labels[0], geom, tmp_path / "ed.nii.gz")
+    ed = nib.load(str(tmp_path / "ed.nii.gz"))
+    assert ed.get_data_dtype() == np.uint8
+    np.testing.assert_array_equal(np.asarray(ed.dataobj).transpose(2, 1, 0), labels[0])
+
+    disp = np.random.default_rng(2).normal(size=(5, 3) + data.shape[1:]).astype(np.float32)
+    save_displacement(disp, geom, tmp_path / "disp.nii.gz")
+    img = nib.load(str(tmp_path / "disp.nii.gz"))
+    assert img.shape == (7, 6, 4, 5, 3) and img.header.get_intent()[0] == "vector"
+    np.testing.assert_array_equal(load_displacement(tmp_path / "disp.nii.gz", back), disp)
+
+
+def test_save_cine_without_timing(tmp_path):
+    cine = Cine(data=random_cine(), geometry=oblique_geometry(), times_ms=np.full(5, np.nan))
+    out = save_cine(cine, tmp_path / "c.nii.gz")
+    assert nib.load(str(out)).header.get_zooms()[3] == 0
+    back = quiet_load(out)
+    assert not back.has_timing
+
+
+def test_writers_refuse_to_overwrite(tmp_path):
+    cine = Cine(data=random_cine(), geometry=oblique_geometry(), times_ms=np.arange(5) * 30.0)
+    target = tmp_path / "c.nii.gz"
+    target.write_bytes(b"user data")
+    with pytest.raises(InputError, match="will not overwrite"):
+        save_cine(cine, target)
+    assert target.read_bytes() == b"user data"
+    save_cine(cine, target, overwrite=True)
+    np.testing.assert_array_equal(load_cine(target).data, cine.data)
+    assert [p.name for p in tmp_path.iterdir()] == ["c.nii.gz"]  # no partial files left
+    with pytest.raises(InputError, match=".nii"):
+        save_labels(np.zeros((2, 2, 2)), cine.geometry, tmp_path / "x.png")
+
+
+# --------------------------------------------------------------------------- bad inputs
+@pytest.fixture()
+def good_cine_file(tmp_path) -> Path:
+    return write_cine_nifti(tmp_path / "good.nii.gz", random_cine(), oblique_geometry())
+
+
+def test_missing_inputs(tmp_path):
+    with pytest.raises(InputError, match="not found") as e:
+        load_cine(tmp_path / "nope.nii.gz")
+    assert "nope.nii.gz" in str(e.value)
+    with pytest.raises(InputError, match="no DICOM images") as e:
+        load_cine(tmp_path)  # empty folder
+    assert str(tmp_path) in str(e.value)
+
+
+def test_truncated_nifti(tmp_path, good_cine_file):
+    data = good_cine_file.read_bytes()
+    for n in (len(data) // 2, 100):
+        bad = tmp_path / f"truncated{n}.nii.gz"
+        bad.write_bytes(data[:n])
+        before = digest(bad)
+        with pytest.raises(InputError, match="cannot be read") as e:
+            load_cine(bad)
+        assert bad.name in str(e.value) and e.value.path == str(bad)
+        assert digest(bad) == before
+
+
+@pytest.mark.parametrize("shape,match", [((6, 7), "not a cine"), ((6, 7, 4), "single 3D frame"),
+                                         ((6, 7, 4, 1), "single 3D frame")])
+def test_not_a_cine(tmp_path, shape, match):
+    f = tmp_path / "img.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones(shape, np.float32), np.eye(4)), str(f))
+    before = digest(f)
+    with pytest.raises(InputError, match=match) as e:
+        load_cine(f)
+    assert "img.nii.gz" in str(e.value)
+    assert digest(f) == before
+
+
+def test_nan_in_image(tmp_path):
+    data = random_cine()
+    data[2, 1, 3, 4] = np.nan
+    data[0, 0, 0, 0] = np.inf
+    f = write_cine_nifti(tmp_path / "nan.nii.gz", data, oblique_geometry())
+    with pytest.raises(InputError, match="2 NaN or infinite") as e:
+        load_cine(f)
+    assert "nan.nii.gz" in str(e.value)
+
+
+def test_bad_labels(tmp_path, good_cine_file):
+    cine = load_cine(good_cine_file)
+    geom = cine.geometry
+    labels = np.zeros(cine.data.shape, np.uint8)
+    # grid: other shape, shifted origin, other spacing
+    save_labels(labels[:, :, :-1], geom, tmp_path / "shape.nii.gz")
+    shifted = Geometry(geom.spacing, geom.origin + [3, 0, 0], geom.direction)
+    save_labels(labels, shifted, tmp_path / "origin.nii.gz")
+    wider = Geometry(geom.spacing * [1, 1.1, 1], geom.origin, geom.direction)
+    save_labels(labels, wider, tmp_path / "spacing.nii.gz")
+    for name in ("shape", "origin", "spacing"):
+        f = tmp_path / f"{name}.nii.gz"
+        before = digest(f)
+        with pytest.raises(InputError, match="labels grid does not match the cine") as e:
+            load_labels(f, cine)
+        assert f.name in str(e.value)
+        assert digest(f) == before
+    # 3D label map
+    save_labels(labels[0], geom, tmp_path / "ed.nii.gz")
+    with pytest.raises(InputError, match="single 3D label map"):
+        load_labels(tmp_path / "ed.nii.gz", cine)
+    # wrong values
+    bad = labels.copy()
+    bad[1, 1, 1, 1] = 7
+    save_labels(bad, geom, tmp_path / "values.nii.gz")
+    with pytest.raises(InputError, match=r"unexpected label values \[7\]") as e:
+        load_labels(tmp_path / "values.nii.gz", cine)
+    assert "values.nii.gz" in str(e.value)
+    # NaN in a float label file
+    fl = np.transpose(labels, (3, 2, 1, 0)).astype(np.float32)
+    fl[0, 0, 0, 0] = np.nan
+    nib.save(nib.Nifti1Image(fl, geom.to_nifti_affine()), str(tmp_path / "nanlab.nii.gz"))
+    with pytest.raises(InputError, match="NaN"):
+        load_labels(tmp_path / "nanlab.nii.gz", cine)
+
+
+def test_bad_displacement(tmp_path, good_cine_file):
+    cine = load_cine(good_cine_file)
+    disp = np.zeros((cine.n_frames, 3) + cine.shape3d, np.float32)
+    save_displacement(disp[:-1], cine.geometry, tmp_path / "short.nii.gz")
+    with pytest.raises(InputError, match="displacement grid does not match"):
+        load_displacement(tmp_path / "short.nii.gz", cine)
+    disp[1, 2, 0, 0, 0] = np.inf
+    save_displacement(disp, cine.geometry, tmp_path / "inf.nii.gz")
+    with pytest.raises(InputError, match="NaN or infinite") as e:
+        load_displacement(tmp_path / "inf.nii.gz", cine)
+    assert "inf.nii.gz" in str(e.value)
+
+
+# --------------------------------------------------------------------------- real data: ACDC
+def test_acdc_patient001_folder(shared_data, tmp_path):
+    folder = shared_data / "acdc" / "training" / "patient001"
+    with pytest.warns(DeepStrainWarning, match="no frame timing"):
+        cine = load_cine(folder)
+    assert cine.data.shape == (2, 10, 256, 216)
+    assert cine.frame_numbers.tolist() == [0, 11]
+    assert (cine.ed, cine.es) == (0, 1) and cine.group == "DCM"
+    assert [Path(f).name for f in cine.frame_files] == ["patient001_frame01.nii.gz", "patient001_frame12.nii.gz"]
+    ref = nib.load(str(folder / "patient001_frame01.nii.gz"))
+    np.testing.assert_allclose(cine.geometry.spacing, np.asarray(ref.header.get_zooms())[[2, 1, 0]])
+    np.testing.assert_allclose(cine.geometry.spacing, [10, 1.5625, 1.5625])
+    np.testing.assert_array_equal(cine.data[1], np.asarray(nib.load(cine.frame_files[1]).dataobj).T)
+    assert sorted(cine.labels) == [0, 1]
+    gt = np.asarray(nib.load(str(folder / "patient001_frame12_gt.nii.gz")).dataobj).T
+    np.testing.assert_array_equal(cine.labels[1], gt)
+    assert cine.labels[1].dtype == np.uint8 and set(np.unique(gt)) == {0, 1, 2, 3}
+    # timing override uses NbFrame (30) and the cycle frame numbers
+    np.testing.assert_allclose(quiet_load(folder, heart_rate_bpm=60).times_ms, [0, 11 * 1000 / 30])
+    # ed/es overrides are cycle frame numbers
+    assert quiet_load(folder, ed=11, es=0).ed == 1
+    with pytest.raises(InputError, match="not among the frames"):
+        quiet_load(folder, es=5)
+
+    # a label map written on the frame's header reads exactly like the input frame
+    out = save_frame_labels(cine.labels[0], cine.frame_files[0], tmp_path / "patient001_frame01_seg.nii.gz")
+    a, b = nib.load(cine.frame_files[0]), nib.load(str(out))
+    np.testing.assert_array_equal(a.affine, b.affine)
+    np.testing.assert_array_equal(a.header["pixdim"][:4], b.header["pixdim"][:4])
+    assert (int(b.header["sform_code"]), int(b.header["qform_code"])) == (2, 0)
+    assert b.get_data_dtype() == np.uint8
+    np.testing.assert_array_equal(np.asarray(b.dataobj).T, cine.labels[0])
+    with pytest.raises(InputError, match="overwrite the input"):
+        save_frame_labels(cine.labels[0], cine.frame_files[0], cine.frame_files[0], overwrite=True)
+
+
+def test_acdc_outputs_overlay_input_in_itk(shared_data, tmp_path):
+    """Slicer reads NIfTI through ITK: the written file must sit where ITK puts the input."""
+    sitk = pytest.importorskip("SimpleITK")
+    folder = shared_data / "acdc" / "training" / "patient001"
+    cine = quiet_load(folder)
+    out = save_labels(cine.labels[0], cine.geometry, tmp_path / "ed_labels.nii.gz")
+    sitk.ProcessObject_SetGlobalWarningDisplay(False)
+    a = sitk.ReadImage(cine.frame_files[0])
+    b = sitk.ReadImage(str(out))
+    np.testing.assert_allclose(a.GetSpacing(), b.GetSpacing(), rtol=1e-6)
+    np.testing.assert_allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(a.GetDirection(), b.GetDirection(), atol=1e-6)
+
+
+def test_acdc_patient090_4d(shared_data):
+    folder = shared_data / "acdc" / "training" / "patient090"
+    cine = quiet_load(folder)
+    assert cine.data.shape == (12, 7, 224, 154)
+    assert (cine.ed, cine.es) == (3, 10) and cine.group == "RV" and cine.frame_files is None
+    assert sorted(cine.labels) == [3, 10]
+    frame = np.asarray(nib.load(str(folder / "patient090_frame04.nii.gz")).dataobj).T
+    np.testing.assert_array_equal(cine.data[3], frame)
+    gt = np.asarray(nib.load(str(folder / "patient090_frame11_gt.nii.gz")).dataobj).T
+    np.testing.assert_array_equal(cine.labels[10], gt)
+    np.testing.assert_allclose(cine.geometry.spacing, [10, 1.78571, 1.78571], rtol=1e-5)
+    np.testing.assert_allclose(quiet_load(folder, rr_ms=900).times_ms, np.arange(12) * 75.0)
+
+
+def test_acdc_crop_lost_spacing(shared_data):
+    import json
+
+    crop = shared_data / "acdc_cine_crop"
+    info = json.loads((crop / "crops.json").read_text())
+    f = crop / "patient051" / "patient051_4d.nii.gz"
+    before = digest(f)
+    with pytest.warns(DeepStrainWarning, match="spacing looks lost"):
+        cine = load_cine(f)
+    np.testing.assert_array_equal(cine.geometry.spacing, [1, 1, 1])
+    true = info["patient051"]["true_spacing_mm"]  # (x, y, z)
+    cine = quiet_load(f, spacing=true[::-1])
+    assert not any("spacing" in w for w in cine.warnings)
+    np.testing.assert_allclose(cine.geometry.spacing, true[::-1])
+    assert cine.data.shape == (30, 7, 95, 100)
+    assert digest(f) == before
+
+    ok = quiet_load(crop / "patient001" / "patient001_4d.nii.gz")
+    assert not any("spacing" in w for w in ok.warnings)
+    np.testing.assert_allclose(ok.geometry.spacing, info["patient001"]["true_spacing_mm"][::-1], rtol=1e-4)
+
+
+# --------------------------------------------------------------------------- real data: DICOM, UKBB
+def test_sunnybrook_dicom(shared_data):
+    import pydicom
+
+    folder = shared_data / "sunnybrook" / "SCD0000101"
+    cine = quiet_load(folder)
+    assert cine.data.shape == (20, 12, 256, 256)
+    np.testing.assert_allclose(cine.geometry.spacing, [10, 1.367188, 1.367188], rtol=1e-4)
+    t = cine.times_ms
+    assert np.all(np.diff(t) > 0) and 0 <= t[0] < 40 and 700 < t[-1] < 760
+
+    def read(n):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return pydicom.dcmread(str(folder / f"{n}.dcm"), force=True)
+
+    lps_to_ras = np.array([-1.0, -1.0, 1.0])
+    # N.dcm is file slice (N-1)//20 (base to apex), phase (N-1)%20; slices here ascend along the normal
+    for n in (1, 27, 133, 240):
+        ds = read(n)
+        z_file, t_idx = (n - 1) // 20, (n - 1) % 20
+        matches = [z for z in range(12) if np.allclose(
+            cine.geometry.origin + cine.geometry.direction[:, 0] * cine.geometry.spacing[0] * z,
+            lps_to_ras * np.asarray(ds.ImagePositionPatient, float), atol=0.05)]
+        assert len(matches) == 1
+        z = matches[0]
+        assert z == 11 - z_file
+        np.testing.assert_array_equal(cine.data[t_idx, z], ds.pixel_array.astype(np.float32))
+        # world position of pixel (row r, column c) from the DICOM tags
+        iop = np.asarray(ds.ImageOrientationPatient, float)
+        ps = np.asarray(ds.PixelSpacing, float)
+        for r, c in ((0, 0), (255, 0), (0, 255), (200, 37)):
+            lps = np.asarray(ds.ImagePositionPatient, float) + c * ps[1] * iop[:3] + r * ps[0] * iop[3:]
+            world = cine.geometry.index_to_world @ np.array([z, r, c, 1.0])
+            np.testing.assert_allclose(world[:3], lps_to_ras * lps, atol=0.02)
+    first = read(221)  # first slice after ordering
+    np.testing.assert_allclose(cine.geometry.origin, lps_to_ras * np.asarray(first.ImagePositionPatient, float),
+                               atol=1e-4)
+    # slice axis = row_dir x col_dir (in RAS), so the NIfTI affine is right-handed
+    iop = np.asarray(first.ImageOrientationPatient, float)
+    np.testing.assert_allclose(cine.geometry.direction[:, 0], lps_to_ras * np.cross(iop[:3], iop[3:]), atol=1e-4)
+    assert np.linalg.det(cine.geometry.to_nifti_affine()[:3, :3]) > 0
+
+
+def _copy_dicoms(src: Path, dst: Path, names) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        (dst / f"{n}.dcm").write_bytes((src / f"{n}.dcm").read_bytes())
+
+
+def test_dicom_inconsistent_series(shared_data, tmp_path):
+    src = shared_data / "sunnybrook" / "SCD0000101"
+    # 3 slices x 4 phases, but one image missing in one slice
+    names = [z * 20 + t + 1 for z in range(3) for t in range(4)]
+    _copy_dicoms(src, tmp_path / "ok", names)
+    cine = quiet_load(tmp_path / "ok")
+    assert cine.data.shape == (4, 3, 256, 256)
+    _copy_dicoms(src, tmp_path / "missing", names[:-1])
+    with pytest.raises(InputError, match="different numbers of frames") as e:
+        quiet_load(tmp_path / "missing")
+    assert "missing" in str(e.value)
+    # a missing middle slice: gaps 10, 20 mm
+    _copy_dicoms(src, tmp_path / "gap", [z * 20 + t + 1 for z in (0, 1, 3) for t in range(2)])
+    with pytest.raises(InputError, match="not evenly spaced"):
+        quiet_load(tmp_path / "gap")
+    # one phase only
+    _copy_dicoms(src, tmp_path / "single", [z * 20 + 1 for z in range(3)])
+    with pytest.raises(InputError, match="only one frame"):
+        quiet_load(tmp_path / "single")
+    # a folder of non-DICOM files
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "notes.txt").write_text("hello")
+    with pytest.raises(InputError, match="no DICOM images"):
+        quiet_load(tmp_path / "junk")
+
+
+def test_ukbb_single_frame_is_not_a_cine(shared_data):
+    f = shared_data / "ukbb_demo" / "1" / "sa_ED.nii.gz"
+    with pytest.raises(InputError, match="single 3D frame") as e:
+        load_cine(f)
+    assert "sa_ED.nii.gz" in str(e.value)
