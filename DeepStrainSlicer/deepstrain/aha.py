@@ -1,0 +1,205 @@
+"""AHA 17-segment model of the LV myocardium, from the ED labels.
+
+Definitions follow ``notes/strain_spec.md``; the details decided here:
+
+* RV insertion points: in each slice, the ED myocardium voxels whose in-plane distance to an
+  RV cavity voxel (label 1) is at most ``contact_mm`` form the RV contact. Their angles about
+  their slice's LV centre (in the plane perpendicular to the long axis) are pooled over the
+  mid-ventricular slices (slice centre at 1/3 <= f < 2/3; all slices if those have no contact).
+  The contact arc is the circle minus its largest angular gap; its two ends are the insertion
+  points. One septal direction ``s_dir`` (the middle of the arc, which equals the bisector of the
+  two insertion directions for arcs under 180 deg) is used for the whole LV.
+* A voxel's signed angle ``phi = atan2((l x s_dir) . r, s_dir . r)`` in degrees, with ``r`` its
+  radial direction and ``l`` the base->apex axis. This uses world (RAS) vectors only, so it does
+  not depend on how the voxels are stored.
+* Levels: ``f = (s - s_base) / (s_apex - s_base)`` with ``s = p . l`` and the LV cavity extent
+  ``[s_base, s_apex]``; basal ``f < 1/3`` (also above the cavity), mid ``1/3 <= f < 2/3``, apical
+  ``f >= 2/3``. Segment 17 (apex) = every myocardium voxel in a slice with no cavity whose LV
+  centre is more apical than the centre of the most apical cavity slice.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import ndimage
+
+from .cine import Geometry
+from .strain import CardiacFrame, cardiac_frame
+
+SEGMENT_NAMES: dict[int, str] = {
+    1: "basal anterior",
+    2: "basal anteroseptal",
+    3: "basal inferoseptal",
+    4: "basal inferior",
+    5: "basal inferolateral",
+    6: "basal anterolateral",
+    7: "mid anterior",
+    8: "mid anteroseptal",
+    9: "mid inferoseptal",
+    10: "mid inferior",
+    11: "mid inferolateral",
+    12: "mid anterolateral",
+    13: "apical anterior",
+    14: "apical septal",
+    15: "apical inferior",
+    16: "apical lateral",
+    17: "apex",
+}
+
+DEFAULT_CONTACT_MM = 3.0
+
+
+def _plane_basis(l_vec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two unit vectors spanning the plane perpendicular to ``l`` (``e1 x e2 = l``)."""
+    helper = np.eye(3)[int(np.argmin(np.abs(l_vec)))]
+    e1 = helper - (helper @ l_vec) * l_vec
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(l_vec, e1)
+    return e1, e2
+
+
+def _arc_middle(angles: np.ndarray) -> tuple[float, float, float]:
+    """Contact arc of a set of angles (radians): (start, end, middle), going counter-clockwise.
+
+    The arc is the circle minus the largest gap between consecutive angles.
+    """
+    a = np.sort(np.mod(angles, 2 * math.pi))
+    gaps = np.diff(np.concatenate([a, a[:1] + 2 * math.pi]))
+    g = int(np.argmax(gaps))  # largest gap runs from a[g] to a[g+1]
+    start = float(a[(g + 1) % a.size])
+    end = float(a[g])
+    length = (end - start) % (2 * math.pi)
+    return start, end, start + length / 2
+
+
+def septal_direction(
+    labels_ed: np.ndarray,
+    geometry: Geometry,
+    frame: CardiacFrame,
+    contact_mm: float = DEFAULT_CONTACT_MM,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Septal unit direction ``s_dir`` (perpendicular to ``l``, RAS) and the two insertion directions.
+
+    Returns ``(s_dir, insertions)`` with ``insertions`` ``(2, 3)``: the directions from the LV
+    centre to the ends of the RV contact arc (first the one at negative phi = anterior).
+    Raises ``ValueError`` when no RV cavity touches the myocardium.
+    """
+    lab = np.asarray(labels_ed)
+    l_vec = frame.long_axis
+    e1, e2 = _plane_basis(l_vec)
+    m = geometry.direction * geometry.spacing[None, :]
+    cav_s = _cavity_extent(lab, geometry, l_vec)
+    per_slice: list[tuple[np.ndarray, bool]] = []
+    for k in range(lab.shape[0]):
+        myo = lab[k] == 2
+        rv = lab[k] == 1
+        if not myo.any() or not rv.any() or not np.all(np.isfinite(frame.centers[k])):
+            continue
+        dist = ndimage.distance_transform_edt(~rv, sampling=geometry.spacing[1:])
+        jj, ii = np.nonzero(myo & (dist <= contact_mm))
+        if jj.size == 0:
+            continue
+        pts = geometry.origin + np.stack([np.full(jj.size, k), jj, ii], axis=1).astype(np.float64) @ m.T
+        d = pts - frame.centers[k]
+        ang = np.arctan2(d @ e2, d @ e1)
+        f_slice = (float(frame.centers[k] @ l_vec) - cav_s[0]) / max(cav_s[1] - cav_s[0], 1e-9)
+        per_slice.append((ang, 1 / 3 <= f_slice < 2 / 3))
+    if not per_slice:
+        raise ValueError(
+            f"no RV cavity (label 1) within {contact_mm} mm of the LV myocardium at ED: "
+            "the RV insertion points, hence the AHA segments, are undefined"
+        )
+    mid = [a for a, is_mid in per_slice if is_mid]
+    angles = np.concatenate(mid if mid else [a for a, _ in per_slice])
+    start, end, middle = _arc_middle(angles)
+    s_dir = math.cos(middle) * e1 + math.sin(middle) * e2
+    ins = np.array([math.cos(start) * e1 + math.sin(start) * e2, math.cos(end) * e1 + math.sin(end) * e2])
+    return s_dir, ins
+
+
+def _cavity_extent(lab: np.ndarray, geometry: Geometry, l_vec: np.ndarray) -> tuple[float, float]:
+    kk, jj, ii = np.nonzero(lab == 3)
+    if kk.size == 0:
+        raise ValueError("no LV cavity (label 3) at ED: the AHA levels are undefined")
+    m = geometry.direction * geometry.spacing[None, :]
+    s = (geometry.origin + np.stack([kk, jj, ii], axis=1).astype(np.float64) @ m.T) @ l_vec
+    return float(s.min()), float(s.max())
+
+
+def segment_of(phi_deg: np.ndarray, level: np.ndarray) -> np.ndarray:
+    """AHA segment (1..16) from the signed angle (deg, (-180, 180]) and level (0 basal, 1 mid, 2 apical)."""
+    phi = np.asarray(phi_deg, dtype=np.float64)
+    # 60-degree sectors starting at -180: anterolateral, anterior, anteroseptal, inferoseptal, inferior, inferolateral
+    sector6 = np.clip(np.floor((phi + 180.0) / 60.0), 0, 5).astype(np.int64)
+    six = np.array([6, 1, 2, 3, 4, 5])[sector6]
+    # 90-degree sectors starting at -135: anterior, septal, inferior, lateral (lateral wraps)
+    sector4 = np.floor(np.mod(phi + 135.0, 360.0) / 90.0).astype(np.int64) % 4
+    four = np.array([13, 14, 15, 16])[sector4]
+    return np.where(level == 0, six, np.where(level == 1, six + 6, four))
+
+
+def aha_segments(
+    labels_ed: np.ndarray,
+    geometry: Geometry,
+    frame: CardiacFrame | None = None,
+    contact_mm: float = DEFAULT_CONTACT_MM,
+) -> np.ndarray:
+    """AHA segment of every ED myocardium voxel: ``(Z, Y, X)`` int8, 0 outside the myocardium, 1..17.
+
+    Raises ``ValueError`` when the segments are undefined (no cavity, fewer than two slices with
+    cavity, or no RV contact).
+    """
+    lab = np.asarray(labels_ed)
+    if frame is None:
+        frame = cardiac_frame(lab, geometry)
+    l_vec = frame.long_axis
+    out = np.zeros(lab.shape, dtype=np.int8)
+    myo = lab == 2
+    if not myo.any():
+        return out
+    cav_slices = np.nonzero(np.any(lab == 3, axis=(1, 2)))[0]
+    if cav_slices.size < 2:
+        raise ValueError("the AHA levels need LV cavity in at least two slices")
+    s_base, s_apex = _cavity_extent(lab, geometry, l_vec)
+    s_dir, _ = septal_direction(lab, geometry, frame, contact_mm)
+
+    kk, jj, ii = np.nonzero(myo)
+    m = geometry.direction * geometry.spacing[None, :]
+    pts = geometry.origin + np.stack([kk, jj, ii], axis=1).astype(np.float64) @ m.T
+    s = pts @ l_vec
+    f = (s - s_base) / (s_apex - s_base)
+    level = np.where(f < 1 / 3, 0, np.where(f < 2 / 3, 1, 2))
+
+    centre_s = frame.centers @ l_vec
+    last_cavity_s = float(np.max(centre_s[cav_slices]))
+    has_cav = np.zeros(lab.shape[0], dtype=bool)
+    has_cav[cav_slices] = True
+    cap_slice = (~has_cav) & np.isfinite(centre_s) & (np.nan_to_num(centre_s, nan=-np.inf) > last_cavity_s)
+
+    r, _, _ = frame.directions(pts, kk)
+    t_dir = np.cross(l_vec, s_dir)
+    phi = np.degrees(np.arctan2(r @ t_dir, r @ s_dir))
+    phi = np.where(phi <= -180.0, 180.0, phi)
+    seg = segment_of(np.nan_to_num(phi), level)
+    seg = np.where(np.isfinite(phi), seg, 0)
+    seg = np.where(cap_slice[kk], 17, seg)
+    out[kk, jj, ii] = seg.astype(np.int8)
+    return out
+
+
+def segment_curves(values: np.ndarray, segment_ids: np.ndarray) -> dict[int, np.ndarray | None]:
+    """Mean of ``values`` ``(T, N)`` over the voxels of each segment (``segment_ids`` ``(N,)``).
+
+    Returns ``{1..17: (T,) curve, or None for an empty segment}``; NaN voxels are left out.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    ids = np.asarray(segment_ids).reshape(-1)
+    if v.ndim != 2 or v.shape[1] != ids.size:
+        raise ValueError(f"values must be (T, {ids.size}), got {v.shape}")
+    finite = np.all(np.isfinite(v), axis=0)
+    out: dict[int, np.ndarray | None] = {}
+    for seg in range(1, 18):
+        sel = (ids == seg) & finite
+        out[seg] = v[:, sel].mean(axis=1) if sel.any() else None
+    return out

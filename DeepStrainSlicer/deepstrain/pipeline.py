@@ -1,0 +1,212 @@
+"""Strain, AHA segments and volumes of one study from given labels and motion.
+
+This is the part of the analysis after segmentation and motion estimation: what
+``deepstrain analyze --segmentation --displacement`` and the Slicer module's "Recompute after
+manual correction" call. :func:`compute` validates its inputs and raises
+:class:`deepstrain.errors.InputError` (naming ``cine.source`` or the study) on bad ones.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import aha as aha_mod
+from .cine import Cine
+from .errors import InputError
+from .report import build_report, write_report
+from .strain import (
+    COMPONENTS,
+    CardiacFrame,
+    cardiac_frame,
+    global_curves,
+    peak_values,
+    strain_components,
+    strain_rate,
+)
+from .volumetrics import find_ed_es, label_volumes_ml, volumetrics
+
+ED_DISPLACEMENT_TOLERANCE_MM = 0.01
+"""The displacement at the ED frame must be zero (it is the reference): largest |u| allowed there."""
+
+
+@dataclass
+class Analysis:
+    """Everything :func:`compute` derived; ``report`` is the JSON-safe dict written to report.json."""
+
+    cine: Cine
+    labels: np.ndarray
+    """(T, Z, Y, X) uint8, ACDC values."""
+    displacement: np.ndarray | None
+    """(T, 3, Z, Y, X) float32 mm RAS, Lagrangian from ED; None when only labels were given."""
+    ed: int
+    es: int
+    segments: np.ndarray | None
+    """(Z, Y, X) int8 AHA segment (0 outside the ED myocardium, 1..17); None when undefined."""
+    frame: CardiacFrame | None
+    strain: dict[str, np.ndarray] | None
+    """Per-voxel strain (percent), component -> (T, N) at the ED myocardium voxels (numpy.nonzero order)."""
+    curves: dict[str, np.ndarray] | None
+    rates: dict[str, np.ndarray] | None
+    volume_curves: dict[str, np.ndarray]
+    """"lv", "myo", "rv" -> (T,) ml."""
+    report: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+    def write(self, out_dir: str | Path) -> tuple[Path, Path]:
+        """Write report.json and strain.csv (with the volume curves) into the existing ``out_dir``."""
+        return write_report(self.report, out_dir, volume_curves=self.volume_curves)
+
+
+def _where(cine: Cine) -> str:
+    return cine.source or cine.name
+
+
+def _check_labels(cine: Cine, labels: np.ndarray) -> np.ndarray:
+    lab = np.asarray(labels)
+    if lab.shape != cine.data.shape:
+        raise InputError(_where(cine), f"labels have shape {lab.shape}, the cine {cine.data.shape} (T, Z, Y, X)")
+    if lab.dtype.kind == "f":
+        if not np.all(np.isfinite(lab)):
+            raise InputError(_where(cine), "labels contain NaN or infinite values")
+        if np.any(lab != np.round(lab)):
+            raise InputError(_where(cine), "labels are not whole numbers")
+    elif lab.dtype.kind not in "uib":
+        raise InputError(_where(cine), f"labels have unsupported type {lab.dtype}")
+    bad = np.setdiff1d(np.unique(lab), [0, 1, 2, 3])
+    if bad.size:
+        raise InputError(_where(cine), f"labels must be 0 bg, 1 RV, 2 myocardium, 3 LV cavity; found {bad[:5].tolist()}")
+    return lab.astype(np.uint8)
+
+
+def _check_displacement(cine: Cine, displacement: np.ndarray) -> np.ndarray:
+    disp = np.asarray(displacement)
+    t, z, y, x = cine.data.shape
+    if disp.shape != (t, 3, z, y, x):
+        raise InputError(_where(cine), f"displacement has shape {disp.shape}, expected {(t, 3, z, y, x)} (T, 3, Z, Y, X)")
+    if disp.dtype.kind != "f":
+        raise InputError(_where(cine), f"displacement must be floating point (mm), got {disp.dtype}")
+    if not np.all(np.isfinite(disp)):
+        raise InputError(_where(cine), "displacement contains NaN or infinite values")
+    return disp
+
+
+def _frame_index(cine: Cine, name: str, value: int | None, n: int) -> int | None:
+    if value is None:
+        return None
+    v = int(value)
+    if not 0 <= v < n:
+        raise InputError(_where(cine), f"{name} frame {v} is outside 0..{n - 1}")
+    return v
+
+
+def compute(
+    cine: Cine,
+    labels: np.ndarray,
+    displacement: np.ndarray | None,
+    *,
+    ed: int | None = None,
+    es: int | None = None,
+) -> Analysis:
+    """Strain (when ``displacement`` is given), AHA segments and volumes of one study.
+
+    ED/ES (0-based): the arguments, else ``cine.ed`` / ``cine.es``, else the frames of largest /
+    smallest LV volume. Strain uses the ED labels (myocardium = label 2 at ED). Strain rates,
+    SRs and SRe are null without timing or with fewer than 3 frames (an ACDC ED+ES pair).
+    """
+    n = cine.n_frames
+    lab = _check_labels(cine, labels)
+    disp = None if displacement is None else _check_displacement(cine, displacement)
+    warnings: list[str] = list(cine.warnings)
+
+    vol_curves = label_volumes_ml(lab, cine.geometry)
+    ed_i = _frame_index(cine, "ED", ed if ed is not None else cine.ed, n)
+    es_i = _frame_index(cine, "ES", es if es is not None else cine.es, n)
+    if ed_i is None or es_i is None:
+        try:
+            f_ed, f_es = find_ed_es(vol_curves["lv"])
+        except ValueError as exc:
+            raise InputError(_where(cine), f"cannot find ED/ES from the labels: {exc}") from None
+        ed_i = f_ed if ed_i is None else ed_i
+        es_i = f_es if es_i is None else es_i
+    if ed_i == es_i:
+        raise InputError(_where(cine), f"ED and ES are the same frame ({ed_i})")
+    vol = volumetrics(lab, cine.geometry, ed_i, es_i)
+
+    lab_ed = lab[ed_i]
+    frame: CardiacFrame | None = None
+    segments: np.ndarray | None = None
+    myo = lab_ed == 2
+    if myo.any():
+        try:
+            frame = cardiac_frame(lab_ed, cine.geometry)
+            warnings.extend(frame.warnings)
+        except ValueError as exc:
+            warnings.append(f"cardiac frame: {exc}")
+    if frame is not None:
+        try:
+            segments = aha_mod.aha_segments(lab_ed, cine.geometry, frame)
+        except ValueError as exc:
+            warnings.append(f"AHA segments not computed: {exc}")
+
+    comps = curves = rates = peaks = aha_c = None
+    if disp is not None:
+        if frame is None or not myo.any():
+            raise InputError(_where(cine), f"no LV myocardium (label 2) in the ED labels (frame {ed_i}): strain needs it")
+        u_ed = float(np.abs(disp[ed_i]).max())
+        if u_ed > ED_DISPLACEMENT_TOLERANCE_MM:
+            raise InputError(
+                _where(cine),
+                f"displacement at the ED frame {ed_i} is up to {u_ed:.3g} mm; it must be zero (Lagrangian from ED)",
+            )
+        comps = strain_components(disp, cine.geometry, frame, myo)
+        curves = global_curves(comps)
+        if n < 3:
+            warnings.append(f"only {n} frames: strain rates not computed")
+        elif not cine.has_timing:
+            warnings.append("the input has no frame timing: strain rates not computed")
+        elif np.any(np.diff(np.asarray(cine.frame_numbers)) != 1):
+            warnings.append("the frames are not consecutive in the cycle: strain rates not computed")
+        else:
+            r = {c: strain_rate(curves[c], cine.times_ms) for c in COMPONENTS}
+            if any(v is None for v in r.values()):
+                warnings.append("frame times do not increase: strain rates not computed")
+            else:
+                rates = r  # type: ignore[assignment]
+        peaks = peak_values(curves, rates, ed_i, es_i)
+        if segments is not None:
+            ids = segments[myo]
+            aha_c = {c: aha_mod.segment_curves(comps[c], ids) for c in COMPONENTS}
+    else:
+        warnings.append("no displacement given: volumes only, strain not computed")
+
+    report = build_report(
+        study=cine.name,
+        n_frames=n,
+        ed=ed_i,
+        es=es_i,
+        times_ms=cine.times_ms,
+        volumetrics=vol,
+        curves=curves,
+        rates=rates,
+        peaks=peaks,
+        aha_curves=aha_c,
+        warnings=warnings,
+    )
+    return Analysis(
+        cine=cine,
+        labels=lab,
+        displacement=disp,
+        ed=ed_i,
+        es=es_i,
+        segments=segments,
+        frame=frame,
+        strain=comps,
+        curves=curves,
+        rates=rates,
+        volume_curves=vol_curves,
+        report=report,
+        warnings=warnings,
+    )

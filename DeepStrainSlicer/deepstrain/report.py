@@ -1,0 +1,164 @@
+"""The analysis report: ``report.json`` (keys of ``notes/strain_spec.md``) and ``strain.csv``.
+
+Floats are rounded to 4 decimals; NaN, infinities and missing values are written as JSON
+``null`` (empty cells in the CSV). Frames are 0-based.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from .errors import InputError
+from .strain import COMPONENTS
+
+DECIMALS = 4
+
+CONVENTIONS = (
+    "Strain is the Lagrangian Green-Lagrange strain E = (F^T F - I)/2 relative to end-diastole (ED), "
+    "F = I + du/dX with X the ED position in RAS world mm (voxel spacing and orientation applied), "
+    "reported in percent (100*E). Cardiac frame at ED: long axis l from base to apex (line through "
+    "the per-slice LV centres), radial r from the slice's LV centre perpendicular to l, "
+    "circumferential c = l x r. Sign convention: radial positive = wall thickening; circumferential "
+    "and longitudinal negative = shortening. Global strain = mean over the ED myocardium voxels. "
+    "Strain rate = time derivative of the global strain (as a fraction) in 1/s (central differences "
+    "on the frame times; null without timing or with fewer than 3 frames). ESS = global strain at "
+    "ES (percent); SRs / SRe = signed strain rate of largest magnitude in systole (ED..ES) / early "
+    "diastole (first half of the frames after ES). AHA 17 segments: signed angle from the septal "
+    "direction (bisector of the RV insertion points), anterior at negative angles when viewed with "
+    "l base to apex; aha = segment mean at ES. Volumes in ml by voxel counting (LV = LV cavity, "
+    "RV = RV cavity), LV mass in g = ED myocardium volume x 1.05 g/ml, EF in percent. "
+    "Frames are 0-based; times in ms after the R wave."
+)
+
+
+def _num(x: Any) -> float | None:
+    if x is None:
+        return None
+    v = float(x)
+    if not math.isfinite(v):
+        return None
+    return round(v, DECIMALS)
+
+
+def _list(a: Any) -> list[float | None] | None:
+    if a is None:
+        return None
+    return [_num(v) for v in np.asarray(a, dtype=np.float64).reshape(-1)]
+
+
+def build_report(
+    *,
+    study: str,
+    n_frames: int,
+    ed: int,
+    es: int,
+    times_ms: np.ndarray,
+    volumetrics: Mapping[str, float | None],
+    curves: Mapping[str, np.ndarray] | None = None,
+    rates: Mapping[str, np.ndarray] | None = None,
+    peaks: Mapping[str, Mapping[str, float | None]] | None = None,
+    aha_curves: Mapping[str, Mapping[int, np.ndarray | None]] | None = None,
+    warnings: list[str] | None = None,
+) -> dict[str, Any]:
+    """Assemble the JSON-safe report dict.
+
+    ``curves`` and ``rates``: ``{"radial", "circumferential", "longitudinal"}`` -> ``(T,)``
+    (percent; 1/s); ``peaks`` as returned by :func:`deepstrain.strain.peak_values`;
+    ``aha_curves``: component -> ``{1..17: (T,) or None}``. Missing parts become ``null``.
+    """
+    times = np.asarray(times_ms, dtype=np.float64).reshape(-1)
+    if times.size != n_frames:
+        raise ValueError("times_ms needs one value per frame")
+    aha_es: dict[str, dict[str, float | None]] = {}
+    aha_cur: dict[str, dict[str, list[float | None] | None]] = {}
+    for comp in COMPONENTS:
+        segs = None if aha_curves is None else aha_curves.get(comp)
+        aha_es[f"{comp}_percent"] = {
+            str(s): (None if segs is None or segs.get(s) is None else _num(np.asarray(segs[s])[es]))
+            for s in range(1, 18)
+        }
+        aha_cur[f"{comp}_percent"] = {
+            str(s): (None if segs is None else _list(segs.get(s))) for s in range(1, 18)
+        }
+
+    def peak(kind: str) -> dict[str, float | None]:
+        return {c: (None if peaks is None else _num(peaks[kind].get(c))) for c in COMPONENTS}
+
+    return {
+        "study": str(study),
+        "frames": {"count": int(n_frames), "ed": int(ed), "es": int(es), "times_ms": _list(times)},
+        "volumetrics": {k: _num(v) for k, v in volumetrics.items()},
+        "global_strain": {
+            f"{c}_percent": (None if curves is None else _list(curves.get(c))) for c in COMPONENTS
+        },
+        "global_strain_rate": {
+            f"{c}_per_s": (None if rates is None else _list(rates.get(c))) for c in COMPONENTS
+        },
+        "ess": peak("ess"),
+        "srs": peak("srs"),
+        "sre": peak("sre"),
+        "aha": aha_es,
+        "aha_curves": aha_cur,
+        "conventions": CONVENTIONS,
+        "warnings": [str(w) for w in (warnings or [])],
+    }
+
+
+def _cell(v: float | None) -> str:
+    return "" if v is None else repr(v)
+
+
+def write_report(
+    report: Mapping[str, Any],
+    out_dir: str | os.PathLike,
+    volume_curves: Mapping[str, np.ndarray] | None = None,
+) -> tuple[Path, Path]:
+    """Write ``report.json`` and ``strain.csv`` into the existing folder ``out_dir``.
+
+    ``strain.csv`` has one row per frame: frame, time_ms, global strain (percent), strain rates
+    (1/s), the volumes when ``volume_curves`` (``{"lv", "myo", "rv"}`` -> ``(T,)`` ml) is given,
+    then ``aha_<component>_<segment>`` (percent). Refuses to replace existing files.
+    """
+    out = Path(out_dir)
+    if not out.is_dir():
+        raise InputError(out, "output folder does not exist")
+    json_path, csv_path = out / "report.json", out / "strain.csv"
+    for p in (json_path, csv_path):
+        if p.exists():
+            raise InputError(p, "file exists; refusing to overwrite it")
+    text = json.dumps(report, indent=2, allow_nan=False)
+
+    n = int(report["frames"]["count"])
+    columns: list[tuple[str, list[float | None]]] = [
+        ("frame", list(range(n))),  # type: ignore[arg-type]
+        ("time_ms", report["frames"]["times_ms"]),
+    ]
+    empty = [None] * n
+    for c in COMPONENTS:
+        columns.append((f"global_{c}_percent", report["global_strain"][f"{c}_percent"] or empty))
+    for c in COMPONENTS:
+        columns.append((f"{c}_rate_per_s", report["global_strain_rate"][f"{c}_per_s"] or empty))
+    if volume_curves is not None:
+        for key in ("lv", "myo", "rv"):
+            vals = _list(volume_curves[key]) or empty
+            if len(vals) != n:
+                raise ValueError(f"volume curve {key!r} has {len(vals)} values for {n} frames")
+            columns.append((f"{key}_volume_ml", vals))
+    for c in COMPONENTS:
+        for s in range(1, 18):
+            columns.append((f"aha_{c}_{s}", report["aha_curves"][f"{c}_percent"][str(s)] or empty))
+
+    with open(json_path, "x", encoding="utf-8") as fh:
+        fh.write(text + "\n")
+    with open(csv_path, "x", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow([name for name, _ in columns])
+        for i in range(n):
+            w.writerow([str(vals[i]) if name == "frame" else _cell(vals[i]) for name, vals in columns])
+    return json_path, csv_path
