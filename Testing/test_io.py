@@ -22,6 +22,8 @@ from deepstrain.io import (
     save_labels,
 )
 
+pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI")  # Sunnybrook UIDs
+
 
 # --------------------------------------------------------------------------- helpers
 def rotation(ax: float, ay: float, az: float) -> np.ndarray:
@@ -378,8 +380,9 @@ def test_acdc_crop_lost_spacing(shared_data):
     info = json.loads((crop / "crops.json").read_text())
     f = crop / "patient051" / "patient051_4d.nii.gz"
     before = digest(f)
-    with pytest.warns(DeepStrainWarning, match="spacing looks lost"):
+    with pytest.warns(DeepStrainWarning) as record:
         cine = load_cine(f)
+    assert any("spacing looks lost" in str(w.message) and "--spacing" in str(w.message) for w in record)
     np.testing.assert_array_equal(cine.geometry.spacing, [1, 1, 1])
     true = info["patient051"]["true_spacing_mm"]  # (x, y, z)
     cine = quiet_load(f, spacing=true[::-1])
@@ -462,11 +465,55 @@ def test_dicom_inconsistent_series(shared_data, tmp_path):
     _copy_dicoms(src, tmp_path / "single", [z * 20 + 1 for z in range(3)])
     with pytest.raises(InputError, match="only one frame"):
         quiet_load(tmp_path / "single")
+    with pytest.raises(InputError, match="single DICOM image; give the folder"):
+        quiet_load(tmp_path / "single" / "1.dcm")
     # a folder of non-DICOM files
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "notes.txt").write_text("hello")
     with pytest.raises(InputError, match="no DICOM images"):
         quiet_load(tmp_path / "junk")
+
+
+def test_dicom_tags_series_choice_rescale(shared_data, tmp_path):
+    """Edited copies of Sunnybrook images: non-square pixels, rescaling, a second series."""
+    import pydicom
+
+    src = shared_data / "sunnybrook" / "SCD0000101"
+    names = [z * 20 + t + 1 for z in range(2) for t in range(3)]
+    main = tmp_path / "study"
+    main.mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for n in names:
+            ds = pydicom.dcmread(str(src / f"{n}.dcm"), force=True)
+            ds.PixelSpacing = [1.2, 1.5]
+            ds.RescaleSlope, ds.RescaleIntercept = 2, -5
+            ds.save_as(str(main / f"{n}.dcm"))
+        for n in names[:4]:  # a smaller second series (e.g. a localizer) beside it
+            ds = pydicom.dcmread(str(src / f"{n}.dcm"), force=True)
+            ds.SeriesInstanceUID = "1.2.3.4"
+            ds.save_as(str(main / f"other{n}.dcm"))
+    with pytest.warns(DeepStrainWarning, match="several DICOM series") as record:
+        cine = load_cine(main)
+    assert any("1.2.3.4 (4 images" in str(w.message) for w in record)
+    assert cine.data.shape == (3, 2, 256, 256)
+    np.testing.assert_allclose(cine.geometry.spacing, [10, 1.2, 1.5], rtol=1e-5)
+    ds = pydicom.dcmread(str(main / "22.dcm"), force=True)  # file slice 1 -> index 0 (ascending normal)
+    np.testing.assert_array_equal(cine.data[1, 0], ds.pixel_array * 2.0 - 5)
+    iop = np.asarray(ds.ImageOrientationPatient, float)
+    r, c = 100, 30
+    lps = np.asarray(ds.ImagePositionPatient, float) + c * 1.5 * iop[:3] + r * 1.2 * iop[3:]
+    world = cine.geometry.index_to_world @ np.array([0, r, c, 1.0])
+    np.testing.assert_allclose(world[:3], lps * [-1, -1, 1], atol=0.02)
+    # the second series as large as the first (6 images): ambiguous
+    for n in names[4:]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(str(src / f"{n}.dcm"), force=True)
+        ds.SeriesInstanceUID = "1.2.3.4"
+        ds.save_as(str(main / f"other{n}.dcm"))
+    with pytest.raises(InputError, match="ambiguous"):
+        load_cine(main)
 
 
 def test_ukbb_single_frame_is_not_a_cine(shared_data):

@@ -298,6 +298,8 @@ def load_cine(
     messages: list[str] = []
     frames_per_cycle: int | None = None
     if path.is_file():
+        if not _is_nifti(path) and _looks_like_dicom(path):
+            raise InputError(path, "a single DICOM image; give the folder that holds the whole cine series")
         data, geom, lost, times, _ = _load_nifti_cine(path, messages)
         cine = Cine(data=data, geometry=geom, times_ms=times, name=_nifti_stem(path), source=str(path))
     elif (path / "Info.cfg").is_file():
@@ -331,6 +333,17 @@ def load_cine(
     for message in messages:
         warnings.warn(message, DeepStrainWarning, stacklevel=2)
     return cine
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    if path.suffix.lower() in (".dcm", ".ima"):
+        return True
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return head[128:132] == b"DICM"
 
 
 def _nifti_stem(path: Path) -> str:
@@ -462,6 +475,14 @@ def _load_acdc_folder(folder: Path, messages: list[str]) -> tuple[Cine, bool, in
 
 # =========================================================================== DICOM folders
 def _load_dicom_folder(folder: Path, messages: list[str]) -> Cine:
+    # pydicom warns about non-conforming tag values (e.g. Sunnybrook's UIDs); they do not
+    # affect what is read here, so they are not passed on to the user
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
+        return _read_dicom_folder(folder, messages)
+
+
+def _read_dicom_folder(folder: Path, messages: list[str]) -> Cine:
     import pydicom
 
     files = sorted(p for p in folder.rglob("*") if p.is_file())
