@@ -107,13 +107,37 @@ class CardiacFrame:
         return r, c, l_all
 
 
+AXIS_OUTLIER_MM = 10.0
+"""Slice centres farther than this from the first fitted long axis are left out of the second fit."""
+
+
+def _fit_axis(pts: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted total-least-squares line through ``pts``; refitted once without outliers."""
+
+    def fit(p: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        c = np.average(p, axis=0, weights=w)
+        _, _, vt = np.linalg.svd((p - c) * np.sqrt(w)[:, None])
+        return vt[0] / np.linalg.norm(vt[0]), c
+
+    d, c = fit(pts, weights)
+    off = pts - c
+    resid = np.linalg.norm(off - np.outer(off @ d, d), axis=1)
+    keep = resid <= AXIS_OUTLIER_MM
+    if np.count_nonzero(keep) >= 3 and not keep.all():
+        d, c = fit(pts[keep], weights[keep])
+    return d, c
+
+
 def cardiac_frame(labels_ed: np.ndarray, geometry: Geometry) -> CardiacFrame:
     """Build the cardiac frame from the ED label map ``(Z, Y, X)`` (ACDC labels).
 
     * Per-slice LV centre: world centroid of the label 2 and 3 voxels of that slice.
-    * Long axis: total-least-squares line through the centres of the slices with LV when
-      there are at least 3 such slices and the line is within 45 degrees of the slice normal
-      (a short-axis stack); otherwise the slice normal (array axis 0), with a warning.
+    * Long axis: total-least-squares line through the centres of the slices with LV, each
+      weighted by its LV (labels 2 + 3) voxel count so that small partial slices at the base and
+      apex pull less, refitted once without the centres more than ``AXIS_OUTLIER_MM`` from the
+      first line. Used when there are at least 3 such slices and the line is within 45 degrees
+      of the slice normal (a short-axis stack); otherwise the slice normal (array axis 0), with
+      a warning.
     * Base -> apex orientation, first rule that decides:
       1. ``"cavity area"``: least-squares slope of the LV cavity (label 3) area of each slice
          against its position along the axis, over slices with cavity; the apex is the end
@@ -147,12 +171,12 @@ def cardiac_frame(labels_ed: np.ndarray, geometry: Geometry) -> CardiacFrame:
     normal = geometry.direction[:, 0] / np.linalg.norm(geometry.direction[:, 0])
     warnings: list[str] = []
     pts = centers[ks]
-    axis_point = pts.mean(axis=0)
+    lv_count = np.array([np.count_nonzero(lv[k]) for k in ks], dtype=np.float64)
+    axis_point = np.average(pts, axis=0, weights=lv_count)
     l_vec = normal.copy()
     source = "slice normal"
     if ks.size >= 3:
-        _, _, vt = np.linalg.svd(pts - axis_point)
-        cand = vt[0] / np.linalg.norm(vt[0])
+        cand, axis_point = _fit_axis(pts, lv_count)
         angle = math.degrees(math.acos(min(1.0, abs(float(cand @ normal)))))
         if angle <= 45.0:
             l_vec = cand
