@@ -113,6 +113,89 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- batch
+def _add_batch(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("batch", help="analyse every study under a folder (resumable), with a summary table and group figures")
+    p.add_argument("input", type=Path, help="folder of studies: ACDC patient folders, 4D NIfTI files, DICOM cine folders")
+    p.add_argument("--out", required=True, type=Path, help="output folder (created; re-running resumes)")
+    p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
+    p.add_argument("--threads", type=int, help="torch threads per worker (default: cores // workers; 1 on Dask)")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler address (tcp://host:8786) to run on a cluster")
+    p.add_argument("--groups", type=Path, metavar="CSV", help="CSV with columns id,group (overrides Info.cfg Group)")
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N studies (sorted by path)")
+    p.add_argument("--no-figures", action="store_true", help="do not write the group figures")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from . import batch
+
+    res = batch.run_batch(args.input, args.out, workers=args.workers, scheduler=args.scheduler,
+                          groups_csv=args.groups, threads=args.threads, limit=args.limit,
+                          progress=None if args.quiet else sys.stderr, figures=not args.no_figures)
+    print(f"{len(res.rows)} studies: {res.n_ok} analysed, {res.n_skipped} already done, {res.n_failed} failed "
+          f"in {res.seconds:.1f} s; table {res.out_dir / batch.SUMMARY_NAME}")
+    for r in res.rows:
+        if r["status"] != "ok":
+            print(f"  failed {r['id']}: {r['error']}")
+    return res.exit_code
+
+
+# --------------------------------------------------------------------------- groups
+def _add_groups(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("groups", help="group figures (strain curves, polar maps, ESS) of a batch output folder")
+    p.add_argument("batch_dir", type=Path, help="output folder of 'deepstrain batch'")
+    p.add_argument("--groups", type=Path, metavar="CSV", help="CSV with columns id,group (overrides the table's)")
+    p.add_argument("--out", type=Path, help="figure folder (default BATCH_DIR/figures, replaced)")
+
+
+def _cmd_groups(args: argparse.Namespace) -> int:
+    from .groups import make_group_figures
+
+    made = make_group_figures(args.batch_dir, out_dir=args.out, groups_csv=args.groups)
+    for f in made:
+        print(f)
+    return 0
+
+
+# --------------------------------------------------------------------------- compare
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="agreement of two study tables (Bland-Altman, ICC(A,1), relative change)")
+    p.add_argument("a", type=Path, help="first table (summary.csv of a batch, or any CSV with an id column)")
+    p.add_argument("b", type=Path, help="second table; rows are paired by id")
+    p.add_argument("--out", required=True, type=Path, help="output folder (must not exist or be empty)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare_tables
+
+    res = compare_tables(args.a, args.b, args.out, overwrite=args.overwrite)
+    print(f"{res['n_pairs']} paired studies, {len(res['metrics'])} metrics; table {Path(args.out) / 'agreement.csv'}")
+    return 0
+
+
+# --------------------------------------------------------------------------- robustness
+def _add_robustness(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("robustness", help="strain differences after small perturbations of one study")
+    p.add_argument("input", type=Path, help="4D NIfTI or ACDC patient folder")
+    p.add_argument("--out", required=True, type=Path, help="output folder (must not exist or be empty)")
+    p.add_argument("--snr", type=float, default=20.0, help="SNR of the added Rician noise (default 20)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+
+
+def _cmd_robustness(args: argparse.Namespace) -> int:
+    from .robustness import robustness_study
+
+    res = robustness_study(args.input, args.out, snr=args.snr, seed=args.seed, overwrite=args.overwrite)
+    for r in res["perturbations"]:
+        print(f"{r['name']:>14}: dESS radial {r['ess_radial_diff']:+.2f}, circumferential "
+              f"{r['ess_circumferential_diff']:+.2f} %; segments mean |d| {r['segments_mean_abs_diff']:.2f}, "
+              f"max {r['segments_max_abs_diff']:.2f} %: {'within' if r['within_tolerance'] else 'OUTSIDE'} tolerance")
+    return 0 if all(r["within_tolerance"] for r in res["perturbations"]) else 1
+
+
 # --------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -123,6 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_phantom(sub)
     _add_analyze(sub)
     _add_demo(sub)
+    _add_batch(sub)
+    _add_groups(sub)
+    _add_compare(sub)
+    _add_robustness(sub)
     return parser
 
 

@@ -1,0 +1,619 @@
+"""Cohort analysis: find the studies under a folder, analyse each, keep a summary table.
+
+* Discovery (:func:`discover_studies`), sorted by path so the order is always the same:
+  an **ACDC patient folder** is a folder with ``Info.cfg``; a **DICOM cine folder** is a folder
+  that directly holds ``*.dcm`` files or files with the ``DICM`` magic (its sub-folders belong to
+  it); a **4D NIfTI** is a ``.nii``/``.nii.gz`` file whose header has 4 dimensions and more than
+  one frame. Hidden folders (``.name``) and the output folder are not searched. A study's id is
+  its path relative to the input folder with ``/`` replaced by ``__`` (NIfTI suffix removed).
+* Each study is analysed into ``OUT/<id>/`` atomically: the per-study function writes into a
+  folder under ``OUT/.tmp/`` which is renamed to ``OUT/<id>`` only when complete, so a killed run
+  never leaves a half-written study. A study is **done** when ``OUT/<id>/report.json`` is valid;
+  a re-run skips done studies and retries failed ones.
+* ``OUT/summary.csv`` (:data:`SUMMARY_COLUMNS`) is rewritten atomically (temp file +
+  ``os.replace``) after every study: one row per study known to this run (done or finished).
+* Execution: one worker runs the studies in this process; ``workers > 1`` uses a
+  ``ProcessPoolExecutor`` (spawned processes, each limited to ``threads`` torch/OpenMP threads,
+  default ``cores // workers``); ``scheduler`` sends them to a Dask distributed cluster instead
+  (the workers must see the input and output folders at the same paths, and import ``deepstrain``).
+* Group figures (:mod:`deepstrain.groups`) are written to ``OUT/figures/`` at the end.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io as _io
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, TextIO
+
+from .errors import InputError
+
+StudyFn = Callable[..., Any]
+
+COMPONENTS = ("radial", "circumferential", "longitudinal")
+VOLUME_KEYS = (
+    "lv_edv_ml", "lv_esv_ml", "lv_sv_ml", "lv_ef_percent", "lv_mass_g",
+    "rv_edv_ml", "rv_esv_ml", "rv_ef_percent",
+)  # fmt: skip
+PEAK_KEYS = tuple(f"{p}_{c}" for p in ("ess", "srs", "sre") for c in COMPONENTS)
+AHA_KEYS = tuple(f"aha_{c}_{s}" for c in ("radial", "circumferential") for s in range(1, 18))
+SUMMARY_COLUMNS = ("id", "group", "status", "error", "seconds", "input") + VOLUME_KEYS + PEAK_KEYS + AHA_KEYS
+"""Columns of ``summary.csv``: volumes in ml / g / %, ESS in %, SRs and SRe in 1/s, AHA values
+(segment mean at ES) in %. Empty cell = not available."""
+
+SUMMARY_NAME = "summary.csv"
+BATCH_INFO_NAME = "batch.json"
+_TMP_NAME = ".tmp"
+_LOCK_NAME = ".deepstrain-batch.lock"
+_NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+# =========================================================================== discovery
+@dataclass(frozen=True)
+class Study:
+    """One study found under the input folder."""
+
+    id: str
+    path: Path
+    kind: str  # "acdc", "dicom" or "nifti"
+    group: str | None = None
+
+
+def _is_dicom_file(path: Path) -> bool:
+    if path.suffix.lower() == ".dcm":
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _nifti_stem(name: str) -> str | None:
+    low = name.lower()
+    for suffix in _NIFTI_SUFFIXES:
+        if low.endswith(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def _is_cine_nifti(path: Path) -> bool:
+    """True for a 4D NIfTI with more than one frame, and for a NIfTI whose header cannot be read
+    (so that the batch reports it as a failed study instead of ignoring it silently)."""
+    import nibabel as nib
+
+    try:
+        shape = nib.load(str(path)).shape
+    except Exception:
+        return True
+    return len(shape) == 4 and shape[3] > 1
+
+
+def read_info_group(info_cfg: Path) -> str | None:
+    """The ``Group`` of an ACDC ``Info.cfg`` (None when absent)."""
+    try:
+        text = info_cfg.read_text(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip().lower() == "group" and value.strip():
+            return value.strip()
+    return None
+
+
+def read_groups_csv(path: str | os.PathLike) -> dict[str, str]:
+    """``id -> group`` from a CSV with a header holding the columns ``id`` and ``group``."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "groups CSV not found")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        fields = {(name or "").strip().lower(): name for name in (reader.fieldnames or [])}
+        if "id" not in fields or "group" not in fields:
+            raise InputError(path, f"groups CSV needs a header with columns 'id' and 'group', got {reader.fieldnames}")
+        out: dict[str, str] = {}
+        for line, row in enumerate(reader, start=2):
+            sid = (row.get(fields["id"]) or "").strip()
+            grp = (row.get(fields["group"]) or "").strip()
+            if not sid:
+                raise InputError(path, f"line {line}: empty id")
+            if sid in out and out[sid] != grp:
+                raise InputError(path, f"line {line}: id {sid!r} listed twice with different groups")
+            if grp:
+                out[sid] = grp
+    return out
+
+
+def discover_studies(
+    input_dir: str | os.PathLike,
+    *,
+    groups: Mapping[str, str] | None = None,
+    exclude: Iterable[str | os.PathLike] = (),
+) -> list[Study]:
+    """Studies under ``input_dir`` sorted by path (see the module docstring for the rules).
+
+    ``groups`` (id -> group) overrides the ``Group`` of ``Info.cfg``; ``exclude`` lists folders not
+    to search (the output folder). Raises :class:`InputError` if the folder is missing or two
+    studies get the same id.
+    """
+    root = Path(input_dir)
+    if not root.exists():
+        raise InputError(root, "input folder not found")
+    if not root.is_dir():
+        raise InputError(root, "input must be a folder of studies")
+    root = root.absolute()
+    skip = {Path(p).absolute() for p in exclude}
+    found: list[tuple[str, Path, str, str | None]] = []
+
+    def rel_id(p: Path, stem: str | None = None) -> str:
+        if p == root:
+            return root.name
+        parts = list(p.relative_to(root).parts)
+        if stem is not None:
+            parts[-1] = stem
+        return "__".join(parts)
+
+    def walk(d: Path) -> None:
+        try:
+            entries = sorted(d.iterdir(), key=lambda e: e.name)
+        except OSError as exc:
+            raise InputError(d, f"cannot list folder: {exc.strerror or exc}") from exc
+        if (d / "Info.cfg").is_file():
+            found.append((rel_id(d), d, "acdc", read_info_group(d / "Info.cfg")))
+            return
+        files = [e for e in entries if e.is_file()]
+        if any(_is_dicom_file(f) for f in files):
+            found.append((rel_id(d), d, "dicom", None))
+            return
+        for f in files:
+            stem = _nifti_stem(f.name)
+            if stem is not None and _is_cine_nifti(f):
+                found.append((rel_id(f, stem), f, "nifti", None))
+        for sub in entries:
+            if sub.is_dir() and not sub.name.startswith(".") and sub.absolute() not in skip:
+                walk(sub)
+
+    walk(root)
+    seen: dict[str, Path] = {}
+    studies = []
+    for sid, path, kind, grp in sorted(found, key=lambda t: str(t[1])):
+        if sid in seen:
+            raise InputError(path, f"has the same study id {sid!r} as {seen[sid]}; rename one of them")
+        seen[sid] = path
+        if groups and sid in groups:
+            grp = groups[sid]
+        studies.append(Study(sid, path, kind, grp))
+    return studies
+
+
+# =========================================================================== results
+def load_report(folder: str | os.PathLike) -> dict | None:
+    """The report dict of a finished study folder, or None if it has no valid ``report.json``."""
+    p = Path(folder) / "report.json"
+    try:
+        rep = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(rep, dict) or not all(isinstance(rep.get(k), dict) for k in ("frames", "volumetrics", "ess")):
+        return None
+    return rep
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return ""
+    if not math.isfinite(x):
+        return ""
+    return repr(round(x, 4))
+
+
+def summary_row(
+    study: Study, report: Mapping | None, *, status: str, error: str = "", seconds: float | None = None
+) -> dict[str, str]:
+    """One ``summary.csv`` row (all cells as text) from a report dict (None for a failure)."""
+    row = {k: "" for k in SUMMARY_COLUMNS}
+    row.update(id=study.id, group=study.group or "", status=status, error=error, input=str(study.path),
+               seconds="" if seconds is None else f"{seconds:.2f}")
+    if report:
+        vol = report.get("volumetrics") or {}
+        for k in VOLUME_KEYS:
+            row[k] = _fmt(vol.get(k))
+        for p in ("ess", "srs", "sre"):
+            vals = report.get(p) or {}
+            for c in COMPONENTS:
+                row[f"{p}_{c}"] = _fmt(vals.get(c))
+        aha = report.get("aha") or {}
+        for c in ("radial", "circumferential"):
+            segs = aha.get(f"{c}_percent") or {}
+            for s in range(1, 18):
+                row[f"aha_{c}_{s}"] = _fmt(segs.get(str(s)))
+    return row
+
+
+def write_summary(rows: Iterable[Mapping[str, str]], path: str | os.PathLike) -> Path:
+    """Write ``rows`` as CSV atomically (temp file in the same folder, then ``os.replace``)."""
+    path = Path(path)
+    buf = _io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(SUMMARY_COLUMNS), lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: r.get(k, "") for k in SUMMARY_COLUMNS})
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+            f.write(buf.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def read_summary(path: str | os.PathLike) -> list[dict[str, str]]:
+    """Rows of a ``summary.csv`` (or any CSV with an ``id`` column) as dicts of text."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "table not found")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or "id" not in reader.fieldnames:
+            raise InputError(path, f"not a study table: needs an 'id' column, got {reader.fieldnames}")
+        rows = list(reader)
+    for i, r in enumerate(rows, start=2):
+        if None in r or any(v is None for v in r.values()):
+            raise InputError(path, f"line {i}: wrong number of cells")
+    return rows
+
+
+# =========================================================================== one study
+def analyze_study(input_path: str, out_dir: str, **kwargs: Any) -> dict:
+    """The default per-study function: :func:`deepstrain.analyze.analyze_path` (imported lazily)."""
+    from .analyze import analyze_path
+
+    return analyze_path(input_path, out_dir, **kwargs)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc) if isinstance(exc, InputError) else f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split()) or type(exc).__name__
+
+
+def _limit_threads(threads: int | None) -> None:
+    if not threads:
+        return
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+def run_one(
+    study: Study,
+    out_dir: str,
+    study_fn: StudyFn | None = None,
+    study_kwargs: Mapping[str, Any] | None = None,
+    threads: int | None = None,
+) -> dict[str, str]:
+    """Analyse one study into ``out_dir/<id>`` atomically and return its summary row.
+
+    Never raises for a failing study: the row has status ``failed`` and the error message.
+    Runs in a worker process or a Dask worker; everything it needs comes in its arguments.
+    """
+    fn = study_fn or analyze_study
+    out = Path(out_dir)
+    final = out / study.id
+    t0 = time.perf_counter()
+    existing = load_report(final)
+    if existing is not None:
+        return summary_row(study, existing, status="ok", seconds=_recorded_seconds(final))
+    if final.exists():
+        return summary_row(study, None, status="failed", seconds=0.0,
+                           error=f"{final}: exists but holds no valid report.json; remove it to analyse this study")
+    tmp_root = out / _TMP_NAME
+    tmp_root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{study.id}-", dir=tmp_root))
+    work = tmp / "study"
+    try:
+        _limit_threads(threads)
+        fn(str(study.path), str(work), **dict(study_kwargs or {}))
+        report = load_report(work)
+        if report is None:
+            raise RuntimeError(f"the study function wrote no valid report.json into {work}")
+        seconds = time.perf_counter() - t0
+        info = {"id": study.id, "input": str(study.path), "kind": study.kind, "group": study.group,
+                "seconds": round(seconds, 3), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        (work / BATCH_INFO_NAME).write_text(json.dumps(info, indent=1) + "\n")
+        try:
+            os.replace(work, final)
+        except OSError:
+            other = load_report(final)
+            if other is None:
+                raise
+            report = other  # finished meanwhile by another worker (e.g. an orphan of a killed run)
+        return summary_row(study, report, status="ok", seconds=seconds)
+    except Exception as exc:  # a failing study is recorded and does not stop the others
+        return summary_row(study, None, status="failed", error=_one_line(exc), seconds=time.perf_counter() - t0)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _recorded_seconds(folder: Path) -> float | None:
+    try:
+        return float(json.loads((folder / BATCH_INFO_NAME).read_text())["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+# =========================================================================== progress
+def _hms(seconds: float) -> str:
+    s = int(round(max(0.0, seconds)))
+    return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+class ProgressBar:
+    """Plain-text progress on a stream: counts, failures, elapsed and estimated time left.
+
+    On a terminal the line is redrawn in place; otherwise one line per finished study.
+    """
+
+    def __init__(self, total: int, skipped: int = 0, stream: TextIO | None = None, width: int = 24) -> None:
+        self.total, self.skipped, self.width = total, skipped, width
+        self.ok = self.failed = 0
+        self.stream = stream
+        self.t0 = time.monotonic()
+        self.tty = bool(stream is not None and getattr(stream, "isatty", lambda: False)())
+
+    @property
+    def done(self) -> int:
+        return self.skipped + self.ok + self.failed
+
+    def line(self, last: str = "") -> str:
+        frac = self.done / self.total if self.total else 1.0
+        filled = int(round(frac * self.width))
+        elapsed = time.monotonic() - self.t0
+        run = self.ok + self.failed
+        left = self.total - self.done
+        eta = "--:--:--" if run == 0 else _hms(elapsed / run * left)
+        text = (f"[{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total} "
+                f"ok {self.ok} failed {self.failed} skipped {self.skipped} | elapsed {_hms(elapsed)} left {eta}")
+        return f"{text} | {last}" if last else text
+
+    def update(self, row: Mapping[str, str]) -> None:
+        if row.get("status") == "ok":
+            self.ok += 1
+        else:
+            self.failed += 1
+        last = f"{row.get('id')} {row.get('status')}"
+        if row.get("seconds"):
+            last += f" {row['seconds']} s"
+        self._emit(self.line(last))
+
+    def start(self) -> None:
+        self._emit(self.line("starting"))
+
+    def finish(self) -> None:
+        if self.stream is not None and self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+    def _emit(self, text: str) -> None:
+        if self.stream is None:
+            return
+        if self.tty:
+            self.stream.write("\r" + text[:200].ljust(120))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+# =========================================================================== the batch
+@dataclass
+class BatchResult:
+    """What a batch did. ``rows`` are the summary rows in study order."""
+
+    out_dir: Path
+    rows: list[dict[str, str]]
+    n_ok: int
+    n_failed: int
+    n_skipped: int
+    seconds: float
+    figures: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.n_failed == 0 else 1
+
+
+class _Lock:
+    """An exclusive lock on ``OUT/.deepstrain-batch.lock`` (no two batches write one folder)."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / _LOCK_NAME
+        self.f: Any = None
+
+    def __enter__(self) -> "_Lock":
+        self.f = open(self.path, "a+")
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks; rely on the user
+            return self
+        try:
+            fcntl.flock(self.f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.f.close()
+            raise InputError(self.path.parent, "another deepstrain batch is writing into this folder") from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.f.close()
+
+
+def _init_worker(threads: int | None, parent_pid: int) -> None:
+    """Pool worker start-up: thread limits, and exit if the batch process dies (kill -9)."""
+    _limit_threads(threads)
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="deepstrain-parent-watch", daemon=True).start()
+
+
+def run_batch(
+    input_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    workers: int = 1,
+    scheduler: str | None = None,
+    groups_csv: str | os.PathLike | None = None,
+    study_fn: StudyFn | None = None,
+    study_kwargs: Mapping[str, Any] | None = None,
+    threads: int | None = None,
+    limit: int | None = None,
+    progress: TextIO | None = sys.stderr,
+    figures: bool = True,
+) -> BatchResult:
+    """Analyse every study under ``input_dir`` into ``out_dir`` (see the module docstring).
+
+    ``study_fn(input_path, out_dir, **study_kwargs)`` analyses one study and writes ``report.json``
+    into ``out_dir`` (default :func:`analyze_study`); with ``workers > 1`` or a ``scheduler`` it must
+    be picklable (a module-level function). ``threads``: torch/OpenMP threads per worker (default
+    ``max(1, cores // workers)`` locally, 1 on Dask). ``limit``: only the first N studies.
+    ``progress``: stream for the progress bar (None for silence).
+    """
+    t0 = time.perf_counter()
+    if workers < 1:
+        raise InputError(out_dir, f"--workers must be at least 1, got {workers}")
+    out = Path(out_dir).absolute()
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "output path exists and is not a folder")
+    groups = read_groups_csv(groups_csv) if groups_csv is not None else None
+    studies = discover_studies(input_dir, groups=groups, exclude=[out])
+    if limit is not None:
+        studies = studies[: max(0, int(limit))]
+    if not studies:
+        raise InputError(input_dir, "no studies found (ACDC folders with Info.cfg, 4D NIfTI files or DICOM cine folders)")
+    if groups and progress is not None:
+        unknown = sorted(set(groups) - {s.id for s in studies})
+        if unknown:
+            progress.write(f"note: {len(unknown)} id(s) of the groups CSV are not among the studies: "
+                           f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}\n")
+    out.mkdir(parents=True, exist_ok=True)
+    with _Lock(out):
+        shutil.rmtree(out / _TMP_NAME, ignore_errors=True)  # leftovers of a killed run
+        rows: dict[str, dict[str, str]] = {}
+        todo: list[Study] = []
+        for s in studies:
+            rep = load_report(out / s.id)
+            if rep is not None:
+                rows[s.id] = summary_row(s, rep, status="ok", seconds=_recorded_seconds(out / s.id))
+            else:
+                todo.append(s)
+        order = {s.id: i for i, s in enumerate(studies)}
+        summary_path = out / SUMMARY_NAME
+        bar = ProgressBar(len(studies), skipped=len(rows), stream=progress)
+
+        def record(row: dict[str, str]) -> None:
+            rows[row["id"]] = row
+            write_summary(sorted(rows.values(), key=lambda r: order[r["id"]]), summary_path)
+            bar.update(row)
+
+        write_summary(sorted(rows.values(), key=lambda r: order[r["id"]]), summary_path)
+        bar.start()
+        if todo:
+            if scheduler:
+                _run_dask(todo, out, scheduler, study_fn, study_kwargs, threads or 1, record)
+            elif workers == 1:
+                for s in todo:
+                    record(run_one(s, str(out), study_fn, study_kwargs, threads))
+            else:
+                n_threads = threads or max(1, (os.cpu_count() or 1) // workers)
+                _run_pool(todo, out, workers, study_fn, study_kwargs, n_threads, record)
+        bar.finish()
+        shutil.rmtree(out / _TMP_NAME, ignore_errors=True)
+        ordered = sorted(rows.values(), key=lambda r: order[r["id"]])
+        made: list[str] = []
+        if figures and any(r["status"] == "ok" for r in ordered):
+            from .groups import make_group_figures
+
+            made = [str(p) for p in make_group_figures(out)]
+    n_ok = sum(r["status"] == "ok" for r in ordered)
+    return BatchResult(out, ordered, n_ok=n_ok - bar.skipped, n_failed=len(ordered) - n_ok,
+                       n_skipped=bar.skipped, seconds=time.perf_counter() - t0, figures=made)
+
+
+def _failed_row(study: Study, message: str) -> dict[str, str]:
+    return summary_row(study, None, status="failed", error=message)
+
+
+def _run_pool(todo, out, workers, study_fn, study_kwargs, threads, record) -> None:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch threads
+    pending = list(todo)
+    while pending:
+        with ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=ctx,
+                                 initializer=_init_worker, initargs=(threads, os.getpid())) as pool:
+            futures = {pool.submit(run_one, s, str(out), study_fn, study_kwargs, threads): s for s in pending}
+            pending = []
+            broken = False
+            for fut in as_completed(futures):
+                s = futures[fut]
+                try:
+                    record(fut.result())
+                except BrokenProcessPool:
+                    broken = True
+                    record(_failed_row(s, "a worker process died (crash or out of memory) while this study was "
+                                          "running or queued; re-run the batch to retry it"))
+                except Exception as exc:  # e.g. the study function cannot be pickled
+                    record(_failed_row(s, _one_line(exc)))
+            if broken:
+                break
+
+
+def _run_dask(todo, out, address, study_fn, study_kwargs, threads, record) -> None:
+    try:
+        from distributed import Client, as_completed as dask_as_completed
+    except ImportError as exc:  # pragma: no cover - optional dependency
+        raise InputError(address, "--scheduler needs dask[distributed] (pip install 'deepstrain[cohort]')") from exc
+    try:
+        client = Client(address, set_as_default=False, timeout="20s")
+    except Exception as exc:
+        raise InputError(address, f"cannot connect to the Dask scheduler: {_one_line(exc)}") from exc
+    try:
+        futures = {}
+        for s in todo:
+            fut = client.submit(run_one, s, str(out), study_fn, study_kwargs, threads, pure=False,
+                                key=f"deepstrain-{s.id}-{os.getpid()}-{time.time_ns()}")
+            futures[fut] = s
+        for fut in dask_as_completed(list(futures), loop=client.loop):
+            s = futures[fut]
+            try:
+                record(fut.result())
+            except Exception as exc:  # the worker died or the task could not run
+                record(_failed_row(s, f"Dask task failed: {_one_line(exc)}"))
+    finally:
+        client.close()

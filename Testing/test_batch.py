@@ -1,0 +1,188 @@
+"""Cohort batch: discovery, bookkeeping, resume after a kill, local pool and Dask."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import batch_fakes
+from deepstrain import batch, cli
+from deepstrain.errors import InputError
+
+GROUPS = {"patient001": "DCM", "patient002": "DCM", "patient003": "NOR", "patient004": "NOR",
+          "patient005": "HCM", "patient006": "HCM"}  # fmt: skip
+ALL_IDS = ["more__cine4d", "more__dicomseries"] + sorted(GROUPS)
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == batch.SUMMARY_COLUMNS
+        rows = list(reader)
+    for r in rows:  # no short or long rows
+        assert None not in r and all(v is not None for v in r.values())
+    return rows
+
+
+def _log_names(log: Path) -> list[str]:
+    return [line.split()[0] for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def test_discovery_rules_and_groups(tmp_path: Path) -> None:
+    root = batch_fakes.make_cohort(tmp_path / "in", GROUPS)
+    studies = batch.discover_studies(root)
+    assert [s.id for s in studies] == ALL_IDS
+    kinds = {s.id: s.kind for s in studies}
+    assert kinds["patient001"] == "acdc" and kinds["more__cine4d"] == "nifti" and kinds["more__dicomseries"] == "dicom"
+    assert {s.id: s.group for s in studies}["patient003"] == "NOR"
+    # a groups CSV overrides Info.cfg and fills the others
+    gcsv = tmp_path / "groups.csv"
+    gcsv.write_text("id,group\npatient003,HCM\nmore__cine4d,NOR\n")
+    got = {s.id: s.group for s in batch.discover_studies(root, groups=batch.read_groups_csv(gcsv))}
+    assert got["patient003"] == "HCM" and got["more__cine4d"] == "NOR" and got["more__dicomseries"] is None
+    # same order every time
+    assert [s.id for s in batch.discover_studies(root)] == ALL_IDS
+    bad = tmp_path / "bad.csv"
+    bad.write_text("name,grp\na,b\n")
+    with pytest.raises(InputError, match="'id' and 'group'"):
+        batch.read_groups_csv(bad)
+    with pytest.raises(InputError, match="not found"):
+        batch.discover_studies(tmp_path / "missing")
+
+
+def test_serial_batch_records_failures_and_resumes(tmp_path: Path) -> None:
+    root = batch_fakes.make_cohort(tmp_path / "in", GROUPS)
+    out, log = tmp_path / "out", tmp_path / "calls.log"
+    kw = {"log": str(log), "fail": ("patient002",)}
+    stream = io.StringIO()
+    res = batch.run_batch(root, out, study_fn=batch_fakes.fake_study, study_kwargs=kw, progress=stream, figures=False)
+    assert res.exit_code == 1 and res.n_failed == 1 and res.n_ok == len(ALL_IDS) - 1
+    rows = _rows(out / "summary.csv")
+    assert [r["id"] for r in rows] == ALL_IDS
+    by_id = {r["id"]: r for r in rows}
+    assert by_id["patient002"]["status"] == "failed"
+    assert "simulated unusable input" in by_id["patient002"]["error"] and "patient002" in by_id["patient002"]["error"]
+    assert not (out / "patient002").exists()
+    ok = by_id["patient003"]
+    rep = batch_fakes.fake_report(str(root / "patient003"))
+    assert ok["status"] == "ok" and ok["group"] == "NOR" and ok["error"] == ""
+    assert float(ok["ess_radial"]) == pytest.approx(rep["ess"]["radial"], abs=1e-4)
+    assert float(ok["aha_circumferential_5"]) == pytest.approx(rep["aha"]["circumferential_percent"]["5"], abs=1e-4)
+    assert ok["srs_radial"] != "" and float(ok["seconds"]) >= 0
+    assert ok["lv_ef_percent"] != "" and by_id["patient002"]["lv_ef_percent"] == ""
+    assert (out / "patient003" / "report.json").is_file() and (out / "patient003" / "batch.json").is_file()
+    assert not (out / ".tmp").exists()
+    text = stream.getvalue()
+    assert f"{len(ALL_IDS)}/{len(ALL_IDS)}" in text and "failed 1" in text and "left" in text
+    # re-run: only the failed study is tried again
+    mtime = (out / "patient003" / "report.json").stat().st_mtime_ns
+    log.write_text("")
+    res2 = batch.run_batch(root, out, study_fn=batch_fakes.fake_study, study_kwargs={"log": str(log)},
+                           progress=None, figures=False)
+    assert _log_names(log) == ["patient002"]
+    assert res2.exit_code == 0 and res2.n_skipped == len(ALL_IDS) - 1 and res2.n_ok == 1
+    assert (out / "patient003" / "report.json").stat().st_mtime_ns == mtime
+    rows2 = _rows(out / "summary.csv")
+    assert [r["status"] for r in rows2] == ["ok"] * len(ALL_IDS)
+    assert {r["id"]: r["seconds"] for r in rows2}["patient003"] == ok["seconds"]  # kept from batch.json
+
+
+def test_pool_gives_the_same_table_as_serial(tmp_path: Path) -> None:
+    root = batch_fakes.make_cohort(tmp_path / "in", GROUPS, with_others=False)
+    a = batch.run_batch(root, tmp_path / "a", study_fn=batch_fakes.fake_study, progress=None, figures=False)
+    b = batch.run_batch(root, tmp_path / "b", workers=2, threads=1, study_fn=batch_fakes.fake_study,
+                        progress=None, figures=False)
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("seconds",)} for r in rows]  # noqa: E731
+    assert b.exit_code == 0 and strip(a.rows) == strip(b.rows)
+    assert strip(_rows(tmp_path / "b" / "summary.csv")) == strip(_rows(tmp_path / "a" / "summary.csv"))
+
+
+def test_dask_local_cluster(tmp_path: Path) -> None:
+    distributed = pytest.importorskip("distributed")
+    root = batch_fakes.make_cohort(tmp_path / "in", GROUPS, with_others=False)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, host="127.0.0.1", protocol="tcp://",
+                                  dashboard_address=None) as cluster:
+        res = batch.run_batch(root, tmp_path / "out", scheduler=cluster.scheduler_address,
+                              study_fn=batch_fakes.fake_study, study_kwargs={"fail": ("patient004",)},
+                              progress=None, figures=False)
+    rows = _rows(tmp_path / "out" / "summary.csv")
+    assert [r["id"] for r in rows] == sorted(GROUPS)
+    assert [r["status"] for r in rows] == ["ok", "ok", "ok", "failed", "ok", "ok"]
+    assert res.exit_code == 1
+    assert batch.load_report(tmp_path / "out" / "patient005")["ess"]["radial"] == pytest.approx(
+        batch_fakes.fake_report(str(root / "patient005"))["ess"]["radial"])
+
+
+def test_kill_half_way_then_resume(tmp_path: Path) -> None:
+    names = {f"patient{i:03d}": "NOR" for i in range(1, 11)}
+    root = batch_fakes.make_cohort(tmp_path / "in", names, with_others=False)
+    out, log = tmp_path / "out", tmp_path / "calls.log"
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import batch_fakes
+        from deepstrain import batch
+        batch.run_batch({str(root)!r}, {str(out)!r}, workers=2, threads=1, study_fn=batch_fakes.fake_study,
+                        study_kwargs={{"delay": 0.5, "log": {str(log)!r}}}, progress=None, figures=False)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 60
+        while len([p for p in out.glob("patient*") if p.is_dir()]) < 3:
+            assert proc.poll() is None, "the batch ended before it could be killed"
+            assert time.monotonic() < deadline, "no progress"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    time.sleep(1.5)  # the orphaned pool workers notice within 0.5 s and exit
+    done_before = sorted(p.name for p in out.glob("patient*"))
+    assert 3 <= len(done_before) < len(names)
+    for p in out.glob("patient*"):  # no half-written study
+        assert batch.load_report(p) is not None
+    rows = _rows(out / "summary.csv")
+    assert all(r["status"] == "ok" for r in rows) and {r["id"] for r in rows} <= set(done_before)
+    mtimes = {n: (out / n / "report.json").stat().st_mtime_ns for n in done_before}
+    n_calls_before = len(_log_names(log))
+    res = batch.run_batch(root, out, study_fn=batch_fakes.fake_study, study_kwargs={"log": str(log)},
+                          progress=None, figures=False)
+    again = _log_names(log)[n_calls_before:]
+    assert sorted(again) == sorted(set(names) - set(done_before))
+    assert res.exit_code == 0 and res.n_skipped == len(done_before)
+    assert {n: (out / n / "report.json").stat().st_mtime_ns for n in done_before} == mtimes
+    rows = _rows(out / "summary.csv")
+    assert [r["id"] for r in rows] == sorted(names) and all(r["status"] == "ok" for r in rows)
+    assert not (out / ".tmp").exists()
+
+
+def test_cli_batch_exit_codes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    root = batch_fakes.make_cohort(tmp_path / "in", {"patient001": "NOR", "patient002": "DCM"}, with_others=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli.main(["batch", str(empty), "--out", str(tmp_path / "o0")]) == 2
+    assert "no studies found" in capsys.readouterr().err
+    calls = []
+
+    def fake(input_path: str, out_dir: str, **kw: object) -> dict:
+        calls.append(kw)
+        return batch_fakes.fake_study(input_path, out_dir, fail=("patient002",))
+
+    monkeypatch.setattr(batch, "analyze_study", fake)
+    assert cli.main(["batch", str(root), "--out", str(tmp_path / "o1"), "--no-figures"]) == 1
+    assert cli.main(["batch", str(root), "--out", str(tmp_path / "o2"), "--limit", "1", "--no-figures"]) == 0
+    assert len(_rows(tmp_path / "o2" / "summary.csv")) == 1
+    gcsv = tmp_path / "g.csv"
+    gcsv.write_text("id,group\npatient001,HCM\n")
+    assert cli.main(["batch", str(root), "--out", str(tmp_path / "o2"), "--limit", "1", "--no-figures",
+                     "--groups", str(gcsv)]) == 0
+    assert _rows(tmp_path / "o2" / "summary.csv")[0]["group"] == "HCM"
+    assert cli.main(["batch", str(root), "--out", str(tmp_path / "o3"), "--workers", "0"]) == 2
