@@ -85,3 +85,4 @@ def test_agreement_combines_everything() -> None:
     assert np.isfinite(out["icc_ci_low"]) and out["icc_ci_low"] < out["icc"] < out["icc_ci_high"]
     with pytest.raises(ValueError):
         stats.bland_altman([1, 2], [1, 2, 3])
+

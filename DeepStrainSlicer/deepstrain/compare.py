@@ -1,0 +1,153 @@
+"""Compare two study tables (e.g. two ``summary.csv``: scan-rescan, two readers, two versions).
+
+Rows are paired by ``id`` (only rows with status ``ok`` when the table has a ``status`` column).
+Every numeric column present in both tables is a metric (global values, and the AHA segment
+columns ``aha_<component>_<segment>``); for each, :func:`deepstrain.stats.agreement` gives
+Bland-Altman bias / SD / 95 % limits (difference ``B - A``), ICC(A,1) = ICC(2,1) with its
+McGraw & Wong 95 % CI, and the relative changes ``100 (B - A) / ((A + B) / 2)`` (mean and mean
+absolute). Outputs, written atomically: ``agreement.csv`` (one row per metric),
+``agreement.json`` (the same plus the formulas and the unmatched ids) and Bland-Altman plots
+``bland_altman_global.png``, ``bland_altman_aha_radial.png``, ``bland_altman_aha_circumferential.png``.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from . import stats
+from .errors import InputError
+from .outputs import atomic_output_dir
+
+NON_METRIC = {"id", "group", "status", "error", "seconds", "input"}
+TABLE_COLUMNS = ("metric", "n", "mean_a", "mean_b", "bias", "sd_diff", "loa_low", "loa_high", "icc",
+                 "icc_ci_low", "icc_ci_high", "relative_change_percent", "abs_relative_change_percent")
+
+
+def _table(path: Path) -> tuple[list[str], dict[str, dict[str, str]]]:
+    from .batch import read_summary
+
+    rows = read_summary(path)
+    cols = list(rows[0].keys()) if rows else []
+    out: dict[str, dict[str, str]] = {}
+    for r in rows:
+        if "status" in r and r["status"] != "ok":
+            continue
+        sid = r["id"].strip()
+        if sid in out:
+            raise InputError(path, f"id {sid!r} appears more than once")
+        out[sid] = r
+    return cols, out
+
+
+def _number(text: str) -> float | None:
+    """Float of a cell; NaN for an empty cell; None if it is not a number."""
+    t = (text or "").strip()
+    if not t:
+        return math.nan
+    try:
+        return float(t)
+    except ValueError:
+        return None
+
+
+def compare_tables(a_csv: str | os.PathLike, b_csv: str | os.PathLike, out_dir: str | os.PathLike, *,
+                   overwrite: bool = False, multiplier: float = 1.96) -> dict:
+    """Agreement of table B against table A per metric (see the module docstring); returns the JSON dict."""
+    a_csv, b_csv = Path(a_csv), Path(b_csv)
+    cols_a, rows_a = _table(a_csv)
+    cols_b, rows_b = _table(b_csv)
+    ids = sorted(set(rows_a) & set(rows_b))
+    if not ids:
+        raise InputError(b_csv, f"no study id in common with {a_csv} (among rows with status ok)")
+    metrics: list[dict] = []
+    values: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for col in cols_a:
+        if col in NON_METRIC or col not in cols_b:
+            continue
+        a = [_number(rows_a[i][col]) for i in ids]
+        b = [_number(rows_b[i][col]) for i in ids]
+        if any(v is None for v in a + b):
+            continue  # a text column
+        a_arr, b_arr = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        if not np.any(np.isfinite(a_arr) & np.isfinite(b_arr)):
+            continue
+        values[col] = (a_arr, b_arr)
+        metrics.append({"metric": col, **stats.agreement(a_arr, b_arr, multiplier=multiplier)})
+    if not metrics:
+        raise InputError(b_csv, f"no numeric column in common with {a_csv}")
+    result = {
+        "a": str(a_csv), "b": str(b_csv), "n_pairs": len(ids), "ids": ids,
+        "only_in_a": sorted(set(rows_a) - set(rows_b)), "only_in_b": sorted(set(rows_b) - set(rows_a)),
+        "definitions": {
+            "difference": "B - A",
+            "bland_altman": f"bias = mean(B - A); sd_diff = SD(B - A), n - 1; limits = bias -/+ {multiplier} sd_diff",
+            "icc": "ICC(A,1) = ICC(2,1): two-way random, absolute agreement, single measurement "
+                   "(McGraw & Wong 1996; Shrout & Fleiss 1979), 95 % CI by the McGraw & Wong approximate F method",
+            "relative_change": stats.RELATIVE_CHANGE_FORMULA,
+        },
+        "metrics": metrics,
+    }
+    with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
+        with open(tmp / "agreement.csv", "w", newline="") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(TABLE_COLUMNS)
+            for m in metrics:
+                w.writerow([m["metric"], m["n"]] + [_cell(m[k]) for k in TABLE_COLUMNS[2:]])
+        (tmp / "agreement.json").write_text(json.dumps(_json_safe(result), indent=1) + "\n")
+        global_cols = [m["metric"] for m in metrics if not m["metric"].startswith("aha_")]
+        _ba_grid(values, global_cols, multiplier, "Bland-Altman, global metrics (B - A)", tmp / "bland_altman_global.png")
+        for comp in ("radial", "circumferential"):
+            seg_cols = [f"aha_{comp}_{s}" for s in range(1, 18) if f"aha_{comp}_{s}" in values]
+            _ba_grid(values, seg_cols, multiplier, f"Bland-Altman, AHA segments, {comp} strain at ES (%)",
+                     tmp / f"bland_altman_aha_{comp}.png")
+    return result
+
+
+def _cell(v: float) -> str:
+    return "" if v is None or not math.isfinite(v) else repr(round(float(v), 6))
+
+
+def _json_safe(x):
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+def _ba_grid(values: dict, cols: list[str], multiplier: float, title: str, path: Path) -> Path | None:
+    cols = [c for c in cols if np.sum(np.isfinite(values[c][0]) & np.isfinite(values[c][1])) >= 2]
+    if not cols:
+        return None
+    from matplotlib.figure import Figure
+
+    ncol = min(5, len(cols))
+    nrow = int(math.ceil(len(cols) / ncol))
+    fig = Figure(figsize=(2.8 * ncol, 2.5 * nrow + 0.5), dpi=90)
+    axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
+    for ax, col in zip(axes, cols):
+        a, b = values[col]
+        keep = np.isfinite(a) & np.isfinite(b)
+        a, b = a[keep], b[keep]
+        ba = stats.bland_altman(a, b, multiplier)
+        ax.plot((a + b) / 2, b - a, "o", ms=3, color="tab:blue")
+        ax.axhline(ba.bias, color="k", lw=1)
+        for y in (ba.loa_low, ba.loa_high):
+            ax.axhline(y, color="tab:red", lw=0.8, ls="--")
+        ax.set_title(f"{col}\nbias {ba.bias:.2f}, LoA {ba.loa_low:.2f} to {ba.loa_high:.2f}", fontsize=7)
+        ax.set_xlabel("mean of A and B", fontsize=7)
+        ax.set_ylabel("B - A", fontsize=7)
+        ax.tick_params(labelsize=6)
+    for ax in axes[len(cols):]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, metadata={"Software": None})
+    return path

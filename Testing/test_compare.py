@@ -1,0 +1,49 @@
+"""compare: two study tables paired by id, agreement per metric, table and plots."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from deepstrain import stats
+from test_stats import MINI, WRIGHT
+
+def _write_table(path, rows, cols) -> None:
+    import csv
+
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        w.writerows(rows)
+
+
+def test_compare_tables_on_the_lancet_data(tmp_path) -> None:
+    from deepstrain import cli
+    from deepstrain.compare import compare_tables
+
+    ids = [f"s{i:02d}" for i in range(17)]
+    cols = ["id", "status", "group", "lv_ef_percent", "aha_radial_3"]
+    # A = mini Wright, B = Wright; an extra failed row in B and an id only in A are not paired
+    rows_a = [[i, "ok", "X", m, 10 + k] for k, (i, m) in enumerate(zip(ids, MINI))] + [["only_a", "ok", "X", 1, 1]]
+    rows_b = [[i, "ok", "X", w, 10 + k + (k % 3)] for k, (i, w) in enumerate(zip(ids, WRIGHT))]
+    rows_b.append(["s00x", "failed", "X", "", ""])
+    _write_table(tmp_path / "a.csv", rows_a, cols)
+    _write_table(tmp_path / "b.csv", rows_b, cols)
+    res = compare_tables(tmp_path / "a.csv", tmp_path / "b.csv", tmp_path / "cmp")
+    assert res["n_pairs"] == 17 and res["only_in_a"] == ["only_a"]
+    m = {x["metric"]: x for x in res["metrics"]}
+    assert set(m) == {"lv_ef_percent", "aha_radial_3"}
+    assert round(m["lv_ef_percent"]["bias"], 1) == -2.1 and round(m["lv_ef_percent"]["sd_diff"], 1) == 38.8
+    assert m["aha_radial_3"]["bias"] == pytest.approx(np.mean([k % 3 for k in range(17)]))
+    import csv
+
+    with open(tmp_path / "cmp" / "agreement.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [r["metric"] for r in table] == ["lv_ef_percent", "aha_radial_3"]
+    assert float(table[0]["icc"]) == pytest.approx(stats.icc_a1(np.stack([MINI, WRIGHT], 1)).icc, abs=1e-6)
+    for png in ("bland_altman_global.png", "bland_altman_aha_radial.png"):
+        assert (tmp_path / "cmp" / png).is_file()
+    # the output folder is not overwritten silently; bad input -> exit 2
+    assert cli.main(["compare", str(tmp_path / "a.csv"), str(tmp_path / "b.csv"), "--out", str(tmp_path / "cmp")]) == 2
+    _write_table(tmp_path / "c.csv", [["zz", "ok", "X", 1, 1]], cols)
+    assert cli.main(["compare", str(tmp_path / "a.csv"), str(tmp_path / "c.csv"), "--out", str(tmp_path / "c2")]) == 2
+    assert not (tmp_path / "c2").exists()
