@@ -1,0 +1,261 @@
+"""Robustness of the strain results to small perturbations of the input images.
+
+A study is analysed as given (the baseline) and again after each perturbation:
+
+* ``shift``: the images (and any manual label files) moved by one voxel along the first NIfTI
+  axis (in-plane, column direction), the vacated edge filled with the edge values; the affine is
+  unchanged, so the heart moves by one voxel in the world. Strain is a tissue property and should
+  not change.
+* ``noise``: Rician noise, ``sqrt((I + n1)^2 + n2^2)`` with ``n1, n2 ~ N(0, sigma^2)``,
+  ``sigma = S / SNR`` where ``S`` is the 95th percentile of the study's intensities (a bright-
+  tissue level), fixed seed.
+* ``scale``: intensities multiplied by 1.2.
+
+Differences are ``perturbed - baseline`` in percentage points: global ESS (radial,
+circumferential), and over the AHA segments at ES present in both (mean and max of the absolute
+differences, per component and pooled). A perturbation is *within tolerance* when both
+``|dESS| <= tolerance.global_ess`` and the pooled segment mean ``|d| <= tolerance.segment_mean``.
+The default tolerances (2 and 4 percentage points) are engineering choices for this tool, about
+a tenth of a normal radial/circumferential ESS; they are not taken from the DeepStrain paper.
+
+Inputs: a 4D NIfTI file or an ACDC patient folder (NIfTI frames). Output folder (atomic):
+``robustness.json`` and ``robustness.csv`` (one row per perturbation), and the analysis folders
+``baseline/`` and ``<perturbation>/``.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from .errors import InputError
+from .outputs import atomic_output_dir
+
+PERTURBATIONS = ("shift", "noise", "scale")
+CSV_COLUMNS = ("name", "description", "error", "ess_radial_diff", "ess_circumferential_diff",
+               "segments_radial_mean_abs_diff", "segments_radial_max_abs_diff",
+               "segments_circumferential_mean_abs_diff", "segments_circumferential_max_abs_diff",
+               "segments_mean_abs_diff", "segments_max_abs_diff", "n_segments", "within_tolerance")
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Allowed differences in percentage points of strain."""
+
+    global_ess: float = 2.0
+    segment_mean: float = 4.0
+
+
+def _is_nifti(p: Path) -> bool:
+    return p.name.lower().endswith((".nii", ".nii.gz"))
+
+
+def _is_label_file(p: Path) -> bool:
+    stem = p.name.lower().split(".nii")[0]
+    return stem.endswith("_gt") or stem.endswith("_seg")
+
+
+def _write_like(img, data: np.ndarray, path: Path) -> None:
+    """Save ``data`` with ``img``'s header (sform, qform and voxel size kept as they are)."""
+    import nibabel as nib
+
+    hdr = img.header.copy()
+    hdr.set_data_dtype(data.dtype)
+    nib.save(nib.Nifti1Image(data, None, header=hdr), str(path))
+
+
+def perturb_image(data: np.ndarray, kind: str, *, snr: float = 20.0, scale: float = 1.2,
+                  rng: np.random.Generator | None = None, level: float | None = None) -> np.ndarray:
+    """One perturbation of an image array in NIfTI order ``(x, y, z[, t])`` (float32 result).
+
+    ``level`` is the signal level S for the noise (default: 95th percentile of ``data``).
+    """
+    d = np.asarray(data, dtype=np.float32)
+    if kind == "shift":
+        out = np.empty_like(d)
+        out[1:] = d[:-1]
+        out[0] = d[0]
+        return out
+    if kind == "noise":
+        if not snr > 0:
+            raise ValueError(f"SNR must be positive, got {snr}")
+        rng = rng or np.random.default_rng(0)
+        s = float(np.percentile(d, 95)) if level is None else float(level)
+        sigma = s / snr
+        n1 = rng.normal(0.0, sigma, d.shape)
+        n2 = rng.normal(0.0, sigma, d.shape)
+        return np.sqrt((d + n1) ** 2 + n2**2).astype(np.float32)
+    if kind == "scale":
+        return (d * np.float32(scale)).astype(np.float32)
+    raise ValueError(f"unknown perturbation {kind!r}; known: {PERTURBATIONS}")
+
+
+def _shift_labels(data: np.ndarray) -> np.ndarray:
+    out = np.empty_like(data)
+    out[1:] = data[:-1]
+    out[0] = data[0]
+    return out
+
+
+def perturbed_copy(input_path: str | os.PathLike, kind: str, dest: str | os.PathLike, *, snr: float = 20.0,
+                   scale: float = 1.2, seed: int = 0) -> Path:
+    """Write a perturbed copy of a 4D NIfTI file or an ACDC folder under ``dest``; returns its path."""
+    import nibabel as nib
+
+    src = Path(input_path)
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    if src.is_file():
+        if not _is_nifti(src):
+            raise InputError(src, "robustness needs a 4D NIfTI file or an ACDC patient folder")
+        files, out_root = [src], dest
+    elif (src / "Info.cfg").is_file():
+        out_root = dest / src.name
+        out_root.mkdir()
+        files = sorted(f for f in src.iterdir() if f.is_file())
+    else:
+        raise InputError(src, "robustness needs a 4D NIfTI file or an ACDC patient folder (convert DICOM first)")
+    images = [f for f in files if _is_nifti(f) and not _is_label_file(f)]
+    if not images:
+        raise InputError(src, "no NIfTI image to perturb")
+    loaded = {f: nib.load(str(f)) for f in images}
+    arrays = {f: np.asarray(img.dataobj, dtype=np.float32) for f, img in loaded.items()}
+    level = float(np.percentile(np.concatenate([a.ravel() for a in arrays.values()]), 95))
+    rng = np.random.default_rng(seed)
+    for f in files:
+        target = (out_root / f.name) if src.is_dir() else (dest / f.name)
+        if f in loaded:
+            _write_like(loaded[f], perturb_image(arrays[f], kind, snr=snr, scale=scale, rng=rng, level=level), target)
+        elif kind == "shift" and _is_nifti(f):
+            img = nib.load(str(f))
+            _write_like(img, _shift_labels(np.asanyarray(img.dataobj)), target)
+        else:
+            shutil.copy2(f, target)
+    return out_root if src.is_dir() else dest / src.name
+
+
+def _num(x: Any) -> float:
+    return math.nan if x is None else float(x)
+
+
+def compare_reports(base: Mapping, other: Mapping) -> dict[str, float | int]:
+    """Differences ``other - base`` in ESS and AHA segment values at ES (percentage points)."""
+    out: dict[str, float | int] = {}
+    pooled: list[float] = []
+    for c in ("radial", "circumferential"):
+        out[f"ess_{c}_diff"] = _num(other["ess"].get(c)) - _num(base["ess"].get(c))
+        a = (base.get("aha") or {}).get(f"{c}_percent") or {}
+        b = (other.get("aha") or {}).get(f"{c}_percent") or {}
+        d = [abs(_num(b.get(str(s))) - _num(a.get(str(s)))) for s in range(1, 18)]
+        d = [x for x in d if math.isfinite(x)]
+        out[f"segments_{c}_mean_abs_diff"] = float(np.mean(d)) if d else math.nan
+        out[f"segments_{c}_max_abs_diff"] = float(np.max(d)) if d else math.nan
+        pooled += d
+    out["segments_mean_abs_diff"] = float(np.mean(pooled)) if pooled else math.nan
+    out["segments_max_abs_diff"] = float(np.max(pooled)) if pooled else math.nan
+    out["n_segments"] = len(pooled)
+    return out
+
+
+def robustness_study(
+    input_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    study_fn: Callable[..., Any] | None = None,
+    study_kwargs: Mapping[str, Any] | None = None,
+    perturbations: tuple[str, ...] = PERTURBATIONS,
+    snr: float = 20.0,
+    scale: float = 1.2,
+    seed: int = 0,
+    tolerance: Tolerance = Tolerance(),
+    overwrite: bool = False,
+) -> dict:
+    """Analyse ``input_path`` and its perturbed copies; write and return the differences.
+
+    ``study_fn(input_path, out_dir, **study_kwargs)`` is the per-study analysis (default
+    :func:`deepstrain.batch.analyze_study`, the networks). Raises if the baseline fails; a failing
+    perturbed analysis is recorded with its error and counts as outside the tolerance.
+    """
+    from .batch import _one_line, analyze_study, load_report
+
+    fn = study_fn or analyze_study
+    kw = dict(study_kwargs or {})
+    src = Path(input_path)
+    if not src.exists():
+        raise InputError(src, "file or folder not found")
+    for p in perturbations:
+        if p not in PERTURBATIONS:
+            raise InputError(src, f"unknown perturbation {p!r}; known: {', '.join(PERTURBATIONS)}")
+    if not snr > 0:
+        raise InputError(src, f"SNR must be positive, got {snr}")
+    describe = {"shift": "one-voxel in-plane shift (first NIfTI axis), edge replicated",
+                "noise": f"Rician noise, SNR {snr:g} (sigma = 95th percentile / SNR), seed {seed}",
+                "scale": f"intensities x {scale:g}"}
+    with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
+        fn(str(src), str(tmp / "baseline"), **kw)
+        base = load_report(tmp / "baseline")
+        if base is None:
+            raise RuntimeError("the baseline analysis wrote no valid report.json")
+        rows = []
+        scratch = tmp / ".inputs"
+        for name in perturbations:
+            row: dict[str, Any] = {"name": name, "description": describe[name], "error": ""}
+            try:
+                copy = perturbed_copy(src, name, scratch / name, snr=snr, scale=scale, seed=seed)
+                fn(str(copy), str(tmp / name), **kw)
+                rep = load_report(tmp / name)
+                if rep is None:
+                    raise RuntimeError("the analysis wrote no valid report.json")
+                row.update(compare_reports(base, rep))
+                row["within_tolerance"] = bool(
+                    abs(row["ess_radial_diff"]) <= tolerance.global_ess
+                    and abs(row["ess_circumferential_diff"]) <= tolerance.global_ess
+                    and row["segments_mean_abs_diff"] <= tolerance.segment_mean)
+            except InputError:
+                raise
+            except Exception as exc:
+                row.update({k: math.nan for k in CSV_COLUMNS[3:-2]}, n_segments=0, within_tolerance=False,
+                           error=_one_line(exc))
+            rows.append(row)
+        shutil.rmtree(scratch, ignore_errors=True)
+        result = {
+            "input": str(src),
+            "baseline": {"ess": base.get("ess"), "aha": base.get("aha")},
+            "tolerance": asdict(tolerance),
+            "definitions": {"difference": "perturbed - baseline, percentage points of strain",
+                            "within_tolerance": "|dESS radial|, |dESS circumferential| <= global_ess and pooled "
+                                                "segment mean |d| <= segment_mean"},
+            "perturbations": rows,
+        }
+        (tmp / "robustness.json").write_text(json.dumps(_json_safe(result), indent=1) + "\n")
+        with open(tmp / "robustness.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: _cell(r.get(k)) for k in CSV_COLUMNS})
+    return result
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return "" if not math.isfinite(v) else repr(round(v, 4))
+    return "" if v is None else str(v)
+
+
+def _json_safe(x: Any) -> Any:
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_json_safe(v) for v in x]
+    return x
