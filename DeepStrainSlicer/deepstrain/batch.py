@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -336,7 +337,10 @@ def run_one(
     work = tmp / "study"
     try:
         _limit_threads(threads)
-        fn(str(study.path), str(work), **dict(study_kwargs or {}))
+        with warnings.catch_warnings():
+            # the analysis keeps its warnings in report.json; printed here they would break the progress bar
+            warnings.simplefilter("ignore")
+            fn(str(study.path), str(work), **dict(study_kwargs or {}))
         report = load_report(work)
         if report is None:
             raise RuntimeError(f"the study function wrote no valid report.json into {work}")
