@@ -124,6 +124,8 @@ def make_cohort(root: Path, groups: dict[str, str], *, with_others: bool = True)
         aff = np.diag([1.5, 1.5, 8.0, 1.0])
         nib.save(nib.Nifti1Image(np.zeros((3, 3, 2, 4), np.float32), aff), str(nii / "cine4d.nii.gz"))
         nib.save(nib.Nifti1Image(np.zeros((3, 3, 2), np.float32), aff), str(nii / "single3d.nii.gz"))
+        nib.save(nib.Nifti1Image(np.zeros((3, 3, 2, 4), np.uint8), aff), str(nii / "seg_sa.nii.gz"))  # labels
+        nib.save(nib.Nifti1Image(np.zeros((3, 3, 2, 4), np.uint8), aff), str(nii / "cine4d_gt.nii.gz"))
         dcm = root / "more" / "dicomseries"
         dcm.mkdir()
         (dcm / "IM0001").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 16)  # DICM magic, no suffix

@@ -59,6 +59,14 @@ def test_discovery_rules_and_groups(tmp_path: Path) -> None:
         batch.discover_studies(tmp_path / "missing")
 
 
+def test_discovery_of_the_acdc_training_set(shared_data: Path) -> None:
+    studies = batch.discover_studies(shared_data / "acdc" / "training")
+    assert [s.id for s in studies] == [f"patient{i:03d}" for i in range(1, 101)]
+    assert all(s.kind == "acdc" for s in studies)
+    for i, grp in enumerate(("DCM", "HCM", "MINF", "NOR", "RV")):
+        assert {s.group for s in studies[20 * i: 20 * i + 20]} == {grp}
+
+
 def test_serial_batch_records_failures_and_resumes(tmp_path: Path) -> None:
     root = batch_fakes.make_cohort(tmp_path / "in", GROUPS)
     out, log = tmp_path / "out", tmp_path / "calls.log"

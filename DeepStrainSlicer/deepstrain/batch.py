@@ -4,7 +4,8 @@
   an **ACDC patient folder** is a folder with ``Info.cfg``; a **DICOM cine folder** is a folder
   that directly holds ``*.dcm`` files or files with the ``DICM`` magic (its sub-folders belong to
   it); a **4D NIfTI** is a ``.nii``/``.nii.gz`` file whose header has 4 dimensions and more than
-  one frame. Hidden folders (``.name``) and the output folder are not searched. A study's id is
+  one frame, unless its name marks a label map (``seg``, ``gt``, ``label``, ``mask`` or
+  ``segmentation`` as a ``_``-separated word of the name, e.g. ``seg_sa``, ``x_gt``). Hidden folders (``.name``) and the output folder are not searched. A study's id is
   its path relative to the input folder with ``/`` replaced by ``__`` (NIfTI suffix removed).
 * Each study is analysed into ``OUT/<id>/`` atomically: the per-study function writes into a
   folder under ``OUT/.tmp/`` which is renamed to ``OUT/<id>`` only when complete, so a killed run
@@ -26,6 +27,7 @@ import io as _io
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -58,6 +60,7 @@ BATCH_INFO_NAME = "batch.json"
 _TMP_NAME = ".tmp"
 _LOCK_NAME = ".deepstrain-batch.lock"
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
+_LABEL_WORDS = re.compile(r"(^|_)(seg|gt|label|labels|mask|segmentation)\d*(_|$)", re.IGNORECASE)
 
 
 # =========================================================================== discovery
@@ -181,7 +184,7 @@ def discover_studies(
             return
         for f in files:
             stem = _nifti_stem(f.name)
-            if stem is not None and _is_cine_nifti(f):
+            if stem is not None and not _LABEL_WORDS.search(stem) and _is_cine_nifti(f):
                 found.append((rel_id(f, stem), f, "nifti", None))
         for sub in entries:
             if sub.is_dir() and not sub.name.startswith(".") and sub.absolute() not in skip:
