@@ -61,7 +61,8 @@ def fake_report(input_path: str, n_frames: int = N_FRAMES) -> dict:
 
     return {
         "study": name,
-        "frames": {"count": n_frames, "ed": 0, "es": es, "times_ms": [None if np.isnan(x) else float(x) for x in times]},
+        "frames": {"count": n_frames, "ed": 0, "es": es,
+                   "times_ms": [None if np.isnan(x) else float(x) for x in times]},
         "volumetrics": {"lv_edv_ml": 150 + 10 * jitter, "lv_esv_ml": 60 + 5 * jitter, "lv_sv_ml": 90 + 5 * jitter,
                         "lv_ef_percent": 60 + 3 * jitter, "lv_mass_g": 110.0, "rv_edv_ml": 140.0,
                         "rv_esv_ml": 65.0, "rv_ef_percent": 53.6},

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import signal
 import subprocess
@@ -117,7 +116,8 @@ def test_pool_gives_the_same_table_as_serial(tmp_path: Path) -> None:
 def test_dask_local_cluster(tmp_path: Path) -> None:
     distributed = pytest.importorskip("distributed")
     root = batch_fakes.make_cohort(tmp_path / "in", GROUPS, with_others=False)
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, host="127.0.0.1", protocol="tcp://",
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, host="127.0.0.1",
+                                  protocol="tcp://",
                                   dashboard_address=None) as cluster:
         res = batch.run_batch(root, tmp_path / "out", scheduler=cluster.scheduler_address,
                               study_fn=batch_fakes.fake_study, study_kwargs={"fail": ("patient004",)},

@@ -155,7 +155,8 @@ def main() -> int:
             result["robustness"][sid] = res["perturbations"]
             print(f"\nrobustness {sid} ({time.perf_counter() - t0:.0f} s), tolerance {res['tolerance']}:")
             for p in res["perturbations"]:
-                print(f"  {p['name']:>6}: dESS radial {p['ess_radial_diff']:+6.2f}  circ {p['ess_circumferential_diff']:+6.2f}"
+                print(f"  {p['name']:>6}: dESS radial {p['ess_radial_diff']:+6.2f}"
+                      f"  circ {p['ess_circumferential_diff']:+6.2f}"
                       f"  segments mean|d| {p['segments_mean_abs_diff']:5.2f} max {p['segments_max_abs_diff']:5.2f}"
                       f"  {'ok' if p['within_tolerance'] else 'OUTSIDE'} {p['error']}")
 

@@ -5,8 +5,9 @@
   that directly holds ``*.dcm`` files or files with the ``DICM`` magic (its sub-folders belong to
   it); a **4D NIfTI** is a ``.nii``/``.nii.gz`` file whose header has 4 dimensions and more than
   one frame, unless its name marks a label map (``seg``, ``gt``, ``label``, ``mask`` or
-  ``segmentation`` as a ``_``-separated word of the name, e.g. ``seg_sa``, ``x_gt``). Hidden folders (``.name``) and the output folder are not searched. A study's id is
-  its path relative to the input folder with ``/`` replaced by ``__`` (NIfTI suffix removed).
+  ``segmentation`` as a ``_``-separated word of the name, e.g. ``seg_sa``, ``x_gt``).
+  Hidden folders (``.name``) and the output folder are not searched. A study's id is its path
+  relative to the input folder with ``/`` replaced by ``__`` (NIfTI suffix removed).
 * Each study is analysed into ``OUT/<id>/`` atomically: the per-study function writes into a
   folder under ``OUT/.tmp/`` which is renamed to ``OUT/<id>`` only when complete, so a killed run
   never leaves a half-written study. A study is **done** when ``OUT/<id>/report.json`` is valid;
@@ -522,7 +523,8 @@ def run_batch(
     if limit is not None:
         studies = studies[: max(0, int(limit))]
     if not studies:
-        raise InputError(input_dir, "no studies found (ACDC folders with Info.cfg, 4D NIfTI files or DICOM cine folders)")
+        raise InputError(input_dir, "no studies found (ACDC folders with Info.cfg, 4D NIfTI files or "
+                                    "DICOM cine folders)")
     if groups and progress is not None:
         unknown = sorted(set(groups) - {s.id for s in studies})
         if unknown:

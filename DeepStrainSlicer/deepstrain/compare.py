@@ -100,7 +100,8 @@ def compare_tables(a_csv: str | os.PathLike, b_csv: str | os.PathLike, out_dir: 
                 w.writerow([m["metric"], m["n"]] + [_cell(m[k]) for k in TABLE_COLUMNS[2:]])
         (tmp / "agreement.json").write_text(json.dumps(_json_safe(result), indent=1) + "\n")
         global_cols = [m["metric"] for m in metrics if not m["metric"].startswith("aha_")]
-        _ba_grid(values, global_cols, multiplier, "Bland-Altman, global metrics (B - A)", tmp / "bland_altman_global.png")
+        _ba_grid(values, global_cols, multiplier, "Bland-Altman, global metrics (B - A)",
+                 tmp / "bland_altman_global.png")
         for comp in ("radial", "circumferential"):
             seg_cols = [f"aha_{comp}_{s}" for s in range(1, 18) if f"aha_{comp}_{s}" in values]
             _ba_grid(values, seg_cols, multiplier, f"Bland-Altman, AHA segments, {comp} strain at ES (%)",
