@@ -194,3 +194,8 @@ def test_cli_batch_exit_codes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, c
                      "--groups", str(gcsv)]) == 0
     assert _rows(tmp_path / "o2" / "summary.csv")[0]["group"] == "HCM"
     assert cli.main(["batch", str(root), "--out", str(tmp_path / "o3"), "--workers", "0"]) == 2
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    assert cli.main(["batch", str(root), "--out", str(mine)]) == 2
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]

@@ -518,6 +518,8 @@ def run_batch(
     out = Path(out_dir).absolute()
     if out.exists() and not out.is_dir():
         raise InputError(out, "output path exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not ((out / SUMMARY_NAME).is_file() or (out / _LOCK_NAME).exists()):
+        raise InputError(out, "output folder is not empty and is not a batch output folder (no summary.csv)")
     groups = read_groups_csv(groups_csv) if groups_csv is not None else None
     studies = discover_studies(input_dir, groups=groups, exclude=[out])
     if limit is not None:
