@@ -196,6 +196,41 @@ def _cmd_robustness(args: argparse.Namespace) -> int:
     return 0 if all(r["within_tolerance"] for r in res["perturbations"]) else 1
 
 
+# --------------------------------------------------------------------------- train
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from .training import DEFAULTS, add_training_arguments
+
+    p = sub.add_parser("train", help="train a network on ACDC (centring, segmentation or motion)")
+    nets = p.add_subparsers(dest="network", required=True)
+    add_training_arguments(
+        nets.add_parser("centring", help="LV-finding network on the whole field of view"), **DEFAULTS["centring"])
+    add_training_arguments(
+        nets.add_parser("segmentation", help="RV / myocardium / LV segmentation network"), **DEFAULTS["segmentation"])
+    # The motion options belong to deepstrain.training.motion (imported only when used, it needs torch):
+    # with prefix_chars="+" every "-..." word is passed through to it unparsed.
+    m = nets.add_parser("motion", help="motion network (options: deepstrain train motion -h)",
+                        add_help=False, prefix_chars="+")
+    m.add_argument("motion_args", nargs="*", help=argparse.SUPPRESS)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    command = "deepstrain " + " ".join(sys.argv[1:])
+    if args.network == "motion":
+        from .training import motion
+
+        mp = argparse.ArgumentParser(prog="deepstrain train motion")
+        motion.add_arguments(mp)
+        margs = mp.parse_args(args.motion_args)
+        margs.command_line = command
+        motion.main(margs)
+        return 0
+    from .training import centring, segmentation
+
+    args.command_line = command
+    (centring if args.network == "centring" else segmentation).main(args)
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -210,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_groups(sub)
     _add_compare(sub)
     _add_robustness(sub)
+    _add_train(sub)
     return parser
 
 

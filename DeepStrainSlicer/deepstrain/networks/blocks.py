@@ -1,0 +1,59 @@
+"""Building blocks shared by the 2D networks: convolution blocks and a small 2D U-Net."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class ConvBlock2d(nn.Sequential):
+    """Two (3x3 convolution, batch norm, ReLU) layers."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__(
+            nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
+        )
+
+
+class UNet2d(nn.Module):
+    """A plain 2D U-Net: ``depth`` poolings, channels ``base * 2**level`` (capped at ``max_channels``).
+
+    Input ``(N, in_channels, H, W)`` of any size: it is zero-padded to a multiple of
+    ``2**depth`` and the output ``(N, n_classes, H, W)`` logits are cropped back.
+    """
+
+    def __init__(self, in_channels: int, n_classes: int, base: int = 16, depth: int = 4, max_channels: int = 256) -> None:
+        super().__init__()
+        self.depth = depth
+        ch = [min(base * 2**k, max_channels) for k in range(depth + 1)]
+        self.down = nn.ModuleList([ConvBlock2d(in_channels, ch[0])] + [ConvBlock2d(ch[k - 1], ch[k]) for k in range(1, depth + 1)])
+        self.up = nn.ModuleList([nn.ConvTranspose2d(ch[k + 1], ch[k], 2, stride=2) for k in range(depth)])
+        self.dec = nn.ModuleList([ConvBlock2d(2 * ch[k], ch[k]) for k in range(depth)])
+        self.head = nn.Conv2d(ch[0], n_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        m = 2**self.depth
+        ph, pw = (-h) % m, (-w) % m
+        if ph or pw:
+            x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+        skips = []
+        for k, block in enumerate(self.down):
+            x = block(x if k == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        x = skips.pop()
+        for k in reversed(range(self.depth)):
+            x = self.dec[k](torch.cat([skips[k], self.up[k](x)], dim=1))
+        x = self.head(x)
+        if ph or pw:
+            x = x[..., ph // 2 : ph // 2 + h, pw // 2 : pw // 2 + w]
+        return x
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,30 @@
+"""Segmentation network (CarSON's role): background / RV cavity / LV myocardium / LV cavity per 2D slice.
+
+Input: ``(N, 1, H, W)`` slices of the heart-centred crop (:mod:`deepstrain.preprocess`,
+1.25 mm pixels, intensities normalised to [0, 1]); any ``H``, ``W`` works (128 x 128 in use).
+Output: ``(N, 4, H, W)`` logits in ACDC label order (0 bg, 1 RV, 2 myocardium, 3 LV cavity).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .blocks import UNet2d
+
+N_CLASSES = 4
+CONFIG = {"in_channels": 1, "n_classes": N_CLASSES, "base": 16, "depth": 4, "max_channels": 256}
+
+
+def build_segmentation_net(**overrides: int) -> nn.Module:
+    """The segmentation U-Net (about 1.9 M parameters with the default configuration)."""
+    return UNet2d(**{**CONFIG, **overrides})
+
+
+@torch.no_grad()
+def segment_slices(net: nn.Module, slices: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    """Class probabilities ``(N, 4, H, W)`` of ``(N, H, W)`` normalised slices, in chunks of ``chunk``."""
+    net.eval()
+    out = []
+    for s in range(0, slices.shape[0], chunk):
+        out.append(torch.softmax(net(slices[s : s + chunk, None].float()), dim=1))
+    return torch.cat(out) if out else torch.zeros((0, N_CLASSES) + tuple(slices.shape[-2:]))

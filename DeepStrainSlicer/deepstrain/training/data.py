@@ -1,0 +1,237 @@
+"""ACDC training data: the fixed patient split, a compact cache, and batch augmentation.
+
+Split (fixed, by patient): the validation patients are those whose number is a multiple of 5
+(005, 010, ..., 100): 20 patients, 4 per ACDC group (DCM, HCM, MINF, NOR, RV). The other 80
+are for training. Nothing about the validation patients is used in training.
+
+Cache (one ``patientNNN.npz`` per patient under the cache folder; derived data, never committed):
+
+* ``seg_img`` / ``seg_lab``: ED and ES frames ``(2, Z, 176, 176)``: each frame normalised with
+  :func:`deepstrain.preprocess.normalize_intensity`, then resampled to 1.25 mm and cropped
+  around the manual LV centre (ED centroid of labels 2+3); labels by one-hot interpolation.
+  176 > 128 leaves room for rotations and shifts before the 128 x 128 network crop.
+* ``cen_img`` / ``cen_mask``: the whole field of view at 2.5 mm (sides a multiple of 16) and
+  the LV mask (labels 2+3) for the centring network.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..cine import Geometry
+from ..errors import InputError
+from ..networks.centring import CENTRING_SPACING_MM
+from ..preprocess import crop_image, crop_labels, crop_transform, full_view_transform, normalize_intensity
+
+VALIDATION_PATIENTS: tuple[str, ...] = tuple(f"patient{n:03d}" for n in range(5, 101, 5))
+"""The 20 validation patients (number % 5 == 0; 4 per group)."""
+ALL_PATIENTS: tuple[str, ...] = tuple(f"patient{n:03d}" for n in range(1, 101))
+TRAINING_PATIENTS: tuple[str, ...] = tuple(p for p in ALL_PATIENTS if p not in VALIDATION_PATIENTS)
+SEG_CACHE_SIZE = 176
+DATA_DESCRIPTION = (
+    "ACDC training set (Bernard et al., 'Deep Learning Techniques for Automatic MRI Cardiac Multi-structures "
+    "Segmentation and Diagnosis: Is the Problem Solved?', IEEE TMI 37(11):2514-2525, 2018), ED and ES frames "
+    "with manual labels; licence CC BY-NC-SA 4.0"
+)
+
+
+def read_info(patient_dir: Path) -> dict[str, str]:
+    """``Info.cfg`` of an ACDC patient folder as a dict of strings."""
+    cfg = Path(patient_dir) / "Info.cfg"
+    if not cfg.is_file():
+        raise InputError(cfg, "missing ACDC Info.cfg")
+    out = {}
+    for line in cfg.read_text().splitlines():
+        if ":" in line:
+            k, v = line.split(":", 1)
+            out[k.strip()] = v.strip()
+    return out
+
+
+def load_acdc_volume(path: Path) -> tuple[np.ndarray, Geometry]:
+    """An ACDC 3D NIfTI as ``(Z, Y, X)`` and its geometry (spacing from pixdim: the ACDC sform quirk)."""
+    img = nib.load(str(path))
+    data = np.asarray(img.dataobj)
+    if data.ndim != 3:
+        raise InputError(path, f"expected a 3D volume, got shape {data.shape}")
+    geom = Geometry.from_nifti_affine(img.affine, tuple(float(z) for z in img.header.get_zooms()[:3]))
+    return np.transpose(data, (2, 1, 0)), geom
+
+
+def acdc_frames(patient_dir: Path) -> list[tuple[str, int]]:
+    """``[("ED", frame number), ("ES", frame number)]`` (1-based ACDC frame numbers)."""
+    info = read_info(patient_dir)
+    return [("ED", int(info["ED"])), ("ES", int(info["ES"]))]
+
+
+def lv_centre_voxel(labels: np.ndarray) -> tuple[float, float]:
+    """Row/column (voxels) of the centroid of labels 2+3 over all slices."""
+    m = (labels == 2) | (labels == 3)
+    if not m.any():
+        raise ValueError("no LV labels")
+    _, r, c = np.nonzero(m)
+    return float(r.mean()), float(c.mean())
+
+
+def cache_patient(patient_dir: Path, out_file: Path) -> None:
+    """Write the cache ``.npz`` of one ACDC patient (see the module docstring)."""
+    name = patient_dir.name
+    imgs, labs, geoms = [], [], []
+    for _, fr in acdc_frames(patient_dir):
+        img, g = load_acdc_volume(patient_dir / f"{name}_frame{fr:02d}.nii.gz")
+        lab, _ = load_acdc_volume(patient_dir / f"{name}_frame{fr:02d}_gt.nii.gz")
+        imgs.append(normalize_intensity(img.astype(np.float32)))
+        labs.append(lab.astype(np.uint8))
+        geoms.append(g)
+    centre = lv_centre_voxel(labs[0])
+    t = crop_transform(imgs[0].shape, geoms[0].spacing, centre, SEG_CACHE_SIZE)
+    tf = full_view_transform(imgs[0].shape, geoms[0].spacing, CENTRING_SPACING_MM)
+    seg_img = np.stack([crop_image(i, t) for i in imgs]).astype(np.float16)
+    seg_lab = np.stack([crop_labels(lb, t) for lb in labs])
+    cen_img = np.stack([crop_image(i, tf) for i in imgs]).astype(np.float16)
+    cen_lab = np.stack([crop_labels(lb, tf) for lb in labs])
+    cen_mask = ((cen_lab == 2) | (cen_lab == 3)).astype(np.uint8)
+    info = read_info(patient_dir)
+    tmp = out_file.with_suffix(".tmp.npz")
+    np.savez_compressed(
+        tmp, seg_img=seg_img, seg_lab=seg_lab, cen_img=cen_img, cen_mask=cen_mask,
+        centre=np.array(centre), spacing=geoms[0].spacing, group=np.array(info.get("Group", "")),
+    )
+    os.replace(tmp, out_file)
+
+
+def build_cache(acdc_dir: Path, cache_dir: Path, patients: tuple[str, ...] = ALL_PATIENTS, log=print) -> None:
+    """Cache every patient of ``patients`` not cached yet."""
+    acdc_dir, cache_dir = Path(acdc_dir), Path(cache_dir)
+    if not acdc_dir.is_dir():
+        raise InputError(acdc_dir, "ACDC training folder not found")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    for p in patients:
+        f = cache_dir / f"{p}.npz"
+        if not f.exists():
+            if not (acdc_dir / p).is_dir():
+                raise InputError(acdc_dir / p, "ACDC patient folder not found")
+            cache_patient(acdc_dir / p, f)
+            log(f"cached {p}")
+
+
+def load_cache(cache_dir: Path, patients: tuple[str, ...]) -> list[dict[str, np.ndarray]]:
+    """The cached arrays of ``patients`` (dicts with the keys of the module docstring, plus ``name``)."""
+    out = []
+    for p in patients:
+        with np.load(Path(cache_dir) / f"{p}.npz") as z:
+            d = {k: z[k] for k in z.files}
+        d["name"] = p
+        out.append(d)
+    return out
+
+
+def _affine_theta(n: int, rng: np.random.Generator, rot: float, scale: tuple[float, float], shift: float,
+                  flip: bool, out_over_in: float) -> torch.Tensor:
+    """Random affine matrices for ``F.affine_grid`` (normalised coordinates).
+
+    ``shift`` is a fraction of the input half-width; ``out_over_in`` the output/input field ratio.
+    """
+    th = np.zeros((n, 2, 3), np.float32)
+    for k in range(n):
+        a = rng.uniform(-rot, rot)
+        s = rng.uniform(*scale)
+        fx = -1.0 if (flip and rng.random() < 0.5) else 1.0
+        m = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]]) / s
+        m = m @ np.diag([fx, 1.0]) * out_over_in
+        th[k, :, :2] = m
+        th[k, :, 2] = rng.uniform(-shift, shift, size=2)
+    return torch.from_numpy(th)
+
+
+def augment_intensity(x: torch.Tensor, rng: np.random.Generator, gamma: float = 0.4, noise: float = 0.03) -> torch.Tensor:
+    """Per-sample gamma (exp(U(-gamma, gamma))), contrast scaling and Gaussian noise on [0, 1] images."""
+    n = x.shape[0]
+    g = torch.from_numpy(np.exp(rng.uniform(-gamma, gamma, n)).astype(np.float32)).view(n, 1, 1, 1)
+    c = torch.from_numpy(rng.uniform(0.85, 1.15, n).astype(np.float32)).view(n, 1, 1, 1)
+    sd = torch.from_numpy(rng.uniform(0, noise, n).astype(np.float32)).view(n, 1, 1, 1)
+    gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    x = x.clamp(0, 1) ** g * c
+    return x + sd * torch.randn(x.shape, generator=gen)
+
+
+def warp_batch(img: torch.Tensor, lab: torch.Tensor, theta: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resample images (linear, zeros outside) and labels (nearest) with affine ``theta`` to ``size``^2."""
+    grid = F.affine_grid(theta, [img.shape[0], 1, size, size], align_corners=False)
+    xi = F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    xl = F.grid_sample(lab[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return xi, xl[:, 0].long()
+
+
+def segmentation_batch(data: list[dict], rng: np.random.Generator, batch: int, size: int = 128,
+                       augment: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random batch of augmented ``(batch, 1, size, size)`` slices and ``(batch, size, size)`` labels.
+
+    Augmentation: rotation (any angle), scaling 0.85-1.15, shifts up to +-16 mm, left-right flip,
+    gamma, contrast and noise. Without ``augment``: the central ``size`` crop.
+    """
+    imgs, labs = [], []
+    for _ in range(batch):
+        d = data[int(rng.integers(len(data)))]
+        f = int(rng.integers(2))
+        z = int(rng.integers(d["seg_img"].shape[1]))
+        imgs.append(d["seg_img"][f, z].astype(np.float32))
+        labs.append(d["seg_lab"][f, z])
+    img = torch.from_numpy(np.stack(imgs))[:, None]
+    lab = torch.from_numpy(np.stack(labs).astype(np.int64))
+    ratio = size / SEG_CACHE_SIZE
+    if augment:
+        theta = _affine_theta(batch, rng, math.pi, (0.85, 1.15), 16.0 / (SEG_CACHE_SIZE * 1.25 / 2), True, ratio)
+    else:
+        theta = torch.tensor([[[ratio, 0, 0], [0, ratio, 0]]], dtype=torch.float32).repeat(batch, 1, 1)
+    img, lab = warp_batch(img, lab, theta, size)
+    if augment:
+        img = augment_intensity(img, rng)
+    return img, lab
+
+
+def validation_slices(data: list[dict], size: int = 128) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, int]]]:
+    """All slices (ED and ES) of ``data``, centre-cropped to ``size``; and (name, frame) of each slice."""
+    lo = (SEG_CACHE_SIZE - size) // 2
+    imgs, labs, ids = [], [], []
+    for d in data:
+        for f in range(2):
+            imgs.append(d["seg_img"][f, :, lo : lo + size, lo : lo + size].astype(np.float32))
+            labs.append(d["seg_lab"][f, :, lo : lo + size, lo : lo + size])
+            ids += [(d["name"], f)] * d["seg_img"].shape[1]
+    return torch.from_numpy(np.concatenate(imgs)), torch.from_numpy(np.concatenate(labs).astype(np.int64)), ids
+
+
+def centring_batch(data: list[dict], rng: np.random.Generator, batch: int, size: int = 128,
+                   augment: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random whole-field-of-view slices at 2.5 mm, warped into ``size``^2 with large shifts (off-centre hearts).
+
+    Shifts are up to 40 % of the field of view; rotations any angle; scaling 0.8-1.25; flips; gamma/noise.
+    """
+    imgs, labs = [], []
+    for _ in range(batch):
+        d = data[int(rng.integers(len(data)))]
+        f = int(rng.integers(2))
+        z = int(rng.integers(d["cen_img"].shape[1]))
+        im = torch.from_numpy(d["cen_img"][f, z].astype(np.float32))[None, None]
+        lb = torch.from_numpy(d["cen_mask"][f, z].astype(np.int64))[None]
+        h, w = im.shape[-2:]
+        if augment:
+            theta = _affine_theta(1, rng, math.pi, (0.8, 1.25), 0.4, True, 1.0)
+            theta[0, 0, :2] *= size / w
+            theta[0, 1, :2] *= size / h
+        else:
+            theta = torch.tensor([[[size / w, 0, 0], [0, size / h, 0]]], dtype=torch.float32)
+        a, b = warp_batch(im, lb, theta, size)
+        imgs.append(a)
+        labs.append(b)
+    img, lab = torch.cat(imgs), torch.cat(labs)
+    if augment:
+        img = augment_intensity(img, rng)
+    return img, lab

@@ -1,0 +1,156 @@
+"""Train the segmentation network on ACDC (``deepstrain train segmentation``).
+
+Loss: cross-entropy + multi-class soft Dice (RV, myocardium, LV cavity). Adam, linear warm-up then
+cosine decay of the learning rate. The random batch of iteration ``i`` is drawn from
+``numpy.random.default_rng([seed, i])``, so a run resumed from a checkpoint continues exactly as
+an uninterrupted one would. Progress (loss, validation Dice) is printed; a checkpoint
+``last.pt`` is written every ``--checkpoint-every`` iterations into ``--run-dir``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import InputError
+from ..networks.blocks import count_parameters
+from ..networks.segmentation import CONFIG, N_CLASSES, build_segmentation_net
+from . import DEFAULTS, add_training_arguments
+from . import data as D
+
+NAME = "segmentation"
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, n_classes: int, eps: float = 1.0) -> torch.Tensor:
+    """1 - mean soft Dice over the foreground classes (sums over the whole batch)."""
+    p = torch.softmax(logits, dim=1)
+    oh = F.one_hot(target, n_classes).permute(0, 3, 1, 2).float()
+    inter = (p * oh).sum(dim=(0, 2, 3))[1:]
+    den = (p + oh).sum(dim=(0, 2, 3))[1:]
+    return 1.0 - ((2 * inter + eps) / (den + eps)).mean()
+
+
+def dice_per_class(pred: torch.Tensor, target: torch.Tensor, n_classes: int) -> list[float]:
+    """Hard Dice of classes 1..n-1 over all pixels of ``pred``/``target``."""
+    out = []
+    for k in range(1, n_classes):
+        a, b = pred == k, target == k
+        s = int(a.sum() + b.sum())
+        out.append(float(2 * (a & b).sum() / s) if s else float("nan"))
+    return out
+
+
+def learning_rate(i: int, total: int, base: float, warmup: int = 100) -> float:
+    if i < warmup:
+        return base * (i + 1) / warmup
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, (i - warmup) / max(1, total - warmup))))
+
+
+@torch.no_grad()
+def evaluate(net: nn.Module, img: torch.Tensor, lab: torch.Tensor, n_classes: int, chunk: int = 64) -> list[float]:
+    net.eval()
+    pred = torch.cat([net(img[s : s + chunk, None]).argmax(1) for s in range(0, img.shape[0], chunk)])
+    net.train()
+    return dice_per_class(pred, lab, n_classes)
+
+
+def train_loop(args: argparse.Namespace, *, name: str, build: Callable[[], nn.Module], config: dict,
+               batch_fn: Callable, val_fn: Callable, loss_fn: Callable, log: Callable[[str], None] = print) -> dict:
+    """Shared training loop of the 2D networks; returns the summary written to ``run-dir/summary.json``."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    run = Path(args.run_dir or Path("runs") / name)
+    run.mkdir(parents=True, exist_ok=True)
+    train_patients = D.TRAINING_PATIENTS[: args.patients] if args.patients else D.TRAINING_PATIENTS
+    val_patients = D.VALIDATION_PATIENTS[: max(1, args.patients // 4)] if args.patients else D.VALIDATION_PATIENTS
+    D.build_cache(args.data, args.cache, train_patients + val_patients, log=log)
+    train = D.load_cache(args.cache, train_patients)
+    val = D.load_cache(args.cache, val_patients)
+    net = build()
+    opt = torch.optim.Adam(net.parameters(), lr=args.lr)
+    start, history, wall = 0, [], 0.0
+    command = getattr(args, "command_line", "") or " ".join(["python -m deepstrain.training." + name] + sys.argv[1:])
+    ckpt = run / "last.pt"
+    if args.resume:
+        if not ckpt.is_file():
+            raise InputError(ckpt, "no checkpoint to resume from")
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start, history, wall = state["iteration"], state["history"], state["wall_s"]
+        command = state.get("command", command)
+        log(f"resumed {name} at iteration {start}")
+    log(f"{name}: {count_parameters(net)} parameters, {len(train)} training / {len(val)} validation patients")
+    net.train()
+    t0, last_t, losses = time.time(), time.time(), []
+    for i in range(start, args.iterations):
+        rng = np.random.default_rng([args.seed, i])
+        x, y = batch_fn(train, rng, args.batch)
+        for g in opt.param_groups:
+            g["lr"] = learning_rate(i, args.iterations, args.lr)
+        logits = net(x)
+        loss = loss_fn(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        done = i + 1
+        if done % 20 == 0 or done == args.iterations:
+            now = time.time()
+            log(f"{name} it {done}/{args.iterations} loss {np.mean(losses[-20:]):.4f} "
+                f"lr {opt.param_groups[0]['lr']:.2e} {20 / max(now - last_t, 1e-9):.2f} it/s")
+            last_t = now
+        if done % args.val_every == 0 or done == args.iterations:
+            metrics = val_fn(net, val)
+            history.append({"iteration": done, "loss": float(np.mean(losses[-50:])), **metrics})
+            log(f"{name} validation at {done}: {json.dumps(metrics)}")
+        if done % args.checkpoint_every == 0 or done == args.iterations:
+            tmp = run / "last.tmp.pt"
+            torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "iteration": done,
+                        "history": history, "wall_s": wall + time.time() - t0, "config": config,
+                        "seed": args.seed, "command": command}, tmp)
+            tmp.replace(ckpt)
+    summary = {"name": name, "iterations": args.iterations, "batch": args.batch, "lr": args.lr, "seed": args.seed,
+               "wall_s": wall + time.time() - t0, "history": history, "config": config,
+               "parameters": count_parameters(net), "training_patients": list(train_patients),
+               "validation_patients": list(val_patients), "command": command,
+               "threads": args.threads}
+    (run / "summary.json").write_text(json.dumps(summary, indent=1))
+    if args.export:
+        from ..weights import export_weights
+
+        path = export_weights(name, net, config, summary, command=command, out_dir=args.export_dir)
+        log(f"exported {path}")
+    return summary
+
+
+def _loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, y) + soft_dice_loss(logits, y, N_CLASSES)
+
+
+def _val(net: nn.Module, val: list[dict]) -> dict:
+    img, lab, _ = D.validation_slices(val)
+    d = evaluate(net, img, lab, N_CLASSES)
+    return {"val_dice_rv": d[0], "val_dice_myo": d[1], "val_dice_lv": d[2]}
+
+
+def main(args: argparse.Namespace) -> dict:
+    """Train (or resume) the segmentation network with the options of :func:`deepstrain.training.add_training_arguments`."""
+    return train_loop(args, name=NAME, build=build_segmentation_net, config=dict(CONFIG),
+                      batch_fn=lambda data, rng, b: D.segmentation_batch(data, rng, b),
+                      val_fn=_val, loss_fn=_loss)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_training_arguments(ap, **DEFAULTS[NAME])
+    main(ap.parse_args())
