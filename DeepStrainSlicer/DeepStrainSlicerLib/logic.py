@@ -1,0 +1,818 @@
+"""The DeepStrainSlicer logic: deepstrain analysis <-> MRML nodes (no qt).
+
+Every method takes explicit nodes/arrays; the scene and the Sequences logic are given to the
+constructor (inside Slicer: ``slicer.mrmlScene`` and ``slicer.modules.sequences.logic()``).
+
+Node set of one study (all in ONE sequence browser so they move together):
+
+* cine: sequence of scalar volumes (index = frame time in ms, or frame number without timing);
+* "segmentation": sequence of segmentation nodes, segments LV cavity / LV myocardium / RV cavity;
+* "displacement": sequence of grid transforms, the full Lagrangian field (to parent: ED -> frame t),
+  the motion that "Recompute" reuses;
+* "glyphs": sequence of grid transforms restricted to the ED myocardium (zero elsewhere, grid
+  cropped to the myocardium box + 1 voxel), shown as glyphs in slice views;
+* tables + plot series + charts of global strain / strain rate with ED and ES lines;
+* the AHA polar map (model + colour table + colour legend + segment numbers + highlight outline)
+  and an "AHA segments" segmentation (17 segments, ED voxels) for highlighting on the cine;
+* a text node with the report JSON. All node IDs are kept in the parameter node.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import colorsys
+import contextlib
+
+import numpy as np
+import vtk
+
+import slicer
+from deepstrain.cine import Cine
+
+from . import mrml, polarmap
+
+COMPONENTS = ("radial", "circumferential", "longitudinal")
+COMPONENT_COLORS = {
+    "radial": (0.85, 0.20, 0.20),
+    "circumferential": (0.20, 0.40, 0.85),
+    "longitudinal": (0.15, 0.60, 0.25),
+}
+POLAR_VIEW_TAG = "DeepStrainPolarMap"
+PLOT_VIEW_TAG = "DeepStrainPlot"
+LAYOUT_ID = 9601
+LAYOUT_XML = """<layout type="horizontal" split="true">
+ <item splitSize="600">
+  <layout type="vertical" split="true">
+   <item><view class="vtkMRMLSliceNode" singletontag="Red">
+    <property name="orientation" action="default">Axial</property>
+    <property name="viewlabel" action="default">R</property>
+    <property name="viewcolor" action="default">#F34A33</property></view></item>
+   <item><view class="vtkMRMLSliceNode" singletontag="Yellow">
+    <property name="orientation" action="default">Sagittal</property>
+    <property name="viewlabel" action="default">Y</property>
+    <property name="viewcolor" action="default">#EDD54C</property></view></item>
+  </layout>
+ </item>
+ <item splitSize="500">
+  <layout type="vertical" split="true">
+   <item><view class="vtkMRMLPlotViewNode" singletontag="DeepStrainPlot">
+    <property name="viewlabel" action="default">P</property></view></item>
+   <item><view class="vtkMRMLViewNode" singletontag="DeepStrainPolarMap">
+    <property name="viewlabel" action="default">AHA</property></view></item>
+  </layout>
+ </item>
+</layout>"""
+
+TORCH_MISSING = (
+    "PyTorch is not installed in this Slicer. Install the \"PyTorch\" extension (View > Extensions "
+    "Manager, search PyTorch, then restart Slicer), or in the Python console run "
+    "slicer.util.pip_install('torch==2.13.0'). Alternatively give a segmentation and a displacement "
+    "(run mode 'given')."
+)
+
+
+class Cancelled(Exception):
+    """Raised by a progress callback to stop a long operation; nothing is left half-made."""
+
+
+ProgressCallback = Callable[[float, str], None]
+
+
+def _no_progress(fraction: float, message: str) -> None:
+    return None
+
+
+# --------------------------------------------------------------------------- parameter node
+class _Param:
+    def __init__(self, kind: type, default: Any) -> None:
+        self.kind, self.default = kind, default
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: "Parameters | None", owner: type) -> Any:
+        if obj is None:
+            return self
+        raw = obj.node.GetParameter(self.name)
+        if raw == "":
+            return self.default
+        if self.kind is bool:
+            return raw == "true"
+        if self.kind in (list, dict):
+            return json.loads(raw)
+        if self.kind is float and raw == "nan":
+            return math.nan
+        return self.kind(raw)
+
+    def __set__(self, obj: "Parameters", value: Any) -> None:
+        if self.kind is bool:
+            raw = "true" if value else "false"
+        elif self.kind in (list, dict):
+            raw = json.dumps(value)
+        else:
+            raw = "" if value is None else str(self.kind(value))
+        obj.node.SetParameter(self.name, raw)
+
+
+class Parameters:
+    """Typed view of the module's ``vtkMRMLScriptedModuleNode`` (saved with the scene).
+
+    Frames are 0-based; -1 means "automatic" for ED/ES. Spacing "" means "from the file";
+    otherwise "slice,row,col" in mm. ``heart_rate_bpm``/``rr_ms`` 0 means "from the file".
+    """
+
+    input_path = _Param(str, "")
+    spacing = _Param(str, "")
+    heart_rate_bpm = _Param(float, 0.0)
+    rr_ms = _Param(float, 0.0)
+    ed = _Param(int, -1)
+    es = _Param(int, -1)
+    run_mode = _Param(str, "networks")  # "networks" or "given"
+    study_name = _Param(str, "study")
+    component = _Param(str, "circumferential")
+    polar_follows_frame = _Param(bool, False)
+    show_segmentation = _Param(bool, True)
+    show_glyphs = _Param(bool, True)
+    glyph_scale_percent = _Param(float, 100.0)
+    highlighted_segment = _Param(int, 0)
+    export_folder = _Param(str, "")
+    analysis_ed = _Param(int, -1)
+    analysis_es = _Param(int, -1)
+
+    ROLES = (
+        "InputSequence", "Browser", "CineSequence", "SegmentationSequence", "DisplacementSequence",
+        "GlyphSequence", "CurveTable", "MarkerTable", "StrainChart", "RateChart", "PolarModel",
+        "PolarLabels", "PolarHighlight", "PolarColors", "AhaSegmentation", "ReportText", "PolarView",
+    )
+
+    def __init__(self, node: slicer.vtkMRMLScriptedModuleNode) -> None:
+        self.node = node
+
+    def ref(self, role: str) -> slicer.vtkMRMLNode | None:
+        return self.node.GetNodeReference(role)
+
+    def set_ref(self, role: str, node: slicer.vtkMRMLNode | None) -> None:
+        if role not in self.ROLES:
+            raise KeyError(role)
+        self.node.SetNodeReferenceID(role, node.GetID() if node is not None else None)
+
+    def spacing_tuple(self) -> tuple[float, float, float] | None:
+        s = self.spacing.strip()
+        if not s:
+            return None
+        parts = [float(p) for p in re.split(r"[,\s]+", s) if p]
+        if len(parts) != 3 or any(not math.isfinite(p) or p <= 0 for p in parts):
+            raise ValueError(f"spacing must be three positive numbers 'slice,row,col' in mm, got '{s}'")
+        return parts[0], parts[1], parts[2]
+
+
+# --------------------------------------------------------------------------- node transaction
+@contextlib.contextmanager
+def nodes_or_nothing(scene: slicer.vtkMRMLScene) -> Iterator[None]:
+    """Remove every node added to ``scene`` inside the block if the block raises (incl. Cancelled)."""
+    before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+    try:
+        yield
+    except BaseException:
+        new = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
+        new = [n for n in new if n.GetID() not in before]
+        for node in reversed(new):
+            if scene.IsNodePresent(node):
+                scene.RemoveNode(node)
+        raise
+
+
+@dataclass
+class SegmentInfo:
+    segment: int
+    name: str
+    value: float | None
+    component: str
+    frame: int
+
+
+# --------------------------------------------------------------------------- the logic
+class DeepStrainLogic:
+    """Builds and updates the node set of one study; see the module docstring."""
+
+    def __init__(self, scene: slicer.vtkMRMLScene | None = None, sequences_logic=None) -> None:
+        self.scene = scene if scene is not None else slicer.mrmlScene
+        if sequences_logic is None:
+            sequences_logic = slicer.modules.sequences.logic()  # inside the Slicer application
+        self.sequences_logic = sequences_logic
+        self._cache: dict[str, Any] = {}  # displacement / cine arrays of the current study (by browser id)
+        self.analysis = None
+
+    # ----------------------------------------------------------------- parameters
+    def parameter_node(self) -> Parameters:
+        for i in range(self.scene.GetNumberOfNodesByClass("vtkMRMLScriptedModuleNode")):
+            node = self.scene.GetNthNodeByClass(i, "vtkMRMLScriptedModuleNode")
+            if node.GetAttribute("ModuleName") == "DeepStrainSlicer":
+                return Parameters(node)
+        node = self.scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode", "DeepStrainSlicer")
+        node.SetAttribute("ModuleName", "DeepStrainSlicer")
+        return Parameters(node)
+
+    # ----------------------------------------------------------------- inputs
+    @staticmethod
+    def load_cine_file(path: str | os.PathLike, params: Parameters) -> Cine:
+        """Read a 4D NIfTI / DICOM folder / ACDC folder with the overrides of ``params``."""
+        from deepstrain.io import load_cine
+
+        return load_cine(
+            path,
+            spacing=params.spacing_tuple(),
+            heart_rate_bpm=params.heart_rate_bpm or None,
+            rr_ms=params.rr_ms or None,
+            ed=None if params.ed < 0 else params.ed,
+            es=None if params.es < 0 else params.es,
+        )
+
+    @staticmethod
+    def cine_from_sequence(seq: slicer.vtkMRMLSequenceNode, params: Parameters) -> Cine:
+        """A Cine from a loaded sequence of volumes with the overrides of ``params``."""
+        cine = mrml.sequence_to_cine(seq, name=params.study_name or seq.GetName())
+        sp = params.spacing_tuple()
+        if sp is not None:
+            g = cine.geometry
+            cine.geometry = type(g)(np.array(sp), g.origin, g.direction)
+        rr = None
+        if params.heart_rate_bpm:
+            rr = 60000.0 / params.heart_rate_bpm
+        if params.rr_ms:
+            rr = params.rr_ms
+        if rr is not None:
+            cine.times_ms = np.arange(cine.n_frames) * rr / cine.n_frames
+        cine.ed = None if params.ed < 0 else params.ed
+        cine.es = None if params.es < 0 else params.es
+        return cine
+
+    @staticmethod
+    def predict(cine: Cine, progress: ProgressCallback = _no_progress):
+        """Run the networks (run mode 'networks'). Raises RuntimeError with install help if torch is missing."""
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise RuntimeError(TORCH_MISSING) from None
+        from deepstrain.inference import predict
+
+        return predict(cine, progress=progress)
+
+    # ----------------------------------------------------------------- build
+    def run(self, cine: Cine, params: Parameters, labels: np.ndarray | None = None,
+            displacement: np.ndarray | None = None, progress: ProgressCallback = _no_progress):
+        """Analyse ``cine`` and build all nodes. Without ``labels``/``displacement`` the networks run.
+
+        On any error or :class:`Cancelled` raised by ``progress`` every node created so far is removed.
+        Returns the :class:`deepstrain.pipeline.Analysis`.
+        """
+        from deepstrain.pipeline import compute
+
+        with nodes_or_nothing(self.scene):
+            progress(0.0, "starting")
+            if labels is None or displacement is None:
+                pred = self.predict(cine, lambda f, m: progress(0.5 * f, m))
+                labels = pred.labels if labels is None else labels
+                displacement = pred.displacement if displacement is None else displacement
+            progress(0.5, "computing strain")
+            analysis = compute(cine, labels, displacement,
+                               ed=None if params.ed < 0 else params.ed, es=None if params.es < 0 else params.es)
+            self._remove_study_nodes(params)
+            self._build_nodes(cine, analysis, params, progress)
+            progress(1.0, "done")
+        self.analysis = analysis
+        return analysis
+
+    def _build_nodes(self, cine: Cine, analysis, params: Parameters, progress: ProgressCallback) -> None:
+        scene, name = self.scene, cine.name
+        params.study_name = name
+        progress(0.55, "cine sequence")
+        cine_seq = mrml.cine_to_sequence(scene, cine, f"{name} cine")
+        progress(0.62, "segmentation sequence")
+        seg_seq = mrml.labels_to_segmentation_sequence(scene, analysis.labels, cine.geometry, cine.times_ms,
+                                                       f"{name} segmentation")
+        progress(0.72, "displacement sequence")
+        disp = np.asarray(analysis.displacement, dtype=np.float32)
+        disp_seq = mrml.displacement_to_transform_sequence(scene, disp, cine.geometry, cine.times_ms,
+                                                           f"{name} displacement")
+        progress(0.82, "glyph sequence")
+        glyph_seq = self._glyph_sequence(disp, analysis.labels[analysis.ed] == 2, cine, f"{name} displacement glyphs")
+        progress(0.88, "browser")
+        browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", f"{name} browser")
+        browser.SetAndObserveMasterSequenceNodeID(cine_seq.GetID())
+        for s in (seg_seq, disp_seq, glyph_seq):
+            browser.AddSynchronizedSequenceNodeID(s.GetID())
+        browser.SetSaveChanges(seg_seq, True)  # edits of the segmentation proxy go back into the sequence
+        self.sequences_logic.UpdateProxyNodesFromSequences(browser)
+        for role, node in (("Browser", browser), ("CineSequence", cine_seq), ("SegmentationSequence", seg_seq),
+                           ("DisplacementSequence", disp_seq), ("GlyphSequence", glyph_seq)):
+            params.set_ref(role, node)
+        self._cache = {"browser": browser.GetID(), "cine": cine, "displacement": disp}
+        self._setup_proxy_display(params)
+        progress(0.92, "curves and polar map")
+        self._update_results(analysis, params)
+        browser.SetSelectedItemNumber(analysis.ed)
+
+    def _glyph_sequence(self, disp: np.ndarray, myo: np.ndarray, cine: Cine, name: str) -> slicer.vtkMRMLSequenceNode:
+        box = mrml.crop_box(myo, margin=1)
+        sub = mrml.sub_geometry(cine.geometry, box)
+        masked = disp[(slice(None), slice(None)) + box] * myo[box][None, None]
+        return mrml.displacement_to_transform_sequence(self.scene, masked.astype(np.float32), sub, cine.times_ms, name)
+
+    def _refresh_glyphs(self, params: Parameters, cine: Cine, disp: np.ndarray, myo: np.ndarray) -> None:
+        """Re-mask the glyph sequence to the (edited) ED myocardium."""
+        seq = params.ref("GlyphSequence")
+        fresh = self._glyph_sequence(disp, myo, cine, "tmp glyphs")
+        try:
+            seq.RemoveAllDataNodes()
+            for i in range(fresh.GetNumberOfDataNodes()):
+                seq.SetDataNodeAtValue(fresh.GetNthDataNode(i), fresh.GetNthIndexValue(i))
+        finally:
+            self.scene.RemoveNode(fresh)
+        browser = params.ref("Browser")
+        self.sequences_logic.UpdateProxyNodesFromSequences(browser)
+
+    def _setup_proxy_display(self, params: Parameters) -> None:
+        browser = params.ref("Browser")
+        vol = browser.GetProxyNode(params.ref("CineSequence"))
+        vol.CreateDefaultDisplayNodes()
+        cine = self._cache.get("cine")
+        if cine is not None:
+            # one fixed window for all frames (no flicker), from the 1st-99.5th percentiles of the cine
+            lo, hi = np.percentile(cine.data[:, :: max(1, cine.data.shape[1] // 4)], [1.0, 99.5])
+            vd = vol.GetDisplayNode()
+            vd.SetAutoWindowLevel(False)
+            vd.SetWindowLevel(float(max(hi - lo, 1e-6)), float((hi + lo) / 2))
+        seg = browser.GetProxyNode(params.ref("SegmentationSequence"))
+        seg.CreateDefaultDisplayNodes()
+        seg.SetReferenceImageGeometryParameterFromVolumeNode(vol)
+        seg.GetDisplayNode().SetOpacity2DFill(0.35)
+        seg.GetDisplayNode().SetOpacity2DOutline(1.0)
+        seg.GetDisplayNode().SetVisibility3D(False)
+        for role in ("DisplacementSequence", "GlyphSequence"):
+            tr = browser.GetProxyNode(params.ref(role))
+            tr.CreateDefaultDisplayNodes()
+        glyph = browser.GetProxyNode(params.ref("GlyphSequence")).GetDisplayNode()
+        glyph.SetVisualizationMode(slicer.vtkMRMLTransformDisplayNode.VIS_MODE_GLYPH)
+        glyph.SetGlyphType(slicer.vtkMRMLTransformDisplayNode.GLYPH_TYPE_ARROW)
+        spacing = mrml.geometry_of_volume(vol).spacing
+        glyph.SetGlyphSpacingMm(float(max(2.0 * min(spacing[1:]), 2.5)))
+        glyph.SetGlyphScalePercent(params.glyph_scale_percent)
+        glyph.SetGlyphDisplayRangeMinMm(0.05)  # zero outside the myocardium: no glyph there
+        glyph.SetGlyphDisplayRangeMaxMm(1000.0)
+        glyph.SetVisibility3D(False)
+        self.set_overlays(params, params.show_segmentation, params.show_glyphs)
+
+    def set_overlays(self, params: Parameters, segmentation: bool, glyphs: bool) -> None:
+        """Toggle the segmentation overlay and the displacement glyphs in slice views."""
+        params.show_segmentation, params.show_glyphs = bool(segmentation), bool(glyphs)
+        browser = params.ref("Browser")
+        if browser is None:
+            return
+        seg = browser.GetProxyNode(params.ref("SegmentationSequence"))
+        if seg is not None and seg.GetDisplayNode():
+            seg.GetDisplayNode().SetVisibility(bool(segmentation))
+        tr = browser.GetProxyNode(params.ref("GlyphSequence"))
+        if tr is not None and tr.GetDisplayNode():
+            d = tr.GetDisplayNode()
+            d.SetVisibility(bool(glyphs))
+            d.SetVisibility2D(bool(glyphs))
+
+    def _remove_study_nodes(self, params: Parameters) -> None:
+        """Remove the nodes of a previous study made by this module (not the user's input)."""
+        browser = params.ref("Browser")
+        nodes = [params.ref(r) for r in Parameters.ROLES if r not in ("InputSequence", "PolarView")]
+        if browser is not None:
+            for i in range(browser.GetNumberOfSynchronizedSequenceNodes(True)):
+                s = browser.GetNthSynchronizedSequenceNode(i) if hasattr(browser, "GetNthSynchronizedSequenceNode") else None
+                if s is not None:
+                    nodes.append(browser.GetProxyNode(s))
+        for node in nodes:
+            if node is not None and self.scene.IsNodePresent(node):
+                self.scene.RemoveNode(node)
+        for r in Parameters.ROLES:
+            if r not in ("InputSequence", "PolarView"):
+                params.set_ref(r, None)
+
+    # ----------------------------------------------------------------- results: tables, plots, polar map
+    def _update_results(self, analysis, params: Parameters) -> None:
+        params.analysis_ed, params.analysis_es = analysis.ed, analysis.es
+        report = analysis.report
+        self._update_curve_tables(report, params)
+        self._update_charts(params)
+        self._update_aha_segmentation(analysis, params)
+        self._update_report_text(report, params)
+        self.update_polar_map(params)
+
+    def _update_report_text(self, report: dict, params: Parameters) -> None:
+        node = params.ref("ReportText")
+        if node is None:
+            node = self.scene.AddNewNodeByClass("vtkMRMLTextNode", f"{params.study_name} report")
+            params.set_ref("ReportText", node)
+        node.SetText(json.dumps(report, indent=1))
+
+    def report(self, params: Parameters) -> dict:
+        node = params.ref("ReportText")
+        if node is None:
+            raise ValueError("no analysis in this scene yet")
+        return json.loads(node.GetText())
+
+    @staticmethod
+    def _x_values(report: dict) -> tuple[np.ndarray, str]:
+        t = np.array([np.nan if v is None else v for v in report["frames"]["times_ms"]], dtype=float)
+        if np.all(np.isfinite(t)):
+            return t, "time (ms)"
+        return np.arange(report["frames"]["count"], dtype=float), "frame"
+
+    def _update_curve_tables(self, report: dict, params: Parameters) -> None:
+        n = report["frames"]["count"]
+        x, _ = self._x_values(report)
+        cols: dict[str, np.ndarray] = {"frame": np.arange(n, dtype=float), "time": x}
+        for c in COMPONENTS:
+            v = report["global_strain"][f"{c}_percent"]
+            cols[f"{c} strain (%)"] = np.array([np.nan if a is None else a for a in (v or [None] * n)], dtype=float)
+        for c in COMPONENTS:
+            v = report["global_strain_rate"][f"{c}_per_s"]
+            cols[f"{c} strain rate (1/s)"] = np.array([np.nan if a is None else a for a in (v or [None] * n)], dtype=float)
+        table = params.ref("CurveTable")
+        if table is None:
+            table = self.scene.AddNewNodeByClass("vtkMRMLTableNode", f"{params.study_name} strain curves")
+            params.set_ref("CurveTable", table)
+        _fill_table(table, cols)
+        ed, es = report["frames"]["ed"], report["frames"]["es"]
+        strain_vals = np.concatenate([cols[f"{c} strain (%)"] for c in COMPONENTS])
+        rate_vals = np.concatenate([cols[f"{c} strain rate (1/s)"] for c in COMPONENTS])
+        markers = {
+            "ED time": np.array([x[ed], x[ed]]), "ES time": np.array([x[es], x[es]]),
+            "strain range": _padded_range(strain_vals), "rate range": _padded_range(rate_vals),
+        }
+        mt = params.ref("MarkerTable")
+        if mt is None:
+            mt = self.scene.AddNewNodeByClass("vtkMRMLTableNode", f"{params.study_name} ED ES markers")
+            params.set_ref("MarkerTable", mt)
+        _fill_table(mt, markers)
+
+    def _update_charts(self, params: Parameters) -> None:
+        report = self.report(params) if params.ref("ReportText") else None
+        table, mt = params.ref("CurveTable"), params.ref("MarkerTable")
+        _, xlabel = self._x_values(report) if report else (None, "time (ms)")
+        specs = (("StrainChart", "strain (%)", "strain range", "strain"), ("RateChart", "strain rate (1/s)", "rate range", "strain rate"))
+        for role, ylabel, range_col, suffix in specs:
+            chart = params.ref(role)
+            if chart is None:
+                chart = self.scene.AddNewNodeByClass("vtkMRMLPlotChartNode", f"{params.study_name} {suffix}")
+                params.set_ref(role, chart)
+                for c in COMPONENTS:
+                    col = f"{c} {suffix} (%)" if suffix == "strain" else f"{c} strain rate (1/s)"
+                    s = self._series(f"{c} {suffix}", table, "time", col, COMPONENT_COLORS[c])
+                    s.SetAttribute("DeepStrain.column", col)
+                    chart.AddAndObservePlotSeriesNodeID(s.GetID())
+                for label, xcol, color in (("ED", "ED time", (0.3, 0.3, 0.3)), ("ES", "ES time", (0.0, 0.0, 0.0))):
+                    s = self._series(f"{label} ({suffix})", mt, xcol, range_col, color)
+                    s.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleNone)
+                    s.SetLineStyle(slicer.vtkMRMLPlotSeriesNode.LineStyleDash)
+                    s.SetAttribute("DeepStrain.marker", label)
+                    chart.AddAndObservePlotSeriesNodeID(s.GetID())
+            chart.SetTitle(f"{params.study_name}: global {suffix}")
+            chart.SetXAxisTitle(xlabel)
+            chart.SetYAxisTitle(ylabel)
+            chart.SetLegendVisibility(True)
+
+    def _series(self, name: str, table, xcol: str, ycol: str, color) -> slicer.vtkMRMLPlotSeriesNode:
+        s = self.scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", name)
+        s.SetAndObserveTableNodeID(table.GetID())
+        s.SetXColumnName(xcol)
+        s.SetYColumnName(ycol)
+        s.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
+        s.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleCircle)
+        s.SetColor(*color)
+        return s
+
+    def chart_series(self, params: Parameters, role: str = "StrainChart") -> list[slicer.vtkMRMLPlotSeriesNode]:
+        chart = params.ref(role)
+        return [self.scene.GetNodeByID(chart.GetNthPlotSeriesNodeID(i)) for i in range(chart.GetNumberOfPlotSeriesNodes())]
+
+    # ----------------------------------------------------------------- frames
+    def go_to_frame(self, params: Parameters, frame: int) -> None:
+        browser = params.ref("Browser")
+        n = browser.GetNumberOfItems()
+        if not 0 <= frame < n:
+            raise ValueError(f"frame {frame} outside 0..{n - 1}")
+        browser.SetSelectedItemNumber(int(frame))
+        if params.polar_follows_frame:
+            self.update_polar_map(params)
+
+    def current_frame(self, params: Parameters) -> int:
+        return int(params.ref("Browser").GetSelectedItemNumber())
+
+    def frame_for_plot_point(self, params: Parameters, series_id: str, point_index: int) -> int | None:
+        """Frame of a clicked plot point (curve series: table row = frame; ED/ES lines: that frame)."""
+        s = self.scene.GetNodeByID(series_id)
+        if s is None:
+            return None
+        marker = s.GetAttribute("DeepStrain.marker")
+        if marker == "ED":
+            return params.analysis_ed
+        if marker == "ES":
+            return params.analysis_es
+        table = s.GetTableNode()
+        if table is None or table.GetID() != (params.ref("CurveTable").GetID() if params.ref("CurveTable") else None):
+            return None
+        frames = _column(table, "frame")
+        if not 0 <= point_index < len(frames):
+            return None
+        return int(frames[point_index])
+
+    def on_plot_point_clicked(self, params: Parameters, series_id: str, point_index: int) -> int | None:
+        frame = self.frame_for_plot_point(params, series_id, point_index)
+        if frame is not None:
+            self.go_to_frame(params, frame)
+        return frame
+
+    # ----------------------------------------------------------------- polar map
+    def polar_values(self, params: Parameters, frame: int | None = None) -> tuple[dict[int, float | None], int]:
+        """Per-segment values (percent) of the chosen component at ES, or at ``frame``/the current frame
+        when ``polar_follows_frame``."""
+        report = self.report(params)
+        comp = params.component
+        if comp not in COMPONENTS:
+            raise ValueError(f"component must be one of {COMPONENTS}, got '{comp}'")
+        if frame is None:
+            frame = self.current_frame(params) if params.polar_follows_frame else report["frames"]["es"]
+        curves = report["aha_curves"][f"{comp}_percent"] or {}
+        vals: dict[int, float | None] = {}
+        for s in range(1, 18):
+            c = curves.get(str(s)) if curves else None
+            vals[s] = None if c is None or c[frame] is None else float(c[frame])
+        return vals, int(frame)
+
+    def ensure_polar_view(self, params: Parameters) -> slicer.vtkMRMLViewNode:
+        view = self.scene.GetSingletonNode(POLAR_VIEW_TAG, "vtkMRMLViewNode")
+        if view is None:
+            view = slicer.vtkMRMLViewNode()
+            view.SetSingletonTag(POLAR_VIEW_TAG)
+            view.SetLayoutName(POLAR_VIEW_TAG)
+            view.SetLayoutLabel("AHA")
+            view.SetName("View" + POLAR_VIEW_TAG)
+            self.scene.AddNode(view)
+        view.SetBoxVisible(False)
+        view.SetAxisLabelsVisible(False)
+        view.SetOrientationMarkerType(slicer.vtkMRMLAbstractViewNode.OrientationMarkerTypeNone)
+        view.SetBackgroundColor(1.0, 1.0, 1.0)
+        view.SetBackgroundColor2(1.0, 1.0, 1.0)
+        if hasattr(view, "SetRenderMode"):
+            view.SetRenderMode(slicer.vtkMRMLViewNode.Orthographic)
+        params.set_ref("PolarView", view)
+        return view
+
+    def update_polar_map(self, params: Parameters, frame: int | None = None) -> None:
+        """(Re)build the polar map model, colours, legend and labels for the current settings."""
+        vals, frame = self.polar_values(params, frame)
+        report = self.report(params)
+        comp = params.component
+        all_vals = [v for s in range(1, 18) for v in (report["aha_curves"][f"{comp}_percent"] or {}).get(str(s)) or []]
+        vmin, vmax = polarmap.symmetric_range(all_vals or vals)
+        view = self.ensure_polar_view(params)
+        model = params.ref("PolarModel")
+        if model is None:
+            model = self.scene.AddNewNodeByClass("vtkMRMLModelNode", f"{params.study_name} AHA polar map")
+            model.SetAndObservePolyData(polarmap.bullseye_polydata(vals))
+            model.CreateDefaultDisplayNodes()
+            params.set_ref("PolarModel", model)
+            labels = self.scene.AddNewNodeByClass("vtkMRMLModelNode", f"{params.study_name} AHA numbers")
+            labels.SetAndObservePolyData(polarmap.labels_polydata())
+            labels.CreateDefaultDisplayNodes()
+            ld = labels.GetDisplayNode()
+            ld.SetColor(0.0, 0.0, 0.0)
+            ld.SetScalarVisibility(False)
+            ld.SetLighting(False) if hasattr(ld, "SetLighting") else None
+            ld.SetViewNodeIDs([view.GetID()])
+            params.set_ref("PolarLabels", labels)
+            hl = self.scene.AddNewNodeByClass("vtkMRMLModelNode", f"{params.study_name} AHA highlight")
+            hl.SetAndObservePolyData(polarmap.outline_polydata(1))
+            hl.CreateDefaultDisplayNodes()
+            hd = hl.GetDisplayNode()
+            hd.SetColor(1.0, 0.85, 0.0)
+            hd.SetLineWidth(5.0)
+            hd.SetViewNodeIDs([view.GetID()])
+            hd.SetVisibility(False)
+            params.set_ref("PolarHighlight", hl)
+        else:
+            polarmap.set_values(model.GetPolyData(), vals)
+            model.Modified()
+        colors = params.ref("PolarColors")
+        if colors is None:
+            colors = self.scene.AddNewNodeByClass("vtkMRMLColorTableNode", f"{params.study_name} strain colours")
+            colors.SetTypeToUser()
+            colors.SetNumberOfColors(256)
+            for i in range(256):
+                colors.SetColor(i, "", *polarmap.diverging_rgb(i / 255.0), 1.0)
+            colors.GetLookupTable().SetNanColor(*polarmap.NAN_COLOR, 1.0)
+            params.set_ref("PolarColors", colors)
+        colors.GetLookupTable().SetTableRange(vmin, vmax)
+        d = model.GetDisplayNode()
+        d.SetActiveScalar("Strain", vtk.vtkAssignAttribute.CELL_DATA)
+        d.SetAndObserveColorNodeID(colors.GetID())
+        d.SetScalarRangeFlag(slicer.vtkMRMLDisplayNode.UseManualScalarRange)
+        d.SetScalarRange(vmin, vmax)
+        d.SetScalarVisibility(True)
+        d.SetViewNodeIDs([view.GetID()])
+        d.SetAmbient(1.0)
+        d.SetDiffuse(0.0)
+        d.SetSpecular(0.0)
+        when = f"frame {frame}" if params.polar_follows_frame else f"ES (frame {frame})"
+        title = f"{comp} strain (%) at {when}"
+        model.SetAttribute("DeepStrain.title", title)
+        self._color_legend(d, title, view)
+
+    def _color_legend(self, display: slicer.vtkMRMLDisplayNode, title: str, view) -> None:
+        legend = None
+        legend_id = display.GetAttribute("DeepStrain.legend")
+        if legend_id:
+            legend = self.scene.GetNodeByID(legend_id)
+        if legend is None:
+            legend = self.scene.AddNewNodeByClass("vtkMRMLColorLegendDisplayNode", "AHA colour legend")
+            model = display.GetDisplayableNode()
+            model.AddAndObserveDisplayNodeID(legend.GetID())
+            legend.SetAndObservePrimaryDisplayNode(display)
+            display.SetAttribute("DeepStrain.legend", legend.GetID())
+        legend.SetTitleText(title)
+        legend.SetLabelFormat("%.0f")
+        legend.SetNumberOfLabels(5)
+        legend.SetViewNodeIDs([view.GetID()])
+        legend.SetVisibility(True)
+
+    def segment_at(self, params: Parameters, point: tuple[float, float, float] | np.ndarray,
+                   frame: int | None = None) -> SegmentInfo | None:
+        """Segment under a point of the polar map (RAS of its view; z ignored): number, name, value."""
+        from deepstrain.aha import SEGMENT_NAMES
+
+        seg = polarmap.segment_at(float(point[0]), float(point[1]))
+        if seg is None:
+            return None
+        vals, f = self.polar_values(params, frame)
+        return SegmentInfo(seg, SEGMENT_NAMES[seg], vals[seg], params.component, f)
+
+    def highlight_segment(self, params: Parameters, segment: int | None) -> None:
+        """Outline ``segment`` on the polar map and show only its voxels in the AHA segmentation (None: clear)."""
+        params.highlighted_segment = int(segment or 0)
+        hl, aha = params.ref("PolarHighlight"), params.ref("AhaSegmentation")
+        if hl is not None:
+            if segment:
+                hl.SetAndObservePolyData(polarmap.outline_polydata(int(segment)))
+            hl.GetDisplayNode().SetVisibility(bool(segment))
+        if aha is not None:
+            d = aha.GetDisplayNode()
+            d.SetVisibility(bool(segment))
+            for s in range(1, 18):
+                d.SetSegmentVisibility(f"aha_{s}", bool(segment) and s == int(segment))
+
+    def _update_aha_segmentation(self, analysis, params: Parameters) -> None:
+        from deepstrain.aha import SEGMENT_NAMES
+
+        old = params.ref("AhaSegmentation")
+        if old is not None:
+            self.scene.RemoveNode(old)
+        if analysis.segments is None:
+            params.set_ref("AhaSegmentation", None)
+            return
+        mrml.ensure_segmentation_converters()
+        cine = self._cache.get("cine")
+        geometry = cine.geometry if cine is not None else mrml.geometry_of_volume(
+            params.ref("Browser").GetProxyNode(params.ref("CineSequence")))
+        seg_node = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{params.study_name} AHA segments (ED)")
+        img = slicer.vtkOrientedImageData()
+        img.ShallowCopy(mrml.image_from_array(np.asarray(analysis.segments).astype(np.uint8)))
+        img.SetImageToWorldMatrix(mrml.ijk_to_ras(geometry))
+        segmentation = seg_node.GetSegmentation()
+        for s in range(1, 18):
+            seg = slicer.vtkSegment()
+            seg.SetName(f"{s} {SEGMENT_NAMES[s]}")
+            # distinct hues around the bullseye
+            rgb = colorsys.hsv_to_rgb((s * 0.381966) % 1.0, 0.8, 1.0)
+            seg.SetColor(*rgb)
+            seg.SetLabelValue(s)
+            seg.AddRepresentation(slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName(), img)
+            segmentation.AddSegment(seg, f"aha_{s}")
+        seg_node.CreateDefaultDisplayNodes()
+        seg_node.GetDisplayNode().SetOpacity2DFill(0.6)
+        seg_node.GetDisplayNode().SetVisibility3D(False)
+        params.set_ref("AhaSegmentation", seg_node)
+        self.highlight_segment(params, params.highlighted_segment or None)
+
+    # ----------------------------------------------------------------- recompute after manual correction
+    def study_arrays(self, params: Parameters) -> tuple[Cine, np.ndarray, np.ndarray]:
+        """Cine, labels (read back from the possibly edited segmentation sequence) and displacement
+        (the cached field, else read back from the displacement transform sequence)."""
+        browser = params.ref("Browser")
+        if browser is None:
+            raise ValueError("no study in this scene: run the analysis first")
+        cache_ok = self._cache.get("browser") == browser.GetID()
+        cine = self._cache["cine"] if cache_ok else mrml.sequence_to_cine(params.ref("CineSequence"), params.study_name)
+        if not cache_ok:
+            cine.name = params.study_name
+        labels = mrml.segmentation_sequence_to_labels(params.ref("SegmentationSequence"), cine.geometry, cine.shape3d)
+        disp = self._cache["displacement"] if cache_ok else mrml.transform_sequence_to_displacement(
+            params.ref("DisplacementSequence"), cine.geometry)
+        if not cache_ok:
+            self._cache = {"browser": browser.GetID(), "cine": cine, "displacement": disp}
+        return cine, labels, disp
+
+    def recompute(self, params: Parameters, progress: ProgressCallback = _no_progress):
+        """Strain, volumes and AHA from the edited segmentation and the stored motion; no networks.
+
+        Updates tables, charts, polar map, AHA segmentation, glyph mask and report in place.
+        """
+        from deepstrain.pipeline import compute
+
+        progress(0.0, "reading segmentation")
+        cine, labels, disp = self.study_arrays(params)
+        progress(0.3, "computing strain")
+        analysis = compute(cine, labels, disp, ed=params.analysis_ed, es=params.analysis_es)
+        progress(0.8, "updating views")
+        with nodes_or_nothing(self.scene):
+            self._refresh_glyphs(params, cine, disp, analysis.labels[analysis.ed] == 2)
+            self._update_results(analysis, params)
+        self.analysis = analysis
+        progress(1.0, "done")
+        return analysis
+
+    # ----------------------------------------------------------------- export
+    def export(self, params: Parameters, folder: str | os.PathLike, renderer_factory=None,
+               now: _dt.datetime | None = None) -> list[Path]:
+        """Write PNG pictures (slice view at ED and ES with overlays, curves, polar map) and the report
+        (JSON + CSV) into a new sub-folder ``<study>_<YYYYmmdd-HHMMSS>`` of ``folder``.
+
+        File names carry the study name and the time stamp; an existing folder is never reused or
+        overwritten (a ``-2``, ``-3``... suffix is added). All or nothing: on error nothing is left.
+        """
+        from deepstrain.outputs import atomic_output_dir
+        from deepstrain.report import write_report
+
+        from . import render
+
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise ValueError(f"{folder}: export folder does not exist")
+        stamp = (now or _dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
+        stem = f"{_safe(params.study_name)}_{stamp}"
+        out = folder / stem
+        k = 2
+        while out.exists():
+            out = folder / f"{stem}-{k}"
+            k += 1
+        report = self.report(params)
+        written: list[str] = []
+        with atomic_output_dir(out) as tmp:
+            for name, path in render.export_pictures(self, params, tmp, stem, renderer_factory).items():
+                written.append(path.name)
+            j, c = write_report(report, tmp, volume_curves=self._volume_curves())
+            for p, name in ((j, f"{stem}_report.json"), (c, f"{stem}_strain.csv")):
+                os.replace(p, tmp / name)
+                written.append(name)
+        return [out / n for n in written]
+
+    def _volume_curves(self) -> dict[str, np.ndarray] | None:
+        return None if self.analysis is None else self.analysis.volume_curves
+
+
+# --------------------------------------------------------------------------- helpers
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "study"
+
+
+def _padded_range(values: np.ndarray) -> np.ndarray:
+    v = values[np.isfinite(values)]
+    if v.size == 0:
+        return np.array([-1.0, 1.0])
+    lo, hi = float(min(v.min(), 0.0)), float(max(v.max(), 0.0))
+    pad = 0.05 * (hi - lo or 1.0)
+    return np.array([lo - pad, hi + pad])
+
+
+def _fill_table(table: slicer.vtkMRMLTableNode, columns: dict[str, np.ndarray]) -> None:
+    t = vtk.vtkTable()
+    for name, values in columns.items():
+        arr = vtk.vtkDoubleArray()
+        arr.SetName(name)
+        arr.SetNumberOfTuples(len(values))
+        for i, v in enumerate(values):
+            arr.SetValue(i, float(v))
+        t.AddColumn(arr)
+    table.SetAndObserveTable(t)
+    table.Modified()
+
+
+def _column(table: slicer.vtkMRMLTableNode, name: str) -> np.ndarray:
+    arr = table.GetTable().GetColumnByName(name)
+    if arr is None:
+        raise KeyError(name)
+    return np.array([arr.GetValue(i) for i in range(arr.GetNumberOfTuples())])

@@ -1,0 +1,125 @@
+"""Harness for the Slicer module's tests without the Slicer application.
+
+Creates what the application would: an MRML scene (``slicer.mrmlScene``), the Sequences logic on
+it, an application logic with the interaction/selection singletons, and the module logic with
+explicit arguments. Skips every test here when ``slicer-core`` is not importable.
+Offscreen pictures need EGL (Debian ``libegl1 libegl-mesa0 libgl1-mesa-dri``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+
+REPO = Path(__file__).resolve().parents[2]
+MODULE_DIR = REPO / "DeepStrainSlicer"
+OUTPUT = REPO / "Testing" / "_output"
+
+try:
+    import slicer  # noqa: E402
+    import vtk  # noqa: E402,F401
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    pytest.skip(f"slicer-core is not importable ({exc}); install slicer-core==5.13.31053.0 vtk==9.6.2",
+                allow_module_level=True)
+
+if str(MODULE_DIR) not in sys.path:
+    sys.path.insert(0, str(MODULE_DIR))
+
+from DeepStrainSlicerLib import logic as dlogic  # noqa: E402
+from DeepStrainSlicerLib import render  # noqa: E402
+
+
+class Harness:
+    """A scene with the logics the module needs, as the Slicer application would set them up."""
+
+    def __init__(self) -> None:
+        self.scene = slicer.vtkMRMLScene()
+        slicer.mrmlScene = self.scene
+        # node classes that the application's modules register (Colors: the colour legend)
+        self.scene.RegisterNodeClass(slicer.vtkMRMLColorLegendDisplayNode())
+        render.ensure_view_singletons(self.scene)
+        self.color_logic = slicer.vtkMRMLColorLogic()  # default colour tables (Grey, labels...)
+        self.color_logic.SetMRMLScene(self.scene)
+        self.sequences_logic = slicer.vtkSlicerSequencesLogic()
+        self.sequences_logic.SetMRMLScene(self.scene)
+        self.app_logic = slicer.vtkMRMLApplicationLogic()
+        self.app_logic.SetMRMLScene(self.scene)
+        self.logic = dlogic.DeepStrainLogic(self.scene, self.sequences_logic)
+        self.params = self.logic.parameter_node()
+
+    def node_ids(self) -> set[str]:
+        return {self.scene.GetNthNode(i).GetID() for i in range(self.scene.GetNumberOfNodes())}
+
+    def close(self) -> None:
+        self.sequences_logic.SetMRMLScene(None)
+        self.color_logic.SetMRMLScene(None)
+        self.app_logic.SetMRMLScene(None)
+        self.scene.Clear(1)
+
+
+@pytest.fixture
+def harness():
+    h = Harness()
+    yield h
+    h.close()
+
+
+PHANTOM_KW = dict(n_frames=10, matrix_size=96, n_slices=8, pv_samples=1, seed=0)
+
+
+@pytest.fixture(scope="session")
+def phantom():
+    """The deepstrain phantom, 10 frames of 96 x 96 x 8 (cached in Testing/_output between runs)."""
+    from deepstrain.cine import Cine, Geometry
+    from deepstrain.phantom import PhantomParams, generate_phantom
+
+    params = PhantomParams(**PHANTOM_KW)
+    key = hashlib.sha1(json.dumps(asdict(params), sort_keys=True, default=str).encode()).hexdigest()[:12]
+    src = (REPO / "DeepStrainSlicer" / "deepstrain" / "phantom.py").read_bytes()
+    key += hashlib.sha1(src).hexdigest()[:8]
+    cache = OUTPUT / f"phantom_{key}.npz"
+    if cache.exists():
+        z = np.load(cache, allow_pickle=False)
+        geom = Geometry(z["spacing"], z["origin"], z["direction"])
+        cine = Cine(z["data"], geom, z["times_ms"], name=str(z["name"]), ed=int(z["ed"]), es=int(z["es"]))
+        return cine, z["labels"], z["displacement"]
+    p = generate_phantom(params)
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp.npz")
+    g = p.cine.geometry
+    np.savez(tmp, data=p.cine.data, spacing=g.spacing, origin=g.origin, direction=g.direction,
+             times_ms=p.cine.times_ms, name=p.cine.name, ed=p.cine.ed, es=p.cine.es,
+             labels=p.labels, displacement=p.displacement)
+    os.replace(tmp, cache)
+    return p.cine, p.labels, p.displacement
+
+
+@pytest.fixture(scope="session")
+def egl():
+    """Skip when offscreen OpenGL (EGL) is not available on this machine."""
+    try:
+        win = render.offscreen_window(16, 16)
+        ren = vtk.vtkRenderer()
+        win.AddRenderer(ren)
+        win.Render()
+        ok = bool(win.SupportsOpenGL()) if hasattr(win, "SupportsOpenGL") else True
+        win.Finalize()
+    except Exception as exc:  # pragma: no cover
+        pytest.skip(f"no offscreen OpenGL: {exc}")
+    if not ok:  # pragma: no cover
+        pytest.skip("no offscreen OpenGL (install libegl1 libegl-mesa0 libgl1-mesa-dri)")
+    return True
+
+
+@pytest.fixture(scope="session")
+def output_dir() -> Path:
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    return OUTPUT
