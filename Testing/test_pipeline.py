@@ -1,0 +1,151 @@
+"""pipeline.compute: strain + AHA + volumes from given labels and motion, validation, 2-frame studies."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from _heart import Heart, flip_geometry, grid_for, rotation, sample
+from deepstrain.cine import Cine, Geometry
+from deepstrain.errors import InputError
+from deepstrain.pipeline import compute
+
+EPS, LAM = 0.15, -0.10  # in-plane stretch and longitudinal stretch at peak contraction
+N_FRAMES = 12
+TIMES = np.arange(N_FRAMES) * 70.0
+PROFILE = np.sin(np.pi * np.clip(np.arange(N_FRAMES) / 8.0, 0, 1)) ** 2  # 0 at ED, 1 at frame 4, 0 from 8
+ES = 4
+
+
+def _study(axis=(0.3, 1.0, 0.5), angle=40.0, flip=(False, False, False)):
+    heart = Heart(rotation=rotation(axis, angle), centre=np.array([10.0, -20.0, 30.0]))
+    geo, shape = grid_for(heart, (10.0, 2.0, 2.0), tilt_deg=3.0, flip=flip)
+    world, h, lab_ed = sample(heart, geo, shape)
+    labels = np.empty((N_FRAMES,) + shape, dtype=np.uint8)
+    disp = np.empty((N_FRAMES, 3) + shape, dtype=np.float32)
+    for t, p in enumerate(PROFILE):
+        small = Heart(heart.rotation, heart.centre, a_in=heart.a_in * (1 - 0.25 * p))  # cavity shrinks
+        labels[t] = small.labels(h)
+        u_h = np.stack([EPS * p * h[..., 0], EPS * p * h[..., 1], LAM * p * h[..., 2]], -1)
+        disp[t] = np.moveaxis(u_h @ heart.rotation.T, -1, 0)
+    return heart, geo, labels, disp
+
+
+def _cine(geo, labels, times=TIMES, ed=0, es=ES, **kw):
+    return Cine(data=labels.astype(np.float32), geometry=geo, times_ms=times, name="synthetic", ed=ed, es=es, **kw)
+
+
+def test_curves_rates_peaks_and_segments_match_the_analytic_motion():
+    heart, geo, labels, disp = _study()
+    a = compute(_cine(geo, labels), labels, disp)
+    r = a.report
+    g_in = 100 * (EPS * PROFILE + (EPS * PROFILE) ** 2 / 2)
+    g_l = 100 * (LAM * PROFILE + (LAM * PROFILE) ** 2 / 2)
+    # the engine's long axis is a fitted one (within ~2 deg): a few hundredths of a point at most
+    np.testing.assert_allclose(r["global_strain"]["radial_percent"], g_in, atol=0.05)
+    np.testing.assert_allclose(r["global_strain"]["circumferential_percent"], g_in, atol=0.05)
+    np.testing.assert_allclose(r["global_strain"]["longitudinal_percent"], g_l, atol=0.05)
+    rate = np.gradient(g_in / 100, TIMES / 1000)
+    np.testing.assert_allclose(r["global_strain_rate"]["radial_per_s"], rate, atol=0.01)
+    assert r["ess"]["radial"] == pytest.approx(g_in[ES], abs=0.05)
+    assert r["srs"]["radial"] == pytest.approx(rate[: ES + 1][np.argmax(np.abs(rate[: ES + 1]))], abs=0.01)
+    early = rate[ES + 1 : ES + 4 + 1]  # ES + ceil((12 - 4) / 2) = 8
+    assert r["sre"]["radial"] == pytest.approx(early[np.argmax(np.abs(early))], abs=0.01)
+    assert r["sre"]["radial"] < 0 < r["srs"]["radial"]
+    assert r["frames"] == {"count": N_FRAMES, "ed": 0, "es": ES, "times_ms": TIMES.tolist()}
+    # homogeneous motion: every segment has the global value
+    for s in range(1, 18):
+        assert r["aha"]["radial_percent"][str(s)] == pytest.approx(g_in[ES], abs=0.05)
+        assert len(r["aha_curves"]["longitudinal_percent"][str(s)]) == N_FRAMES
+    assert a.segments.shape == labels.shape[1:] and set(np.unique(a.segments)) == set(range(18))
+    assert a.strain["radial"].shape == (N_FRAMES, int((labels[0] == 2).sum()))
+    assert r["volumetrics"]["lv_ef_percent"] > 20
+    json.dumps(r, allow_nan=False)
+
+
+def test_ed_es_from_the_lv_volume_curve_and_explicit_override():
+    heart, geo, labels, disp = _study()
+    a = compute(_cine(geo, labels, ed=None, es=None), labels, None)
+    assert (a.ed, a.es) == (0, ES)
+    b = compute(_cine(geo, labels, ed=None, es=None), labels, None, ed=0, es=3)
+    assert (b.ed, b.es) == (0, 3)
+    assert b.report["volumetrics"]["lv_esv_ml"] == pytest.approx(b.volume_curves["lv"][3], abs=1e-4)
+
+
+def test_labels_only_gives_volumes_and_null_strain(tmp_path):
+    heart, geo, labels, disp = _study()
+    a = compute(_cine(geo, labels), labels, None)
+    r = a.report
+    assert r["global_strain"]["radial_percent"] is None and r["ess"]["radial"] is None
+    assert r["aha"]["radial_percent"]["1"] is None
+    assert a.segments is not None  # segments come from the labels alone
+    assert r["volumetrics"]["lv_edv_ml"] > r["volumetrics"]["lv_esv_ml"] > 0
+    assert any("no displacement" in w for w in r["warnings"])
+    jp, cp = a.write(tmp_path)
+    assert json.loads(jp.read_text())["volumetrics"] == r["volumetrics"]
+    assert "lv_volume_ml" in cp.read_text().splitlines()[0]
+
+
+def test_two_frame_study_without_timing():
+    heart, geo, labels, disp = _study()
+    lab2, disp2 = labels[[0, ES]], disp[[0, ES]]
+    cine = _cine(geo, lab2, times=np.array([np.nan, np.nan]), ed=0, es=1, frame_numbers=np.array([0, ES]))
+    a = compute(cine, lab2, disp2)
+    r = a.report
+    assert r["frames"]["count"] == 2 and r["frames"]["es"] == 1
+    g_in = 100 * (EPS + EPS**2 / 2)
+    assert r["ess"]["radial"] == pytest.approx(g_in, abs=0.05)
+    assert r["global_strain_rate"]["radial_per_s"] is None
+    assert r["srs"]["circumferential"] is None and r["sre"]["longitudinal"] is None
+    assert any("strain rates not computed" in w for w in r["warnings"])
+
+
+def test_flipped_and_rotated_studies_give_the_same_report():
+    heart, geo, labels, disp = _study()
+    ref = compute(_cine(geo, labels), labels, disp).report
+    shape = labels.shape[1:]
+    g2 = flip_geometry(flip_geometry(geo, shape, 2), shape, 0)
+    lab2 = np.ascontiguousarray(np.flip(labels, (1, 3)))
+    disp2 = np.ascontiguousarray(np.flip(disp, (2, 4)))  # RAS components are unchanged
+    flipped = compute(_cine(g2, lab2), lab2, disp2).report
+    heart3, geo3, lab3, disp3 = _study(axis=(1.0, 0.0, -0.4), angle=120.0)
+    rotated = compute(_cine(geo3, lab3), lab3, disp3).report
+    for other, tol in ((flipped, 1e-3), (rotated, 0.02)):
+        for k in ("radial_percent", "circumferential_percent", "longitudinal_percent"):
+            np.testing.assert_allclose(other["global_strain"][k], ref["global_strain"][k], atol=tol)
+            for s in range(1, 18):
+                np.testing.assert_allclose(other["aha_curves"][k][str(s)], ref["aha_curves"][k][str(s)], atol=tol)
+        assert other["volumetrics"]["lv_edv_ml"] == pytest.approx(ref["volumetrics"]["lv_edv_ml"], abs=0.5)
+
+
+def test_bad_inputs_are_input_errors():
+    heart, geo, labels, disp = _study()
+    cine = _cine(geo, labels)
+    with pytest.raises(InputError, match="shape"):
+        compute(cine, labels[:, :-1], disp)
+    bad = labels.copy()
+    bad[0, 0, 0, 0] = 7
+    with pytest.raises(InputError, match="found \\[7\\]"):
+        compute(cine, bad, disp)
+    fl = labels.astype(np.float32)
+    fl[1, 0, 0, 0] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        compute(cine, fl, disp)
+    d = disp.copy()
+    d[3, 0, 1, 1, 1] = np.inf
+    with pytest.raises(InputError, match="NaN or infinite"):
+        compute(cine, labels, d)
+    with pytest.raises(InputError, match="shape"):
+        compute(cine, labels, disp[:, :2])
+    with pytest.raises(InputError, match="ED frame"):
+        compute(cine, labels, disp, ed=2, es=ES)  # the displacement is not zero at frame 2
+    with pytest.raises(InputError, match="outside"):
+        compute(cine, labels, disp, ed=0, es=N_FRAMES)
+    with pytest.raises(InputError, match="same frame"):
+        compute(cine, labels, disp, ed=0, es=0)
+    no_myo = labels.copy()
+    no_myo[no_myo == 2] = 0
+    with pytest.raises(InputError, match="myocardium"):
+        compute(cine, no_myo, disp)
+    assert labels.dtype == np.uint8 and np.all(disp[0] == 0)  # inputs untouched
