@@ -75,10 +75,10 @@ def _check_labels(cine: Cine, labels: np.ndarray) -> np.ndarray:
             raise InputError(_where(cine), "labels are not whole numbers")
     elif lab.dtype.kind not in "uib":
         raise InputError(_where(cine), f"labels have unsupported type {lab.dtype}")
-    bad = np.setdiff1d(np.unique(lab), [0, 1, 2, 3])
-    if bad.size:
+    if lab.min() < 0 or lab.max() > 3:
+        bad = np.setdiff1d(np.unique(lab), [0, 1, 2, 3])
         raise InputError(_where(cine), f"labels must be 0 bg, 1 RV, 2 myocardium, 3 LV cavity; found {bad[:5].tolist()}")
-    return lab.astype(np.uint8)
+    return lab.astype(np.uint8, copy=False)
 
 
 def _check_displacement(cine: Cine, displacement: np.ndarray) -> np.ndarray:
@@ -88,7 +88,7 @@ def _check_displacement(cine: Cine, displacement: np.ndarray) -> np.ndarray:
         raise InputError(_where(cine), f"displacement has shape {disp.shape}, expected {(t, 3, z, y, x)} (T, 3, Z, Y, X)")
     if disp.dtype.kind != "f":
         raise InputError(_where(cine), f"displacement must be floating point (mm), got {disp.dtype}")
-    if not np.all(np.isfinite(disp)):
+    if not all(np.isfinite(frame).all() for frame in disp):  # frame by frame: no full-size temporary
         raise InputError(_where(cine), "displacement contains NaN or infinite values")
     return disp
 

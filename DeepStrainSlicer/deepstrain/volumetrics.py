@@ -62,19 +62,22 @@ def volumetrics(labels: np.ndarray, geometry: Geometry, ed: int, es: int) -> dic
     ``labels`` ``(T, Z, Y, X)``; ``ed``/``es`` are 0-based frame indices. An EF is ``None``
     when its end-diastolic volume is zero.
     """
-    vols = label_volumes_ml(labels, geometry)
-    n = vols["lv"].size
+    lab = np.asarray(labels)
+    if lab.ndim != 4:
+        raise ValueError(f"labels must be (T, Z, Y, X), got shape {lab.shape}")
+    n = lab.shape[0]
     for name, f in (("ed", ed), ("es", es)):
         if not 0 <= int(f) < n:
             raise ValueError(f"{name} frame {f} is outside 0..{n - 1}")
-    lv_edv, lv_esv = float(vols["lv"][ed]), float(vols["lv"][es])
-    rv_edv, rv_esv = float(vols["rv"][ed]), float(vols["rv"][es])
+    vols = label_volumes_ml(lab[[int(ed), int(es)]], geometry)
+    lv_edv, lv_esv = float(vols["lv"][0]), float(vols["lv"][1])
+    rv_edv, rv_esv = float(vols["rv"][0]), float(vols["rv"][1])
     return {
         "lv_edv_ml": lv_edv,
         "lv_esv_ml": lv_esv,
         "lv_sv_ml": lv_edv - lv_esv,
         "lv_ef_percent": _ef(lv_edv, lv_esv),
-        "lv_mass_g": float(vols["myo"][ed]) * MYOCARDIUM_DENSITY_G_PER_ML,
+        "lv_mass_g": float(vols["myo"][0]) * MYOCARDIUM_DENSITY_G_PER_ML,
         "rv_edv_ml": rv_edv,
         "rv_esv_ml": rv_esv,
         "rv_ef_percent": _ef(rv_edv, rv_esv),
