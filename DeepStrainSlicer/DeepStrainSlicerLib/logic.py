@@ -146,6 +146,7 @@ class Parameters:
     export_folder = _Param(str, "")
     analysis_ed = _Param(int, -1)
     analysis_es = _Param(int, -1)
+    study_nodes = _Param(list, [])  # IDs of every node made for the current study
 
     ROLES = (
         "InputSequence", "Browser", "CineSequence", "SegmentationSequence", "DisplacementSequence",
@@ -178,16 +179,31 @@ class Parameters:
 @contextlib.contextmanager
 def nodes_or_nothing(scene: slicer.vtkMRMLScene) -> Iterator[None]:
     """Remove every node added to ``scene`` inside the block if the block raises (incl. Cancelled)."""
-    before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+    before = node_ids(scene)
     try:
         yield
     except BaseException:
-        new = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
-        new = [n for n in new if n.GetID() not in before]
-        for node in reversed(new):
+        remove_nodes(scene, node_ids(scene) - before)
+        raise
+
+
+def node_ids(scene: slicer.vtkMRMLScene) -> set[str]:
+    return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+
+
+def remove_nodes(scene: slicer.vtkMRMLScene, ids: set[str] | list[str]) -> None:
+    """Remove the nodes ``ids`` (browsers first, then newest first) and whatever removing them made."""
+    before_all = node_ids(scene) - set(ids)
+    for _ in range(5):  # removing a node can make others (default display/storage nodes): repeat
+        nodes = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
+        nodes = [n for n in nodes if n.GetID() not in before_all]
+        if not nodes:
+            break
+        browsers = [n for n in nodes if n.IsA("vtkMRMLSequenceBrowserNode")]
+        others = [n for n in reversed(nodes) if not n.IsA("vtkMRMLSequenceBrowserNode")]
+        for node in browsers + others:
             if scene.IsNodePresent(node):
                 scene.RemoveNode(node)
-        raise
 
 
 @dataclass
@@ -286,7 +302,9 @@ class DeepStrainLogic:
             analysis = compute(cine, labels, displacement,
                                ed=None if params.ed < 0 else params.ed, es=None if params.es < 0 else params.es)
             self._remove_study_nodes(params)
+            before = node_ids(self.scene)
             self._build_nodes(cine, analysis, params, progress)
+            params.study_nodes = sorted(node_ids(self.scene) - before)
             progress(1.0, "done")
         self.analysis = analysis
         return analysis
@@ -387,20 +405,26 @@ class DeepStrainLogic:
             d.SetVisibility2D(bool(glyphs))
 
     def _remove_study_nodes(self, params: Parameters) -> None:
-        """Remove the nodes of a previous study made by this module (not the user's input)."""
-        browser = params.ref("Browser")
-        nodes = [params.ref(r) for r in Parameters.ROLES if r not in ("InputSequence", "PolarView")]
-        if browser is not None:
-            for i in range(browser.GetNumberOfSynchronizedSequenceNodes(True)):
-                s = browser.GetNthSynchronizedSequenceNode(i) if hasattr(browser, "GetNthSynchronizedSequenceNode") else None
-                if s is not None:
-                    nodes.append(browser.GetProxyNode(s))
-        for node in nodes:
-            if node is not None and self.scene.IsNodePresent(node):
-                self.scene.RemoveNode(node)
+        """Remove the nodes made for the previous study by this module (never the user's input)."""
+        keep = {n.GetID() for n in (params.ref("InputSequence"), params.ref("PolarView"), params.node) if n is not None}
+        ids = [i for i in params.study_nodes if i not in keep and self.scene.GetNodeByID(i) is not None]
+        remove_nodes(self.scene, ids)
         for r in Parameters.ROLES:
             if r not in ("InputSequence", "PolarView"):
                 params.set_ref(r, None)
+        params.study_nodes = []
+
+    def _remove(self, node: slicer.vtkMRMLNode) -> None:
+        """Remove a node with its display and storage nodes."""
+        extra = []
+        if hasattr(node, "GetNumberOfDisplayNodes"):
+            extra += [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
+        if hasattr(node, "GetNumberOfStorageNodes"):
+            extra += [node.GetNthStorageNode(i) for i in range(node.GetNumberOfStorageNodes())]
+        self.scene.RemoveNode(node)
+        for n in extra:
+            if n is not None and self.scene.IsNodePresent(n):
+                self.scene.RemoveNode(n)
 
     # ----------------------------------------------------------------- results: tables, plots, polar map
     def _update_results(self, analysis, params: Parameters) -> None:
@@ -680,7 +704,7 @@ class DeepStrainLogic:
 
         old = params.ref("AhaSegmentation")
         if old is not None:
-            self.scene.RemoveNode(old)
+            self._remove(old)
         if analysis.segments is None:
             params.set_ref("AhaSegmentation", None)
             return
@@ -715,6 +739,11 @@ class DeepStrainLogic:
         browser = params.ref("Browser")
         if browser is None:
             raise ValueError("no study in this scene: run the analysis first")
+        # save the edits of the segmentation shown now (e.g. made in Segment Editor) into its sequence item
+        seg_seq = params.ref("SegmentationSequence")
+        proxy = browser.GetProxyNode(seg_seq)
+        if proxy is not None and browser.GetSaveChanges(seg_seq):
+            self.sequences_logic.UpdateSequencesFromProxyNodes(browser, proxy)
         cache_ok = self._cache.get("browser") == browser.GetID()
         cine = self._cache["cine"] if cache_ok else mrml.sequence_to_cine(params.ref("CineSequence"), params.study_name)
         if not cache_ok:
@@ -739,8 +768,10 @@ class DeepStrainLogic:
         analysis = compute(cine, labels, disp, ed=params.analysis_ed, es=params.analysis_es)
         progress(0.8, "updating views")
         with nodes_or_nothing(self.scene):
+            before = node_ids(self.scene)
             self._refresh_glyphs(params, cine, disp, analysis.labels[analysis.ed] == 2)
             self._update_results(analysis, params)
+            params.study_nodes = sorted(set(params.study_nodes) | (node_ids(self.scene) - before))
         self.analysis = analysis
         progress(1.0, "done")
         return analysis

@@ -1,0 +1,265 @@
+"""The module logic on real MRML with the phantom's exact labels and displacement (run mode 'given')."""
+from __future__ import annotations
+
+import builtins
+import json
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+import slicer
+import vtk
+
+from deepstrain.pipeline import compute
+from deepstrain.volumetrics import voxel_volume_ml
+from DeepStrainSlicerLib import logic as dlogic
+from DeepStrainSlicerLib import mrml
+
+
+@pytest.fixture
+def study(harness, phantom):
+    cine, labels, disp = phantom
+    analysis = harness.logic.run(cine, harness.params, labels, disp)
+    return harness, cine, labels, disp, analysis
+
+
+def test_one_browser_with_one_item_per_frame(study):
+    h, cine, labels, disp, analysis = study
+    p = h.params
+    browser = p.ref("Browser")
+    assert h.scene.GetNumberOfNodesByClass("vtkMRMLSequenceBrowserNode") == 1
+    seqs = [p.ref(r) for r in ("CineSequence", "SegmentationSequence", "DisplacementSequence", "GlyphSequence")]
+    for s in seqs:
+        assert s.GetNumberOfDataNodes() == cine.n_frames
+        assert browser.IsSynchronizedSequenceNode(s.GetID(), True)
+    assert seqs[0].GetIndexUnit() == "ms"
+    seg = browser.GetProxyNode(seqs[1]).GetSegmentation()
+    assert [seg.GetNthSegment(i).GetName() for i in range(3)] == ["LV cavity", "LV myocardium", "RV cavity"]
+    # the overlays follow the browser
+    browser.SetSelectedItemNumber(analysis.es)
+    vol = browser.GetProxyNode(seqs[0])
+    assert np.array_equal(mrml.volume_array(vol), cine.data[analysis.es])
+    lab = mrml.segmentation_to_labels(browser.GetProxyNode(seqs[1]), cine.geometry, cine.shape3d)
+    assert np.array_equal(lab, labels[analysis.es])
+
+
+def test_transform_displacement_equals_the_pipeline_at_myocardium_points(study):
+    h, cine, labels, disp, analysis = study
+    p = h.params
+    browser = p.ref("Browser")
+    rng = np.random.default_rng(0)
+    myo = np.argwhere(labels[analysis.ed] == 2)
+    picks = myo[rng.choice(len(myo), 12, replace=False)]
+    for frame in (analysis.es, cine.n_frames - 1):
+        browser.SetSelectedItemNumber(frame)
+        for role in ("DisplacementSequence", "GlyphSequence"):
+            tr = vtk.vtkGeneralTransform()
+            browser.GetProxyNode(p.ref(role)).GetTransformToWorld(tr)
+            for kji in picks:
+                x = cine.geometry.origin + cine.geometry.direction @ (cine.geometry.spacing * kji)
+                moved = np.array(tr.TransformPoint(*x)) - x
+                np.testing.assert_allclose(moved, analysis.displacement[(frame, slice(None)) + tuple(kji)], atol=1e-4)
+    # glyphs only in the myocardium: zero displacement on a cavity voxel
+    cav = np.argwhere(labels[analysis.ed] == 3)[0]
+    tr = vtk.vtkGeneralTransform()
+    browser.GetProxyNode(p.ref("GlyphSequence")).GetTransformToWorld(tr)
+    x = cine.geometry.origin + cine.geometry.direction @ (cine.geometry.spacing * cav)
+    assert np.linalg.norm(np.array(tr.TransformPoint(*x)) - x) < 1e-6
+    assert np.abs(disp[analysis.es][(slice(None),) + tuple(cav)]).max() > 0.1  # ... where the full field moves
+
+
+def test_curves_tables_and_charts(study):
+    h, cine, labels, disp, analysis = study
+    p = h.params
+    table = p.ref("CurveTable")
+    assert table.GetNumberOfRows() == cine.n_frames
+    circ = dlogic._column(table, "circumferential strain (%)")
+    np.testing.assert_allclose(circ, analysis.report["global_strain"]["circumferential_percent"], atol=1e-6)
+    np.testing.assert_allclose(dlogic._column(table, "time"), cine.times_ms, atol=1e-3)  # report: 4 decimals
+    for role, unit in (("StrainChart", "strain (%)"), ("RateChart", "strain rate (1/s)")):
+        chart = p.ref(role)
+        assert chart.GetYAxisTitle() == unit and chart.GetXAxisTitle() == "time (ms)"
+        names = [s.GetName() for s in h.logic.chart_series(p, role)]
+        assert any(n.startswith("ED") for n in names) and any(n.startswith("ES") for n in names)
+        assert sum(n.startswith(c) for n in names for c in dlogic.COMPONENTS) == 3
+    ed_line = [s for s in h.logic.chart_series(p) if s.GetAttribute("DeepStrain.marker") == "ED"][0]
+    assert np.allclose(dlogic._column(p.ref("MarkerTable"), "ED time"), cine.times_ms[analysis.ed], atol=1e-3)
+
+
+def test_clicked_plot_point_goes_to_its_frame(study):
+    h, cine, labels, disp, analysis = study
+    p = h.params
+    series = [s for s in h.logic.chart_series(p) if s.GetName().startswith("radial")][0]
+    assert h.logic.on_plot_point_clicked(p, series.GetID(), 6) == 6
+    assert p.ref("Browser").GetSelectedItemNumber() == 6
+    es_line = [s for s in h.logic.chart_series(p) if s.GetAttribute("DeepStrain.marker") == "ES"][0]
+    assert h.logic.on_plot_point_clicked(p, es_line.GetID(), 0) == analysis.es
+    assert h.logic.frame_for_plot_point(p, series.GetID(), 99) is None
+
+
+def test_polar_map_values_pick_and_highlight(study):
+    h, cine, labels, disp, analysis = study
+    p = h.params
+    model = p.ref("PolarModel")
+    pd = model.GetPolyData()
+    ids = [int(pd.GetCellData().GetArray("SegmentId").GetValue(i)) for i in range(pd.GetNumberOfCells())]
+    vals = [pd.GetCellData().GetArray("Strain").GetValue(i) for i in range(pd.GetNumberOfCells())]
+    aha = analysis.report["aha"]["circumferential_percent"]
+    for s, v in zip(ids, vals):
+        assert (np.isnan(v) and aha[str(s)] is None) or v == pytest.approx(aha[str(s)])
+    d = model.GetDisplayNode()
+    assert d.GetActiveScalarName() == "Strain" and d.GetColorNodeID() == p.ref("PolarColors").GetID()
+    assert d.GetViewNodeIDs() == (p.ref("PolarView").GetID(),) or list(d.GetViewNodeIDs()) == [p.ref("PolarView").GetID()]
+    legend = h.scene.GetNodeByID(d.GetAttribute("DeepStrain.legend"))
+    assert "(%)" in legend.GetTitleText()
+    info = h.logic.segment_at(p, (0.0, 2.5, 0.0))  # mid anterior
+    assert info.segment == 7 and info.name == "mid anterior" and info.value == pytest.approx(aha["7"])
+    assert h.logic.segment_at(p, (9.0, 0.0, 0.0)) is None
+    # radial, following the frame
+    p.component, p.polar_follows_frame = "radial", True
+    h.logic.go_to_frame(p, 2)
+    info = h.logic.segment_at(p, (0.0, 3.5, 0.0))
+    assert info.frame == 2 and info.value == pytest.approx(analysis.report["aha_curves"]["radial_percent"]["1"][2])
+    v1 = [model.GetPolyData().GetCellData().GetArray("Strain").GetValue(i) for i in range(17)]
+    assert v1[ids.index(1)] == pytest.approx(info.value)
+    # highlight: only that segment's ED voxels are visible in the AHA segmentation
+    h.logic.highlight_segment(p, 7)
+    seg_node = p.ref("AhaSegmentation")
+    dn = seg_node.GetDisplayNode()
+    assert dn.GetVisibility() and dn.GetSegmentVisibility("aha_7") and not dn.GetSegmentVisibility("aha_8")
+    ref = mrml.new_volume(np.zeros(cine.shape3d), cine.geometry)
+    mask = mrml._segment_mask(seg_node, "aha_7", cine.geometry, cine.shape3d)
+    assert np.array_equal(mask, analysis.segments == 7) and mask.sum() > 0
+    assert p.ref("PolarHighlight").GetDisplayNode().GetVisibility()
+    del ref
+
+
+def test_recompute_after_editing_the_ed_segmentation(study):
+    """Enlarging the ED LV cavity by n voxels raises the EDV by n x voxel volume; the motion is reused."""
+    h, cine, labels, disp, analysis = study
+    p = h.params
+    browser = p.ref("Browser")
+    seg_seq = p.ref("SegmentationSequence")
+    ed = analysis.ed
+    browser.SetSelectedItemNumber(ed)
+    proxy = browser.GetProxyNode(seg_seq)
+    lab = labels[ed].copy()
+    # the innermost myocardium ring of the mid slices becomes cavity (an endocardial correction)
+    from scipy import ndimage
+
+    grown = ndimage.binary_dilation(lab == 3, structure=np.array([[[0, 0, 0], [0, 1, 0], [0, 0, 0]],
+                                                                    [[0, 1, 0], [1, 1, 1], [0, 1, 0]],
+                                                                    [[0, 0, 0], [0, 1, 0], [0, 0, 0]]]))
+    added = grown & (lab == 2)
+    n = int(added.sum())
+    assert n > 20
+    img = slicer.vtkOrientedImageData()
+    img.ShallowCopy(mrml.image_from_array(grown.astype(np.uint8)))
+    img.SetImageToWorldMatrix(mrml.ijk_to_ras(cine.geometry))
+    slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+        img, proxy, "lv_cavity", slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+    # as Segment Editor does by default ("overwrite other segments"): the voxels leave the myocardium
+    myo_img = slicer.vtkOrientedImageData()
+    myo_img.ShallowCopy(mrml.image_from_array(((lab == 2) & ~added).astype(np.uint8)))
+    myo_img.SetImageToWorldMatrix(mrml.ijk_to_ras(cine.geometry))
+    slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+        myo_img, proxy, "lv_myocardium", slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+    nodes_before = h.scene.GetNumberOfNodes()
+    h.logic._cache = {}  # force reading the motion back from the transform sequence (as after a scene reload)
+    new = h.logic.recompute(p)
+    edv0 = analysis.report["volumetrics"]["lv_edv_ml"]
+    edv1 = new.report["volumetrics"]["lv_edv_ml"]
+    assert edv1 - edv0 == pytest.approx(n * voxel_volume_ml(cine.geometry), rel=1e-6, abs=1e-3)
+    expected = labels.copy()
+    expected[ed][added] = 3
+    ref = compute(cine, expected, disp, ed=analysis.ed, es=analysis.es).report
+    assert new.report["global_strain"] == ref["global_strain"]
+    assert new.report["global_strain"]["circumferential_percent"] != analysis.report["global_strain"]["circumferential_percent"]
+    # everything downstream updated in place
+    np.testing.assert_allclose(dlogic._column(p.ref("CurveTable"), "radial strain (%)"),
+                               ref["global_strain"]["radial_percent"], atol=1e-6)
+    assert json.loads(p.ref("ReportText").GetText())["volumetrics"]["lv_edv_ml"] == edv1
+    assert h.scene.GetNumberOfNodes() == nodes_before
+    # glyphs re-masked to the edited myocardium: the voxels given to the cavity no longer move
+    browser.SetSelectedItemNumber(analysis.es)
+    tr = vtk.vtkGeneralTransform()
+    browser.GetProxyNode(p.ref("GlyphSequence")).GetTransformToWorld(tr)
+    kji = np.argwhere(added)[0]
+    x = cine.geometry.origin + cine.geometry.direction @ (cine.geometry.spacing * kji)
+    assert np.linalg.norm(np.array(tr.TransformPoint(*x)) - x) < 1e-6
+
+
+def test_cancel_and_failure_leave_no_new_nodes(harness, phantom):
+    cine, labels, disp = phantom
+    before = harness.node_ids()
+    calls = []
+
+    def cancel_late(fraction, message):
+        calls.append(message)
+        if fraction >= 0.9:
+            raise dlogic.Cancelled()
+
+    with pytest.raises(dlogic.Cancelled):
+        harness.logic.run(cine, harness.params, labels, disp, progress=cancel_late)
+    assert len(calls) > 3
+    assert harness.node_ids() == before
+    bad = disp.copy()
+    bad[0] += 1.0  # ED displacement must be zero
+    from deepstrain.errors import InputError
+
+    with pytest.raises(InputError):
+        harness.logic.run(cine, harness.params, labels, bad)
+    assert harness.node_ids() == before
+
+
+def test_rerun_replaces_the_previous_study_nodes(study):
+    h, cine, labels, disp, analysis = study
+    n = h.scene.GetNumberOfNodes()
+    h.logic.recompute(h.params)
+    h.logic.run(cine, h.params, labels, disp)
+    assert h.scene.GetNumberOfNodes() == n
+    assert h.scene.GetNumberOfNodesByClass("vtkMRMLSequenceBrowserNode") == 1
+
+
+def test_parameters_are_typed_and_stored_in_the_node(harness):
+    p = harness.params
+    p.spacing, p.ed, p.heart_rate_bpm, p.show_glyphs = "8, 1.25,1.25", 3, 72.0, False
+    q = dlogic.Parameters(harness.logic.parameter_node().node)
+    assert q.spacing_tuple() == (8.0, 1.25, 1.25) and q.ed == 3 and q.heart_rate_bpm == 72.0 and q.show_glyphs is False
+    assert q.node.GetParameter("ed") == "3"
+    p.spacing = "1,2"
+    with pytest.raises(ValueError, match="three positive numbers"):
+        p.spacing_tuple()
+
+
+def test_cine_from_loaded_sequence_with_overrides(harness, phantom):
+    cine, labels, disp = phantom
+    seq = mrml.cine_to_sequence(harness.scene, cine, "loaded 4D")
+    p = harness.params
+    p.spacing, p.rr_ms, p.ed, p.es = "9,1.5,1.5", 1000.0, 0, 3
+    c = harness.logic.cine_from_sequence(seq, p)
+    assert c.geometry.spacing.tolist() == [9.0, 1.5, 1.5]
+    np.testing.assert_allclose(c.times_ms, np.arange(cine.n_frames) * 1000.0 / cine.n_frames)
+    assert (c.ed, c.es) == (0, 3)
+
+
+def test_missing_torch_gives_install_help(monkeypatch, phantom):
+    real_import = builtins.__import__
+
+    def no_torch(name, *args, **kwargs):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("No module named 'torch'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_torch)
+    with pytest.raises(RuntimeError, match="Extensions Manager") as exc:
+        dlogic.DeepStrainLogic.predict(phantom[0])
+    assert "pip_install('torch==2.13.0')" in str(exc.value)
+
+
+def test_layout_xml_has_slice_plot_and_polar_views():
+    root = ET.fromstring(dlogic.LAYOUT_XML)
+    views = [(v.get("class"), v.get("singletontag")) for v in root.iter("view")]
+    assert ("vtkMRMLSliceNode", "Red") in views
+    assert ("vtkMRMLPlotViewNode", dlogic.PLOT_VIEW_TAG) in views
+    assert ("vtkMRMLViewNode", dlogic.POLAR_VIEW_TAG) in views
