@@ -93,6 +93,8 @@ def phantom():
         return cine, z["labels"], z["displacement"]
     p = generate_phantom(params)
     OUTPUT.mkdir(parents=True, exist_ok=True)
+    for old in OUTPUT.glob("phantom_*.npz"):  # stale caches of other phantom versions
+        old.unlink(missing_ok=True)
     tmp = cache.with_suffix(".tmp.npz")
     g = p.cine.geometry
     np.savez(tmp, data=p.cine.data, spacing=g.spacing, origin=g.origin, direction=g.direction,
