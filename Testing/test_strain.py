@@ -53,7 +53,7 @@ def test_unit_spacing_would_be_wrong():
     np.testing.assert_allclose(f[1, 1, 1], 1.1 * np.eye(3), atol=1e-12)
 
 
-def test_quadratic_field_is_exact_everywhere_including_edges():
+def test_quadratic_field_is_exact_inside_and_first_order_at_the_edges():
     geo = _oblique_geometry((6.0, 1.5, 1.2))
     shape = (4, 6, 5)
     world = geo.world_points(shape)
@@ -71,7 +71,14 @@ def test_quadratic_field_is_exact_everywhere_including_edges():
     du[..., 1, 1] = 0.2 * q[..., 0] / 10.0
     du[..., 2, 2] = -0.2 * q[..., 2] / 10.0
     du[..., 2, 1] = 1.0 / 10.0
-    np.testing.assert_allclose(f, du + np.eye(3), atol=1e-10)
+    np.testing.assert_allclose(f[1:-1, 1:-1, 1:-1], (du + np.eye(3))[1:-1, 1:-1, 1:-1], atol=1e-10)
+    # at the edges: the one-sided (secant) slope = the exact derivative half a voxel inwards
+    geo2 = Geometry(spacing=(6.0, 1.0, 1.0))
+    z = geo2.world_points((4, 3, 3))[..., 0]  # identity direction: the slice axis is R
+    u2 = np.stack([z**2 / 100.0, np.zeros_like(z), np.zeros_like(z)])
+    f2 = deformation_gradient(u2, geo2)
+    np.testing.assert_allclose(f2[0, 1, 1, 0, 0] - 1, (6.0**2 / 100.0) / 6.0)  # d(z^2/100)/dz at z = 3 mm
+    np.testing.assert_allclose(f2[1, 1, 1, 0, 0] - 1, 2 * 6.0 / 100.0)  # exact inside
 
 
 def test_rigid_rotation_has_zero_strain():

@@ -14,7 +14,9 @@ Definitions follow ``notes/strain_spec.md``; the details decided here:
   not depend on how the voxels are stored.
 * Levels: ``f = (s - s_base) / (s_apex - s_base)`` with ``s = p . l`` and the LV cavity extent
   ``[s_base, s_apex]``; basal ``f < 1/3`` (also above the cavity), mid ``1/3 <= f < 2/3``, apical
-  ``f >= 2/3``. Segment 17 (apex) = every myocardium voxel in a slice with no cavity whose LV
+  ``f >= 2/3``; a voxel less than ``LEVEL_TOLERANCE_MM`` (0.5 mm) short of a boundary counts
+  as past it, so a slice lying on a boundary (common with regular slice spacing: f = 2/6) is
+  not split by the sub-degree error of the fitted long axis. Segment 17 (apex) = every myocardium voxel in a slice with no cavity whose LV
   centre is more apical than the centre of the most apical cavity slice.
 """
 from __future__ import annotations
@@ -48,6 +50,10 @@ SEGMENT_NAMES: dict[int, str] = {
 }
 
 DEFAULT_CONTACT_MM = 3.0
+"""A myocardium voxel within this in-plane distance (mm) of an RV cavity voxel touches the RV."""
+
+LEVEL_TOLERANCE_MM = 0.5
+"""Level boundaries are inclusive within this distance along the long axis (see the module docstring)."""
 
 
 def _plane_basis(l_vec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -168,8 +174,10 @@ def aha_segments(
     m = geometry.direction * geometry.spacing[None, :]
     pts = geometry.origin + np.stack([kk, jj, ii], axis=1).astype(np.float64) @ m.T
     s = pts @ l_vec
+    # f >= 1/3 (2/3) within LEVEL_TOLERANCE_MM counts as mid (apical): see the module docstring
+    tol = LEVEL_TOLERANCE_MM / (s_apex - s_base)
     f = (s - s_base) / (s_apex - s_base)
-    level = np.where(f < 1 / 3, 0, np.where(f < 2 / 3, 1, 2))
+    level = np.where(f < 1 / 3 - tol, 0, np.where(f < 2 / 3 - tol, 1, 2))
 
     centre_s = frame.centers @ l_vec
     last_cavity_s = float(np.max(centre_s[cav_slices]))
