@@ -8,6 +8,7 @@ the Slicer application the views themselves are grabbed instead (``grab_view``).
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,9 @@ SLICE_DISPLAYABLE_MANAGERS = (
 
 
 def offscreen_window(width: int, height: int) -> vtk.vtkRenderWindow:
-    os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+    """An offscreen render window; on Linux without a display, EGL is asked for (headless CI)."""
+    if sys.platform.startswith("linux") and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+        os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
     win = vtk.vtkRenderWindow()
     win.SetOffScreenRendering(1)
     win.SetSize(int(width), int(height))

@@ -1,0 +1,374 @@
+"""DeepStrainSlicer: myocardial strain from cine MRI in 3D Slicer (thin module file).
+
+The work is done by :mod:`DeepStrainSlicerLib.logic` (no qt) on top of the Slicer-free package
+``deepstrain``; this file holds the module description, the Qt widget and the self test.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import qt
+import slicer
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:  # the deepstrain package and DeepStrainSlicerLib live beside this file
+    sys.path.insert(0, _HERE)
+
+from DeepStrainSlicerLib import logic as dlogic  # noqa: E402
+
+
+class DeepStrainSlicer(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        parent.title = "DeepStrain"
+        parent.categories = ["Cardiac"]
+        parent.dependencies = ["Sequences", "Segmentations", "Plots"]
+        parent.contributors = ["DeepStrainSlicer contributors"]
+        parent.helpText = (
+            "Myocardial strain from short-axis cine MRI: LV/RV segmentation and motion (DeepStrain "
+            "networks, or a given segmentation + displacement), Green-Lagrange strain in the cardiac "
+            "frame, global curves, strain rate and the AHA 17-segment polar map. Edit the segmentation "
+            "in Segment Editor and press Recompute to update the results without re-running the networks."
+        )
+        parent.acknowledgementText = (
+            "Method: Morales et al., DeepStrain (Front. Cardiovasc. Med. 2021). Weights trained on ACDC "
+            "(Bernard et al., IEEE TMI 2018, CC BY-NC-SA 4.0)."
+        )
+
+
+class DeepStrainSlicerLogic(ScriptedLoadableModuleLogic, dlogic.DeepStrainLogic):
+    """The module logic inside the application: the scene and Sequences logic of Slicer."""
+
+    def __init__(self):
+        ScriptedLoadableModuleLogic.__init__(self)
+        dlogic.DeepStrainLogic.__init__(self, slicer.mrmlScene, slicer.modules.sequences.logic())
+
+
+class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self.params = None
+        self._cancel = False
+        self._updating = False
+
+    # ------------------------------------------------------------------ setup
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        self.ui = slicer.util.childWidgetVariables(
+            self._load_ui(self.resourcePath("UI/DeepStrainSlicer.ui")))
+        self.ui.inputSequenceSelector.setMRMLScene(slicer.mrmlScene)
+        self.logic = DeepStrainSlicerLogic()
+        self.params = self.logic.parameter_node()
+        self.ui.componentCombo.addItems(list(dlogic.COMPONENTS))
+        self.ui.runModeCombo.addItems(["networks", "given"])
+        # controls -> parameter node
+        self.ui.inputPathEdit.connect("currentPathChanged(QString)", self._from_gui)
+        self.ui.inputSequenceSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._from_gui)
+        for w in (self.ui.spacingEdit,):
+            w.connect("editingFinished()", self._from_gui)
+        for w in (self.ui.heartRateSpin, self.ui.rrSpin, self.ui.glyphScaleSpin):
+            w.connect("valueChanged(double)", self._from_gui)
+        for w in (self.ui.edSpin, self.ui.esSpin):
+            w.connect("valueChanged(int)", self._from_gui)
+        self.ui.runModeCombo.connect("currentTextChanged(QString)", self._from_gui)
+        self.ui.componentCombo.connect("currentTextChanged(QString)", self._on_polar_settings)
+        self.ui.followFrameCheck.connect("toggled(bool)", self._on_polar_settings)
+        self.ui.showSegmentationCheck.connect("toggled(bool)", self._on_overlays)
+        self.ui.showGlyphsCheck.connect("toggled(bool)", self._on_overlays)
+        self.ui.exportFolderEdit.connect("currentPathChanged(QString)", self._from_gui)
+        # actions
+        self.ui.runButton.connect("clicked()", self.on_run)
+        self.ui.cancelButton.connect("clicked()", self.on_cancel)
+        self.ui.recomputeButton.connect("clicked()", self.on_recompute)
+        self.ui.layoutButton.connect("clicked()", self.on_layout)
+        self.ui.exportButton.connect("clicked()", self.on_export)
+        self.ui.editButton.connect("clicked()", self.on_edit_segmentation)
+        self._register_layout()
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self._on_scene_closed)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self._on_scene_closed)
+        self._to_gui()
+
+    def _load_ui(self, path):
+        w = slicer.util.loadUI(path)
+        self.layout.addWidget(w)
+        w.setMRMLScene(slicer.mrmlScene)
+        return w
+
+    def cleanup(self):
+        self.removeObservers()
+
+    def _on_scene_closed(self, caller=None, event=None):
+        self.params = self.logic.parameter_node()
+        self._to_gui()
+
+    # ------------------------------------------------------------------ parameter node <-> GUI
+    def _to_gui(self):
+        p, ui = self.params, self.ui
+        self._updating = True
+        try:
+            ui.inputPathEdit.currentPath = p.input_path
+            ui.inputSequenceSelector.setCurrentNode(p.ref("InputSequence"))
+            ui.spacingEdit.text = p.spacing
+            ui.heartRateSpin.value = p.heart_rate_bpm
+            ui.rrSpin.value = p.rr_ms
+            ui.edSpin.value = p.ed
+            ui.esSpin.value = p.es
+            ui.runModeCombo.currentText = p.run_mode
+            ui.componentCombo.currentText = p.component
+            ui.followFrameCheck.checked = p.polar_follows_frame
+            ui.showSegmentationCheck.checked = p.show_segmentation
+            ui.showGlyphsCheck.checked = p.show_glyphs
+            ui.glyphScaleSpin.value = p.glyph_scale_percent
+            ui.exportFolderEdit.currentPath = p.export_folder
+            has_study = p.ref("Browser") is not None
+            for b in (ui.recomputeButton, ui.exportButton, ui.layoutButton, ui.editButton):
+                b.enabled = has_study
+        finally:
+            self._updating = False
+
+    def _from_gui(self, *args):
+        if self._updating:
+            return
+        p, ui = self.params, self.ui
+        p.input_path = ui.inputPathEdit.currentPath
+        p.set_ref("InputSequence", ui.inputSequenceSelector.currentNode())
+        p.spacing = ui.spacingEdit.text
+        p.heart_rate_bpm = ui.heartRateSpin.value
+        p.rr_ms = ui.rrSpin.value
+        p.ed = ui.edSpin.value
+        p.es = ui.esSpin.value
+        p.run_mode = ui.runModeCombo.currentText
+        p.glyph_scale_percent = ui.glyphScaleSpin.value
+        p.export_folder = ui.exportFolderEdit.currentPath
+
+    def _on_overlays(self, *args):
+        if not self._updating:
+            self.logic.set_overlays(self.params, self.ui.showSegmentationCheck.checked, self.ui.showGlyphsCheck.checked)
+
+    def _on_polar_settings(self, *args):
+        if self._updating:
+            return
+        self.params.component = self.ui.componentCombo.currentText
+        self.params.polar_follows_frame = self.ui.followFrameCheck.checked
+        if self.params.ref("ReportText") is not None:
+            self.logic.update_polar_map(self.params)
+
+    # ------------------------------------------------------------------ long work with progress / cancel
+    def _progress(self, fraction, message):
+        self.ui.progressBar.value = int(100 * fraction)
+        self.ui.statusLabel.text = message
+        slicer.app.processEvents()
+        if self._cancel:
+            raise dlogic.Cancelled()
+
+    def on_cancel(self):
+        self._cancel = True
+
+    def _busy(self, busy):
+        self._cancel = False
+        self.ui.cancelButton.enabled = busy
+        self.ui.runButton.enabled = not busy
+        self.ui.recomputeButton.enabled = not busy and self.params.ref("Browser") is not None
+
+    def on_run(self):
+        self._from_gui()
+        p = self.params
+        self._busy(True)
+        try:
+            with slicer.util.tryWithErrorDisplay("DeepStrain analysis failed.", waitCursor=True):
+                if p.ref("InputSequence") is not None:
+                    cine = self.logic.cine_from_sequence(p.ref("InputSequence"), p)
+                elif p.input_path:
+                    cine = self.logic.load_cine_file(p.input_path, p)
+                else:
+                    raise ValueError("choose a loaded cine (sequence) or a file/folder first")
+                labels = disp = None
+                if p.run_mode == "given":
+                    labels, disp = self._given_inputs(cine)
+                try:
+                    self.logic.run(cine, p, labels, disp, progress=self._progress)
+                except dlogic.Cancelled:
+                    self.ui.statusLabel.text = "cancelled: nothing was created"
+                    return
+                self.on_layout()
+                self._connect_plot_view()
+        finally:
+            self._busy(False)
+            self._to_gui()
+
+    def _given_inputs(self, cine):
+        """Run mode 'given': a label map and a displacement file chosen by the user (deepstrain.io)."""
+        from deepstrain.io import load_displacement, load_labels
+
+        labels_path = qt.QFileDialog.getOpenFileName(None, "Label map (T,Z,Y,X) NIfTI", "", "NIfTI (*.nii *.nii.gz)")
+        disp_path = qt.QFileDialog.getOpenFileName(None, "Displacement NIfTI (mm, RAS)", "", "NIfTI (*.nii *.nii.gz)")
+        if not labels_path or not disp_path:
+            raise ValueError("run mode 'given' needs a label map and a displacement file")
+        return load_labels(labels_path, cine), load_displacement(disp_path, cine)
+
+    def on_recompute(self):
+        self._busy(True)
+        try:
+            with slicer.util.tryWithErrorDisplay("Recompute failed.", waitCursor=True):
+                a = self.logic.recompute(self.params, progress=self._progress)
+                v = a.report["volumetrics"]
+                self.ui.statusLabel.text = (f"recomputed: LV EDV {v['lv_edv_ml']:.1f} ml, EF {v['lv_ef_percent']:.1f} %")
+        finally:
+            self._busy(False)
+
+    def on_edit_segmentation(self):
+        """Open Segment Editor on the segmentation proxy (edits are saved into the sequence)."""
+        seg = self.params.ref("Browser").GetProxyNode(self.params.ref("SegmentationSequence"))
+        slicer.util.selectModule("SegmentEditor")
+        slicer.modules.SegmentEditorWidget.editor.setSegmentationNode(seg)
+
+    def on_export(self):
+        self._from_gui()
+        folder = self.params.export_folder or qt.QFileDialog.getExistingDirectory(None, "Export folder")
+        if not folder:
+            return
+        with slicer.util.tryWithErrorDisplay("Export failed.", waitCursor=True):
+            files = self.logic.export(self.params, folder)
+            self.ui.statusLabel.text = f"exported {len(files)} files to {files[0].parent}"
+
+    # ------------------------------------------------------------------ layout, plots, polar map picking
+    def _register_layout(self):
+        lm = slicer.app.layoutManager()
+        if lm is not None and not lm.layoutLogic().GetLayoutNode().IsLayoutDescription(dlogic.LAYOUT_ID):
+            lm.layoutLogic().GetLayoutNode().AddLayoutDescription(dlogic.LAYOUT_ID, dlogic.LAYOUT_XML)
+
+    def on_layout(self):
+        """One click: cine slice views, the plot and the polar map together."""
+        p = self.params
+        self.logic.ensure_polar_view(p)
+        lm = slicer.app.layoutManager()
+        lm.setLayout(dlogic.LAYOUT_ID)
+        browser = p.ref("Browser")
+        vol = browser.GetProxyNode(p.ref("CineSequence")) if browser else None
+        if vol is not None:
+            slicer.util.setSliceViewerLayers(background=vol, fit=True)
+            for name in ("Red", "Yellow"):
+                w = lm.sliceWidget(name)
+                if w is not None and name == "Red":
+                    w.mrmlSliceNode().RotateToVolumePlane(vol)
+        plot_view = slicer.mrmlScene.GetSingletonNode(dlogic.PLOT_VIEW_TAG, "vtkMRMLPlotViewNode")
+        if plot_view is not None and p.ref("StrainChart") is not None:
+            plot_view.SetPlotChartNodeID(p.ref("StrainChart").GetID())
+        polar = lm.threeDWidget(self._polar_view_index())
+        if polar is not None:
+            view = polar.threeDView()
+            view.resetFocalPoint()
+            cam = view.cameraNode() if hasattr(view, "cameraNode") else None
+            if cam is not None:
+                cam.SetPosition(0, 0, 30)
+                cam.SetFocalPoint(0, 0, 0)
+                cam.SetViewUp(0, 1, 0)
+            self._connect_polar_picking(view)
+        self._connect_plot_view()
+
+    def _polar_view_index(self):
+        lm = slicer.app.layoutManager()
+        for i in range(lm.threeDViewCount):
+            if lm.threeDWidget(i).mrmlViewNode().GetSingletonTag() == dlogic.POLAR_VIEW_TAG:
+                return i
+        return 0
+
+    def _connect_plot_view(self):
+        lm = slicer.app.layoutManager()
+        for i in range(lm.plotViewCount):
+            view = lm.plotWidget(i).plotView()
+            try:
+                view.disconnect("dataPointClicked(QString,int)", self._on_plot_point)
+            except Exception:
+                pass
+            view.connect("dataPointClicked(QString,int)", self._on_plot_point)
+
+    def _on_plot_point(self, series_id, point_index):
+        frame = self.logic.on_plot_point_clicked(self.params, series_id, point_index)
+        if frame is not None:
+            self.ui.statusLabel.text = f"frame {frame}"
+
+    def _connect_polar_picking(self, view):
+        interactor = view.interactor()
+        self.removeObservers(self._on_polar_click)
+        self.addObserver(interactor, "LeftButtonReleaseEvent", self._on_polar_click)
+        self.addObserver(interactor, "MouseMoveEvent", self._on_polar_hover)
+        self._polar_view = view
+
+    def _pick(self):
+        import vtk
+
+        view = self._polar_view
+        x, y = view.interactor().GetEventPosition()
+        picker = vtk.vtkWorldPointPicker()
+        picker.Pick(x, y, 0, view.renderWindow().GetRenderers().GetFirstRenderer())
+        return self.logic.segment_at(self.params, picker.GetPickPosition())
+
+    def _on_polar_hover(self, caller=None, event=None):
+        info = self._pick()
+        if info is not None:
+            value = "n/a" if info.value is None else f"{info.value:.1f} %"
+            self.ui.statusLabel.text = f"segment {info.segment} ({info.name}): {info.component} {value}, frame {info.frame}"
+
+    def _on_polar_click(self, caller=None, event=None):
+        info = self._pick()
+        self.logic.highlight_segment(self.params, info.segment if info else None)
+
+
+class DeepStrainSlicerTest(ScriptedLoadableModuleTest):
+    """Runs inside Slicer: the same logic as Testing/slicer on a small phantom (run mode 'given')."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_phantom_study()
+
+    def test_phantom_study(self):
+        import numpy as np
+        import tempfile
+        import vtk
+        from deepstrain.phantom import PhantomParams, generate_phantom
+
+        ph = generate_phantom(PhantomParams(n_frames=10, matrix_size=96, n_slices=8, pv_samples=1))
+        logic = DeepStrainSlicerLogic()
+        p = logic.parameter_node()
+        before = {slicer.mrmlScene.GetNthNode(i).GetID() for i in range(slicer.mrmlScene.GetNumberOfNodes())}
+
+        def cancel(fraction, message):
+            if fraction > 0.9:
+                raise dlogic.Cancelled()
+
+        with self.assertRaises(dlogic.Cancelled):
+            logic.run(ph.cine, p, ph.labels, ph.displacement, progress=cancel)
+        after = {slicer.mrmlScene.GetNthNode(i).GetID() for i in range(slicer.mrmlScene.GetNumberOfNodes())}
+        self.assertEqual(after, before)
+
+        a = logic.run(ph.cine, p, ph.labels, ph.displacement)
+        for role in ("CineSequence", "SegmentationSequence", "DisplacementSequence", "GlyphSequence"):
+            self.assertEqual(p.ref(role).GetNumberOfDataNodes(), ph.cine.n_frames)
+        browser = p.ref("Browser")
+        browser.SetSelectedItemNumber(a.es)
+        tr = vtk.vtkGeneralTransform()
+        browser.GetProxyNode(p.ref("DisplacementSequence")).GetTransformToWorld(tr)
+        kji = np.argwhere(ph.labels[a.ed] == 2)[0]
+        g = ph.cine.geometry
+        x = g.origin + g.direction @ (g.spacing * kji)
+        np.testing.assert_allclose(np.array(tr.TransformPoint(*x)) - x, ph.displacement[(a.es, slice(None)) + tuple(kji)], atol=1e-4)
+        info = logic.segment_at(p, (0.0, 3.5, 0.0))
+        self.assertEqual(info.segment, 1)
+        out = tempfile.mkdtemp()
+        files = logic.export(p, out)
+        self.assertEqual(len(files), 6)
+        self.delayDisplay("DeepStrainSlicer test passed")
