@@ -92,7 +92,18 @@ def train_loop(args: argparse.Namespace, *, name: str, build: Callable[[], nn.Mo
     log(f"{name}: {count_parameters(net)} parameters, {len(train)} training / {len(val)} validation patients")
     net.train()
     t0, last_t, losses = time.time(), time.time(), []
+    done = start
+
+    def save() -> None:
+        tmp = run / "last.tmp.pt"
+        torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "iteration": done,
+                    "history": history, "wall_s": wall + time.time() - t0, "config": config,
+                    "seed": args.seed, "command": command}, tmp)
+        tmp.replace(ckpt)
+
     for i in range(start, args.iterations):
+        if args.stop_after and i >= args.stop_after:
+            break
         rng = np.random.default_rng([args.seed, i])
         x, y = batch_fn(train, rng, args.batch)
         for g in opt.param_groups:
@@ -114,16 +125,21 @@ def train_loop(args: argparse.Namespace, *, name: str, build: Callable[[], nn.Mo
             history.append({"iteration": done, "loss": float(np.mean(losses[-50:])), **metrics})
             log(f"{name} validation at {done}: {json.dumps(metrics)}")
         if done % args.checkpoint_every == 0 or done == args.iterations:
-            tmp = run / "last.tmp.pt"
-            torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "iteration": done,
-                        "history": history, "wall_s": wall + time.time() - t0, "config": config,
-                        "seed": args.seed, "command": command}, tmp)
-            tmp.replace(ckpt)
-    summary = {"name": name, "iterations": args.iterations, "batch": args.batch, "lr": args.lr, "seed": args.seed,
+            save()
+    if done < args.iterations:  # stopped early (--stop-after): checkpoint and validate where it stands
+        log(f"{name}: stopped after iteration {done} of {args.iterations} (--stop-after)")
+        if not history or history[-1]["iteration"] != done:
+            history.append({"iteration": done, "loss": float(np.mean(losses[-50:])) if losses else float("nan"),
+                            **val_fn(net, val)})
+        save()
+    summary = {"name": name, "iterations": done, "iterations_planned": args.iterations, "batch": args.batch,
+               "crop": args.crop, "lr": args.lr, "seed": args.seed,
                "wall_s": wall + time.time() - t0, "history": history, "config": config,
                "parameters": count_parameters(net), "training_patients": list(train_patients),
                "validation_patients": list(val_patients), "command": command,
                "threads": args.threads}
+    if done < args.iterations:
+        summary["stopped_at"] = done
     (run / "summary.json").write_text(json.dumps(summary, indent=1))
     if args.export:
         from ..weights import export_weights
@@ -146,7 +162,7 @@ def _val(net: nn.Module, val: list[dict]) -> dict:
 def main(args: argparse.Namespace) -> dict:
     """Train (or resume) the segmentation network with the options of :func:`deepstrain.training.add_training_arguments`."""
     return train_loop(args, name=NAME, build=build_segmentation_net, config=dict(CONFIG),
-                      batch_fn=lambda data, rng, b: D.segmentation_batch(data, rng, b),
+                      batch_fn=lambda data, rng, b: D.segmentation_batch(data, rng, b, size=args.crop),
                       val_fn=_val, loss_fn=_loss)
 
 

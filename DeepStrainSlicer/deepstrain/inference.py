@@ -1,0 +1,170 @@
+"""The networks on a whole study: LV centring, heart-centred crop, segmentation, motion, back to the input grid.
+
+:func:`predict` runs, for a :class:`~deepstrain.cine.Cine`:
+
+1. Intensity normalisation of every frame (:func:`deepstrain.preprocess.normalize_intensity`).
+2. Centring: the centring network on the whole field of view of the ED frame at 2.5 mm gives a
+   first LV centre; the segmentation network on the ED frame cropped there refines it to the
+   centroid of its LV (labels 2+3). The crop (128 x 128 at 1.25 mm) is centred on that point.
+3. Segmentation of all frames in one batched pass over the ``T * Z`` slices (chunks of 64),
+   class probabilities mapped back to the input grid (linear) and argmax.
+4. Post-processing: in each frame, each class (RV, myocardium, LV cavity) keeps only its largest
+   3D connected component (face connectivity, across slices too); the voxels removed become
+   background.
+5. Motion (optional): :func:`deepstrain.networks.motion.estimate_motion` from the ED crop to every
+   frame's crop, converted to RAS mm on the input grid (:func:`deepstrain.preprocess.displacement_to_input`).
+
+ED is ``cine.ed`` when the input says so, else the frame with the largest predicted LV cavity.
+Deterministic: networks in eval mode, deterministic torch algorithms, no randomness.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from .cine import Cine
+from .errors import InputError
+from .networks.centring import CENTRING_SPACING_MM, build_centring_net, lv_centre_from_probability, lv_probability
+from .networks.segmentation import N_CLASSES, build_segmentation_net, segment_slices
+from .preprocess import (
+    CROP_SIZE,
+    TARGET_SPACING_MM,
+    CropTransform,
+    crop_image,
+    crop_transform,
+    displacement_to_input,
+    full_view_transform,
+    normalize_intensity,
+    uncrop_probabilities,
+)
+from .weights import load_network
+
+Progress = Callable[[float, str], None]
+CHUNK = 64
+"""Slices per forward pass of the segmentation network."""
+
+
+@dataclass
+class Prediction:
+    """What the networks say about a study (arrays on the input grid, conventions of :mod:`deepstrain.cine`)."""
+
+    labels: np.ndarray
+    """``(T, Z, Y, X)`` uint8, ACDC label values."""
+    displacement: np.ndarray | None
+    """``(T, 3, Z, Y, X)`` float32, RAS mm, Lagrangian from ED; None without motion."""
+    lv_centre: np.ndarray
+    """RAS (mm) of the crop centre (the LV centre) in the middle slice."""
+    lv_centre_voxel: tuple[float, float]
+    """Row/column (input voxels) of the crop centre."""
+    crop: CropTransform
+    """The input-grid <-> crop map."""
+    ed: int
+    """ED frame (index into the cine) used as the motion reference."""
+
+
+_NETS: dict[tuple[str, str], torch.nn.Module] = {}
+
+
+def _network(name: str, weights_dir: Path | None) -> torch.nn.Module:
+    key = (name, str(weights_dir))
+    if key not in _NETS:
+        build = build_segmentation_net if name == "segmentation" else build_centring_net
+        _NETS[key] = load_network(name, build, weights_dir)
+    return _NETS[key]
+
+
+@contextlib.contextmanager
+def _deterministic() -> Iterator[None]:
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev)
+
+
+def largest_components(labels: np.ndarray, n_classes: int = N_CLASSES) -> np.ndarray:
+    """Keep, per frame and per foreground class, the largest 3D connected component of ``labels`` (..., Z, Y, X)."""
+    out = np.array(labels, dtype=np.uint8, copy=True)
+    flat = out.reshape((-1,) + out.shape[-3:])
+    for f in flat:
+        for k in range(1, n_classes):
+            m = f == k
+            lab, n = ndimage.label(m)
+            if n > 1:
+                sizes = ndimage.sum_labels(m, lab, index=np.arange(1, n + 1))
+                f[m & (lab != 1 + int(np.argmax(sizes)))] = 0
+    return out
+
+
+def _segment(net: torch.nn.Module, crops: np.ndarray) -> np.ndarray:
+    """Class probabilities ``(T, C, Z, H, W)`` of normalised crops ``(T, Z, H, W)``."""
+    t, z, h, w = crops.shape
+    x = torch.from_numpy(np.ascontiguousarray(crops.reshape(t * z, h, w), dtype=np.float32))
+    p = segment_slices(net, x, chunk=CHUNK).numpy()
+    return p.reshape(t, z, N_CLASSES, h, w).transpose(0, 2, 1, 3, 4)
+
+
+def find_lv_centre(norm_frame: np.ndarray, spacing: np.ndarray, *, weights_dir: Path | None = None,
+                   source: str = "input") -> tuple[float, float]:
+    """Input voxel (row, col) of the LV centre of one normalised frame ``(Z, Y, X)`` (steps 2 of :func:`predict`)."""
+    tf = full_view_transform(norm_frame.shape, spacing, CENTRING_SPACING_MM)
+    prob = lv_probability(_network("centring", weights_dir), crop_image(norm_frame, tf))
+    c = lv_centre_from_probability(prob)
+    if c is None:
+        raise InputError(source, "no left ventricle found in the image (is this a short-axis cardiac cine?)")
+    r0, c0 = tf.crop_to_input(np.array(c[0]), np.array(c[1]))
+    # refine with the segmentation network on a crop centred there
+    t0 = crop_transform(norm_frame.shape, spacing, (float(r0), float(c0)))
+    probs = _segment(_network("segmentation", weights_dir), crop_image(norm_frame, t0)[None])[0]
+    lv = probs[2] + probs[3]
+    c1 = lv_centre_from_probability(lv)
+    if c1 is None:
+        return float(r0), float(c0)
+    r1, cc1 = t0.crop_to_input(np.array(c1[0]), np.array(c1[1]))
+    return float(r1), float(cc1)
+
+
+def predict(cine: Cine, *, progress: Progress | None = None, with_motion: bool = True,
+            weights_dir: Path | None = None) -> Prediction:
+    """Segmentation (and motion) of every frame of ``cine`` on its own grid (see the module docstring)."""
+    def report(f: float, msg: str) -> None:
+        if progress:
+            progress(f, msg)
+
+    g = cine.geometry
+    with _deterministic(), torch.no_grad():
+        report(0.0, "normalising intensities")
+        norm = normalize_intensity(cine.data)
+        ed_hint = cine.ed if cine.ed is not None else 0
+        report(0.05, "finding the left ventricle")
+        centre = find_lv_centre(norm[ed_hint], g.spacing, weights_dir=weights_dir, source=cine.source or cine.name)
+        t = crop_transform(cine.shape3d, g.spacing, centre, CROP_SIZE, TARGET_SPACING_MM)
+        report(0.15, "segmenting")
+        crops = crop_image(norm, t)
+        probs = _segment(_network("segmentation", weights_dir), crops)
+        labels = largest_components(uncrop_probabilities(probs, t))
+        if cine.ed is not None:
+            ed = int(cine.ed)
+        else:
+            ed = int(np.argmax((labels == 3).reshape(labels.shape[0], -1).sum(axis=1)))
+        disp = None
+        if with_motion:
+            from .networks.motion import estimate_motion
+
+            report(0.45, "estimating motion")
+            spacing_crop = np.array([g.spacing[0], t.target_spacing, t.target_spacing])
+            u_mm = estimate_motion(crops[ed], crops, spacing_crop)
+            u_mm[ed] = 0.0
+            disp = displacement_to_input(u_mm / spacing_crop.reshape(1, 3, 1, 1, 1).astype(np.float32), t, g)
+        report(0.9, "networks done")
+    k_mid = (cine.shape3d[0] - 1) / 2.0
+    centre_ras = g.origin + g.direction @ (g.spacing * np.array([k_mid, centre[0], centre[1]]))
+    return Prediction(labels=labels, displacement=disp, lv_centre=centre_ras, lv_centre_voxel=centre,
+                      crop=t, ed=ed)

@@ -1,0 +1,56 @@
+"""Tests of the centring and segmentation networks (architecture, sizes, determinism)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from deepstrain.networks.blocks import UNet2d, count_parameters
+from deepstrain.networks.centring import build_centring_net, lv_centre_from_probability
+from deepstrain.networks.segmentation import build_segmentation_net, segment_slices
+
+
+def test_segmentation_net_size_and_any_input_size():
+    torch.manual_seed(0)
+    net = build_segmentation_net().eval()
+    n = count_parameters(net)
+    assert 1_000_000 < n < 3_000_000
+    with torch.no_grad():
+        for shape in [(128, 128), (96, 112), (75, 130)]:
+            out = net(torch.rand(2, 1, *shape))
+            assert out.shape == (2, 4) + shape
+
+
+def test_no_parameter_depends_on_image_size():
+    # the same weights run on two sizes; no parameter has a spatial extent larger than a 3x3 kernel
+    net = build_centring_net()
+    for p in net.parameters():
+        assert p.ndim <= 1 or max(p.shape[2:], default=1) <= 3
+    assert count_parameters(net) < 1_000_000
+
+
+def test_segment_slices_chunked_equals_whole_and_deterministic():
+    torch.manual_seed(1)
+    net = build_segmentation_net(base=4, depth=2).eval()
+    x = torch.rand(5, 48, 40)
+    a = segment_slices(net, x, chunk=2)
+    b = segment_slices(net, x, chunk=64)
+    assert a.shape == (5, 4, 48, 40)
+    assert torch.allclose(a, b, atol=1e-5)
+    assert torch.allclose(a.sum(1), torch.ones(5, 48, 40), atol=1e-5)
+    assert torch.equal(segment_slices(net, x, chunk=2), a)
+
+
+def test_unet_padding_crops_back_exactly():
+    net = UNet2d(1, 3, base=4, depth=3).eval()
+    with torch.no_grad():
+        assert net(torch.zeros(1, 1, 17, 33)).shape == (1, 3, 17, 33)
+
+
+def test_lv_centre_from_probability_largest_component():
+    p = np.zeros((3, 40, 50))
+    p[:, 10:20, 10:20] = 0.9  # big blob, centre (14.5, 14.5)
+    p[1, 30:33, 40:43] = 0.9  # small distractor
+    r, c = lv_centre_from_probability(p)
+    assert r == pytest.approx(14.5) and c == pytest.approx(14.5)
+    assert lv_centre_from_probability(np.zeros((2, 5, 5))) is None

@@ -1,0 +1,72 @@
+"""Tests of the training code: data split, augmentation, a short run that resumes exactly."""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+import torch
+
+from deepstrain.training import DEFAULTS, add_training_arguments
+from deepstrain.training import data as D
+from deepstrain.training import centring, segmentation
+
+
+def test_split_is_fixed_and_balanced():
+    assert len(D.VALIDATION_PATIENTS) == 20 and len(D.TRAINING_PATIENTS) == 80
+    assert not set(D.VALIDATION_PATIENTS) & set(D.TRAINING_PATIENTS)
+    groups = [(int(p[-3:]) - 1) // 20 for p in D.VALIDATION_PATIENTS]
+    assert np.bincount(groups).tolist() == [4, 4, 4, 4, 4]
+
+
+def test_soft_dice_loss_is_zero_for_a_perfect_prediction():
+    y = torch.randint(0, 4, (2, 16, 16))
+    logits = 50.0 * torch.nn.functional.one_hot(y, 4).permute(0, 3, 1, 2).float()
+    assert float(segmentation.soft_dice_loss(logits, y, 4)) < 1e-3
+    assert segmentation.dice_per_class(y, y, 4)[0] == 1.0
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory, shared_data):
+    c = tmp_path_factory.mktemp("cache")
+    D.build_cache(shared_data / "acdc" / "training", c, ("patient001", "patient005"))
+    return c
+
+
+def _args(tmp_path, shared_data, cache, name, **kw):
+    p = argparse.ArgumentParser()
+    add_training_arguments(p, **DEFAULTS[name])
+    a = p.parse_args(["--data", str(shared_data / "acdc" / "training"), "--run-dir", str(tmp_path / name),
+                      "--cache", str(cache), "--patients", "1", "--batch", "2", "--crop", "64",
+                      "--checkpoint-every", "1", "--val-every", "1000"])
+    for k, v in kw.items():
+        setattr(a, k, v)
+    return a
+
+
+def test_augmented_batches_keep_labels_on_the_anatomy(cache):
+    data = D.load_cache(cache, ("patient001",))
+    x, y = D.segmentation_batch(data, np.random.default_rng(0), 32, size=96)
+    assert x.shape == (32, 1, 96, 96) and y.shape == (32, 96, 96)
+    # the LV cavity is bright blood, the myocardium dark, also after augmentation
+    assert float(x[:, 0][y == 3].mean()) > float(x[:, 0][y == 2].mean()) + 0.15
+    xc, yc = D.centring_batch(data, np.random.default_rng(0), 8, size=64)
+    assert xc.shape == (8, 1, 64, 64) and set(torch.unique(yc).tolist()) <= {0, 1}
+
+
+@pytest.mark.parametrize("module", [segmentation, centring])
+def test_two_iterations_then_resume_equals_an_uninterrupted_run(tmp_path, shared_data, cache, module):
+    name = module.NAME
+    straight = module.main(_args(tmp_path / "a", shared_data, cache, name, iterations=3))
+    stopped = module.main(_args(tmp_path / "b", shared_data, cache, name, iterations=3, stop_after=2))
+    assert stopped["stopped_at"] == 2
+    ck = torch.load(tmp_path / "b" / name / "last.pt", weights_only=False)
+    assert ck["iteration"] == 2
+    resumed = module.main(_args(tmp_path / "b", shared_data, cache, name, iterations=3, resume=True))
+    assert resumed["history"][-1]["iteration"] == 3
+    a = torch.load(tmp_path / "a" / name / "last.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "b" / name / "last.pt", weights_only=False)["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    val = {k: v for k, v in straight["history"][-1].items() if k.startswith("val_")}
+    assert val == pytest.approx({k: resumed["history"][-1][k] for k in val})
