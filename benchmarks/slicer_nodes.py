@@ -1,0 +1,85 @@
+"""Benchmark of the Slicer module logic on real MRML (slicer-core, no app).
+
+Prints: time to build all nodes of a 30-frame study (sequences, segmentation, grid transforms,
+glyphs, tables, charts, polar map), the time of recompute, and the time to switch frames with and
+without an offscreen render of the slice view (EGL).
+
+    python benchmarks/slicer_nodes.py [--frames 30] [--matrix 128] [--slices 10]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "DeepStrainSlicer"))
+sys.path.insert(0, str(REPO / "Testing" / "slicer"))
+os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=30)
+    ap.add_argument("--matrix", type=int, default=128)
+    ap.add_argument("--slices", type=int, default=10)
+    ap.add_argument("--switches", type=int, default=30)
+    a = ap.parse_args()
+
+    import numpy as np
+
+    from conftest import Harness
+    from deepstrain.phantom import PhantomParams, generate_phantom
+    from DeepStrainSlicerLib import render
+
+    t0 = time.perf_counter()
+    ph = generate_phantom(PhantomParams(n_frames=a.frames, matrix_size=a.matrix, n_slices=a.slices, pv_samples=1))
+    t_phantom = time.perf_counter() - t0
+    h = Harness()
+    t0 = time.perf_counter()
+    analysis = h.logic.run(ph.cine, h.params, ph.labels, ph.displacement)
+    t_build = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    from deepstrain.pipeline import compute
+
+    compute(ph.cine, ph.labels, ph.displacement)
+    t_compute = time.perf_counter() - t0
+    n_nodes = h.scene.GetNumberOfNodes()
+    t0 = time.perf_counter()
+    h.logic.recompute(h.params)
+    t_recompute = time.perf_counter() - t0
+
+    browser = h.params.ref("Browser")
+    order = [(i * 7) % a.frames for i in range(a.switches)]
+    t0 = time.perf_counter()
+    for f in order:
+        browser.SetSelectedItemNumber(f)
+    t_switch = (time.perf_counter() - t0) / len(order)
+
+    vol = browser.GetProxyNode(h.params.ref("CineSequence"))
+    r = render.SliceViewRenderer(h.scene, h.app_logic, (512, 512))
+    r.show(vol.GetID())
+    r.align_to_volume(vol, render.mid_slice(ph.labels[analysis.ed]))
+    r.render()
+    t0 = time.perf_counter()
+    for f in order:
+        browser.SetSelectedItemNumber(f)
+        r.render()
+    t_switch_render = (time.perf_counter() - t0) / len(order)
+    r.close()
+
+    shape = "x".join(str(s) for s in ph.cine.data.shape)
+    print(f"study (T,Z,Y,X)            {shape}")
+    print(f"phantom generation         {t_phantom:8.2f} s (not part of the module)")
+    print(f"run: compute + build nodes {t_build:8.2f} s  ({n_nodes} nodes in the scene)")
+    print(f"  of which pipeline.compute{t_compute:8.2f} s  -> nodes {t_build - t_compute:.2f} s")
+    print(f"recompute (read back, compute, update) {t_recompute:.2f} s")
+    print(f"frame switch               {1000 * t_switch:8.1f} ms")
+    print(f"frame switch + 512x512 render {1000 * t_switch_render:5.1f} ms")
+    h.close()
+
+
+if __name__ == "__main__":
+    main()
