@@ -125,7 +125,7 @@ def _pad_hw(x: torch.Tensor, multiple: int = PAD_MULTIPLE) -> tuple[torch.Tensor
     h, w = x.shape[-2:]
     ph, pw = (-h) % multiple, (-w) % multiple
     if ph or pw:
-        x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), mode="replicate")
+        x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2, 0, 0), mode="replicate")
     return x, (ph, pw)
 
 
@@ -172,6 +172,7 @@ def estimate_motion(
     normalisation); ``spacing_crop`` is the crop spacing ``(slice, row, col)`` in mm.
     Returns ``(T, 3, Z, H, W)`` float32 in mm, components along ``(slice, row, col)``;
     ``frame_t(X + u(X)) ~ ED(X)``. Frames run ``batch`` at a time through the network.
+    A frame identical to ``ed`` (the ED frame itself) gets exactly zero displacement.
     """
     ed = np.asarray(ed, dtype=np.float32)
     frames = np.asarray(frames, dtype=np.float32)
@@ -190,4 +191,7 @@ def estimate_motion(
             pairs = torch.cat([ref.expand(mov.shape[0], -1, -1, -1, -1), mov], 1)
             out[start: start + mov.shape[0]] = predict_voxels(model, pairs).numpy()
     out *= spacing.reshape(1, 3, 1, 1, 1)
+    for t in range(frames.shape[0]):
+        if np.array_equal(frames[t], ed):
+            out[t] = 0.0
     return out

@@ -150,28 +150,56 @@ def load_cine_crops(root: Path, patients: list[str]) -> list[Sample]:
     return out
 
 
-def phantom_sample(seed: int) -> Sample:
-    """A phantom on the crop grid with its exact displacement in crop voxel units."""
+def training_phantom_params(seed: int):
+    """Randomised phantom parameters for training seed ``seed`` (deterministic)."""
     from .. import phantom as ph
 
-    P = ph.generate_phantom(ph.PhantomParams(seed=int(seed)))
-    cine = P.cine
-    geo = cine.geometry
-    ed = int(cine.ed or 0)
-    es = int(cine.es if cine.es is not None else 0)
-    lab_all = np.asarray(P.labels)
-    labels = {ed: lab_all[ed] if lab_all.ndim == 4 else lab_all}
-    if lab_all.ndim == 4:
-        labels[es] = lab_all[es]
-    images = np.asarray(cine.data, dtype=np.float32)
-    crop, lab, csp, t = _to_crop(images, labels, geo.spacing, ed)
-    # exact displacement: RAS mm -> array-axis mm -> crop voxel units, resampled onto the crop grid
-    disp = np.asarray(P.displacement, dtype=np.float64)  # (T,3,Z,Y,X)
-    arr_mm = np.einsum("ij,tizyx->tjzyx", np.asarray(geo.direction), disp)  # D^T u
-    units = np.array([geo.spacing[0], pp.TARGET_SPACING_MM, pp.TARGET_SPACING_MM]).reshape(1, 3, 1, 1, 1)
+    r = np.random.default_rng([7, int(seed)])
+    return ph.PhantomParams(
+        n_frames=10, pv_samples=3, seed=int(seed),
+        es_fraction=float(r.uniform(0.3, 0.4)),
+        pixel_spacing_mm=float(r.uniform(1.25, 1.8)),
+        slice_spacing_mm=float(r.uniform(6.0, 10.0)),
+        lv_edv_ml=float(r.uniform(90, 220)),
+        wall_thickness_mm=float(r.uniform(7, 13)),
+        ef_percent=float(r.uniform(25, 70)),
+        longitudinal_shortening_percent=float(r.uniform(5, 20)),
+        twist_deg=float(r.uniform(0, 20)),
+        hypokinesis=float(r.uniform(0, 0.8)),
+        hypokinetic_center_deg=float(r.uniform(-180, 180)),
+        rv_wall_motion_mm=float(r.uniform(2, 8)),
+        rv_side=str(r.choice(["left", "right"])),
+        rotation_deg=float(r.uniform(-40, 40)),
+        noise=float(r.uniform(0.03, 0.07)),
+    )
+
+
+def cache_phantom(params, out_file: Path) -> None:
+    """Generate a phantom and store images, labels, exact displacement and geometry (``.npz``)."""
+    from .. import phantom as ph
+
+    P = ph.generate_phantom(params)
+    g = P.cine.geometry
+    tmp = out_file.with_suffix(".tmp.npz")
+    np.savez(tmp, images=P.cine.data, labels=P.labels, displacement=P.displacement, spacing=g.spacing,
+             origin=g.origin, direction=g.direction, times_ms=P.cine.times_ms, ed=P.cine.ed, es=P.cine.es,
+             reference=json.dumps(P.reference))
+    tmp.replace(out_file)
+
+
+def phantom_sample(npz: Path) -> Sample:
+    """A cached phantom on the crop grid with its exact displacement in crop voxel units."""
+    z = np.load(npz)
+    ed, es = int(z["ed"]), int(z["es"])
+    spacing, direction = z["spacing"], z["direction"]
+    lab_all = z["labels"]
+    crop, lab, csp, t = _to_crop(z["images"].astype(np.float32), {ed: lab_all[ed], es: lab_all[es]}, spacing, ed)
+    # exact displacement: RAS mm -> array-axis mm (D^T u) -> crop voxel units, resampled onto the crop grid
+    arr_mm = np.einsum("ij,tizyx->tjzyx", direction, z["displacement"].astype(np.float64))
+    units = np.array([spacing[0], pp.TARGET_SPACING_MM, pp.TARGET_SPACING_MM]).reshape(1, 3, 1, 1, 1)
     rows, cols = pp._crop_grid(t)
     dv = pp._sample_slices(arr_mm.astype(np.float32), rows, cols, order=1, cval=0.0) / units
-    return Sample(f"phantom{seed}", crop, csp, lab, ed, es, dv.astype(np.float32))
+    return Sample(npz.stem, crop, csp, lab, ed, es, dv.astype(np.float32))
 
 
 # --------------------------------------------------------------------------- pairs
@@ -302,6 +330,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--channels", type=int, nargs=5, default=[16, 24, 40, 64, 96])
     p.add_argument("--phantoms", type=int, default=len(PHANTOM_TRAIN_SEEDS), help="number of training phantoms")
+    p.add_argument("--phantom-dir", type=Path, default=None, help="cached training phantoms (default <out>/phantoms)")
     p.add_argument("--save-every", type=int, default=50)
     p.add_argument("--val-every", type=int, default=250)
     p.add_argument("--resume", action="store_true")
@@ -340,21 +369,30 @@ def main(args: argparse.Namespace) -> int:
     acdc = load_acdc(root, train_p)
     acdc_val = load_acdc(root, sorted(val))
     cine = load_cine_crops(root, cine_train)
-    phantoms = []
-    if args.phantoms > 0:
-        for s in list(PHANTOM_TRAIN_SEEDS)[: args.phantoms]:
-            phantoms.append(phantom_sample(s))
+    phantom_dir = Path(args.phantom_dir) if args.phantom_dir else out / "phantoms"
+    phantoms: list[Sample] = []
+    allowed = {f"phantom{s}" for s in list(PHANTOM_TRAIN_SEEDS)[: args.phantoms]}
+
+    def refresh_phantoms() -> None:  # the cache may still be filling (runs/gen_phantoms.py)
+        have = {s.name for s in phantoms}
+        for f in sorted(phantom_dir.glob("phantom*.npz")):
+            if f.stem in allowed and f.stem not in have and not f.name.endswith(".tmp.npz"):
+                phantoms.append(phantom_sample(f))
+
+    refresh_phantoms()
     _log(f"data ready in {time.time() - t0:.0f} s: {len(acdc)} ACDC, {len(cine)} cycles, {len(phantoms)} phantoms", log)
 
     model = MotionNet(tuple(args.channels))
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     step = 0
+    prev_s = 0.0  # training seconds before this (resumed) run
     ckpt_path = out / "checkpoint.pt"
     if args.resume and ckpt_path.is_file():
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         step = int(ck["step"])
+        prev_s = float(ck.get("train_s", 0.0))
         rng = np.random.default_rng([args.seed, step])
         torch.manual_seed(args.seed + step)
         _log(f"resumed at step {step}", log)
@@ -363,20 +401,33 @@ def main(args: argparse.Namespace) -> int:
     kinds = [("acdc", "es", 0.30), ("acdc", "swap", 0.15), ("acdc", "identity", 0.08), ("cine", "cycle", 0.22),
              ("phantom", "cycle", 0.25)]
     pools = {"acdc": acdc, "cine": cine, "phantom": phantoms}
-    kinds = [k for k in kinds if pools[k[0]]]
-    probs = np.array([k[2] for k in kinds])
-    probs /= probs.sum()
+
+    def active():
+        ks = [k for k in kinds if pools[k[0]]]
+        pr = np.array([k[2] for k in ks])
+        return ks, pr / pr.sum()
+
+    act, probs = active()
     hist: dict[str, list[float]] = {}
-    best = None
     model.train()
+    t_start = time.time()
     while step < args.steps:
-        if args.minutes and (time.time() - t0) / 60 > args.minutes:
+        if args.minutes and (prev_s + time.time() - t_start) / 60 > args.minutes:
             _log("wall-time limit reached", log)
             break
-        lr = args.lr * 0.5 * (1 + math.cos(math.pi * step / args.steps))
+        done = step / args.steps
+        if args.minutes:
+            done = max(done, (prev_s + time.time() - t_start) / 60 / args.minutes)
+        lr = args.lr * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
         for g in opt.param_groups:
             g["lr"] = lr
-        src, kind, _ = kinds[int(rng.choice(len(kinds), p=probs))]
+        if step % 100 == 0 and len(phantoms) < len(allowed):
+            n0 = len(phantoms)
+            refresh_phantoms()
+            if len(phantoms) != n0:
+                _log(f"{len(phantoms)} phantoms loaded", log)
+            act, probs = active()
+        src, kind, _ = act[int(rng.choice(len(act), p=probs))]
         pool = pools[src]
         s = pool[int(rng.integers(len(pool)))]
         ref, mov, rl, ml, target = make_pair(s, rng, kind)
@@ -393,17 +444,20 @@ def main(args: argparse.Namespace) -> int:
             _log(f"step {step} lr {lr:.2e} {msg} ({time.time() - t0:.0f} s)", log)
         if step % args.save_every == 0 or step == args.steps:
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
-                        "channels": list(args.channels)}, ckpt_path.with_suffix(".tmp"))
+                        "train_s": prev_s + time.time() - t_start, "channels": list(args.channels)},
+                       ckpt_path.with_suffix(".tmp"))
             ckpt_path.with_suffix(".tmp").replace(ckpt_path)
         if step % args.val_every == 0 or step == args.steps:
-            v = validate(model, acdc_val)
-            best = v
-            _log(f"validation step {step}: {v}", log)
+            v = validate(model, acdc_val[::3])
+            _log(f"validation (7 patients) step {step}: {v}", log)
+            export(model, out / "motion_latest.pt", {"steps": step, "validation": v, "seed": args.seed})
     v = validate(model, acdc_val)
     _log(f"final validation ({step} steps, {time.time() - t0:.0f} s): {v}", log)
     if args.export:
         export(model, Path(args.export), {"steps": step, "validation": v, "seed": args.seed,
-                                           "wall_s": round(time.time() - t0), "weights": w})
+                                           "train_s": round(prev_s + time.time() - t_start), "weights": w,
+                                           "phantoms": sorted(s.name for s in phantoms),
+                                           "acdc_validation_excluded": sorted(val)})
         _log(f"exported {args.export}", log)
     return 0
 

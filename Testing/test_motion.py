@@ -1,0 +1,112 @@
+"""Motion network: any input size, the warping convention, and the shipped weights on a phantom."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from deepstrain import preprocess as pp
+from deepstrain.networks.motion import (
+    DEFAULT_WEIGHTS,
+    MotionNet,
+    estimate_motion,
+    load_model,
+    predict_voxels,
+    warp,
+)
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    assert DEFAULT_WEIGHTS.is_file(), f"shipped motion weights missing: {DEFAULT_WEIGHTS}"
+    return load_model()
+
+
+@pytest.fixture(scope="module")
+def phantom_crop():
+    """A small phantom (4 frames) on the network's crop grid, centred on the exact ED LV centre."""
+    from deepstrain.phantom import PhantomParams, generate_phantom
+
+    P = generate_phantom(PhantomParams(matrix_size=80, pixel_spacing_mm=2.0, n_frames=4, pv_samples=1, seed=5))
+    geo, ed, es = P.cine.geometry, P.cine.ed, P.cine.es
+    m = (P.labels[ed] == 2) | (P.labels[ed] == 3)
+    _, r, c = np.nonzero(m)
+    t = pp.crop_transform(P.cine.data.shape[1:], geo.spacing, (r.mean(), c.mean()), pp.CROP_SIZE)
+    crop = pp.normalize_intensity(pp.crop_image(P.cine.data, t))
+    labels = pp.crop_labels(P.labels, t)
+    sp = np.array([geo.spacing[0], pp.TARGET_SPACING_MM, pp.TARGET_SPACING_MM])
+    # exact displacement, array-axis mm on the crop grid
+    arr_mm = np.einsum("ij,tizyx->tjzyx", geo.direction, P.displacement.astype(np.float64))
+    rows, cols = pp._crop_grid(t)
+    exact = pp._sample_slices(arr_mm.astype(np.float32), rows, cols, order=1, cval=0.0)
+    return crop, labels, sp, ed, es, exact
+
+
+def _dice(a: np.ndarray, b: np.ndarray, k: int) -> float:
+    x, y = a == k, b == k
+    return float(2 * (x & y).sum() / (x.sum() + y.sum()))
+
+
+def test_any_input_size_and_units():
+    torch.manual_seed(0)
+    model = MotionNet(channels=(4, 8, 8, 8, 8)).eval()
+    with torch.no_grad():
+        model.head.weight.normal_(std=0.1)  # make the output non-trivial
+        for shape in [(1, 16, 16), (3, 37, 50), (5, 64, 33)]:
+            out = predict_voxels(model, torch.rand((2, 2) + shape))
+            assert out.shape == (2, 3) + shape
+    rng = np.random.default_rng(0)
+    ed = rng.random((3, 37, 50)).astype(np.float32)
+    frames = rng.random((3, 3, 37, 50)).astype(np.float32)
+    sp = np.array([8.0, 1.25, 1.25])
+    u = estimate_motion(ed, frames, sp, model=model, batch=2)
+    assert u.shape == (3, 3, 3, 37, 50) and u.dtype == np.float32
+    # mm = voxels x spacing, per component
+    lo, hi = np.percentile(ed, [1, 99])
+    pair = torch.from_numpy(np.stack([(ed - lo) / (hi - lo), (frames[1] - lo) / (hi - lo)]).astype(np.float32))[None]
+    with torch.no_grad():
+        vox = predict_voxels(model, pair)[0].numpy()
+    assert np.allclose(u[1], vox * sp.reshape(3, 1, 1, 1), atol=1e-4)
+    with pytest.raises(ValueError):
+        estimate_motion(ed, frames[:, :2], sp, model=model)
+
+
+def test_warp_samples_at_x_plus_u():
+    z, h, w = 3, 10, 12
+    img = torch.arange(z * h * w, dtype=torch.float32).reshape(1, 1, z, h, w)
+    u = torch.zeros(1, 3, z, h, w)
+    u[:, 2] = 2.0  # two columns
+    u[:, 0] = 1.0  # one slice
+    out = warp(img, u)
+    assert torch.allclose(out[0, 0, :2, :, :-2], img[0, 0, 1:, :, 2:])
+
+
+def test_identical_frames_give_zero_motion(shipped, phantom_crop):
+    crop, _, sp, ed, _, _ = phantom_crop
+    u = estimate_motion(crop[ed], crop[[ed]], sp, model=shipped)
+    assert np.all(u == 0)
+    # the network itself, on the [ED, ED] pair: near zero (mm)
+    pair = torch.from_numpy(np.stack([crop[ed], crop[ed]]))[None]
+    with torch.no_grad():
+        vox = predict_voxels(shipped, pair)[0].numpy()
+    mm = np.linalg.norm(vox * sp.reshape(3, 1, 1, 1), axis=0)
+    assert mm.mean() < 0.2 and np.percentile(mm, 99) < 0.6, (mm.mean(), np.percentile(mm, 99))
+
+
+def test_shipped_weights_track_phantom_ed_to_es(shipped, phantom_crop):
+    crop, labels, sp, ed, es, exact = phantom_crop
+    u = estimate_motion(crop[ed], crop[[es]], sp, model=shipped)[0]
+    # ES labels pulled back onto ED with the Lagrangian field should match the ED labels
+    vox = torch.from_numpy(u / sp.reshape(3, 1, 1, 1))[None]
+    onehot = torch.from_numpy(np.stack([labels[es] == k for k in range(4)]).astype(np.float32))[None]
+    pulled = warp(onehot, vox, mode="nearest")[0].argmax(0).numpy()
+    for k in (2, 3):  # myocardium, LV cavity
+        moved, still = _dice(pulled, labels[ed], k), _dice(labels[es], labels[ed], k)
+        assert moved > still + 0.03, (k, moved, still)
+    # and the end-point error in the ED myocardium beats zero motion by a clear margin
+    myo = labels[ed] == 2
+    epe = np.linalg.norm(u - exact[es], axis=0)[myo].mean()
+    epe0 = np.linalg.norm(exact[es], axis=0)[myo].mean()
+    assert epe < 0.6 * epe0, (epe, epe0)

@@ -1,0 +1,221 @@
+"""Motion accuracy of the shipped motion network and of the SimpleITK demons baseline.
+
+Prints two tables:
+
+1. Synthetic phantoms NOT used in training (seeds ``EVAL_SEEDS``; training uses 1000-1039):
+   end-point error (mm; all frames except ED; mean over the ED myocardium and over all voxels),
+   and the error of global and segmental (AHA, mean |error| over the 17 segments) end-systolic
+   strain, in percentage points, against the phantom's exact reference. Strain goes through
+   :func:`deepstrain.pipeline.compute` with the EXACT labels, so only motion error counts.
+   Rows: the network, the baseline, "exact" (the exact displacement through the same engine:
+   the floor set by the engine itself) and "none" (zero motion).
+2. The ACDC validation patients (``training.data.VALIDATION_PATIENTS``): Dice (RV, myocardium,
+   LV cavity) of the manual ES labels pulled back onto ED with the estimated Lagrangian
+   displacement (``labels_ES(X + u(X))``, nearest neighbour) against the manual ED labels, and
+   with no motion; baseline time per study.
+
+The network runs on the 128 x 128, 1.25 mm crop centred on the manual (phantom: exact) ED LV
+centre, its displacement mapped back with :func:`deepstrain.preprocess.displacement_to_input`.
+
+    python benchmarks/motion_accuracy.py [--phantoms 3] [--acdc 20] [--no-baseline]
+
+Phantoms are cached under ``runs/motion/eval_phantoms`` (git-ignored); generation is slow.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from deepstrain import pipeline
+from deepstrain import preprocess as pp
+from deepstrain.cine import Cine, Geometry
+from deepstrain.networks.motion import estimate_motion, load_model
+
+REPO = Path(__file__).resolve().parents[1]
+EVAL_SEEDS = (9000, 9001, 9002, 9003, 9004)
+COMPONENTS = ("radial", "circumferential", "longitudinal")
+
+
+def eval_params(seed: int):
+    """Evaluation phantom parameters: varied like the training set, full partial-volume model."""
+    from deepstrain.training.motion import training_phantom_params
+
+    p = training_phantom_params(seed)
+    p.n_frames, p.pv_samples = 16, 5
+    return p
+
+
+def eval_phantom(seed: int, cache: Path) -> dict:
+    from deepstrain.training.motion import cache_phantom
+
+    f = cache / f"phantom{seed}.npz"
+    if not f.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        t0 = time.time()
+        cache_phantom(eval_params(seed), f)
+        print(f"  generated phantom {seed} in {time.time() - t0:.0f} s", flush=True)
+    z = np.load(f)
+    return {k: z[k] for k in z.files}
+
+
+def network_displacement(images: np.ndarray, labels_ed: np.ndarray, geo: Geometry, ed: int, model) -> np.ndarray:
+    """Network displacement (T,3,Z,Y,X) RAS mm on the input grid, crop centred on the labelled LV."""
+    m = (labels_ed == 2) | (labels_ed == 3)
+    _, r, c = np.nonzero(m)
+    t = pp.crop_transform(images.shape[-3:], geo.spacing, (r.mean(), c.mean()), pp.CROP_SIZE)
+    crop = pp.normalize_intensity(pp.crop_image(images.astype(np.float32), t))
+    sp = np.array([geo.spacing[0], pp.TARGET_SPACING_MM, pp.TARGET_SPACING_MM])
+    u_mm = estimate_motion(crop[ed], crop, sp, model=model)
+    disp = pp.displacement_to_input(u_mm / sp.reshape(1, 3, 1, 1, 1), t, geo)
+    disp[ed] = 0.0
+    return disp
+
+
+def baseline_displacement(images: np.ndarray, geo: Geometry, ed: int) -> np.ndarray:
+    from deepstrain.registration import register_cine
+
+    return register_cine(images, geo, ed)
+
+
+def pull_back_labels(labels: np.ndarray, disp_ras: np.ndarray, geo: Geometry) -> np.ndarray:
+    """``labels(X + u(X))`` (nearest) on the ED grid; ``disp_ras`` (3,Z,Y,X) mm RAS."""
+    arr_mm = np.einsum("ij,izyx->jzyx", geo.direction, disp_ras)
+    idx = np.indices(labels.shape).astype(np.float64) + arr_mm / geo.spacing.reshape(3, 1, 1, 1)
+    return ndimage.map_coordinates(labels, idx, order=0, mode="nearest")
+
+
+def dice(a: np.ndarray, b: np.ndarray, k: int) -> float:
+    x, y = a == k, b == k
+    s = x.sum() + y.sum()
+    return float(2 * (x & y).sum() / s) if s else float("nan")
+
+
+def phantom_rows(seeds, cache: Path, model, with_baseline: bool) -> dict[str, list[dict]]:
+    rows: dict[str, list[dict]] = {}
+    for seed in seeds:
+        z = eval_phantom(seed, cache)
+        geo = Geometry(z["spacing"], z["origin"], z["direction"])
+        ed, es = int(z["ed"]), int(z["es"])
+        images, labels, exact = z["images"], z["labels"], z["displacement"].astype(np.float32)
+        ref = json.loads(str(z["reference"]))
+        cine = Cine(images, geo, z["times_ms"], name=f"phantom{seed}", ed=ed, es=es)
+        t0 = time.time()
+        cands = {"network": network_displacement(images, labels[ed], geo, ed, model)}
+        times = {"network": time.time() - t0}
+        if with_baseline:
+            t0 = time.time()
+            cands["demons"] = baseline_displacement(images, geo, ed)
+            times["demons"] = time.time() - t0
+        cands["exact"] = exact
+        cands["none"] = np.zeros_like(exact)
+        myo = labels[ed] == 2
+        frames = [f for f in range(images.shape[0]) if f != ed]
+        for name, d in cands.items():
+            err = np.linalg.norm(d[frames] - exact[frames], axis=1)  # (T-1, Z, Y, X)
+            an = pipeline.compute(cine, labels, d, ed=ed, es=es)
+            rep = an.report
+            row = {
+                "seed": seed,
+                "epe_myo": float(err[:, myo].mean()),
+                "epe_all": float(err.mean()),
+                "time_s": times.get(name, float("nan")),
+            }
+            for c in COMPONENTS:
+                row[f"ess_{c}"] = abs(rep["ess"][c] - ref["ess"][c])
+                segs = [abs(rep["aha"][f"{c}_percent"][s] - ref["aha"][f"{c}_percent"][s])
+                        for s in ref["aha"][f"{c}_percent"]
+                        if rep["aha"][f"{c}_percent"][s] is not None and ref["aha"][f"{c}_percent"][s] is not None]
+                row[f"seg_{c}"] = float(np.mean(segs)) if segs else float("nan")
+            rows.setdefault(name, []).append(row)
+        print(f"  phantom {seed}: ref ESS " + ", ".join(f"{c[:4]} {ref['ess'][c]:.1f}" for c in COMPONENTS)
+              + "; " + ", ".join(f"{n} EPE myo {rows[n][-1]['epe_myo']:.2f} mm" for n in cands), flush=True)
+    return rows
+
+
+def acdc_rows(root: Path, patients, model, with_baseline: bool) -> dict[str, list[dict]]:
+    from deepstrain.training.data import acdc_frames, load_acdc_volume
+
+    rows: dict[str, list[dict]] = {}
+    for p in patients:
+        d = root / "acdc" / "training" / p
+        ims, labs, geo = [], [], None
+        for _, fr in acdc_frames(d):
+            im, geo = load_acdc_volume(d / f"{p}_frame{fr:02d}.nii.gz")
+            lb, _ = load_acdc_volume(d / f"{p}_frame{fr:02d}_gt.nii.gz")
+            ims.append(im.astype(np.float32))
+            labs.append(lb.astype(np.uint8))
+        images = np.stack(ims)
+        t0 = time.time()
+        cands = {"network": network_displacement(images, labs[0], geo, 0, model)}
+        times = {"network": time.time() - t0}
+        if with_baseline:
+            t0 = time.time()
+            cands["demons"] = baseline_displacement(images, geo, 0)
+            times["demons"] = time.time() - t0
+        cands["none"] = np.zeros_like(cands["network"])
+        for name, disp in cands.items():
+            pulled = pull_back_labels(labs[1], disp[1], geo)
+            rows.setdefault(name, []).append({
+                "patient": p, "rv": dice(pulled, labs[0], 1), "myo": dice(pulled, labs[0], 2),
+                "lv": dice(pulled, labs[0], 3), "time_s": times.get(name, float("nan")),
+            })
+    return rows
+
+
+def _mean(rows, key):
+    v = np.array([r[key] for r in rows], dtype=float)
+    return float(np.nanmean(v))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--phantoms", type=int, default=3, help="number of evaluation phantoms (<= 5)")
+    ap.add_argument("--acdc", type=int, default=20, help="number of ACDC validation patients")
+    ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--weights", type=Path, default=None, help="motion weights (default: shipped)")
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--cache", type=Path, default=REPO / "runs" / "motion" / "eval_phantoms")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    try:
+        import SimpleITK as sitk
+
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
+    except ImportError:
+        args.no_baseline = True
+    model = load_model(args.weights)
+    base = not args.no_baseline
+    if args.phantoms > 0:
+        print(f"Phantoms (seeds {EVAL_SEEDS[:args.phantoms]}, not in training), errors vs exact reference:")
+        rows = phantom_rows(EVAL_SEEDS[: args.phantoms], args.cache, model, base)
+        print(f"{'method':9s} {'EPE myo mm':>10s} {'EPE all mm':>10s} | {'|dESS| rad':>10s} {'circ':>6s} {'long':>6s}"
+              f" | {'seg |d| rad':>11s} {'circ':>6s} {'long':>6s} | {'s/study':>7s}")
+        for name, rs in rows.items():
+            print(f"{name:9s} {_mean(rs, 'epe_myo'):10.2f} {_mean(rs, 'epe_all'):10.2f} | "
+                  f"{_mean(rs, 'ess_radial'):10.2f} {_mean(rs, 'ess_circumferential'):6.2f} "
+                  f"{_mean(rs, 'ess_longitudinal'):6.2f} | {_mean(rs, 'seg_radial'):11.2f} "
+                  f"{_mean(rs, 'seg_circumferential'):6.2f} {_mean(rs, 'seg_longitudinal'):6.2f} | "
+                  f"{_mean(rs, 'time_s'):7.1f}")
+    if args.acdc > 0:
+        from deepstrain.training.data import VALIDATION_PATIENTS
+
+        pats = list(VALIDATION_PATIENTS)[: args.acdc]
+        print(f"\nACDC validation ({len(pats)} patients): Dice of ES labels pulled back to ED vs ED labels")
+        rows = acdc_rows(args.data, pats, model, base)
+        print(f"{'method':9s} {'RV':>6s} {'myo':>6s} {'LV':>6s} | {'s/study':>7s}")
+        for name, rs in rows.items():
+            print(f"{name:9s} {_mean(rs, 'rv'):6.3f} {_mean(rs, 'myo'):6.3f} {_mean(rs, 'lv'):6.3f} | "
+                  f"{_mean(rs, 'time_s'):7.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
