@@ -156,7 +156,7 @@ C3 = ("radial", "circumferential", "longitudinal")
 PHANTOMS = {
     "default": {},
     "fine 1.2 mm x 6 mm": {"matrix_size": 128, "pixel_spacing_mm": 1.2, "slice_spacing_mm": 6.0},
-    "coarse 2 mm x 10 mm": {"matrix_size": 64, "pixel_spacing_mm": 2.0, "slice_spacing_mm": 10.0},
+    "coarse 2 mm x 10 mm": {"matrix_size": 64, "pixel_spacing_mm": 2.0, "slice_spacing_mm": 10.0, "apex_wall_mm": 12.0},
     "RV right, rotated": {"rv_side": "right", "rotation_deg": 70.0},
     "large thin-walled": {"lv_edv_ml": 200.0, "wall_thickness_mm": 7.0, "pixel_spacing_mm": 1.8},
 }
@@ -169,7 +169,19 @@ def _phantom(**kw):
     return phantom.generate_phantom(phantom.PhantomParams(**base))
 
 
-@pytest.mark.parametrize("name", list(PHANTOMS))
+# In this phantom two slices lie exactly on the AHA level boundaries (f = 2/6 and 4/6). The
+# reference (phantom._aha_segments) compares f per voxel with no tolerance, and its f carries
+# 1e-16 rounding noise, so it splits those slices between two levels at random (96 of 456 voxels
+# of slice 2 basal, 130 of 400 of slice 4 mid); the spec's inclusive bounds put the whole slices
+# in mid and apical, as the engine does. strict: this starts failing once the reference is fixed.
+REFERENCE_SPLITS_BOUNDARY_SLICES = pytest.mark.xfail(
+    strict=True, reason="phantom reference splits slices lying on a level boundary by rounding noise")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=REFERENCE_SPLITS_BOUNDARY_SLICES) if n.startswith("coarse") else n for n in PHANTOMS],
+)
 def test_engine_matches_the_phantom_reference(name):
     ph = _phantom(**PHANTOMS[name])
     r = compute(ph.cine, ph.labels, ph.displacement).report
