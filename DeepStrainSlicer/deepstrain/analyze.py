@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import io, pipeline, report
+from . import io, pipeline
 from .cine import Cine
 from .outputs import atomic_output_dir
 
@@ -55,7 +55,7 @@ def write_analysis(analysis: pipeline.Analysis, out_dir: str | os.PathLike, *, o
     """Write report, tables and NIfTI outputs of ``analysis`` atomically into ``out_dir``."""
     cine = analysis.cine
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
-        report.write_report(analysis.report, tmp)
+        analysis.write(tmp)
         io.save_labels(analysis.labels, cine.geometry, tmp / "segmentation.nii.gz")
         if analysis.displacement is not None:
             io.save_displacement(analysis.displacement, cine.geometry, tmp / "displacement.nii.gz")
