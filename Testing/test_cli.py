@@ -1,0 +1,132 @@
+"""The command line end to end: bad input gives one clear error, exit 2, and writes nothing."""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from deepstrain.cine import Geometry
+from deepstrain.cli import main
+from deepstrain.io import save_displacement
+
+
+def _nifti(path: Path, data: np.ndarray, zooms=(1.5, 1.5, 8.0, 40.0)) -> Path:
+    img = nib.Nifti1Image(data, np.diag([1.5, 1.5, 8.0, 1.0]))
+    img.header.set_zooms(zooms[: min(data.ndim, 4)])
+    img.header.set_xyzt_units("mm", "msec")
+    nib.save(img, str(path))
+    return path
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.fixture()
+def study(tmp_path: Path) -> dict[str, Path]:
+    """A small 4D cine with labels and zero displacement on its grid (no networks needed)."""
+    rng = np.random.default_rng(0)
+    x, y, z, t = 24, 24, 4, 5
+    cine = rng.random((x, y, z, t)).astype(np.float32)
+    labels = np.zeros((x, y, z, t), np.uint8)
+    yy, xx = np.mgrid[:x, :y]
+    r = np.hypot(xx - 12, yy - 12)
+    for k in range(z):
+        labels[..., k, :][r < 5] = 3
+        labels[..., k, :][(r >= 5) & (r < 8)] = 2
+        labels[..., k, :][(np.abs(xx - 3) < 2) & (np.abs(yy - 12) < 5)] = 1
+    d = tmp_path / "in"
+    d.mkdir()
+    files = {
+        "cine": _nifti(d / "cine.nii.gz", cine),
+        "labels": _nifti(d / "labels.nii.gz", labels),
+        "disp": d / "disp.nii.gz",
+        "dir": d,
+    }
+    geometry = Geometry.from_nifti_affine(np.diag([1.5, 1.5, 8.0, 1.0]))
+    save_displacement(np.zeros((t, 3, z, y, x), np.float32), geometry, files["disp"])
+    return files
+
+
+def _run(args: list[str], capsys) -> tuple[int, str]:
+    code = main(args)
+    return code, capsys.readouterr().err
+
+
+def test_analyze_with_given_labels_and_motion_writes_all_outputs(study, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, err = _run(["analyze", str(study["cine"]), "--segmentation", str(study["labels"]),
+                      "--displacement", str(study["disp"]), "--ed", "0", "--es", "2",
+                      "--out", str(out), "--quiet"], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == [
+        "displacement.nii.gz", "report.json", "segmentation.nii.gz", "strain.csv"]
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["frames"]["count"] == 5
+    assert rep["ess"]["radial"] == pytest.approx(0.0, abs=1e-6)  # zero motion, zero strain
+    seg = nib.load(str(out / "segmentation.nii.gz"))
+    np.testing.assert_allclose(seg.affine, nib.load(str(study["cine"])).affine)
+    # the same output folder again is refused, not overwritten
+    before = _digest(out)
+    code, err = _run(["analyze", str(study["cine"]), "--segmentation", str(study["labels"]),
+                      "--displacement", str(study["disp"]), "--ed", "0", "--es", "2",
+                      "--out", str(out), "--quiet"], capsys)
+    assert code == 2 and "not empty" in err
+    assert _digest(out) == before
+
+
+def _bad_cases(study: dict[str, Path], tmp: Path) -> dict[str, tuple[list[str], str, str]]:
+    """name -> (extra CLI args, file the message must name, words the message must contain)."""
+    trunc = tmp / "truncated.nii.gz"
+    trunc.write_bytes(study["cine"].read_bytes()[:2000])
+    two_d = _nifti(tmp / "twod.nii.gz", np.ones((24, 24), np.float32))
+    one = _nifti(tmp / "one.nii.gz", np.ones((24, 24, 4, 1), np.float32))
+    nan = np.asarray(nib.load(str(study["cine"])).dataobj).copy()
+    nan[3, 3, 1, 2] = np.nan
+    nanf = _nifti(tmp / "nan.nii.gz", nan)
+    small = _nifti(tmp / "small_labels.nii.gz", np.zeros((20, 24, 4, 5), np.uint8))
+    wrong = np.asarray(nib.load(str(study["labels"])).dataobj).copy()
+    wrong[0, 0, 0, 0] = 7
+    wrongf = _nifti(tmp / "wrong_labels.nii.gz", wrong)
+    c, lab, dsp = str(study["cine"]), str(study["labels"]), str(study["disp"])
+    return {
+        "missing": ([str(tmp / "nope.nii.gz"), "--segmentation", lab, "--displacement", dsp],
+                    "nope.nii.gz", ""),
+        "truncated": ([str(trunc), "--segmentation", lab, "--displacement", dsp], "truncated.nii.gz", ""),
+        "2d": ([str(two_d), "--segmentation", lab, "--displacement", dsp], "twod.nii.gz", ""),
+        "one frame": ([str(one), "--segmentation", lab, "--displacement", dsp], "one.nii.gz", "frame"),
+        "nan": ([str(nanf), "--segmentation", lab, "--displacement", dsp], "nan.nii.gz", "NaN"),
+        "labels grid": ([c, "--segmentation", str(small), "--displacement", dsp], "small_labels.nii.gz", ""),
+        "label values": ([c, "--segmentation", str(wrongf), "--displacement", dsp], "wrong_labels.nii.gz", "7"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing", "truncated", "2d", "one frame", "nan", "labels grid", "label values"])
+def test_bad_input_one_clear_error_no_output_inputs_untouched(case, study, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    args, names, words = _bad_cases(study, bad)[case]
+    inputs_before = {**_digest(study["dir"]), **_digest(bad)}
+    out = tmp_path / "out"
+    code, err = _run(["analyze", *args, "--out", str(out), "--quiet"], capsys)
+    assert code == 2
+    lines = [ln for ln in err.strip().splitlines() if ln.startswith("deepstrain: error:")]
+    assert len(lines) == 1, err
+    assert names in lines[0] and words in lines[0], lines[0]
+    assert not out.exists()
+    assert [p for p in tmp_path.iterdir() if p.name.startswith(".out")] == []  # no partial folder
+    assert {**_digest(study["dir"]), **_digest(bad)} == inputs_before
+
+
+def test_console_script_exit_status(study, tmp_path):
+    """The installed entry point (python -m deepstrain.cli) exits non-zero on bad input."""
+    proc = subprocess.run([sys.executable, "-m", "deepstrain.cli", "analyze", str(tmp_path / "missing"),
+                           "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "missing" in proc.stderr and "Traceback" not in proc.stderr
