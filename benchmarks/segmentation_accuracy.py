@@ -1,0 +1,144 @@
+"""Segmentation accuracy of the full inference path on the 20 ACDC validation patients.
+
+For each validation patient the ACDC folder is loaded with :func:`deepstrain.io.load_cine` and
+:func:`deepstrain.inference.predict` (centring + crop + segmentation + back to the input grid,
+no motion) labels the ED and ES frames. Against the manual labels it prints:
+
+* Dice per structure (RV 1, myocardium 2, LV cavity 3) at ED and ES (3D, per patient, then mean);
+* Hausdorff distance in mm (3D, voxel spacing respected): HD95 = the larger of the two directed
+  95th percentiles of boundary-to-boundary distances, and the maximum;
+* the in-plane distance (mm) between the crop centre and the manual LV centroid (labels 2+3, ED);
+* bias (mean of predicted - manual) and SD of the differences of LV EDV, ESV (ml), EF (%),
+  LV mass (g, myocardium at ED x 1.05 g/ml) and RV EDV (ml).
+
+Usage: python benchmarks/segmentation_accuracy.py [--data ../shared/data] [--patients N] [--record]
+``--record`` stores the figures in the weights manifest (entry ``segmentation``, key ``benchmark``).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+ROOT = Path(__file__).resolve().parents[1]
+STRUCTURES = {"rv": 1, "myo": 2, "lv": 3}
+TARGETS = {("lv", "ED"): 0.96, ("lv", "ES"): 0.93, ("myo", "ED"): 0.90, ("myo", "ES"): 0.91,
+           ("rv", "ED"): 0.93, ("rv", "ES"): 0.87}
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    s = a.sum() + b.sum()
+    return float(2 * (a & b).sum() / s) if s else float("nan")
+
+
+def _boundary(m: np.ndarray) -> np.ndarray:
+    return m & ~ndimage.binary_erosion(m, structure=ndimage.generate_binary_structure(3, 1), border_value=0)
+
+
+def hausdorff_mm(a: np.ndarray, b: np.ndarray, spacing: np.ndarray) -> tuple[float, float]:
+    """(HD95, HD max) in mm between the boundaries of masks ``a`` and ``b`` (3D, anisotropic spacing)."""
+    if not a.any() or not b.any():
+        return float("nan"), float("nan")
+    ba, bb = _boundary(a), _boundary(b)
+    da = ndimage.distance_transform_edt(~bb, sampling=spacing)[ba]
+    db = ndimage.distance_transform_edt(~ba, sampling=spacing)[bb]
+    return float(max(np.percentile(da, 95), np.percentile(db, 95))), float(max(da.max(), db.max()))
+
+
+def volume_ml(m: np.ndarray, spacing: np.ndarray) -> float:
+    return float(m.sum() * np.prod(spacing) / 1000.0)
+
+
+def clinical(ed: np.ndarray, es: np.ndarray, spacing: np.ndarray) -> dict[str, float]:
+    edv, esv = volume_ml(ed == 3, spacing), volume_ml(es == 3, spacing)
+    return {"lv_edv_ml": edv, "lv_esv_ml": esv, "lv_ef_percent": 100 * (edv - esv) / edv if edv else float("nan"),
+            "lv_mass_g": 1.05 * volume_ml(ed == 2, spacing), "rv_edv_ml": volume_ml(ed == 1, spacing)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=Path(os.environ.get("DEEPSTRAIN_DATA", ROOT.parent / "shared" / "data")))
+    ap.add_argument("--patients", type=int, default=0, help="only the first N validation patients")
+    ap.add_argument("--weights", type=Path, default=None, help="weights folder (default: the package's)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--record", action="store_true", help="store the figures in the weights manifest")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from deepstrain import io
+    from deepstrain.inference import predict
+    from deepstrain.training.data import VALIDATION_PATIENTS, lv_centre_voxel
+
+    torch.set_num_threads(args.threads)
+    patients = VALIDATION_PATIENTS[: args.patients] if args.patients else VALIDATION_PATIENTS
+    rows, t_total = [], 0.0
+    for p in patients:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cine = io.load_cine(args.data / "acdc" / "training" / p)
+        t0 = time.time()
+        pred = predict(cine, with_motion=False, weights_dir=args.weights)
+        t_total += time.time() - t0
+        sp = cine.geometry.spacing
+        row = {"patient": p, "group": cine.group}
+        gt_centre = lv_centre_voxel(cine.labels[cine.ed])
+        row["centre_error_mm"] = float(np.hypot((pred.lv_centre_voxel[0] - gt_centre[0]) * sp[1],
+                                                (pred.lv_centre_voxel[1] - gt_centre[1]) * sp[2]))
+        for phase, idx in (("ED", cine.ed), ("ES", cine.es)):
+            gt, pr = cine.labels[idx], pred.labels[idx]
+            for s, k in STRUCTURES.items():
+                row[f"dice_{s}_{phase}"] = dice(pr == k, gt == k)
+                row[f"hd95_{s}_{phase}"], row[f"hdmax_{s}_{phase}"] = hausdorff_mm(pr == k, gt == k, sp)
+        cp = clinical(pred.labels[cine.ed], pred.labels[cine.es], sp)
+        cg = clinical(cine.labels[cine.ed], cine.labels[cine.es], sp)
+        for k in cp:
+            row[f"{k}_pred"], row[f"{k}_manual"] = cp[k], cg[k]
+        rows.append(row)
+        print(f"{p} ({row['group']}): Dice ED lv {row['dice_lv_ED']:.3f} myo {row['dice_myo_ED']:.3f} "
+              f"rv {row['dice_rv_ED']:.3f} | ES lv {row['dice_lv_ES']:.3f} myo {row['dice_myo_ES']:.3f} "
+              f"rv {row['dice_rv_ES']:.3f} | EF {cp['lv_ef_percent']:.1f} vs {cg['lv_ef_percent']:.1f}", flush=True)
+
+    def m(key: str) -> float:
+        return float(np.nanmean([r[key] for r in rows]))
+
+    summary: dict = {"patients": len(rows), "dice": {}, "hd95_mm": {}, "hdmax_mm": {}, "clinical": {},
+                     "seconds_per_patient": t_total / len(rows)}
+    print(f"\n{len(rows)} validation patients, full inference path (centring + crop + segmentation + "
+          f"back to the input grid), {t_total / len(rows):.2f} s per patient (2 frames)")
+    ce = [r["centre_error_mm"] for r in rows]
+    summary["centre_error_mm"] = {"mean": float(np.mean(ce)), "max": float(np.max(ce))}
+    print(f"crop centre vs manual LV centroid (ED, in-plane): mean {np.mean(ce):.1f} mm, max {np.max(ce):.1f} mm")
+    print(f"{'structure':10s} {'phase':5s} {'Dice':>6s} {'target':>7s} {'HD95 mm':>8s} {'HDmax mm':>9s}")
+    for s in STRUCTURES:
+        for ph in ("ED", "ES"):
+            d, h95, hmx = m(f"dice_{s}_{ph}"), m(f"hd95_{s}_{ph}"), m(f"hdmax_{s}_{ph}")
+            summary["dice"][f"{s}_{ph}"], summary["hd95_mm"][f"{s}_{ph}"], summary["hdmax_mm"][f"{s}_{ph}"] = d, h95, hmx
+            print(f"{s:10s} {ph:5s} {d:6.3f} {TARGETS[(s, ph)]:7.2f} {h95:8.1f} {hmx:9.1f}")
+    print(f"\n{'measure':14s} {'manual mean':>11s} {'bias':>7s} {'SD':>7s}")
+    for k in ("lv_edv_ml", "lv_esv_ml", "lv_ef_percent", "lv_mass_g", "rv_edv_ml"):
+        diff = np.array([r[f"{k}_pred"] - r[f"{k}_manual"] for r in rows])
+        man = np.mean([r[f"{k}_manual"] for r in rows])
+        summary["clinical"][k] = {"bias": float(np.mean(diff)), "sd": float(np.std(diff, ddof=1)) if len(diff) > 1 else 0.0}
+        print(f"{k:14s} {man:11.1f} {np.mean(diff):7.2f} {summary['clinical'][k]['sd']:7.2f}")
+    print("targets: EF bias within 1 point, SD < 3.5")
+    if args.record:
+        from deepstrain.weights import update_manifest
+
+        summary["command"] = "python benchmarks/segmentation_accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        summary["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+        update_manifest("segmentation", {"benchmark": summary}, args.weights, merge=True)
+        print("recorded in the weights manifest")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
