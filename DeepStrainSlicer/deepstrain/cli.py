@@ -19,10 +19,49 @@ def _add_phantom(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="output folder (must not exist or be empty)")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    g = p.add_argument_group("phantom parameters (defaults: deepstrain.phantom.PhantomParams)")
+    g.add_argument("--frames", type=int, help="number of frames over one cycle")
+    g.add_argument("--heart-rate", type=float, metavar="BPM", help="heart rate (beats per minute)")
+    g.add_argument("--spacing", type=float, metavar="MM", help="in-plane pixel spacing (mm)")
+    g.add_argument("--slice-spacing", type=float, metavar="MM", help="slice spacing = thickness (mm)")
+    g.add_argument("--slices", type=int, help="number of slices (default: base to apical cap)")
+    g.add_argument("--size", type=int, help="matrix size (pixels per side)")
+    g.add_argument("--edv", type=float, metavar="ML", help="LV end-diastolic volume (ml)")
+    g.add_argument("--ef", type=float, metavar="PCT", help="LV ejection fraction (%%)")
+    g.add_argument("--long-shortening", type=float, metavar="PCT", help="LV length shortening at ES (%%)")
+    g.add_argument("--twist", type=float, metavar="DEG", help="apex minus base rotation at ES (deg)")
+    g.add_argument("--hypokinesis", type=float, help="loss of contraction in the inferolateral sector (0-1)")
+    g.add_argument("--rv-side", choices=("left", "right"), help="image side of the RV")
+    g.add_argument("--rotation", type=float, metavar="DEG", help="extra in-plane rotation of the heart (deg)")
+    g.add_argument("--noise", type=float, help="Rician noise sigma over the blood signal")
+
+
+_PHANTOM_FLAGS = {
+    "frames": "n_frames", "heart_rate": "heart_rate_bpm", "spacing": "pixel_spacing_mm",
+    "slice_spacing": "slice_spacing_mm", "slices": "n_slices", "size": "matrix_size", "edv": "lv_edv_ml",
+    "ef": "ef_percent", "long_shortening": "longitudinal_shortening_percent", "twist": "twist_deg",
+    "hypokinesis": "hypokinesis", "rv_side": "rv_side", "rotation": "rotation_deg", "noise": "noise",
+}  # fmt: skip
 
 
 def _cmd_phantom(args: argparse.Namespace) -> int:
-    raise NotImplementedError("phantom")
+    from .phantom import PhantomParams, generate_phantom, write_phantom
+
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not args.overwrite)):
+        raise InputError(out, "output folder exists and is not empty (use --overwrite to replace it)")
+    values = {field: getattr(args, flag) for flag, field in _PHANTOM_FLAGS.items() if getattr(args, flag) is not None}
+    try:
+        params = PhantomParams(seed=args.seed, **values)
+    except ValueError as exc:
+        raise InputError("phantom parameters", str(exc)) from None
+    phantom = generate_phantom(params)
+    write_phantom(phantom, out, overwrite=args.overwrite)
+    ref = phantom.reference
+    print(f"phantom written to {out}: {params.n_frames} frames, ES frame {ref['frames']['es']}, "
+          f"LV EF {ref['volumetrics']['lv_ef_percent']:.1f} %, ESS radial {ref['ess']['radial']:.1f} %, "
+          f"circumferential {ref['ess']['circumferential']:.1f} %, longitudinal {ref['ess']['longitudinal']:.1f} %")
+    return 0
 
 
 # --------------------------------------------------------------------------- analyze

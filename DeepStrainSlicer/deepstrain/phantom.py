@@ -91,13 +91,14 @@ class PhantomParams:
     pv_samples: int = 5
     """Sub-samples (odd) across the slice thickness that are averaged (partial volume)."""
     n_slices: int | None = None
-    """None = just enough slices to cover base to apical cap (the last slice is the cap)."""
+    """None = base to apical cap: slice k spans [k, k + 1] slice spacings from the base plane
+    along l and the last slice is the first one centred beyond the cavity (the apical cap)."""
     matrix_size: int = 128
     lv_edv_ml: float = 120.0
     lv_length_to_radius: float = 2.6
     """Cavity length (base plane to endocardial apex) over basal cavity radius."""
     wall_thickness_mm: float = 9.0
-    apex_wall_mm: float = 8.0
+    apex_wall_mm: float = 10.0
     ef_percent: float = 60.0
     longitudinal_shortening_percent: float = 15.0
     """Shortening of the LV length at ES (stretch along l is 1 - this/100 in the myocardium)."""
@@ -164,8 +165,9 @@ def default_orientation() -> np.ndarray:
     """An oblique short-axis grid: slice axis = LV long axis (to the left, anterior, inferior)."""
     l = np.array([-0.62, 0.50, -0.60])
     l /= np.linalg.norm(l)
-    # column axis: roughly towards the patient's left and posterior, orthogonal to l
-    col = np.array([0.55, 0.75, -0.1])
+    # column axis: towards the patient's left and posterior, so that the RV (septal direction
+    # e1 = -column) lies anterior-right of the LV and the anterior wall is at the image top
+    col = np.array([-0.55, -0.75, 0.1])
     col -= (col @ l) * l
     col /= np.linalg.norm(col)
     row = np.cross(col, l)  # so that slice x row = column: a right-handed grid
@@ -495,9 +497,10 @@ class _Anatomy:
         if labels_only:
             return labels, None
         fb = self.bg_field(h)
-        # background percentiles: the measured ones scaled by 0.85, because the fat ring and the RV
-        # wall, also inside the measured 15 mm ring, are brighter than the median
-        bg = np.interp(fb, [-3.0, -1.2816, 0.0, 1.2816, 3.0], [0.03, REAL_BG_P10, 0.85 * REAL_BG_P50, 0.85 * REAL_BG_P90, 1.0])
+        # background percentiles: the measured ones scaled (p10 by 0.6, p50 and p90 by 0.85), because
+        # the fat ring and the RV wall (also inside the measured 15 mm ring), blur and the Rician
+        # noise floor lift the measured percentiles of the rendered image
+        bg = np.interp(fb, [-3.0, -1.2816, 0.0, 1.2816, 3.0], [0.02, 0.6 * REAL_BG_P10, 0.85 * REAL_BG_P50, 0.85 * REAL_BG_P90, 1.0])
         tex = 1.0 + 0.07 * self.tissue_field(h)
         flow = 1.0 + 0.15 * fb  # slow blood-pool inhomogeneity (flow, trabeculae)
         img = np.where(cav, flow, bg)
@@ -531,11 +534,15 @@ def _grid(params: PhantomParams, shape: _Shape) -> tuple[Geometry, np.ndarray, n
     e2 = np.cross(l, e1)
     axes = np.stack([e1, e2, l], axis=1)
     s = params.slice_spacing_mm
-    z_cap = (shape.c + shape.c_o) / 2.0
-    n = params.n_slices if params.n_slices is not None else int(math.floor(z_cap / s)) + 1
+    # slice k covers [k s, (k + 1) s] along l: the first slab starts at the base plane; the cap
+    # slice is the first one whose centre lies beyond the cavity
+    n_cap = int(math.floor((shape.c - s / 2) / s)) + 2
+    if s / 2 + (n_cap - 1) * s > shape.c_o - 0.5:
+        raise ValueError("apex_wall_mm too thin for this slice spacing: no slice would show the apical cap")
+    n = params.n_slices if params.n_slices is not None else n_cap
     if n < 1:
         raise ValueError("n_slices must be >= 1")
-    z = z_cap - (n - 1 - np.arange(n)) * s
+    z = s / 2 + np.arange(n) * s
     base = np.array([8.0, -12.0, 25.0])  # a plausible RAS position of the LV base centre
     sp = params.pixel_spacing_mm
     m = params.matrix_size

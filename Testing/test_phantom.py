@@ -1,0 +1,227 @@
+"""Tests of deepstrain.phantom: exact motion, consistent labels, reference strain, files, realism."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from deepstrain.cli import main as cli_main
+from deepstrain.errors import InputError
+from deepstrain.phantom import PhantomParams, generate_phantom, mirror, write_phantom
+
+SMALL = dict(n_frames=8, matrix_size=64, pixel_spacing_mm=2.0, lv_edv_ml=60.0)
+
+
+@pytest.fixture(scope="module")
+def small():
+    return generate_phantom(PhantomParams(seed=1, **SMALL))
+
+
+def test_deterministic_by_seed(small):
+    again = generate_phantom(PhantomParams(seed=1, **SMALL))
+    np.testing.assert_array_equal(small.cine.data, again.cine.data)
+    np.testing.assert_array_equal(small.labels, again.labels)
+    np.testing.assert_array_equal(small.displacement, again.displacement)
+    other = generate_phantom(PhantomParams(seed=2, **SMALL))
+    assert not np.array_equal(small.cine.data, other.cine.data)
+
+
+def test_layout(small):
+    t, z, y, x = small.cine.data.shape
+    assert (t, y, x) == (8, 64, 64) and small.cine.data.dtype == np.float32
+    assert small.labels.shape == (t, z, y, x) and small.labels.dtype == np.uint8
+    assert small.displacement.shape == (t, 3, z, y, x) and small.displacement.dtype == np.float32
+    assert not small.displacement[0].any()
+    assert set(np.unique(small.labels[0])) == {0, 1, 2, 3}
+    # last slice: the apical cap (myocardium, no cavity); an earlier slice has cavity
+    assert (small.labels[0, -1] == 2).any() and not (small.labels[0, -1] == 3).any()
+    assert (small.labels[0, -2] == 3).any()
+
+
+def test_inverse_is_exact(small):
+    m, g = small.motion, small.cine.geometry
+    x = g.world_points(small.cine.shape3d).reshape(-1, 3)
+    for f in (1, small.reference["frames"]["es"], 6):
+        assert np.abs(m.forward(m.inverse(x, f), f) - x).max() < 1e-6
+
+
+def test_displacement_matches_analytic_map(small):
+    m, g = small.motion, small.cine.geometry
+    centres = g.world_points(small.cine.shape3d)
+    es = small.reference["frames"]["es"]
+    expected = m.forward(centres, es) - centres
+    np.testing.assert_allclose(np.moveaxis(small.displacement[es], 0, -1), expected, atol=1e-4)
+    assert np.abs(expected).max() > 5.0  # the heart really moves (mm)
+
+
+def _landing_fraction(ph, f, sign=1.0, dilate=True):
+    g, lab = ph.cine.geometry, ph.labels
+    myo = lab[0] == 2
+    x = g.world_points(lab.shape[1:])[myo] + sign * np.moveaxis(ph.displacement[f], 0, -1)[myo]
+    idx = (np.c_[x, np.ones(len(x))] @ np.linalg.inv(g.index_to_world).T)[:, :3]
+    target = lab[f] == 2
+    if not dilate:
+        return float(ndimage.map_coordinates(target.astype(np.uint8), idx.T, order=0, mode="nearest").mean())
+    # tolerance of the sampling: one in-plane voxel, and between the two nearest slices (a point
+    # of the basal slab may lie below the moved base while its slice centre lies above it)
+    target = ndimage.binary_dilation(target, structure=np.ones((1, 3, 3), bool)).astype(float)
+    idx[:, 1:] = np.round(idx[:, 1:])
+    return float((ndimage.map_coordinates(target, idx.T, order=1, mode="nearest") > 0).mean())
+
+
+def test_moved_myocardium_lands_in_frame_myocardium(small):
+    es = small.reference["frames"]["es"]
+    for f in range(1, small.cine.n_frames):
+        assert _landing_fraction(small, f) >= 0.97
+        assert _landing_fraction(small, f, dilate=False) >= 0.75
+    # negative control: the displacement applied backwards misses
+    assert _landing_fraction(small, es, sign=-1.0) < 0.8
+
+
+def test_label_volumes_match_analytic(small):
+    vol = float(np.prod(small.cine.geometry.spacing)) / 1000.0
+    ref = small.reference["volumetrics"]
+    es = small.reference["frames"]["es"]
+    lab = small.labels
+    assert (lab[0] == 3).sum() * vol == pytest.approx(ref["lv_edv_ml"], rel=0.03)
+    assert (lab[es] == 3).sum() * vol == pytest.approx(ref["lv_esv_ml"], rel=0.12)
+    assert (lab[0] == 2).sum() * vol * 1.05 == pytest.approx(ref["lv_mass_g"], rel=0.03)
+    assert (lab[0] == 1).sum() * vol == pytest.approx(ref["rv_edv_ml"], rel=0.05)
+    assert (lab[es] == 1).sum() * vol == pytest.approx(ref["rv_esv_ml"], rel=0.12)
+
+
+def test_reference_strain(small):
+    ref, p = small.reference, small.params
+    es = ref["frames"]["es"]
+    assert ref["ess"]["radial"] > 20 and ref["ess"]["circumferential"] < -8 and ref["ess"]["longitudinal"] < -5
+    contraction = ref["phantom"]["contraction_profile"][es]
+    assert ref["volumetrics"]["lv_ef_percent"] == pytest.approx(p.ef_percent * contraction, rel=1e-9)
+    # basal longitudinal strain is the imposed stretch: (lambda^2 - 1) / 2
+    lam = 1.0 - p.longitudinal_shortening_percent / 100.0 * contraction
+    basal = np.mean([ref["aha"]["longitudinal_percent"][str(i)] for i in range(1, 7)])
+    assert basal == pytest.approx(50.0 * (lam * lam - 1.0), abs=1.5)
+    for key in ("radial_percent", "circumferential_percent", "longitudinal_percent"):
+        curve = ref["global_strain"][key]
+        assert len(curve) == p.n_frames and curve[0] == 0.0
+    # strain rate: gradient of the global curve over the frame times in s
+    t = np.asarray(ref["frames"]["times_ms"]) / 1000.0
+    rate = np.gradient(np.asarray(ref["global_strain"]["radial_percent"]) / 100.0, t)
+    np.testing.assert_allclose(ref["global_strain_rate"]["radial_per_s"], rate)
+    assert ref["srs"]["radial"] > 0 > ref["sre"]["radial"]
+
+
+def test_myocardium_is_incompressible(small):
+    from deepstrain.phantom import _deformation_gradients
+
+    g = small.cine.geometry
+    x = g.world_points(small.cine.shape3d)[small.labels[0] == 2]
+    F = _deformation_gradients(small.motion, x, small.reference["frames"]["es"])
+    det = np.linalg.det(F)
+    # exactly 1 away from the apical tip of the cavity, where the radial blend acts
+    assert np.median(np.abs(det - 1)) < 1e-6 and np.mean(np.abs(det - 1) < 0.02) > 0.9
+    assert det.min() > 0
+
+
+def test_regional_variation(small):
+    circ = small.reference["aha"]["circumferential_percent"]
+    mid = np.array([circ[str(i)] for i in range(7, 13)])
+    assert mid.max() - mid.min() > 5.0
+    # the hypokinetic sector (inferolateral, 120 deg) contracts less than the anteroseptal wall
+    assert circ["11"] > circ["8"] + 5.0
+    assert all(small.reference["aha"]["radial_percent"][str(i)] is not None for i in range(1, 18))
+
+
+def test_rv_side_right_flips_image_side(small):
+    right = generate_phantom(PhantomParams(seed=1, rv_side="right", **SMALL))
+
+    def rv_minus_lv_column(ph):
+        lab = ph.labels[0]
+        return np.argwhere(lab == 1)[:, 2].mean() - np.argwhere(lab == 3)[:, 2].mean()
+
+    assert rv_minus_lv_column(small) < -5 and rv_minus_lv_column(right) > 5
+    # same heart, only turned: same reference strain (up to the voxel sampling)
+    assert right.reference["ess"]["radial"] == pytest.approx(small.reference["ess"]["radial"], rel=0.05)
+
+
+def test_anatomy_is_a_valid_heart(small):
+    axes = small.motion.axes  # e1 (septal), e2, l (base -> apex)
+    assert np.linalg.det(axes) == pytest.approx(1.0)
+    # default oblique orientation: apex to the left-anterior-inferior, RV anterior-right, anterior wall up-front
+    assert axes[0, 2] < 0 and axes[1, 2] > 0 and axes[2, 2] < 0
+    assert axes[0, 0] > 0 and axes[1, 0] > 0
+    assert -axes[1, 1] > 0  # anterior (phi = -90 deg) points anterior (A)
+
+
+def test_mirror_keeps_world_anatomy(small):
+    g = small.cine.geometry
+    world = g.world_points(small.cine.shape3d)
+    for axis in (0, 1, 2):
+        data, g2 = mirror(small.cine.data, g, axis)
+        lab, _ = mirror(small.labels, g, axis)
+        disp, _ = mirror(small.displacement, g, axis)
+        assert np.linalg.det(g2.direction) == pytest.approx(-np.linalg.det(g.direction))
+        w2 = np.flip(g2.world_points(small.cine.shape3d), axis=axis)
+        np.testing.assert_allclose(w2, world, atol=1e-9)
+        np.testing.assert_array_equal(np.flip(data, axis=1 + axis), small.cine.data)
+        np.testing.assert_array_equal(np.flip(lab, axis=1 + axis), small.labels)
+        np.testing.assert_array_equal(np.flip(disp, axis=2 + axis), small.displacement)
+
+
+def test_params_validated():
+    with pytest.raises(ValueError):
+        PhantomParams(rv_side="up")
+    with pytest.raises(ValueError):
+        PhantomParams(pv_samples=4)
+    with pytest.raises(ValueError):
+        PhantomParams(orientation=[[1, 0, 0], [0, 1, 0], [0, 0, 2]])
+
+
+def test_cli_writes_files_and_refuses_non_empty(tmp_path):
+    out = tmp_path / "ph"
+    args = ["phantom", "--out", str(out), "--seed", "4", "--frames", "6", "--size", "48", "--spacing", "2",
+            "--edv", "50", "--rv-side", "right", "--noise", "0.03"]  # fmt: skip
+    assert cli_main(args) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["cine.nii.gz", "displacement.nii.gz", "labels.nii.gz", "reference.json"]
+    cine = nib.load(str(out / "cine.nii.gz"))
+    assert cine.shape[:2] == (48, 48) and cine.shape[3] == 6 and cine.get_data_dtype() == np.float32
+    rr = 60000.0 / 70.0
+    assert cine.header.get_zooms()[3] == pytest.approx(rr / 6, rel=1e-5)
+    assert cine.header.get_xyzt_units() == ("mm", "msec")
+    disp = nib.load(str(out / "displacement.nii.gz"))
+    assert disp.shape == cine.shape + (3,) and disp.header.get_intent()[0] == "vector"
+    assert not np.asarray(disp.dataobj)[..., 0, :].any()
+    labels = nib.load(str(out / "labels.nii.gz"))
+    assert labels.shape == cine.shape and labels.get_data_dtype() == np.uint8
+    np.testing.assert_allclose(labels.affine, cine.affine)
+    ref = json.loads((out / "reference.json").read_text())
+    for key in ("frames", "volumetrics", "global_strain", "global_strain_rate", "ess", "srs", "sre", "aha", "aha_curves", "conventions"):
+        assert key in ref
+    assert ref["phantom"]["seed"] == 4 and ref["phantom"]["params"]["rv_side"] == "right"
+    before = (out / "cine.nii.gz").read_bytes()
+    assert cli_main(["phantom", "--out", str(out)]) == 2
+    assert (out / "cine.nii.gz").read_bytes() == before
+
+
+def test_write_phantom_refuses_non_empty(tmp_path, small):
+    (tmp_path / "keep.txt").write_text("user file")
+    with pytest.raises(InputError):
+        write_phantom(small, tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+def test_realism_within_real_range(shared_data):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import realism
+
+    real = realism.summarise([realism.acdc_cine_statistics(shared_data, p) for p in realism.ACDC_CINE_PATIENTS])
+    ph = realism.phantom_statistics(0, n_frames=20)
+    for name in realism.STATISTICS:
+        _, lo, hi = real[name]
+        assert lo <= ph[name] <= hi, f"{name}: phantom {ph[name]:.3f}, real {lo:.3f}-{hi:.3f}"
+    assert math.isfinite(ph["decorr_ed_es"])
