@@ -63,12 +63,47 @@ def clinical(ed: np.ndarray, es: np.ndarray, spacing: np.ndarray) -> dict[str, f
             "lv_mass_g": 1.05 * volume_ml(ed == 2, spacing), "rv_edv_ml": volume_ml(ed == 1, spacing)}
 
 
+def speed_comparison(n_slices: int = 32, repeats: int = 3) -> dict:
+    """Seconds per 128 x 128 slice (forward pass, eval, current torch threads): ours vs a ~59 M-parameter U-Net."""
+    import torch
+
+    from deepstrain.networks.blocks import UNet2d, count_parameters
+    from deepstrain.networks.segmentation import build_segmentation_net
+
+    x = torch.rand(n_slices, 1, 128, 128)
+    out = {}
+    for label, net in (("ours", build_segmentation_net()),
+                       ("paper_size", UNet2d(1, 4, base=88, depth=4, max_channels=4096))):
+        net.eval()
+        with torch.no_grad():
+            net(x[:4])
+            best = min(_timed(net, x) for _ in range(repeats))
+        out[label] = {"parameters": count_parameters(net), "seconds_per_slice": best / n_slices}
+    out["speed_ratio"] = out["paper_size"]["seconds_per_slice"] / out["ours"]["seconds_per_slice"]
+    print(f"\nspeed, {n_slices} slices 128x128, {torch.get_num_threads()} thread(s): ours "
+          f"{out['ours']['parameters'] / 1e6:.1f} M params {1000 * out['ours']['seconds_per_slice']:.1f} ms/slice; "
+          f"paper-size U-Net {out['paper_size']['parameters'] / 1e6:.1f} M params "
+          f"{1000 * out['paper_size']['seconds_per_slice']:.1f} ms/slice; ratio {out['speed_ratio']:.1f}x")
+    return out
+
+
+def _timed(net, x) -> float:
+    import torch
+
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        net(x)
+    return time.perf_counter() - t0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("DEEPSTRAIN_DATA", ROOT.parent / "shared" / "data")))
     ap.add_argument("--patients", type=int, default=0, help="only the first N validation patients")
     ap.add_argument("--weights", type=Path, default=None, help="weights folder (default: the package's)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--speed", action="store_true",
+                    help="also time the segmentation network against a paper-size (CarSON, ~57 M parameters) U-Net")
     ap.add_argument("--record", action="store_true", help="store the figures in the weights manifest")
     args = ap.parse_args(argv)
 
@@ -130,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         summary["clinical"][k] = {"bias": float(np.mean(diff)), "sd": float(np.std(diff, ddof=1)) if len(diff) > 1 else 0.0}
         print(f"{k:14s} {man:11.1f} {np.mean(diff):7.2f} {summary['clinical'][k]['sd']:7.2f}")
     print("targets: EF bias within 1 point, SD < 3.5")
+    if args.speed:
+        summary["speed"] = speed_comparison()
     if args.record:
         from deepstrain.weights import update_manifest
 

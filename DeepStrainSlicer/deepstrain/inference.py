@@ -156,11 +156,11 @@ def predict(cine: Cine, *, progress: Progress | None = None, with_motion: bool =
             ed = int(np.argmax((labels == 3).reshape(labels.shape[0], -1).sum(axis=1)))
         disp = None
         if with_motion:
-            from .networks.motion import estimate_motion
+            from .networks.motion import estimate_motion, load_model
 
             report(0.45, "estimating motion")
             spacing_crop = np.array([g.spacing[0], t.target_spacing, t.target_spacing])
-            u_mm = estimate_motion(crops[ed], crops, spacing_crop)
+            u_mm = estimate_motion(crops[ed], crops, spacing_crop, model=load_model(weights_dir=weights_dir))
             u_mm[ed] = 0.0
             disp = displacement_to_input(u_mm / spacing_crop.reshape(1, 3, 1, 1, 1).astype(np.float32), t, g)
         report(0.9, "networks done")
