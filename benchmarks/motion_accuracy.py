@@ -48,7 +48,7 @@ def eval_params(seed: int):
     from deepstrain.training.motion import training_phantom_params
 
     p = training_phantom_params(seed)
-    p.n_frames, p.pv_samples = 16, 5
+    p.n_frames, p.pv_samples = 12, 5
     return p
 
 
@@ -171,7 +171,7 @@ def acdc_rows(root: Path, patients, model, with_baseline: bool) -> dict[str, lis
 
 def _mean(rows, key):
     v = np.array([r[key] for r in rows], dtype=float)
-    return float(np.nanmean(v))
+    return float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
 
 
 def main(argv=None) -> int:

@@ -36,8 +36,6 @@ import torch.nn.functional as F
 PAD_MULTIPLE = 16
 """``H`` and ``W`` are padded to a multiple of this (stem stride 2 x three in-plane poolings)."""
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "motion.pt"
-
 
 def _conv(cin: int, cout: int, kernel=(3, 3, 3), stride=(1, 1, 1)) -> nn.Sequential:
     pad = tuple(k // 2 for k in kernel)
@@ -55,6 +53,7 @@ class MotionNet(nn.Module):
         super().__init__()
         c0, c1, c2, c3, c4 = (int(c) for c in channels)
         self.channels = (c0, c1, c2, c3, c4)
+        self.config = {"channels": list(self.channels)}
         self.stem = nn.Sequential(_conv(2, c0, (1, 3, 3)), _conv(c0, c1, (1, 3, 3), (1, 2, 2)))
         self.enc1 = nn.Sequential(_conv(c1, c1), _conv(c1, c1))
         self.down2 = _conv(c1, c2, (1, 3, 3), (1, 2, 2))
@@ -137,25 +136,29 @@ def predict_voxels(model: MotionNet, pairs: torch.Tensor) -> torch.Tensor:
     return out[..., ph // 2: ph // 2 + h, pw // 2: pw // 2 + w]
 
 
-def load_model(path: str | Path | None = None) -> MotionNet:
-    """Load a :class:`MotionNet` checkpoint (default: the shipped ``weights/motion.pt``)."""
-    path = Path(path) if path is not None else DEFAULT_WEIGHTS
-    if path == DEFAULT_WEIGHTS:
-        try:  # the weights manifest checks size and SHA-256 of shipped files
-            from .. import weights as _weights  # type: ignore[attr-defined]
+_CACHE: dict[str, MotionNet] = {}
 
-            if hasattr(_weights, "verify"):
-                _weights.verify("motion")
-        except ImportError:
-            pass
-    if not path.is_file():
-        raise FileNotFoundError(f"motion weights not found: {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    model = MotionNet(channels=tuple(ckpt["channels"]))
-    state = {k: v.float() for k, v in ckpt["state_dict"].items()}
-    model.load_state_dict(state)
-    model.eval()
-    return model
+
+def load_model(path: str | Path | None = None, *, weights_dir: Path | None = None) -> MotionNet:
+    """The motion network in eval mode.
+
+    ``path=None``: the shipped weights (``weights/motion.pt``), checked against the manifest's
+    size and SHA-256 by :func:`deepstrain.weights.load_network` (cached after the first load).
+    A ``path`` loads a training export or checkpoint (``config``/``channels`` + ``state_dict``).
+    """
+    if path is None:
+        key = str(weights_dir)
+        if key not in _CACHE:
+            from ..weights import load_network
+
+            _CACHE[key] = load_network("motion", MotionNet, weights_dir)
+        return _CACHE[key]
+    blob = torch.load(Path(path), map_location="cpu", weights_only=True)
+    config = blob.get("config") or {"channels": blob["channels"]}
+    state = blob.get("state_dict") or blob["model"]
+    model = MotionNet(**config)
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+    return model.eval()
 
 
 def estimate_motion(

@@ -175,10 +175,23 @@ def training_phantom_params(seed: int):
 
 
 def cache_phantom(params, out_file: Path) -> None:
-    """Generate a phantom and store images, labels, exact displacement and geometry (``.npz``)."""
+    """Generate a phantom and store images, labels, exact displacement and geometry (``.npz``).
+
+    A random draw the phantom refuses (an EF too high for its hypokinesis) is retried with the
+    EF lowered by 10 points until it is accepted.
+    """
+    import dataclasses
+
     from .. import phantom as ph
 
-    P = ph.generate_phantom(params)
+    while True:
+        try:
+            P = ph.generate_phantom(params)
+            break
+        except ValueError as exc:
+            if "ef_percent" not in str(exc) or params.ef_percent < 15:
+                raise
+            params = dataclasses.replace(params, ef_percent=params.ef_percent - 10.0)
     g = P.cine.geometry
     tmp = out_file.with_suffix(".tmp.npz")
     np.savez(tmp, images=P.cine.data, labels=P.labels, displacement=P.displacement, spacing=g.spacing,
@@ -322,7 +335,7 @@ def validate(model: MotionNet, samples: list[Sample]) -> dict[str, float]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, default=None, help="shared data folder (acdc/, acdc_cine_crop/)")
     p.add_argument("--out", type=Path, default=Path("runs/motion"), help="run folder (checkpoints, log)")
-    p.add_argument("--export", type=Path, default=None, help="write the final weights here")
+    p.add_argument("--ship", default=None, help="write motion.pt + manifest entry: 'package' (the shipped weights) or a folder")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--minutes", type=float, default=0.0, help="stop after this wall time (0: no limit)")
     p.add_argument("--lr", type=float, default=5e-4)
@@ -338,6 +351,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--w-dice", type=float, default=0.5)
     p.add_argument("--w-smooth", type=float, default=0.1)
     p.add_argument("--w-epe", type=float, default=0.1)
+
+
+def training_summary(args, step: int, train_s: float, val: dict, train_p, cine_train, phantom_names, w) -> dict:
+    """What the weights manifest records about a training run."""
+    return {
+        "parameters": count_parameters(MotionNet(tuple(args.channels))),
+        "training_patients": list(train_p),
+        "seed": args.seed,
+        "iterations": step,
+        "iterations_planned": args.steps,
+        "batch": 1,
+        "crop": PATCH,
+        "threads": args.threads,
+        "wall_s": train_s,
+        "history": [{"val_dice_es_to_ed_motion": val["dice_motion"], "val_dice_es_to_ed_none": val["dice_none"]}],
+        "additional_data": {
+            "acdc_cine_crop_cycles": list(cine_train),
+            "synthetic_phantoms": list(phantom_names),
+        },
+        "loss": {"mse": w["sim"], "dice": w["dice"], "diffusion": w["smooth"], "epe_mm_supervised": w["epe"]},
+    }
 
 
 def _default_data() -> Path:
@@ -453,21 +487,34 @@ def main(args: argparse.Namespace) -> int:
             export(model, out / "motion_latest.pt", {"steps": step, "validation": v, "seed": args.seed})
     v = validate(model, acdc_val)
     _log(f"final validation ({step} steps, {time.time() - t0:.0f} s): {v}", log)
-    if args.export:
-        export(model, Path(args.export), {"steps": step, "validation": v, "seed": args.seed,
-                                           "train_s": round(prev_s + time.time() - t_start), "weights": w,
-                                           "phantoms": sorted(s.name for s in phantoms),
-                                           "acdc_validation_excluded": sorted(val)})
-        _log(f"exported {args.export}", log)
+    export(model, out / "motion_final.pt", {"steps": step, "validation": v, "seed": args.seed})
+    if args.ship:
+        summary = training_summary(args, step, prev_s + time.time() - t_start, v, train_p, cine_train,
+                                   [s.name for s in phantoms], w)
+        path = ship(model, summary, "deepstrain train motion " + " ".join(sys.argv[1:]),
+                    None if args.ship == "package" else Path(args.ship))
+        _log(f"shipped {path}", log)
     return 0
 
 
 def export(model: MotionNet, path: Path, info: dict) -> None:
-    """Write inference weights (state dict + channel widths + training info)."""
+    """Write a float32 snapshot (``config`` + ``state_dict`` + training info) for :func:`load_model`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save({"state_dict": model.state_dict(), "channels": list(model.channels), "info": info}, tmp)
+    torch.save({"config": dict(model.config), "state_dict": model.state_dict(), "info": info}, tmp)
     tmp.replace(path)
+
+
+def ship(model: MotionNet, summary: dict, command: str, out_dir: Path | None = None) -> Path:
+    """Write ``motion.pt`` (float16) and its manifest entry with :func:`deepstrain.weights.export_weights`."""
+    from ..weights import export_weights
+
+    extra = {
+        "task": "Lagrangian displacement ED -> frame t on the 128x128 1.25 mm crop (voxel units x crop spacing = mm)",
+        "additional_training_data": summary.get("additional_data", {}),
+        "loss": summary.get("loss", {}),
+    }
+    return export_weights("motion", model, dict(model.config), summary, command=command, out_dir=out_dir, extra=extra)
 
 
 if __name__ == "__main__":  # pragma: no cover
