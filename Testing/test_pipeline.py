@@ -159,6 +159,10 @@ PHANTOMS = {
     "coarse 2 mm x 10 mm": {"matrix_size": 64, "pixel_spacing_mm": 2.0, "slice_spacing_mm": 10.0, "apex_wall_mm": 12.0},
     "RV right, rotated": {"rv_side": "right", "rotation_deg": 70.0},
     "large thin-walled": {"lv_edv_ml": 200.0, "wall_thickness_mm": 7.0, "pixel_spacing_mm": 1.8},
+    # grid axes along RAS, slice axis pointing inferior; and the same with the column axis flipped
+    # (a left-handed index grid, as in many files)
+    "axis-aligned": {"orientation": [[0, 0, 1], [0, 1, 0], [-1, 0, 0]]},
+    "axis-aligned, left-handed": {"orientation": [[0, 0, -1], [0, 1, 0], [-1, 0, 0]]},
 }
 
 
@@ -169,19 +173,9 @@ def _phantom(**kw):
     return phantom.generate_phantom(phantom.PhantomParams(**base))
 
 
-# In this phantom two slices lie exactly on the AHA level boundaries (f = 2/6 and 4/6). The
-# reference (phantom._aha_segments) compares f per voxel with no tolerance, and its f carries
-# 1e-16 rounding noise, so it splits those slices between two levels at random (96 of 456 voxels
-# of slice 2 basal, 130 of 400 of slice 4 mid); the spec's inclusive bounds put the whole slices
-# in mid and apical, as the engine does. strict: this starts failing once the reference is fixed.
-REFERENCE_SPLITS_BOUNDARY_SLICES = pytest.mark.xfail(
-    strict=True, reason="phantom reference splits slices lying on a level boundary by rounding noise")
-
-
-@pytest.mark.parametrize(
-    "name",
-    [pytest.param(n, marks=REFERENCE_SPLITS_BOUNDARY_SLICES) if n.startswith("coarse") else n for n in PHANTOMS],
-)
+# "coarse" puts two slices exactly on the AHA level boundaries (f = 2/6 and 4/6): a check
+# that engine and reference both keep such slices whole (inclusive lower bounds).
+@pytest.mark.parametrize("name", list(PHANTOMS))
 def test_engine_matches_the_phantom_reference(name):
     ph = _phantom(**PHANTOMS[name])
     r = compute(ph.cine, ph.labels, ph.displacement).report

@@ -673,9 +673,12 @@ def _aha_segments(theta_deg: np.ndarray, z: np.ndarray, cavity_z: np.ndarray) ->
     six = np.where(theta_deg >= 180.0, 5, six)
     six_to_aha = np.array([6, 1, 2, 3, 4, 5])  # anterolateral, anterior, anteroseptal, inferoseptal, inferior, inferolateral
     four = np.where((theta_deg >= -135) & (theta_deg < -45), 13, np.where((theta_deg >= -45) & (theta_deg < 45), 14, np.where((theta_deg >= 45) & (theta_deg < 135), 15, 16)))
-    basal = frac < 1 / 3
-    mid = (frac >= 1 / 3) & (frac < 2 / 3)
-    apical = (frac >= 2 / 3) & (z <= s_apex + 1e-6)
+    # A slice lying exactly on a level boundary belongs to the level below it (inclusive lower
+    # bounds); eps absorbs floating-point rounding of positions (~1e-14) so it is not split.
+    eps = 1e-6
+    basal = frac < 1 / 3 - eps
+    mid = (frac >= 1 / 3 - eps) & (frac < 2 / 3 - eps)
+    apical = (frac >= 2 / 3 - eps) & (z <= s_apex + 1e-6)
     seg[basal] = six_to_aha[six[basal]]
     seg[mid] = six_to_aha[six[mid]] + 6
     seg[apical] = four[apical]
