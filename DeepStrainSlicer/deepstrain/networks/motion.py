@@ -46,14 +46,16 @@ class MotionNet(nn.Module):
     """Pair ``[reference, moving]`` ``(N, 2, Z, H, W)`` -> displacement ``(N, 3, Z, H, W)`` in voxels.
 
     ``H`` and ``W`` must be multiples of :data:`PAD_MULTIPLE` (use :func:`predict_voxels`
-    for any size). ``channels`` = (stem, level 1..4) feature widths.
+    for any size). ``channels`` = (stem, level 1..4) feature widths; ``flow_scale`` is a fixed
+    gain on the output convolution (voxels), so that training leaves zero motion quickly.
     """
 
-    def __init__(self, channels: Sequence[int] = (16, 32, 48, 64, 96)) -> None:
+    def __init__(self, channels: Sequence[int] = (16, 24, 40, 64, 96), flow_scale: float = 4.0) -> None:
         super().__init__()
         c0, c1, c2, c3, c4 = (int(c) for c in channels)
         self.channels = (c0, c1, c2, c3, c4)
-        self.config = {"channels": list(self.channels)}
+        self.flow_scale = float(flow_scale)
+        self.config = {"channels": list(self.channels), "flow_scale": self.flow_scale}
         self.stem = nn.Sequential(_conv(2, c0, (1, 3, 3)), _conv(c0, c1, (1, 3, 3), (1, 2, 2)))
         self.enc1 = nn.Sequential(_conv(c1, c1), _conv(c1, c1))
         self.down2 = _conv(c1, c2, (1, 3, 3), (1, 2, 2))
@@ -66,7 +68,7 @@ class MotionNet(nn.Module):
         self.dec2 = _conv(c3 + c2, c2)
         self.dec1 = nn.Sequential(_conv(c2 + c1, c1), _conv(c1, c1))
         self.head = nn.Conv3d(c1, 3, 3, padding=1)
-        nn.init.normal_(self.head.weight, std=1e-3)
+        nn.init.normal_(self.head.weight, std=1e-2)
         nn.init.zeros_(self.head.bias)
 
     @staticmethod
@@ -81,7 +83,7 @@ class MotionNet(nn.Module):
         d = self.dec3(torch.cat([self._up(b, s3), s3], 1))
         d = self.dec2(torch.cat([self._up(d, s2), s2], 1))
         d = self.dec1(torch.cat([self._up(d, s1), s1], 1))
-        flow = self.head(d)
+        flow = self.head(d) * self.flow_scale  # a fixed gain: displacements are several voxels
         return F.interpolate(flow, size=pair.shape[2:], mode="trilinear", align_corners=False)
 
 

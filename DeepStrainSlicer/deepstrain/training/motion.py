@@ -338,10 +338,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ship", default=None, help="write motion.pt + manifest entry: 'package' (the shipped weights) or a folder")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--minutes", type=float, default=0.0, help="stop after this wall time (0: no limit)")
-    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--channels", type=int, nargs=5, default=[16, 24, 40, 64, 96])
+    p.add_argument("--flow-scale", type=float, default=4.0, help="fixed output gain of the network (voxels)")
     p.add_argument("--phantoms", type=int, default=len(PHANTOM_TRAIN_SEEDS), help="number of training phantoms")
     p.add_argument("--phantom-dir", type=Path, default=None, help="cached training phantoms (default <out>/phantoms)")
     p.add_argument("--save-every", type=int, default=50)
@@ -356,7 +357,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def training_summary(args, step: int, train_s: float, val: dict, train_p, cine_train, phantom_names, w) -> dict:
     """What the weights manifest records about a training run."""
     return {
-        "parameters": count_parameters(MotionNet(tuple(args.channels))),
+        "parameters": count_parameters(MotionNet(tuple(args.channels), flow_scale=args.flow_scale)),
         "training_patients": list(train_p),
         "seed": args.seed,
         "iterations": step,
@@ -416,7 +417,7 @@ def main(args: argparse.Namespace) -> int:
     refresh_phantoms()
     _log(f"data ready in {time.time() - t0:.0f} s: {len(acdc)} ACDC, {len(cine)} cycles, {len(phantoms)} phantoms", log)
 
-    model = MotionNet(tuple(args.channels))
+    model = MotionNet(tuple(args.channels), flow_scale=args.flow_scale)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     step = 0
     prev_s = 0.0  # training seconds before this (resumed) run
