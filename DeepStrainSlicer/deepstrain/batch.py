@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, TextIO
 
 from .errors import InputError
+from .io import looks_like_dicom
 
 StudyFn = Callable[..., Any]
 
@@ -73,17 +74,6 @@ class Study:
     path: Path
     kind: str  # "acdc", "dicom" or "nifti"
     group: str | None = None
-
-
-def _is_dicom_file(path: Path) -> bool:
-    if path.suffix.lower() == ".dcm":
-        return True
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
 
 
 def _nifti_stem(name: str) -> str | None:
@@ -180,7 +170,7 @@ def discover_studies(
             found.append((rel_id(d), d, "acdc", read_info_group(d / "Info.cfg")))
             return
         files = [e for e in entries if e.is_file()]
-        if any(_is_dicom_file(f) for f in files):
+        if any(looks_like_dicom(f) for f in files):
             found.append((rel_id(d), d, "dicom", None))
             return
         for f in files:

@@ -21,6 +21,7 @@ import numpy as np
 
 from . import stats
 from .errors import InputError
+from .report import json_safe
 from .outputs import atomic_output_dir
 
 NON_METRIC = {"id", "group", "status", "error", "seconds", "input"}
@@ -98,7 +99,7 @@ def compare_tables(a_csv: str | os.PathLike, b_csv: str | os.PathLike, out_dir: 
             w.writerow(TABLE_COLUMNS)
             for m in metrics:
                 w.writerow([m["metric"], m["n"]] + [_cell(m[k]) for k in TABLE_COLUMNS[2:]])
-        (tmp / "agreement.json").write_text(json.dumps(_json_safe(result), indent=1) + "\n")
+        (tmp / "agreement.json").write_text(json.dumps(json_safe(result), indent=1) + "\n")
         global_cols = [m["metric"] for m in metrics if not m["metric"].startswith("aha_")]
         _ba_grid(values, global_cols, multiplier, "Bland-Altman, global metrics (B - A)",
                  tmp / "bland_altman_global.png")
@@ -113,14 +114,6 @@ def _cell(v: float) -> str:
     return "" if v is None or not math.isfinite(v) else repr(round(float(v), 6))
 
 
-def _json_safe(x):
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_json_safe(v) for v in x]
-    return x
 
 
 def _ba_grid(values: dict, cols: list[str], multiplier: float, title: str, path: Path) -> Path | None:

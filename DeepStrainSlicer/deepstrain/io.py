@@ -298,7 +298,7 @@ def load_cine(
     messages: list[str] = []
     frames_per_cycle: int | None = None
     if path.is_file():
-        if not _is_nifti(path) and _looks_like_dicom(path):
+        if not _is_nifti(path) and looks_like_dicom(path):
             raise InputError(path, "a single DICOM image; give the folder that holds the whole cine series")
         data, geom, lost, times, _ = _load_nifti_cine(path, messages)
         cine = Cine(data=data, geometry=geom, times_ms=times, name=_nifti_stem(path), source=str(path))
@@ -335,7 +335,8 @@ def load_cine(
     return cine
 
 
-def _looks_like_dicom(path: Path) -> bool:
+def looks_like_dicom(path: Path) -> bool:
+    """True for a ``.dcm``/``.ima`` file or a file with the DICM magic at byte 128."""
     if path.suffix.lower() in (".dcm", ".ima"):
         return True
     try:

@@ -46,6 +46,17 @@ def _num(x: Any) -> float | None:
     return round(v, DECIMALS)
 
 
+def json_safe(x: Any) -> Any:
+    """``x`` with every non-finite float (NaN, inf) in nested dicts/lists replaced by None."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    return x
+
+
 def _list(a: Any) -> list[float | None] | None:
     if a is None:
         return None

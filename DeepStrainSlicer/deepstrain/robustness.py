@@ -36,6 +36,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from .errors import InputError
+from .report import json_safe
 from .outputs import atomic_output_dir
 
 PERTURBATIONS = ("shift", "noise", "scale")
@@ -234,7 +235,7 @@ def robustness_study(
                                                 "segment mean |d| <= segment_mean"},
             "perturbations": rows,
         }
-        (tmp / "robustness.json").write_text(json.dumps(_json_safe(result), indent=1) + "\n")
+        (tmp / "robustness.json").write_text(json.dumps(json_safe(result), indent=1) + "\n")
         with open(tmp / "robustness.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
             w.writeheader()
@@ -251,11 +252,3 @@ def _cell(v: Any) -> str:
     return "" if v is None else str(v)
 
 
-def _json_safe(x: Any) -> Any:
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_json_safe(v) for v in x]
-    return x
