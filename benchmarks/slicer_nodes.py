@@ -28,7 +28,6 @@ def main() -> None:
     ap.add_argument("--switches", type=int, default=30)
     a = ap.parse_args()
 
-    import numpy as np
 
     from conftest import Harness
     from deepstrain.phantom import PhantomParams, generate_phantom

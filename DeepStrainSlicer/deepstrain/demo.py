@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 from . import phantom
 from .analyze import Progress, analyze_cine, write_analysis

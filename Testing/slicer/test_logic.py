@@ -82,7 +82,7 @@ def test_curves_tables_and_charts(study):
         names = [s.GetName() for s in h.logic.chart_series(p, role)]
         assert any(n.startswith("ED") for n in names) and any(n.startswith("ES") for n in names)
         assert sum(n.startswith(c) for n in names for c in dlogic.COMPONENTS) == 3
-    ed_line = [s for s in h.logic.chart_series(p) if s.GetAttribute("DeepStrain.marker") == "ED"][0]
+    assert [s for s in h.logic.chart_series(p) if s.GetAttribute("DeepStrain.marker") == "ED"]
     assert np.allclose(dlogic._column(p.ref("MarkerTable"), "ED time"), cine.times_ms[analysis.ed], atol=1e-3)
 
 

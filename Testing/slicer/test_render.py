@@ -8,9 +8,8 @@ import datetime as dt
 
 import numpy as np
 import pytest
-import vtk
 
-from DeepStrainSlicerLib import mrml, render
+from DeepStrainSlicerLib import render
 from DeepStrainSlicerLib.mrml import SEGMENTS
 
 
