@@ -144,7 +144,9 @@ def train_loop(args: argparse.Namespace, *, name: str, build: Callable[[], nn.Mo
     if args.export:
         from ..weights import export_weights
 
-        path = export_weights(name, net, config, summary, command=command, out_dir=args.export_dir)
+        this = getattr(args, "command_line", "") or " ".join(["python -m deepstrain.training." + name] + sys.argv[1:])
+        extra = {"export_command": this} if this != command else None
+        path = export_weights(name, net, config, summary, command=command, out_dir=args.export_dir, extra=extra)
         log(f"exported {path}")
     return summary
 

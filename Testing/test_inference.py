@@ -1,0 +1,74 @@
+"""Tests of deepstrain.inference with the shipped weights on real ACDC validation patients."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from deepstrain import io
+from deepstrain.cine import Cine, Geometry
+from deepstrain.errors import InputError
+from deepstrain.inference import largest_components, predict
+from deepstrain.training.data import VALIDATION_PATIENTS
+
+PATIENT = "patient065"  # a validation patient (NOR group): never seen in training
+assert PATIENT in VALIDATION_PATIENTS
+
+
+def _dice(a, b):
+    return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+
+@pytest.fixture(scope="module")
+def cine(shared_data):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return io.load_cine(shared_data / "acdc" / "training" / PATIENT)
+
+
+def test_largest_components_keeps_the_biggest_blob_per_class():
+    lab = np.zeros((1, 2, 20, 20), np.uint8)
+    lab[0, :, 2:10, 2:10] = 3
+    lab[0, 0, 15:17, 15:17] = 3
+    lab[0, 1, 15:18, 1:3] = 1
+    out = largest_components(lab)
+    assert (out == 3).sum() == 2 * 64 and out[0, 0, 15, 15] == 0
+    assert (out == 1).sum() == 6
+
+
+def test_segments_a_validation_patient(cine):
+    pred = predict(cine, with_motion=False)
+    assert pred.labels.shape == cine.data.shape and pred.labels.dtype == np.uint8
+    assert pred.displacement is None and pred.ed == cine.ed
+    ed = cine.labels[cine.ed]
+    assert _dice(pred.labels[cine.ed] == 3, ed == 3) > 0.85
+    assert _dice(pred.labels[cine.ed] == 2, ed == 2) > 0.7
+    assert _dice(pred.labels[cine.ed] == 1, ed == 1) > 0.7
+    # deterministic
+    assert np.array_equal(predict(cine, with_motion=False).labels, pred.labels)
+
+
+def test_off_centre_heart_and_flipped_axis(cine):
+    # cut the image so the LV sits near a corner of the field of view
+    ed = cine.labels[cine.ed]
+    _, r, c = np.nonzero((ed == 2) | (ed == 3))
+    r0, c0 = max(int(r.mean()) - 45, 0), max(int(c.mean()) - 45, 0)
+    g = cine.geometry
+    origin = g.origin + g.direction @ (g.spacing * np.array([0, r0, c0]))
+    data = cine.data[:, :, r0:, c0:][:, :, :, ::-1]  # and flip the column axis (with its direction)
+    direction = g.direction.copy()
+    origin = origin + direction[:, 2] * g.spacing[2] * (data.shape[3] - 1)
+    direction[:, 2] *= -1
+    moved = Cine(data=np.ascontiguousarray(data), geometry=Geometry(g.spacing, origin, direction),
+                 times_ms=cine.times_ms, ed=cine.ed, es=cine.es)
+    pred = predict(moved, with_motion=False)
+    truth = ed[:, r0:, c0:][:, :, ::-1]
+    assert _dice(pred.labels[cine.ed] == 3, truth == 3) > 0.85
+
+
+def test_no_heart_is_a_clear_error():
+    blank = Cine(data=np.zeros((2, 4, 64, 64), np.float32), geometry=Geometry((8.0, 1.5, 1.5)),
+                 times_ms=np.full(2, np.nan), source="blank.nii.gz")
+    with pytest.raises(InputError, match="blank.nii.gz.*no left ventricle"):
+        predict(blank, with_motion=False)
