@@ -45,8 +45,11 @@ def test_segments_a_validation_patient(cine):
     assert _dice(pred.labels[cine.ed] == 3, ed == 3) > 0.85
     assert _dice(pred.labels[cine.ed] == 2, ed == 2) > 0.7
     assert _dice(pred.labels[cine.ed] == 1, ed == 1) > 0.7
-    # deterministic
-    assert np.array_equal(predict(cine, with_motion=False).labels, pred.labels)
+    # centred on the LV (manual centroid within 5 mm)
+    _, r, c = np.nonzero((ed == 2) | (ed == 3))
+    err = np.hypot((pred.lv_centre_voxel[0] - r.mean()) * cine.geometry.spacing[1],
+                   (pred.lv_centre_voxel[1] - c.mean()) * cine.geometry.spacing[2])
+    assert err < 5.0
 
 
 def test_off_centre_heart_and_flipped_axis(cine):
@@ -56,15 +59,15 @@ def test_off_centre_heart_and_flipped_axis(cine):
     r0, c0 = max(int(r.mean()) - 45, 0), max(int(c.mean()) - 45, 0)
     g = cine.geometry
     origin = g.origin + g.direction @ (g.spacing * np.array([0, r0, c0]))
-    data = cine.data[:, :, r0:, c0:][:, :, :, ::-1]  # and flip the column axis (with its direction)
+    data = cine.data[cine.ed : cine.ed + 1, :, r0:, c0:][:, :, :, ::-1]  # ED only; flip the column axis too
     direction = g.direction.copy()
     origin = origin + direction[:, 2] * g.spacing[2] * (data.shape[3] - 1)
     direction[:, 2] *= -1
     moved = Cine(data=np.ascontiguousarray(data), geometry=Geometry(g.spacing, origin, direction),
-                 times_ms=cine.times_ms, ed=cine.ed, es=cine.es)
+                 times_ms=np.full(1, np.nan), ed=0)
     pred = predict(moved, with_motion=False)
     truth = ed[:, r0:, c0:][:, :, ::-1]
-    assert _dice(pred.labels[cine.ed] == 3, truth == 3) > 0.85
+    assert _dice(pred.labels[0] == 3, truth == 3) > 0.85
 
 
 def test_no_heart_is_a_clear_error():

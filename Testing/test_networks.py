@@ -39,6 +39,10 @@ def test_segment_slices_chunked_equals_whole_and_deterministic():
     assert torch.allclose(a, b, atol=1e-5)
     assert torch.allclose(a.sum(1), torch.ones(5, 48, 40), atol=1e-5)
     assert torch.equal(segment_slices(net, x, chunk=2), a)
+    # test-time flips: the average of the flipped passes, each flipped back
+    single = segment_slices(net, x, flips=((),))
+    lr = segment_slices(net, x.flip(-1), flips=((),)).flip(-1)
+    assert torch.allclose(segment_slices(net, x, flips=((), (-1,))), (single + lr) / 2, atol=1e-6)
 
 
 def test_unet_padding_crops_back_exactly():

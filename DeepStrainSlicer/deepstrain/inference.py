@@ -6,8 +6,9 @@
 2. Centring: the centring network on the whole field of view of the ED frame at 2.5 mm gives a
    first LV centre; the segmentation network on the ED frame cropped there refines it to the
    centroid of its LV (labels 2+3). The crop (128 x 128 at 1.25 mm) is centred on that point.
-3. Segmentation of all frames in one batched pass over the ``T * Z`` slices (chunks of 64),
-   class probabilities mapped back to the input grid (linear) and argmax.
+3. Segmentation of all frames in one batched pass over the ``T * Z`` slices (chunks of 64), with
+   test-time flips (:data:`deepstrain.networks.segmentation.FLIPS`: identity, left-right, up-down,
+   both; probabilities averaged), class probabilities mapped back to the input grid (linear), argmax.
 4. Post-processing: in each frame, each class (RV, myocardium, LV cavity) keeps only its largest
    3D connected component (face connectivity, across slices too); the voxels removed become
    background.

@@ -20,11 +20,27 @@ def build_segmentation_net(**overrides: int) -> nn.Module:
     return UNet2d(**{**CONFIG, **overrides})
 
 
+FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-1, -2))
+"""Test-time augmentation: the image axes flipped in each pass (probabilities are averaged)."""
+
+
 @torch.no_grad()
-def segment_slices(net: nn.Module, slices: torch.Tensor, chunk: int = 64) -> torch.Tensor:
-    """Class probabilities ``(N, 4, H, W)`` of ``(N, H, W)`` normalised slices, in chunks of ``chunk``."""
+def segment_slices(net: nn.Module, slices: torch.Tensor, chunk: int = 64,
+                   flips: tuple[tuple[int, ...], ...] | None = None) -> torch.Tensor:
+    """Class probabilities ``(N, 4, H, W)`` of ``(N, H, W)`` normalised slices, in chunks of ``chunk``.
+
+    ``flips`` (default :data:`FLIPS`): for each entry, the slices are flipped along those axes
+    (-1 columns, -2 rows), segmented, flipped back; the probabilities are averaged.
+    """
     net.eval()
+    flips = FLIPS if flips is None else flips
     out = []
     for s in range(0, slices.shape[0], chunk):
-        out.append(torch.softmax(net(slices[s : s + chunk, None].float()), dim=1))
+        x = slices[s : s + chunk, None].float()
+        p = None
+        for axes in flips:
+            q = torch.softmax(net(x.flip(axes) if axes else x), dim=1)
+            q = q.flip(axes) if axes else q
+            p = q if p is None else p + q
+        out.append(p / len(flips))
     return torch.cat(out) if out else torch.zeros((0, N_CLASSES) + tuple(slices.shape[-2:]))
