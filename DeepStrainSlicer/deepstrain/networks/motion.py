@@ -21,7 +21,9 @@ Architecture (:class:`MotionNet`): a light 3D U-Net that pools in-plane only (sl
 kept: ACDC has 6-18 slices of 5-10 mm). A stride-2 in-plane stem takes the pair to half
 resolution, four U-Net levels work there, and the displacement predicted at half resolution
 is upsampled (trilinear, in-plane x2) to the full crop -- the field is smooth at that scale.
-No layer depends on the image size: any ``H``, ``W`` is padded to a multiple of 16.
+Every convolution is followed by instance normalisation (per pair) and a leaky ReLU.
+No layer depends on the image size: any ``H``, ``W`` is replicate-padded to a multiple of 16
+(at least 32) and the output cropped back.
 """
 from __future__ import annotations
 
@@ -38,8 +40,12 @@ PAD_MULTIPLE = 16
 
 
 def _conv(cin: int, cout: int, kernel=(3, 3, 3), stride=(1, 1, 1)) -> nn.Sequential:
+    """Convolution, instance normalisation (per pair), leaky ReLU; He initialisation."""
     pad = tuple(k // 2 for k in kernel)
-    return nn.Sequential(nn.Conv3d(cin, cout, kernel, stride=stride, padding=pad), nn.LeakyReLU(0.2))
+    conv = nn.Conv3d(cin, cout, kernel, stride=stride, padding=pad)
+    nn.init.kaiming_normal_(conv.weight, a=0.2, nonlinearity="leaky_relu")
+    nn.init.zeros_(conv.bias)
+    return nn.Sequential(conv, nn.InstanceNorm3d(cout, affine=True), nn.LeakyReLU(0.2))
 
 
 class MotionNet(nn.Module):
@@ -124,7 +130,8 @@ def normalise_pair(ed: np.ndarray, frames: np.ndarray) -> tuple[np.ndarray, np.n
 
 def _pad_hw(x: torch.Tensor, multiple: int = PAD_MULTIPLE) -> tuple[torch.Tensor, tuple[int, int]]:
     h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
+    # a multiple of the pooling, and at least two: the bottleneck's instance norm needs > 1 element
+    ph, pw = max((-h) % multiple, 2 * multiple - h), max((-w) % multiple, 2 * multiple - w)
     if ph or pw:
         x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2, 0, 0), mode="replicate")
     return x, (ph, pw)
