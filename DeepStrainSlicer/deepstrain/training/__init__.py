@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 DEFAULTS = {
-    "segmentation": {"iterations": 1300, "batch": 12, "lr": 2e-3, "crop": 96},
+    "segmentation": {"iterations": 3000, "batch": 12, "lr": 2e-3, "crop": 96},
     "centring": {"iterations": 500, "batch": 16, "lr": 2e-3, "crop": 128},
 }
 """Default schedule of each 2D network (the one used for the shipped weights)."""
