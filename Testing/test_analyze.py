@@ -1,0 +1,70 @@
+"""deepstrain.analyze: the whole pipeline (networks included) from a path to an output folder."""
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from deepstrain import phantom
+from deepstrain.analyze import analyze_path
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def small_study(tmp_path_factory) -> Path:
+    ph = phantom.generate_phantom(phantom.PhantomParams(
+        n_frames=6, matrix_size=96, pv_samples=1, seed=4321, heart_rate_bpm=75))
+    out = tmp_path_factory.mktemp("study") / "ph"
+    phantom.write_phantom(ph, out)
+    return out
+
+
+def test_same_input_twice_gives_identical_outputs(small_study, tmp_path):
+    cine = small_study / "cine.nii.gz"
+    before = _digest(small_study)
+    r1 = analyze_path(cine, tmp_path / "a")
+    r2 = analyze_path(cine, tmp_path / "b")
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    assert r1 == r2
+    assert _digest(small_study) == before  # the input folder is untouched
+    assert sorted(_digest(tmp_path / "a")) == [
+        "displacement.nii.gz", "report.json", "segmentation.nii.gz", "strain.csv"]
+    seg = nib.load(str(tmp_path / "a" / "segmentation.nii.gz"))
+    src = nib.load(str(cine))
+    assert seg.shape == src.shape and np.allclose(seg.affine, src.affine)
+    disp = nib.load(str(tmp_path / "a" / "displacement.nii.gz"))
+    assert disp.shape == src.shape + (3,)
+    # the phantom has timing (75 bpm): strain rates are reported
+    assert r1["srs"]["circumferential"] is not None and r1["frames"]["count"] == 6
+
+
+def test_acdc_two_frame_folder_writes_a_label_file_per_input_frame(shared_data, tmp_path):
+    folder = shared_data / "acdc" / "training" / "patient065"  # a validation patient
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rep = analyze_path(folder, tmp_path / "out")
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    frames = sorted(p.name for p in folder.glob("patient065_frame??.nii.gz"))
+    for f in frames:
+        seg_name = f.replace(".nii.gz", "_seg.nii.gz")
+        assert seg_name in names
+        seg = nib.load(str(tmp_path / "out" / seg_name))
+        img = nib.load(str(folder / f))
+        assert seg.shape == img.shape and np.allclose(seg.affine, img.affine)
+        gt = np.asarray(nib.load(str(folder / f.replace(".nii.gz", "_gt.nii.gz"))).dataobj)
+        lv = np.asarray(seg.dataobj) == 3
+        dice = 2 * (lv & (gt == 3)).sum() / (lv.sum() + (gt == 3).sum())
+        assert dice > 0.85, (f, dice)
+    assert rep["frames"]["count"] == 2 and rep["frames"]["ed"] == 0 and rep["frames"]["es"] == 1
+    # two frames: end-systolic strain, no strain rate; thickening and shortening signs
+    assert rep["ess"]["radial"] > 0 and rep["ess"]["circumferential"] < 0
+    assert rep["srs"]["radial"] is None
+    assert json.loads((tmp_path / "out" / "report.json").read_text()) == rep
