@@ -1,8 +1,6 @@
 """Tests of the weights manifest: checksum-verified loading, clear errors, shipped weights."""
 from __future__ import annotations
 
-import json
-import shutil
 
 import pytest
 import torch
