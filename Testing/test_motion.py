@@ -74,6 +74,22 @@ def test_any_input_size_and_units():
         estimate_motion(ed, frames[:, :2], sp, model=model)
 
 
+def test_refinement_stage_starts_as_identity_correction():
+    torch.manual_seed(3)
+    coarse = MotionNet(channels=(4, 8, 8, 8, 8)).eval()
+    with torch.no_grad():
+        coarse.head.weight.normal_(std=0.1)
+    refined = MotionNet(channels=(4, 8, 8, 8, 8), refine=True).eval()
+    missing, unexpected = refined.load_state_dict(coarse.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("fine") for k in missing)
+    assert refined.config["refine"] is True and "refine" not in coarse.config
+    pair = torch.rand(1, 2, 3, 40, 36)
+    with torch.no_grad():
+        assert torch.equal(predict_voxels(refined, pair), predict_voxels(coarse, pair))
+        refined.fine_head.weight.normal_(std=0.1)  # a trained correction changes the field
+        assert not torch.allclose(predict_voxels(refined, pair), predict_voxels(coarse, pair))
+
+
 def test_warp_samples_at_x_plus_u():
     z, h, w = 3, 10, 12
     img = torch.arange(z * h * w, dtype=torch.float32).reshape(1, 1, z, h, w)

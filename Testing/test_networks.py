@@ -45,6 +45,29 @@ def test_segment_slices_chunked_equals_whole_and_deterministic():
     assert torch.allclose(segment_slices(net, x, flips=((), (-1,))), (single + lr) / 2, atol=1e-6)
 
 
+def test_fuse_batchnorm_keeps_outputs():
+    from deepstrain.networks.blocks import fuse_batchnorm
+
+    torch.manual_seed(2)
+    net = build_segmentation_net(base=4, depth=2)
+    for m in net.modules():  # non-trivial running statistics and affine parameters
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    net.eval()
+    x = torch.rand(3, 1, 32, 32)
+    with torch.no_grad():
+        before = net(x)
+        fused = fuse_batchnorm(net)
+        after = fused(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert torch.allclose(before, after, atol=1e-5)
+    with pytest.raises(ValueError):
+        fuse_batchnorm(build_segmentation_net(base=4, depth=2))  # training mode
+
+
 def test_unet_padding_crops_back_exactly():
     net = UNet2d(1, 3, base=4, depth=3).eval()
     with torch.no_grad():

@@ -32,8 +32,12 @@ def analyze_cine(
     ed: int | None = None,
     es: int | None = None,
     progress: Progress | None = None,
+    tta: bool = False,
 ) -> pipeline.Analysis:
-    """Run what is missing of (labels, displacement) through the networks, then strain and volumes."""
+    """Run what is missing of (labels, displacement) through the networks, then strain and volumes.
+
+    ``tta``: segmentation with test-time flips (:func:`deepstrain.inference.predict`).
+    """
     if labels is None or displacement is None:
         from . import inference  # torch is imported only when the networks are needed
 
@@ -41,6 +45,7 @@ def analyze_cine(
             cine,
             progress=progress,
             with_motion=displacement is None,
+            tta=tta,
         )
         if labels is None:
             labels = pred.labels
@@ -82,6 +87,7 @@ def analyze_path(
     es: int | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
+    tta: bool = False,
 ) -> dict:
     """Load ``input_path``, analyse it and write ``out_dir``; returns the report dict.
 
@@ -92,7 +98,8 @@ def analyze_path(
     cine = io.load_cine(input_path, spacing=spacing, heart_rate_bpm=heart_rate_bpm, rr_ms=rr_ms, ed=ed, es=es)
     labels = io.load_labels(segmentation, cine) if segmentation is not None else None
     disp = io.load_displacement(displacement, cine) if displacement is not None else None
-    analysis = analyze_cine(cine, labels=labels, displacement=disp, ed=cine.ed, es=cine.es, progress=progress)
+    analysis = analyze_cine(cine, labels=labels, displacement=disp, ed=cine.ed, es=cine.es, progress=progress,
+                            tta=tta)
     write_analysis(analysis, out_dir, overwrite=overwrite)
     if progress:
         progress(1.0, "done")

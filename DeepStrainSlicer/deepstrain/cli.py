@@ -104,6 +104,8 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--displacement", type=Path,
                    help="5D NIfTI (x,y,z,t,3) displacement, RAS mm, from ED, to use instead of the networks'")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--tta", action="store_true",
+                   help="segment with test-time flips (4 passes: about 4x the segmentation time)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     _add_study_options(p)
 
@@ -129,7 +131,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         segmentation=args.segmentation, displacement=args.displacement,
         spacing=tuple(args.spacing) if args.spacing else None,
         heart_rate_bpm=args.heart_rate, rr_ms=args.rr_ms, ed=args.ed, es=args.es,
-        overwrite=args.overwrite, progress=_ProgressLine(args.quiet),
+        overwrite=args.overwrite, progress=_ProgressLine(args.quiet), tta=args.tta,
     )
     _print_summary(rep, args.out)
     return 0

@@ -21,22 +21,23 @@ def build_segmentation_net(**overrides: int) -> nn.Module:
 
 
 FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-1, -2))
-"""Test-time augmentation: the image axes flipped in each pass (probabilities are averaged)."""
+"""Test-time augmentation (``tta=True``): the image axes flipped in each pass (probabilities are averaged)."""
 
 
 @torch.no_grad()
 def segment_slices(net: nn.Module, slices: torch.Tensor, chunk: int = 64,
-                   flips: tuple[tuple[int, ...], ...] | None = None) -> torch.Tensor:
+                   flips: tuple[tuple[int, ...], ...] = ((),)) -> torch.Tensor:
     """Class probabilities ``(N, 4, H, W)`` of ``(N, H, W)`` normalised slices, in chunks of ``chunk``.
 
-    ``flips`` (default :data:`FLIPS`): for each entry, the slices are flipped along those axes
-    (-1 columns, -2 rows), segmented, flipped back; the probabilities are averaged.
+    ``flips``: for each entry, the slices are flipped along those axes (-1 columns, -2 rows),
+    segmented, flipped back; the probabilities are averaged. The default is one plain pass;
+    :data:`FLIPS` is the 4-pass test-time augmentation (4x the time).
     """
     net.eval()
     flips = FLIPS if flips is None else flips
     out = []
     for s in range(0, slices.shape[0], chunk):
-        x = slices[s : s + chunk, None].float()
+        x = slices[s : s + chunk, None].float().contiguous(memory_format=torch.channels_last)
         p = None
         for axes in flips:
             q = torch.softmax(net(x.flip(axes) if axes else x), dim=1)

@@ -354,6 +354,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-every", type=int, default=50)
     p.add_argument("--val-every", type=int, default=250)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--init", type=Path, default=None,
+                   help="start from the weights of this export (e.g. runs/motion/motion_final.pt); layers it "
+                        "lacks (the --refine stage) keep their initialisation")
+    p.add_argument("--warmup", type=int, default=0, help="linear learning-rate warm-up (steps); use with --init")
+    p.add_argument("--refine", action="store_true", help="add the full-resolution refinement stage")
+    p.add_argument("--phantom-share", type=float, default=0.25,
+                   help="share of training pairs drawn from the synthetic phantoms (exact motion)")
     p.add_argument("--w-sim", type=float, default=1.0)
     p.add_argument("--w-dice", type=float, default=1.0)
     p.add_argument("--w-smooth", type=float, default=0.1)
@@ -363,7 +370,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def training_summary(args, step: int, train_s: float, val: dict, train_p, cine_train, phantom_names, w) -> dict:
     """What the weights manifest records about a training run."""
     return {
-        "parameters": count_parameters(MotionNet(tuple(args.channels), flow_scale=args.flow_scale)),
+        "parameters": count_parameters(MotionNet(tuple(args.channels), flow_scale=args.flow_scale,
+                                                 refine=args.refine)),
         "training_patients": list(train_p),
         "seed": args.seed,
         "iterations": step,
@@ -378,6 +386,8 @@ def training_summary(args, step: int, train_s: float, val: dict, train_p, cine_t
             "synthetic_phantoms": list(phantom_names),
         },
         "loss": {"mse": w["sim"], "dice": w["dice"], "diffusion": w["smooth"], "epe_mm_supervised": w["epe"]},
+        "phantom_share": args.phantom_share,
+        "initialised_from": str(args.init) if args.init else None,
     }
 
 
@@ -429,7 +439,14 @@ def main(args: argparse.Namespace) -> int:
     refresh_phantoms()
     _log(f"data ready in {time.time() - t0:.0f} s: {len(acdc)} ACDC, {len(cine)} cycles, {len(phantoms)} phantoms", log)
 
-    model = MotionNet(tuple(args.channels), flow_scale=args.flow_scale)
+    model = MotionNet(tuple(args.channels), flow_scale=args.flow_scale, refine=args.refine)
+    if args.init is not None and not args.resume:
+        blob = torch.load(args.init, map_location="cpu", weights_only=True)
+        state = {k: v.float() for k, v in (blob.get("state_dict") or blob["model"]).items()}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected:
+            raise ValueError(f"{args.init}: weights of layers this network lacks: {unexpected[:5]}")
+        _log(f"initialised from {args.init}; new layers: {sorted({k.split('.')[0] for k in missing})}", log)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     step = 0
     prev_s = 0.0  # training seconds before this (resumed) run
@@ -445,8 +462,9 @@ def main(args: argparse.Namespace) -> int:
         _log(f"resumed at step {step}", log)
     _log(f"MotionNet {tuple(args.channels)}: {count_parameters(model)} parameters", log)
     w = {"sim": args.w_sim, "dice": args.w_dice, "smooth": args.w_smooth, "epe": args.w_epe}
-    kinds = [("acdc", "es", 0.30), ("acdc", "swap", 0.15), ("acdc", "identity", 0.08), ("cine", "cycle", 0.22),
-             ("phantom", "cycle", 0.25)]
+    rest = (1.0 - args.phantom_share) / 0.75  # the real-data shares keep their proportions
+    kinds = [("acdc", "es", 0.30 * rest), ("acdc", "swap", 0.15 * rest), ("acdc", "identity", 0.08 * rest),
+             ("cine", "cycle", 0.22 * rest), ("phantom", "cycle", args.phantom_share)]
     pools = {"acdc": acdc, "cine": cine, "phantom": phantoms}
 
     def active():
@@ -466,6 +484,8 @@ def main(args: argparse.Namespace) -> int:
         if args.minutes:
             done = max(done, (prev_s + time.time() - t_start) / 60 / args.minutes)
         lr = args.lr * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
+        if step < args.warmup:
+            lr *= (step + 1) / args.warmup
         for g in opt.param_groups:
             g["lr"] = lr
         if step % 100 == 0 and len(phantoms) < len(allowed):
@@ -491,7 +511,8 @@ def main(args: argparse.Namespace) -> int:
             _log(f"step {step} lr {lr:.2e} {msg} ({time.time() - t0:.0f} s)", log)
         if step % args.save_every == 0 or step == args.steps:
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
-                        "train_s": prev_s + time.time() - t_start, "channels": list(args.channels)},
+                        "train_s": prev_s + time.time() - t_start, "channels": list(args.channels),
+                        "config": dict(model.config)},
                        ckpt_path.with_suffix(".tmp"))
             ckpt_path.with_suffix(".tmp").replace(ckpt_path)
         if step % args.val_every == 0 or step == args.steps:
