@@ -81,6 +81,7 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for w in (self.ui.edSpin, self.ui.esSpin):
             w.connect("valueChanged(int)", self._from_gui)
         self.ui.runModeCombo.connect("currentTextChanged(QString)", self._from_gui)
+        self.ui.ttaCheck.connect("toggled(bool)", self._from_gui)
         self.ui.componentCombo.connect("currentTextChanged(QString)", self._on_polar_settings)
         self.ui.followFrameCheck.connect("toggled(bool)", self._on_polar_settings)
         self.ui.showSegmentationCheck.connect("toggled(bool)", self._on_overlays)
@@ -124,6 +125,7 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             ui.edSpin.value = p.ed
             ui.esSpin.value = p.es
             ui.runModeCombo.currentText = p.run_mode
+            ui.ttaCheck.checked = p.tta
             ui.componentCombo.currentText = p.component
             ui.followFrameCheck.checked = p.polar_follows_frame
             ui.showSegmentationCheck.checked = p.show_segmentation
@@ -148,6 +150,7 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p.ed = ui.edSpin.value
         p.es = ui.esSpin.value
         p.run_mode = ui.runModeCombo.currentText
+        p.tta = ui.ttaCheck.checked
         p.glyph_scale_percent = ui.glyphScaleSpin.value
         p.export_folder = ui.exportFolderEdit.currentPath
 

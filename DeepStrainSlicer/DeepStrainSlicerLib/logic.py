@@ -135,6 +135,7 @@ class Parameters:
     ed = _Param(int, -1)
     es = _Param(int, -1)
     run_mode = _Param(str, "networks")  # "networks" or "given"
+    tta = _Param(bool, False)  # segmentation with test-time flips
     study_name = _Param(str, "study")
     component = _Param(str, "circumferential")
     polar_follows_frame = _Param(bool, False)
@@ -271,15 +272,15 @@ class DeepStrainLogic:
         return cine
 
     @staticmethod
-    def predict(cine: Cine, progress: ProgressCallback = _no_progress):
-        """Run the networks (run mode 'networks'). Raises RuntimeError with install help if torch is missing."""
+    def predict(cine: Cine, progress: ProgressCallback = _no_progress, tta: bool = False):
+        """Run the networks (run mode 'networks'; ``tta``: test-time flips). RuntimeError with install help without torch."""
         try:
             import torch  # noqa: F401
         except ImportError:
             raise RuntimeError(TORCH_MISSING) from None
         from deepstrain.inference import predict
 
-        return predict(cine, progress=progress)
+        return predict(cine, progress=progress, tta=tta)
 
     # ----------------------------------------------------------------- build
     def run(self, cine: Cine, params: Parameters, labels: np.ndarray | None = None,
@@ -294,7 +295,7 @@ class DeepStrainLogic:
         with nodes_or_nothing(self.scene):
             progress(0.0, "starting")
             if labels is None or displacement is None:
-                pred = self.predict(cine, lambda f, m: progress(0.5 * f, m))
+                pred = self.predict(cine, lambda f, m: progress(0.5 * f, m), tta=params.tta)
                 labels = pred.labels if labels is None else labels
                 displacement = pred.displacement if displacement is None else displacement
             progress(0.5, "computing strain")
