@@ -70,3 +70,26 @@ def test_two_iterations_then_resume_equals_an_uninterrupted_run(tmp_path, shared
         assert torch.equal(a[k], b[k]), k
     val = {k: v for k, v in straight["history"][-1].items() if k.startswith("val_")}
     assert val == pytest.approx({k: resumed["history"][-1][k] for k in val})
+
+
+def test_phantom_slices_join_segmentation_batches(tmp_path, cache):
+    # a stored training phantom (format of deepstrain.training.motion.cache_phantom): a bright disc
+    # (LV cavity) in a dark ring (myocardium) on 6 frames
+    t, z, n = 6, 4, 100
+    yy, xx = np.mgrid[:n, :n]
+    r = np.hypot(yy - 50, xx - 50)
+    lab = np.where(r < 12, 3, np.where(r < 18, 2, 0)).astype(np.uint8)
+    labels = np.broadcast_to(lab, (t, z, n, n)).copy()
+    images = np.where(labels == 3, 1000.0, np.where(labels == 2, 300.0, 100.0)).astype(np.float32)
+    src = tmp_path / "phantoms"
+    src.mkdir()
+    np.savez(src / "phantom1000.npz", images=images, labels=labels, spacing=np.array([8.0, 1.5, 1.5]),
+             ed=0, es=2)
+    ph = D.load_phantom_cache(src, tmp_path / "cache", 1)
+    assert ph[0]["seg_img"].shape == (D.PHANTOM_SEG_FRAMES, z, D.SEG_CACHE_SIZE, D.SEG_CACHE_SIZE)
+    assert set(np.unique(ph[0]["seg_lab"]).tolist()) == {0, 2, 3}
+    data = D.load_cache(cache, ("patient001",))
+    x, y = D.segmentation_batch(data, np.random.default_rng(0), 16, size=64, phantoms=ph, phantom_share=1.0)
+    assert not (y == 1).any()  # no RV in the phantom: every slice came from it
+    x, y = D.segmentation_batch(data, np.random.default_rng(0), 16, size=64, phantoms=ph, phantom_share=0.0)
+    assert (y == 1).any()  # patient001 has an RV

@@ -34,5 +34,12 @@ def add_training_arguments(p: argparse.ArgumentParser, iterations: int, batch: i
     p.add_argument("--stop-after", type=int, default=0,
                    help="stop (with a checkpoint) after this iteration, as if interrupted; 0: run to the end")
     p.add_argument("--resume", action="store_true", help="continue from <run-dir>/last.pt")
+    p.add_argument("--init", type=Path, default=None,
+                   help="start from the weights of this checkpoint (last.pt of another run): fine-tuning")
+    p.add_argument("--phantoms", type=int, default=0,
+                   help="segmentation: also train on this many synthetic phantoms (training seeds of the motion network)")
+    p.add_argument("--phantom-share", type=float, default=0.15, help="share of slices drawn from the phantoms")
+    p.add_argument("--phantom-dir", type=Path, default=Path("runs") / "motion" / "phantoms",
+                   help="stored training phantoms (generated there when missing)")
     p.add_argument("--export", action="store_true", help="after training, export the weights and manifest entry")
     p.add_argument("--export-dir", type=Path, default=None, help="where to export (default: the package's weights)")

@@ -121,6 +121,56 @@ def build_cache(acdc_dir: Path, cache_dir: Path, patients: tuple[str, ...] = ALL
             log(f"cached {p}")
 
 
+PHANTOM_SEG_FRAMES = 4
+"""Frames of each synthetic phantom used for segmentation training: ED, ES and two others, evenly spread."""
+
+
+def cache_phantom_for_segmentation(phantom_npz: Path, out_file: Path) -> None:
+    """Segmentation cache entry (``seg_img``/``seg_lab`` as for a patient) of a training phantom.
+
+    ``phantom_npz`` is a phantom stored by :func:`deepstrain.training.motion.cache_phantom`
+    (images and labels of every frame). :data:`PHANTOM_SEG_FRAMES` frames (ED, ES and frames
+    spread over the cycle) are normalised and cropped like the ACDC frames, around the ED LV
+    centre of the phantom's labels.
+    """
+    with np.load(phantom_npz) as z:
+        images, labels, spacing = z["images"].astype(np.float32), z["labels"], np.asarray(z["spacing"], float)
+        ed, es = int(z["ed"]), int(z["es"])
+    n = images.shape[0]
+    others = [f for f in np.linspace(0, n, PHANTOM_SEG_FRAMES, endpoint=False).astype(int)[1:] if f not in (ed, es)]
+    frames = [ed, es] + others[: PHANTOM_SEG_FRAMES - 2]
+    t = crop_transform(images.shape[-3:], spacing, lv_centre_voxel(labels[ed]), SEG_CACHE_SIZE)
+    seg_img = np.stack([crop_image(normalize_intensity(images[f]), t) for f in frames]).astype(np.float16)
+    seg_lab = np.stack([crop_labels(labels[f], t) for f in frames])
+    tmp = out_file.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, seg_img=seg_img, seg_lab=seg_lab, spacing=spacing, group=np.array("PHANTOM"))
+    os.replace(tmp, out_file)
+
+
+def load_phantom_cache(phantom_dir: Path, cache_dir: Path, n: int, log=print) -> list[dict[str, np.ndarray]]:
+    """Segmentation entries of the first ``n`` training phantoms (seeds of
+    :data:`deepstrain.training.motion.PHANTOM_TRAIN_SEEDS`), generating phantoms and cache files as needed."""
+    from .motion import PHANTOM_TRAIN_SEEDS, cache_phantom, training_phantom_params
+
+    phantom_dir, cache_dir = Path(phantom_dir), Path(cache_dir)
+    out = []
+    for seed in list(PHANTOM_TRAIN_SEEDS)[:n]:
+        src = phantom_dir / f"phantom{seed}.npz"
+        if not src.exists():
+            phantom_dir.mkdir(parents=True, exist_ok=True)
+            cache_phantom(training_phantom_params(seed), src)
+            log(f"generated {src}")
+        dst = cache_dir / f"phantom{seed}_seg.npz"
+        if not dst.exists():
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            cache_phantom_for_segmentation(src, dst)
+        with np.load(dst) as z:
+            d = {k: z[k] for k in z.files}
+        d["name"] = f"phantom{seed}"
+        out.append(d)
+    return out
+
+
 def load_cache(cache_dir: Path, patients: tuple[str, ...]) -> list[dict[str, np.ndarray]]:
     """The cached arrays of ``patients`` (dicts with the keys of the module docstring, plus ``name``)."""
     out = []
@@ -170,16 +220,22 @@ def warp_batch(img: torch.Tensor, lab: torch.Tensor, theta: torch.Tensor, size: 
 
 
 def segmentation_batch(data: list[dict], rng: np.random.Generator, batch: int, size: int = 128,
-                       augment: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                       augment: bool = True, phantoms: list[dict] | None = None,
+                       phantom_share: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """A random batch of augmented ``(batch, 1, size, size)`` slices and ``(batch, size, size)`` labels.
 
     Augmentation: rotation (any angle), scaling 0.85-1.15, shifts up to +-16 mm, left-right flip,
-    gamma, contrast and noise. Without ``augment``: the central ``size`` crop.
+    gamma, contrast and noise. Without ``augment``: the central ``size`` crop. With ``phantoms``
+    (entries of :func:`load_phantom_cache`), each slice comes from a phantom with probability
+    ``phantom_share``.
     """
     imgs, labs = [], []
     for _ in range(batch):
-        d = data[int(rng.integers(len(data)))]
-        f = int(rng.integers(2))
+        if phantoms and rng.random() < phantom_share:
+            d = phantoms[int(rng.integers(len(phantoms)))]
+        else:
+            d = data[int(rng.integers(len(data)))]
+        f = int(rng.integers(d["seg_img"].shape[0]))
         z = int(rng.integers(d["seg_img"].shape[1]))
         imgs.append(d["seg_img"][f, z].astype(np.float32))
         labs.append(d["seg_lab"][f, z])

@@ -89,6 +89,11 @@ def train_loop(args: argparse.Namespace, *, name: str, build: Callable[[], nn.Mo
         start, history, wall = state["iteration"], state["history"], state["wall_s"]
         command = state.get("command", command)
         log(f"resumed {name} at iteration {start}")
+    elif getattr(args, "init", None) is not None:
+        if not Path(args.init).is_file():
+            raise InputError(args.init, "no checkpoint to start from")
+        net.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=False)["model"])
+        log(f"initialised {name} from {args.init}")
     log(f"{name}: {count_parameters(net)} parameters, {len(train)} training / {len(val)} validation patients")
     net.train()
     t0, last_t, losses = time.time(), time.time(), []
@@ -138,6 +143,10 @@ def train_loop(args: argparse.Namespace, *, name: str, build: Callable[[], nn.Mo
                "parameters": count_parameters(net), "training_patients": list(train_patients),
                "validation_patients": list(val_patients), "command": command,
                "threads": args.threads}
+    if getattr(args, "init", None) is not None:
+        summary["initialised_from"] = str(args.init)
+    if getattr(args, "phantoms", 0):
+        summary["synthetic_phantoms"] = {"count": args.phantoms, "share": args.phantom_share}
     if done < args.iterations:
         summary["stopped_at"] = done
     (run / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -162,9 +171,19 @@ def _val(net: nn.Module, val: list[dict]) -> dict:
 
 
 def main(args: argparse.Namespace) -> dict:
-    """Train (or resume) the segmentation network with the options of :func:`deepstrain.training.add_training_arguments`."""
+    """Train (or resume) the segmentation network with the options of :func:`deepstrain.training.add_training_arguments`.
+
+    ``--phantoms N`` mixes slices of N synthetic phantoms (share ``--phantom-share``) into the
+    ACDC batches, so that the network also knows the phantom's appearance (the demo). The
+    validation figures stay ACDC-only.
+    """
+    phantoms = None
+    if getattr(args, "phantoms", 0):
+        phantoms = D.load_phantom_cache(args.phantom_dir, args.cache, args.phantoms)
     return train_loop(args, name=NAME, build=build_segmentation_net, config=dict(CONFIG),
-                      batch_fn=lambda data, rng, b: D.segmentation_batch(data, rng, b, size=args.crop),
+                      batch_fn=lambda data, rng, b: D.segmentation_batch(
+                          data, rng, b, size=args.crop, phantoms=phantoms,
+                          phantom_share=args.phantom_share if phantoms else 0.0),
                       val_fn=_val, loss_fn=_loss)
 
 
