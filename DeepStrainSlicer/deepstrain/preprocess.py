@@ -140,17 +140,51 @@ def world_to_voxel(point_ras: np.ndarray, geometry: Geometry) -> np.ndarray:
     return np.linalg.solve(m, np.asarray(point_ras, dtype=np.float64).reshape(3) - geometry.origin)
 
 
+def _interpolation_matrix(x: np.ndarray, n_in: int) -> tuple[np.ndarray, np.ndarray]:
+    """Linear-interpolation weights ``(len(x), n_in)`` of 1D positions ``x`` on samples ``0..n_in-1``,
+    and the mask of positions outside ``[0, n_in - 1]`` (no extrapolation there)."""
+    x = np.asarray(x, dtype=np.float64)
+    eps = 1e-6
+    outside = (x < -eps) | (x > n_in - 1 + eps)
+    xc = np.clip(x, 0.0, n_in - 1)
+    i0 = np.minimum(np.floor(xc).astype(np.int64), max(n_in - 2, 0))
+    f = xc - i0
+    w = np.zeros((x.size, n_in), dtype=np.float64)
+    rows = np.arange(x.size)
+    w[rows, i0] = 1.0 - f
+    if n_in > 1:
+        w[rows, i0 + 1] += f
+    w[outside] = 0.0
+    return w.astype(np.float32), outside
+
+
 def _sample_slices(volumes: np.ndarray, rows: np.ndarray, cols: np.ndarray, order: int, cval: float) -> np.ndarray:
-    """Sample every 2D slice of ``volumes`` (..., Z, Y, X) at the (row, col) grids ``rows``/``cols`` (H, W)."""
+    """Sample every 2D slice of ``volumes`` (..., Z, Y, X) at the (row, col) grids ``rows``/``cols`` (H, W).
+
+    Linear (``order=1``) interpolation; points outside the slice get ``cval``; nearest-neighbour
+    sampling is linear sampling at rounded coordinates. The grids are those of a
+    :class:`CropTransform` (rows depend on the row index only, columns on the column index only),
+    so the sampling is separable: ``W_rows @ slice @ W_cols^T``, two matrix products per slice.
+    """
+    if order not in (0, 1):
+        raise ValueError(f"order must be 0 or 1, got {order}")
+    rows, cols = np.asarray(rows, dtype=np.float64), np.asarray(cols, dtype=np.float64)
+    r1, c1 = rows[:, 0], cols[0, :]
+    if not (np.allclose(rows, r1[:, None]) and np.allclose(cols, c1[None, :])):
+        raise ValueError("sampling grid is not separable (rows x columns)")
+    if order == 0:
+        r1, c1 = np.rint(r1), np.rint(c1)
     lead = volumes.shape[:-2]
-    flat = volumes.reshape((-1,) + volumes.shape[-2:])
-    coords = np.stack([rows, cols])
-    out = np.empty((flat.shape[0],) + rows.shape, dtype=np.float32)
-    for n in range(flat.shape[0]):
-        out[n] = ndimage.map_coordinates(
-            flat[n].astype(np.float32, copy=False), coords, order=order, mode="constant", cval=cval, prefilter=False
-        )
-    return out.reshape(lead + rows.shape)
+    wr, out_r = _interpolation_matrix(r1, volumes.shape[-2])
+    wc, out_c = _interpolation_matrix(c1, volumes.shape[-1])
+    flat = np.asarray(volumes, dtype=np.float32).reshape((-1,) + volumes.shape[-2:])
+    n, h_in, w_in = flat.shape
+    by_cols = (flat.reshape(n * h_in, w_in) @ wc.T).reshape(n, h_in, wc.shape[0])  # one matrix product
+    out = np.einsum("ij,njk->nik", wr, by_cols, optimize=True)
+    outside = out_r[:, None] | out_c[None, :]
+    if outside.any():
+        out[:, outside] = cval
+    return out.reshape(lead + rows.shape).astype(np.float32, copy=False)
 
 
 def _crop_grid(t: CropTransform) -> tuple[np.ndarray, np.ndarray]:
@@ -220,8 +254,14 @@ def uncrop_probabilities(probs: np.ndarray, t: CropTransform) -> np.ndarray:
     probs = np.asarray(probs, dtype=np.float32)
     c_axis = probs.ndim - 4
     n = probs.shape[c_axis]
-    maps = [uncrop(np.take(probs, k, axis=c_axis), t, order=1, cval=1.0 if k == 0 else 0.0) for k in range(n)]
-    return np.argmax(np.stack(maps, axis=0), axis=0).astype(np.uint8)
+    best = uncrop(np.take(probs, 0, axis=c_axis), t, order=1, cval=1.0)
+    labels = np.zeros(best.shape, dtype=np.uint8)
+    for k in range(1, n):  # argmax over classes, the first one on ties (as np.argmax), without stacking
+        m = uncrop(np.take(probs, k, axis=c_axis), t, order=1, cval=0.0)
+        better = m > best
+        labels[better] = k
+        np.maximum(best, m, out=best)
+    return labels
 
 
 def displacement_to_input(disp: np.ndarray, t: CropTransform, geometry: Geometry) -> np.ndarray:
@@ -236,10 +276,15 @@ def displacement_to_input(disp: np.ndarray, t: CropTransform, geometry: Geometry
     if disp.shape[-4] != 3 or disp.shape[-3:] != t.crop_shape:
         raise ValueError(f"displacement shape {disp.shape} does not match (..., 3) + {t.crop_shape}")
     mm_per_unit = np.array([t.input_spacing[0], t.target_spacing, t.target_spacing], dtype=np.float64)
-    on_input = uncrop(disp, t, order=1, cval=0.0).astype(np.float64)  # (..., 3, Z, Y, X), crop units
-    comp = np.moveaxis(on_input, -4, -1) * mm_per_unit  # (..., Z, Y, X, 3) mm along array axes
-    ras = comp @ np.asarray(geometry.direction, dtype=np.float64).T
-    return np.moveaxis(ras, -1, -4).astype(np.float32)
+    on_input = uncrop(disp, t, order=1, cval=0.0)  # (..., 3, Z, Y, X), crop units
+    # RAS component i = sum_j direction[i, j] * mm_per_unit[j] * component j
+    m = (np.asarray(geometry.direction, dtype=np.float64) * mm_per_unit[None, :]).astype(np.float32)
+    out = np.zeros_like(on_input)
+    for i in range(3):
+        for j in range(3):
+            if m[i, j] != 0.0:
+                out[..., i, :, :, :] += m[i, j] * on_input[..., j, :, :, :]
+    return out
 
 
 def normalize_intensity(image: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:

@@ -215,15 +215,14 @@ def estimate_motion(
         model = load_model()
     model.eval()
     e, f = normalise_pair(ed, frames)
-    out = np.empty((frames.shape[0], 3) + ed.shape, dtype=np.float32)
+    out = np.zeros((frames.shape[0], 3) + ed.shape, dtype=np.float32)
+    todo = [t for t in range(frames.shape[0]) if not np.array_equal(frames[t], ed)]  # ED itself: zero
     ref = torch.from_numpy(e)[None, None]
     with torch.no_grad():
-        for start in range(0, frames.shape[0], max(int(batch), 1)):
-            mov = torch.from_numpy(f[start: start + batch])[:, None]
+        for start in range(0, len(todo), max(int(batch), 1)):
+            idx = todo[start: start + batch]
+            mov = torch.from_numpy(f[idx])[:, None]
             pairs = torch.cat([ref.expand(mov.shape[0], -1, -1, -1, -1), mov], 1)
-            out[start: start + mov.shape[0]] = predict_voxels(model, pairs).numpy()
+            out[idx] = predict_voxels(model, pairs).numpy()
     out *= spacing.reshape(1, 3, 1, 1, 1)
-    for t in range(frames.shape[0]):
-        if np.array_equal(frames[t], ed):
-            out[t] = 0.0
     return out
