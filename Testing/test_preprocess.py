@@ -129,3 +129,22 @@ def test_normalize_intensity_per_frame_deterministic():
     assert np.allclose(n[0], n[1], atol=1e-5)
     assert np.array_equal(n, normalize_intensity(x))
     assert np.all(normalize_intensity(np.ones((2, 3, 3))) == 0)
+
+
+def test_separable_sampling_equals_map_coordinates():
+    from scipy import ndimage
+
+    from deepstrain import preprocess as pp
+
+    rng = np.random.default_rng(4)
+    img = rng.random((2, 3, 70, 60)).astype(np.float32)
+    t = pp.crop_transform((3, 70, 60), (8.0, 1.7, 1.3), (30.2, 41.9), 64)  # partly outside the image
+    rows, cols = pp._crop_grid(t)
+    got = pp._sample_slices(img, rows, cols, order=1, cval=-1.0)
+    ref = np.stack([[ndimage.map_coordinates(s, np.stack([rows, cols]), order=1, mode="constant", cval=-1.0,
+                                             prefilter=False) for s in v] for v in img])
+    assert got.shape == (2, 3, 64, 64)
+    assert np.allclose(got, ref, atol=1e-5)
+    assert (got == -1.0).any()  # some of the crop lies outside
+    with pytest.raises(ValueError):
+        pp._sample_slices(img, rows.T, cols, order=1, cval=0.0)  # not a rows x columns grid
