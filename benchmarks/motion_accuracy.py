@@ -137,14 +137,17 @@ def phantom_rows(seeds, cache: Path, model, with_baseline: bool) -> dict[str, li
                 "time_s": times.get(name, float("nan")),
             }
             for c in COMPONENTS:
+                row[f"ess_value_{c}"] = rep["ess"][c]
                 row[f"ess_{c}"] = abs(rep["ess"][c] - ref["ess"][c])
                 segs = [abs(rep["aha"][f"{c}_percent"][s] - ref["aha"][f"{c}_percent"][s])
                         for s in ref["aha"][f"{c}_percent"]
                         if rep["aha"][f"{c}_percent"][s] is not None and ref["aha"][f"{c}_percent"][s] is not None]
                 row[f"seg_{c}"] = float(np.mean(segs)) if segs else float("nan")
             rows.setdefault(name, []).append(row)
-        print(f"  phantom {seed}: ref ESS " + ", ".join(f"{c[:4]} {ref['ess'][c]:.1f}" for c in COMPONENTS)
-              + "; " + ", ".join(f"{n} EPE myo {rows[n][-1]['epe_myo']:.2f} mm" for n in cands), flush=True)
+        print(f"  phantom {seed}: ESS (rad, circ, long) exact " + "/".join(f"{ref['ess'][c]:.1f}" for c in COMPONENTS)
+              + "; " + "; ".join(f"{n} " + "/".join(f"{rows[n][-1][f'ess_value_{c}']:.1f}" for c in COMPONENTS)
+                                 + f", EPE myo {rows[n][-1]['epe_myo']:.2f} mm" for n in cands if n != "exact"),
+              flush=True)
     return rows
 
 
