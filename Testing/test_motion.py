@@ -62,14 +62,14 @@ def test_any_input_size_and_units():
     ed = rng.random((3, 37, 50)).astype(np.float32)
     frames = rng.random((3, 3, 37, 50)).astype(np.float32)
     sp = np.array([8.0, 1.25, 1.25])
-    u = estimate_motion(ed, frames, sp, model=model, batch=2, smooth_mm=0.0)
+    u = estimate_motion(ed, frames, sp, model=model, batch=2, smooth_mm=0.0, precision="float32")
     assert u.shape == (3, 3, 3, 37, 50) and u.dtype == np.float32
     # the default output is smoothed in-plane only (Gaussian of OUTPUT_SMOOTHING_MM)
     from scipy import ndimage
 
     from deepstrain.networks.motion import OUTPUT_SMOOTHING_MM
 
-    smooth = estimate_motion(ed, frames, sp, model=model, batch=2)
+    smooth = estimate_motion(ed, frames, sp, model=model, batch=2, precision="float32")
     s = OUTPUT_SMOOTHING_MM / 1.25
     assert np.allclose(smooth[1], ndimage.gaussian_filter(u[1], (0, 0, s, s), mode="nearest"), atol=1e-5)
     # mm = voxels x spacing, per component

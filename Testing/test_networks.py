@@ -81,3 +81,22 @@ def test_lv_centre_from_probability_largest_component():
     r, c = lv_centre_from_probability(p)
     assert r == pytest.approx(14.5) and c == pytest.approx(14.5)
     assert lv_centre_from_probability(np.zeros((2, 5, 5))) is None
+
+
+def test_precision_choice_and_bfloat16_close_to_float32():
+    from deepstrain.networks.precision import compute_precision, resolve
+
+    assert resolve("float32") == "float32" and resolve("bfloat16") == "bfloat16"
+    assert resolve("auto") in ("float32", "bfloat16")
+    with pytest.raises(ValueError):
+        resolve("half")
+    torch.manual_seed(5)
+    net = build_segmentation_net(base=4, depth=2).eval()
+    x = torch.rand(4, 40, 40)
+    p32 = segment_slices(net, x, precision="float32")
+    p16 = segment_slices(net, x, precision="bfloat16")
+    assert p16.dtype == torch.float32
+    assert torch.allclose(p32, p16, atol=0.05)
+    assert torch.equal(segment_slices(net, x, precision="bfloat16"), p16)  # deterministic
+    with compute_precision("float32") as used:
+        assert used == "float32"

@@ -65,14 +65,15 @@ def eval_phantom(seed: int, cache: Path) -> dict:
     return {k: z[k] for k in z.files}
 
 
-def network_displacement(images: np.ndarray, labels_ed: np.ndarray, geo: Geometry, ed: int, model) -> np.ndarray:
+def network_displacement(images: np.ndarray, labels_ed: np.ndarray, geo: Geometry, ed: int, model,
+                         precision: str = "auto") -> np.ndarray:
     """Network displacement (T,3,Z,Y,X) RAS mm on the input grid, crop centred on the labelled LV."""
     m = (labels_ed == 2) | (labels_ed == 3)
     _, r, c = np.nonzero(m)
     t = pp.crop_transform(images.shape[-3:], geo.spacing, (r.mean(), c.mean()), pp.CROP_SIZE)
     crop = pp.normalize_intensity(pp.crop_image(images.astype(np.float32), t))
     sp = np.array([geo.spacing[0], pp.TARGET_SPACING_MM, pp.TARGET_SPACING_MM])
-    u_mm = estimate_motion(crop[ed], crop, sp, model=model)
+    u_mm = estimate_motion(crop[ed], crop, sp, model=model, precision=precision)
     disp = pp.displacement_to_input(u_mm / sp.reshape(1, 3, 1, 1, 1), t, geo)
     disp[ed] = 0.0
     return disp
@@ -108,7 +109,7 @@ def dice(a: np.ndarray, b: np.ndarray, k: int) -> float:
     return float(2 * (x & y).sum() / s) if s else float("nan")
 
 
-def phantom_rows(seeds, cache: Path, model, with_baseline: bool) -> dict[str, list[dict]]:
+def phantom_rows(seeds, cache: Path, model, with_baseline: bool, precision: str = "auto") -> dict[str, list[dict]]:
     rows: dict[str, list[dict]] = {}
     for seed in seeds:
         z = eval_phantom(seed, cache)
@@ -118,7 +119,7 @@ def phantom_rows(seeds, cache: Path, model, with_baseline: bool) -> dict[str, li
         ref = json.loads(str(z["reference"]))
         cine = Cine(images, geo, z["times_ms"], name=f"phantom{seed}", ed=ed, es=es)
         t0 = time.time()
-        cands = {"network": network_displacement(images, labels[ed], geo, ed, model)}
+        cands = {"network": network_displacement(images, labels[ed], geo, ed, model, precision)}
         times = {"network": time.time() - t0}
         if with_baseline:
             cands["demons"], times["demons"] = baseline_displacement(images, geo, ed, _bcache(cache, f"phantom{seed}"))
@@ -155,7 +156,8 @@ def _bcache(cache: Path | None, name: str) -> Path | None:
     return None if cache is None else cache / "demons" / f"{name}.npz"
 
 
-def acdc_rows(root: Path, patients, model, with_baseline: bool, cache: Path | None = None) -> dict[str, list[dict]]:
+def acdc_rows(root: Path, patients, model, with_baseline: bool, cache: Path | None = None,
+              precision: str = "auto") -> dict[str, list[dict]]:
     from deepstrain.training.data import acdc_frames, load_acdc_volume
 
     rows: dict[str, list[dict]] = {}
@@ -169,7 +171,7 @@ def acdc_rows(root: Path, patients, model, with_baseline: bool, cache: Path | No
             labs.append(lb.astype(np.uint8))
         images = np.stack(ims)
         t0 = time.time()
-        cands = {"network": network_displacement(images, labs[0], geo, 0, model)}
+        cands = {"network": network_displacement(images, labs[0], geo, 0, model, precision)}
         times = {"network": time.time() - t0}
         if with_baseline:
             cands["demons"], times["demons"] = baseline_displacement(images, geo, 0, _bcache(cache, p))
@@ -198,6 +200,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", type=Path, default=REPO / "runs" / "motion" / "eval_phantoms",
                     help="evaluation phantoms and the baseline's displacements (reused; time as first measured)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16"),
+                    help="network arithmetic (deepstrain analyze --precision)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     try:
@@ -208,9 +212,12 @@ def main(argv=None) -> int:
         args.no_baseline = True
     model = load_model(args.weights)
     base = not args.no_baseline
+    from deepstrain.networks.precision import resolve
+
+    print(f"motion network: {args.weights or 'shipped weights'}, {resolve(args.precision)}")
     if args.phantoms > 0:
         print(f"Phantoms (seeds {EVAL_SEEDS[:args.phantoms]}, not in training), errors vs exact reference:")
-        rows = phantom_rows(EVAL_SEEDS[: args.phantoms], args.cache, model, base)
+        rows = phantom_rows(EVAL_SEEDS[: args.phantoms], args.cache, model, base, args.precision)
         print(f"{'method':9s} {'EPE myo mm':>10s} {'EPE all mm':>10s} | {'|dESS| rad':>10s} {'circ':>6s} {'long':>6s}"
               f" | {'seg |d| rad':>11s} {'circ':>6s} {'long':>6s} | {'s/study':>7s}")
         for name, rs in rows.items():
@@ -224,7 +231,7 @@ def main(argv=None) -> int:
 
         pats = list(VALIDATION_PATIENTS)[: args.acdc]
         print(f"\nACDC validation ({len(pats)} patients): Dice of ES labels pulled back to ED vs ED labels")
-        rows = acdc_rows(args.data, pats, model, base, args.cache)
+        rows = acdc_rows(args.data, pats, model, base, args.cache, args.precision)
         print(f"{'method':9s} {'RV':>6s} {'myo':>6s} {'LV':>6s} | {'s/study':>7s}")
         for name, rs in rows.items():
             print(f"{name:9s} {_mean(rs, 'rv'):6.3f} {_mean(rs, 'myo'):6.3f} {_mean(rs, 'lv'):6.3f} | "

@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--speed", action="store_true",
                     help="also time the segmentation network against a paper-size (CarSON, ~57 M parameters) U-Net")
     ap.add_argument("--tta", action="store_true", help="segment with test-time flips (deepstrain analyze --tta)")
+    ap.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16"),
+                    help="network arithmetic (deepstrain analyze --precision)")
     ap.add_argument("--record", action="store_true", help="store the figures in the weights manifest")
     args = ap.parse_args(argv)
 
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             warnings.simplefilter("ignore")
             cine = io.load_cine(args.data / "acdc" / "training" / p)
         t0 = time.time()
-        pred = predict(cine, with_motion=False, weights_dir=args.weights, tta=args.tta)
+        pred = predict(cine, with_motion=False, weights_dir=args.weights, tta=args.tta, precision=args.precision)
         t_total += time.time() - t0
         sp = cine.geometry.spacing
         row = {"patient": p, "group": cine.group}
@@ -146,10 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     def m(key: str) -> float:
         return float(np.nanmean([r[key] for r in rows]))
 
-    summary: dict = {"patients": len(rows), "tta": bool(args.tta), "dice": {}, "hd95_mm": {}, "hdmax_mm": {}, "clinical": {},
+    from deepstrain.networks.precision import resolve
+
+    summary: dict = {"patients": len(rows), "tta": bool(args.tta), "precision": resolve(args.precision), "dice": {}, "hd95_mm": {}, "hdmax_mm": {}, "clinical": {},
                      "seconds_per_patient": t_total / len(rows)}
     print(f"\n{len(rows)} validation patients, full inference path (centring + crop + segmentation + "
-          f"back to the input grid), test-time flips {'on' if args.tta else 'off'}, {t_total / len(rows):.2f} s per patient (2 frames)")
+          f"back to the input grid), test-time flips {'on' if args.tta else 'off'}, {summary['precision']}, {t_total / len(rows):.2f} s per patient (2 frames)")
     ce = [r["centre_error_mm"] for r in rows]
     summary["centre_error_mm"] = {"mean": float(np.mean(ce)), "max": float(np.max(ce))}
     print(f"crop centre vs manual LV centroid (ED, in-plane): mean {np.mean(ce):.1f} mm, max {np.max(ce):.1f} mm")

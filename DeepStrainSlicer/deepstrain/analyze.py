@@ -33,10 +33,12 @@ def analyze_cine(
     es: int | None = None,
     progress: Progress | None = None,
     tta: bool = False,
+    precision: str = "auto",
 ) -> pipeline.Analysis:
     """Run what is missing of (labels, displacement) through the networks, then strain and volumes.
 
-    ``tta``: segmentation with test-time flips (:func:`deepstrain.inference.predict`).
+    ``tta``: segmentation with test-time flips; ``precision``: network arithmetic
+    (:func:`deepstrain.inference.predict`).
     """
     if labels is None or displacement is None:
         from . import inference  # torch is imported only when the networks are needed
@@ -46,6 +48,7 @@ def analyze_cine(
             progress=progress,
             with_motion=displacement is None,
             tta=tta,
+            precision=precision,
         )
         if labels is None:
             labels = pred.labels
@@ -88,6 +91,7 @@ def analyze_path(
     overwrite: bool = False,
     progress: Progress | None = None,
     tta: bool = False,
+    precision: str = "auto",
 ) -> dict:
     """Load ``input_path``, analyse it and write ``out_dir``; returns the report dict.
 
@@ -99,7 +103,7 @@ def analyze_path(
     labels = io.load_labels(segmentation, cine) if segmentation is not None else None
     disp = io.load_displacement(displacement, cine) if displacement is not None else None
     analysis = analyze_cine(cine, labels=labels, displacement=disp, ed=cine.ed, es=cine.es, progress=progress,
-                            tta=tta)
+                            tta=tta, precision=precision)
     write_analysis(analysis, out_dir, overwrite=overwrite)
     if progress:
         progress(1.0, "done")

@@ -106,6 +106,9 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--tta", action="store_true",
                    help="segment with test-time flips (4 passes: about 4x the segmentation time)")
+    p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
+                   help="network arithmetic: auto = bfloat16 where the CPU has it natively (about 2x faster), "
+                        "else float32")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     _add_study_options(p)
 
@@ -132,6 +135,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         spacing=tuple(args.spacing) if args.spacing else None,
         heart_rate_bpm=args.heart_rate, rr_ms=args.rr_ms, ed=args.ed, es=args.es,
         overwrite=args.overwrite, progress=_ProgressLine(args.quiet), tta=args.tta,
+        precision=args.precision,
     )
     _print_summary(rep, args.out)
     return 0

@@ -41,6 +41,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from scipy import ndimage
 
+from .precision import compute_precision
+
 OUTPUT_SMOOTHING_MM = 2.0
 """In-plane Gaussian smoothing (sigma, mm) of the network's displacement in :func:`estimate_motion`.
 
@@ -208,6 +210,7 @@ def estimate_motion(
     batch: int = 4,
     model: MotionNet | None = None,
     smooth_mm: float = OUTPUT_SMOOTHING_MM,
+    precision: str = "auto",
 ) -> np.ndarray:
     """Lagrangian displacement from ED to every frame, on the crop grid.
 
@@ -217,6 +220,7 @@ def estimate_motion(
     ``frame_t(X + u(X)) ~ ED(X)``. Frames run ``batch`` at a time through the network.
     A frame identical to ``ed`` (the ED frame itself) gets exactly zero displacement. The field
     is smoothed in-plane with a Gaussian of ``smooth_mm`` (see :data:`OUTPUT_SMOOTHING_MM`; 0: none).
+    ``precision``: see :mod:`deepstrain.networks.precision`.
     """
     ed = np.asarray(ed, dtype=np.float32)
     frames = np.asarray(frames, dtype=np.float32)
@@ -235,7 +239,9 @@ def estimate_motion(
             idx = todo[start: start + batch]
             mov = torch.from_numpy(f[idx])[:, None]
             pairs = torch.cat([ref.expand(mov.shape[0], -1, -1, -1, -1), mov], 1)
-            out[idx] = predict_voxels(model, pairs).numpy()
+            with compute_precision(precision):
+                u = predict_voxels(model, pairs)
+            out[idx] = u.float().numpy()
     out *= spacing.reshape(1, 3, 1, 1, 1)
     if smooth_mm > 0 and todo:
         sig = (0.0, float(smooth_mm) / float(spacing[1]), float(smooth_mm) / float(spacing[2]))

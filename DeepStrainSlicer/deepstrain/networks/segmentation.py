@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from .blocks import UNet2d
+from .precision import compute_precision
 
 N_CLASSES = 4
 CONFIG = {"in_channels": 1, "n_classes": N_CLASSES, "base": 16, "depth": 4, "max_channels": 256}
@@ -26,12 +27,13 @@ FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-1, -2))
 
 @torch.no_grad()
 def segment_slices(net: nn.Module, slices: torch.Tensor, chunk: int = 64,
-                   flips: tuple[tuple[int, ...], ...] = ((),)) -> torch.Tensor:
+                   flips: tuple[tuple[int, ...], ...] = ((),), precision: str = "auto") -> torch.Tensor:
     """Class probabilities ``(N, 4, H, W)`` of ``(N, H, W)`` normalised slices, in chunks of ``chunk``.
 
     ``flips``: for each entry, the slices are flipped along those axes (-1 columns, -2 rows),
     segmented, flipped back; the probabilities are averaged. The default is one plain pass;
-    :data:`FLIPS` is the 4-pass test-time augmentation (4x the time).
+    :data:`FLIPS` is the 4-pass test-time augmentation (4x the time). ``precision``: see
+    :mod:`deepstrain.networks.precision`.
     """
     net.eval()
     flips = FLIPS if flips is None else flips
@@ -40,7 +42,9 @@ def segment_slices(net: nn.Module, slices: torch.Tensor, chunk: int = 64,
         x = slices[s : s + chunk, None].float().contiguous(memory_format=torch.channels_last)
         p = None
         for axes in flips:
-            q = torch.softmax(net(x.flip(axes) if axes else x), dim=1)
+            with compute_precision(precision):
+                logits = net(x.flip(axes) if axes else x)
+            q = torch.softmax(logits.float(), dim=1)
             q = q.flip(axes) if axes else q
             p = q if p is None else p + q
         out.append(p / len(flips))
