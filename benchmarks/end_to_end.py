@@ -34,11 +34,12 @@ def _digest(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 
 
-def _analyze(cine: Path, out: Path, threads: int) -> tuple[float, float, str]:
+def _analyze(cine: Path, out: Path, threads: int, precision: str = "auto") -> tuple[float, float, str]:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), DEEPSTRAIN_THREADS=str(threads))
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "deepstrain.cli", "analyze", str(cine), "--out", str(out), "--quiet"],
+    proc = subprocess.run([sys.executable, "-m", "deepstrain.cli", "analyze", str(cine), "--out", str(out), "--quiet",
+                           "--precision", precision],
                           capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
@@ -84,17 +85,20 @@ def _width_for(target: float, cin: int, cout: int) -> int:
 
 
 @torch.no_grad()
-def _time_paper_nets(frames: int, timed_frames: int) -> tuple[float, dict]:
+def _time_paper_nets(frames: int, timed_frames: int, precision: str = "auto") -> tuple[float, dict]:
+    from deepstrain.networks.precision import compute_precision
+
     torch.manual_seed(0)
     info = {}
     total = 0.0
     for name, target, cin, cout in (("CarSON-size segmentation", 57e6, 1, 4), ("CarMEN-size motion", 112e6, 2, 3)):
         net = PaperSizeUNet3d(cin, cout, _width_for(target, cin, cout)).eval()
         x = torch.randn(1, cin, 16, 128, 128)
-        net(x)  # warm-up
-        t0 = time.perf_counter()
-        for _ in range(timed_frames):
-            net(x)
+        with compute_precision(precision):  # the same arithmetic as deepstrain analyze
+            net(x)  # warm-up
+            t0 = time.perf_counter()
+            for _ in range(timed_frames):
+                net(x)
         per_frame = (time.perf_counter() - t0) / timed_frames
         info[name] = (_n_params(net), per_frame)
         total += per_frame * frames
@@ -108,6 +112,8 @@ def main() -> None:
     ap.add_argument("--slices", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--paper-frames", type=int, default=2, help="frames timed for the paper-size networks")
+    ap.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16"),
+                    help="network arithmetic, for deepstrain analyze and the paper-size networks alike")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -118,20 +124,22 @@ def main() -> None:
         params = phantom.PhantomParams(n_frames=args.frames, matrix_size=args.size, n_slices=args.slices, seed=7)
         phantom.write_phantom(phantom.generate_phantom(params), tmp / "study")
         cine = tmp / "study" / "cine.nii.gz"
-        wall1, rss1, summary = _analyze(cine, tmp / "run1", args.threads)
-        wall2, rss2, _ = _analyze(cine, tmp / "run2", args.threads)
+        wall1, rss1, summary = _analyze(cine, tmp / "run1", args.threads, args.precision)
+        wall2, rss2, _ = _analyze(cine, tmp / "run2", args.threads, args.precision)
         identical = _digest(tmp / "run1") == _digest(tmp / "run2")
         from deepstrain.inference import predict  # noqa: F401  (our networks' timing below)
 
+        from deepstrain.networks.precision import resolve
+
         print(f"study: phantom {args.frames} frames x {args.slices} slices x {args.size} x {args.size}, "
-              f"{args.threads} CPU threads")
+              f"{args.threads} CPU threads, networks in {resolve(args.precision)}")
         print(f"deepstrain analyze wall time: {wall1:.1f} s (second run {wall2:.1f} s); "
               f"peak memory {max(rss1, rss2) / 1024:.2f} GB (max RSS)")
         print(f"same input twice -> identical output files: {identical}")
         print(f"  {summary.splitlines()[0] if summary else ''}")
 
     ours = min(wall1, wall2)
-    paper_total, info = _time_paper_nets(args.frames, args.paper_frames)
+    paper_total, info = _time_paper_nets(args.frames, args.paper_frames, args.precision)
     for name, (n, per_frame) in info.items():
         print(f"{name}: {n / 1e6:.1f} M parameters, {per_frame:.2f} s per frame (timed on {args.paper_frames} "
               f"frames, scaled to {args.frames})")
