@@ -525,7 +525,8 @@ def main(args: argparse.Namespace) -> int:
     if args.ship:
         summary = training_summary(args, step, prev_s + time.time() - t_start, v, train_p, cine_train,
                                    [s.name for s in phantoms], w)
-        path = ship(model, summary, "deepstrain train motion " + " ".join(sys.argv[1:]),
+        command = getattr(args, "command_line", "") or "python -m deepstrain.training.motion " + " ".join(sys.argv[1:])
+        path = ship(model, summary, command,
                     None if args.ship == "package" else Path(args.ship))
         _log(f"shipped {path}", log)
     return 0
