@@ -21,14 +21,16 @@
    frame's crop, converted to RAS mm on the input grid (:func:`deepstrain.preprocess.displacement_to_input`).
 
 ED is ``cine.ed`` when the input says so, else the frame with the largest predicted LV cavity.
-Deterministic: networks in eval mode, deterministic torch algorithms, no randomness.
+Deterministic: networks in eval mode, no randomness, and CPU kernels that give the same result on
+the same input (checked by the tests and ``benchmarks/end_to_end.py``). torch's
+``use_deterministic_algorithms`` switch is not used: it changes nothing for these CPU kernels and its
+first call imports torch's compiler stack (about 1.5 s).
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
@@ -87,16 +89,6 @@ def _network(name: str, weights_dir: Path | None) -> torch.nn.Module:
     return _NETS[key]
 
 
-@contextlib.contextmanager
-def _deterministic() -> Iterator[None]:
-    prev = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(prev)
-
-
 def largest_components(labels: np.ndarray, n_classes: int = N_CLASSES) -> np.ndarray:
     """Keep, per frame and per foreground class, the largest 3D connected component of ``labels`` (..., Z, Y, X)."""
     out = np.array(labels, dtype=np.uint8, copy=True)
@@ -152,7 +144,7 @@ def predict(cine: Cine, *, progress: Progress | None = None, with_motion: bool =
             progress(f, msg)
 
     g = cine.geometry
-    with _deterministic(), torch.no_grad():
+    with torch.no_grad():
         report(0.0, "normalising intensities")
         norm = normalize_intensity(cine.data)
         ed_hint = cine.ed if cine.ed is not None else 0

@@ -179,12 +179,13 @@ def _sample_slices(volumes: np.ndarray, rows: np.ndarray, cols: np.ndarray, orde
     wc, out_c = _interpolation_matrix(c1, volumes.shape[-1])
     flat = np.asarray(volumes, dtype=np.float32).reshape((-1,) + volumes.shape[-2:])
     n, h_in, w_in = flat.shape
-    by_cols = (flat.reshape(n * h_in, w_in) @ wc.T).reshape(n, h_in, wc.shape[0])  # one matrix product
-    out = np.einsum("ij,njk->nik", wr, by_cols, optimize=True)
-    outside = out_r[:, None] | out_c[None, :]
-    if outside.any():
-        out[:, outside] = cval
-    return out.reshape(lead + rows.shape).astype(np.float32, copy=False)
+    out = np.full((n,) + rows.shape, cval, dtype=np.float32)
+    ri, ci = np.flatnonzero(~out_r), np.flatnonzero(~out_c)  # only output rows/columns inside the input
+    if ri.size and ci.size:
+        r_sl, c_sl = slice(ri[0], ri[-1] + 1), slice(ci[0], ci[-1] + 1)  # contiguous: positions are monotonic
+        by_cols = (flat.reshape(n * h_in, w_in) @ wc[c_sl].T).reshape(n, h_in, -1)  # one matrix product
+        out[:, r_sl, c_sl] = np.einsum("ij,njk->nik", wr[r_sl], by_cols, optimize=True)
+    return out.reshape(lead + rows.shape)
 
 
 def _crop_grid(t: CropTransform) -> tuple[np.ndarray, np.ndarray]:

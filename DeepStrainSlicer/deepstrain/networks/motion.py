@@ -65,6 +65,17 @@ def _conv(cin: int, cout: int, kernel=(3, 3, 3), stride=(1, 1, 1)) -> nn.Sequent
     return nn.Sequential(conv, nn.InstanceNorm3d(cout, affine=True), nn.LeakyReLU(0.2))
 
 
+def _upsample_inplane(x: torch.Tensor, size_hw: Sequence[int]) -> torch.Tensor:
+    """Bilinear in-plane resize of ``(N, C, Z, H, W)`` to ``(N, C, Z, *size_hw)`` (slices unchanged).
+
+    The same as trilinear interpolation to ``(Z, *size_hw)`` (the slice weights are exactly 1),
+    computed as 2D interpolation of ``(N, C*Z, H, W)``: about 2x faster in bfloat16.
+    """
+    n, c, z, h, w = x.shape
+    y = F.interpolate(x.reshape(n, c * z, h, w), size=tuple(size_hw), mode="bilinear", align_corners=False)
+    return y.reshape(n, c, z, *y.shape[-2:])
+
+
 class MotionNet(nn.Module):
     """Pair ``[reference, moving]`` ``(N, 2, Z, H, W)`` -> displacement ``(N, 3, Z, H, W)`` in voxels.
 
@@ -105,7 +116,7 @@ class MotionNet(nn.Module):
 
     @staticmethod
     def _up(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(x, size=like.shape[2:], mode="trilinear", align_corners=False)
+        return _upsample_inplane(x, like.shape[-2:])
 
     def forward(self, pair: torch.Tensor) -> torch.Tensor:
         f0 = self.stem[0](pair)  # full resolution
@@ -117,10 +128,10 @@ class MotionNet(nn.Module):
         d = self.dec2(torch.cat([self._up(d, s2), s2], 1))
         d = self.dec1(torch.cat([self._up(d, s1), s1], 1))
         flow = self.head(d) * self.flow_scale  # a fixed gain: displacements are several voxels
-        flow = F.interpolate(flow, size=pair.shape[2:], mode="trilinear", align_corners=False)
+        flow = _upsample_inplane(flow, pair.shape[-2:])
         if not self.refine:
             return flow
-        d = F.interpolate(d, size=pair.shape[2:], mode="trilinear", align_corners=False)
+        d = _upsample_inplane(d, pair.shape[-2:])
         r = self.fine(torch.cat([f0, d, flow / self.flow_scale], 1))
         return flow + self.fine_head(r) * self.flow_scale
 
