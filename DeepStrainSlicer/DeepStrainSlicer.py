@@ -36,7 +36,9 @@ class DeepStrainSlicer(ScriptedLoadableModule):
             "Myocardial strain from short-axis cine MRI: LV/RV segmentation and motion (DeepStrain "
             "networks, or a given segmentation + displacement), Green-Lagrange strain in the cardiac "
             "frame, global curves, strain rate and the AHA 17-segment polar map. Edit the segmentation "
-            "in Segment Editor and press Recompute to update the results without re-running the networks."
+            "in Segment Editor and press Recompute to update the results without re-running the networks. "
+            "Radial strain from the motion network is less reliable than circumferential strain and volumes "
+            "(see the README's measured figures). 'Test-time flips' segments each slice 4 times (slower)."
         )
         parent.acknowledgementText = (
             "Method: Morales et al., DeepStrain (Front. Cardiovasc. Med. 2021). Weights trained on ACDC "
