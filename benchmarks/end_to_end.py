@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from deepstrain.networks.precision import PRECISIONS
+
 
 def _digest(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
@@ -112,7 +114,7 @@ def main() -> None:
     ap.add_argument("--slices", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--paper-frames", type=int, default=2, help="frames timed for the paper-size networks")
-    ap.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16"),
+    ap.add_argument("--precision", default="auto", choices=PRECISIONS,
                     help="network arithmetic, for deepstrain analyze and the paper-size networks alike")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

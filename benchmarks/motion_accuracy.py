@@ -37,6 +37,7 @@ from deepstrain import pipeline
 from deepstrain import preprocess as pp
 from deepstrain.cine import Cine, Geometry
 from deepstrain.networks.motion import estimate_motion, load_model
+from deepstrain.networks.precision import PRECISIONS
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL_SEEDS = (9000, 9001, 9002, 9003, 9004)
@@ -200,7 +201,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", type=Path, default=REPO / "runs" / "motion" / "eval_phantoms",
                     help="evaluation phantoms and the baseline's displacements (reused; time as first measured)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16"),
+    ap.add_argument("--precision", default="auto", choices=PRECISIONS,
                     help="network arithmetic (deepstrain analyze --precision)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)

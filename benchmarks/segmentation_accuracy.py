@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from deepstrain.networks.precision import PRECISIONS
+
 ROOT = Path(__file__).resolve().parents[1]
 STRUCTURES = {"rv": 1, "myo": 2, "lv": 3}
 TARGETS = {("lv", "ED"): 0.96, ("lv", "ES"): 0.93, ("myo", "ED"): 0.90, ("myo", "ES"): 0.91,
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--speed", action="store_true",
                     help="also time the segmentation network against a paper-size (CarSON, ~57 M parameters) U-Net")
     ap.add_argument("--tta", action="store_true", help="segment with test-time flips (deepstrain analyze --tta)")
-    ap.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16"),
+    ap.add_argument("--precision", default="auto", choices=PRECISIONS,
                     help="network arithmetic (deepstrain analyze --precision)")
     ap.add_argument("--record", action="store_true", help="store the figures in the weights manifest")
     args = ap.parse_args(argv)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from .errors import InputError
+from .networks.precision import PRECISIONS
 
 
 # --------------------------------------------------------------------------- phantom
@@ -106,7 +107,7 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--tta", action="store_true",
                    help="segment with test-time flips (4 passes: about 4x the segmentation time)")
-    p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="network arithmetic: auto = bfloat16 where the CPU has it natively (about 2x faster), "
                         "else float32")
     p.add_argument("--quiet", action="store_true", help="no progress output")

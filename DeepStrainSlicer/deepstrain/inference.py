@@ -167,8 +167,7 @@ def predict(cine: Cine, *, progress: Progress | None = None, with_motion: bool =
             report(0.45, "estimating motion")
             spacing_crop = np.array([g.spacing[0], t.target_spacing, t.target_spacing])
             u_mm = estimate_motion(crops[ed], crops, spacing_crop, model=load_model(weights_dir=weights_dir),
-                                   precision=precision)
-            u_mm[ed] = 0.0
+                                   precision=precision)  # zero at ED (the frame equals the reference)
             disp = displacement_to_input(u_mm / spacing_crop.reshape(1, 3, 1, 1, 1).astype(np.float32), t, g)
         report(0.9, "networks done")
     k_mid = (cine.shape3d[0] - 1) / 2.0

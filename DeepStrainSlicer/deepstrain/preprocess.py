@@ -241,8 +241,6 @@ def uncrop(crop: np.ndarray, t: CropTransform, order: int = 1, cval: float = 0.0
     if crop.shape[-3:] != t.crop_shape:
         raise ValueError(f"crop shape {crop.shape[-3:]} does not match the transform's {t.crop_shape}")
     rows, cols = _input_grid(t)
-    if order == 0:
-        rows, cols = np.rint(rows), np.rint(cols)
     return _sample_slices(crop, rows, cols, order=order, cval=cval)
 
 

@@ -20,7 +20,7 @@ Grid and conventions
 Architecture (:class:`MotionNet`): a light 3D U-Net that pools in-plane only (slices are
 kept: ACDC has 6-18 slices of 5-10 mm). A stride-2 in-plane stem takes the pair to half
 resolution, four U-Net levels work there, and the displacement predicted at half resolution
-is upsampled (trilinear, in-plane x2) to the full crop. With ``refine=True`` a full-resolution
+is upsampled (bilinear, in-plane x2; slices unchanged) to the full crop. With ``refine=True`` a full-resolution
 stage adds a correction to that upsampled field, from the stem's full-resolution features, the
 upsampled decoder features and the field itself (in-plane 3x3 convolutions); its output layer
 starts at zero, so a refined network initialised from an unrefined one starts identical to it.

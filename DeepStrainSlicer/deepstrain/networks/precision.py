@@ -11,13 +11,15 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
-import torch
-
 PRECISIONS = ("auto", "float32", "bfloat16")
+"""Accepted values of every ``precision`` argument and ``--precision`` option (this module imports
+torch only when a precision is resolved, so the command line can read this cheaply)."""
 
 
 def native_bfloat16() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX tiles)."""
+    import torch
+
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
@@ -34,6 +36,8 @@ def resolve(precision: str = "auto") -> str:
 @contextlib.contextmanager
 def compute_precision(precision: str = "auto") -> Iterator[str]:
     """Run the enclosed network calls in the resolved precision; yields it."""
+    import torch
+
     resolved = resolve(precision)
     if resolved == "bfloat16":
         with torch.autocast("cpu", dtype=torch.bfloat16):

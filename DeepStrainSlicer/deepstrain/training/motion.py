@@ -462,9 +462,9 @@ def main(args: argparse.Namespace) -> int:
         _log(f"resumed at step {step}", log)
     _log(f"MotionNet {tuple(args.channels)}: {count_parameters(model)} parameters", log)
     w = {"sim": args.w_sim, "dice": args.w_dice, "smooth": args.w_smooth, "epe": args.w_epe}
-    rest = (1.0 - args.phantom_share) / 0.75  # the real-data shares keep their proportions
-    kinds = [("acdc", "es", 0.30 * rest), ("acdc", "swap", 0.15 * rest), ("acdc", "identity", 0.08 * rest),
-             ("cine", "cycle", 0.22 * rest), ("phantom", "cycle", args.phantom_share)]
+    real = [("acdc", "es", 0.30), ("acdc", "swap", 0.15), ("acdc", "identity", 0.08), ("cine", "cycle", 0.22)]
+    rest = (1.0 - args.phantom_share) / sum(k[2] for k in real)  # real-data kinds keep their proportions
+    kinds = [(src, kind, share * rest) for src, kind, share in real] + [("phantom", "cycle", args.phantom_share)]
     pools = {"acdc": acdc, "cine": cine, "phantom": phantoms}
 
     def active():
