@@ -140,3 +140,25 @@ def test_shipped_weights_track_phantom_ed_to_es(shipped, phantom_crop):
     assert epe < 0.9 * epe0, (epe, epe0)
     # and the network does move on the ED -> ES pair (not a near-zero field)
     assert np.linalg.norm(u, axis=0)[myo].mean() > 0.3 * epe0
+
+
+def test_gradient_error_measures_strain_error_inside_the_mask_only():
+    from deepstrain.training.motion import gradient_error
+
+    sp = torch.tensor([8.0, 1.25, 1.25])
+    z, h, w = 3, 10, 12
+    x = torch.arange(w, dtype=torch.float32) * 1.25  # column position in mm
+    target = torch.zeros(1, 3, z, h, w)
+    u = target.clone()
+    u[0, 2] = 0.1 * x  # a uniform 10 % stretch along the columns: du/dX = 0.1
+    mask = torch.zeros(1, 1, z, h, w, dtype=torch.bool)
+    mask[..., 2:6, 3:9] = True
+    # only the column difference of component 2 is wrong (0.1); 3 components x 3 axes of pairs
+    pairs = [(z - 1) * 4 * 6, z * 3 * 6, z * 4 * 5]  # neighbour pairs inside the mask along Z, Y, X
+    expected = 0.1 * pairs[2] / (3 * sum(pairs))
+    assert float(gradient_error(u, target, sp, mask)) == pytest.approx(expected, rel=1e-5)
+    assert float(gradient_error(target, target, sp, mask)) == 0.0
+    u_out = target.clone()
+    u_out[0, 2, :, :, :2] = 5.0  # an error outside the mask does not count
+    assert float(gradient_error(u_out, target, sp, mask)) == 0.0
+    assert float(gradient_error(u, target, sp, torch.zeros_like(mask))) == 0.0

@@ -36,7 +36,7 @@ from scipy import ndimage
 from deepstrain import pipeline
 from deepstrain import preprocess as pp
 from deepstrain.cine import Cine, Geometry
-from deepstrain.networks.motion import estimate_motion, load_model
+from deepstrain.networks.motion import OUTPUT_SMOOTHING_MM, estimate_motion, load_model
 from deepstrain.networks.precision import PRECISIONS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,14 +67,14 @@ def eval_phantom(seed: int, cache: Path) -> dict:
 
 
 def network_displacement(images: np.ndarray, labels_ed: np.ndarray, geo: Geometry, ed: int, model,
-                         precision: str = "auto") -> np.ndarray:
+                         precision: str = "auto", smooth_mm: float = OUTPUT_SMOOTHING_MM) -> np.ndarray:
     """Network displacement (T,3,Z,Y,X) RAS mm on the input grid, crop centred on the labelled LV."""
     m = (labels_ed == 2) | (labels_ed == 3)
     _, r, c = np.nonzero(m)
     t = pp.crop_transform(images.shape[-3:], geo.spacing, (r.mean(), c.mean()), pp.CROP_SIZE)
     crop = pp.normalize_intensity(pp.crop_image(images.astype(np.float32), t))
     sp = np.array([geo.spacing[0], pp.TARGET_SPACING_MM, pp.TARGET_SPACING_MM])
-    u_mm = estimate_motion(crop[ed], crop, sp, model=model, precision=precision)
+    u_mm = estimate_motion(crop[ed], crop, sp, model=model, precision=precision, smooth_mm=smooth_mm)
     disp = pp.displacement_to_input(u_mm / sp.reshape(1, 3, 1, 1, 1), t, geo)
     disp[ed] = 0.0
     return disp
@@ -110,7 +110,8 @@ def dice(a: np.ndarray, b: np.ndarray, k: int) -> float:
     return float(2 * (x & y).sum() / s) if s else float("nan")
 
 
-def phantom_rows(seeds, cache: Path, model, with_baseline: bool, precision: str = "auto") -> dict[str, list[dict]]:
+def phantom_rows(seeds, cache: Path, model, with_baseline: bool, precision: str = "auto",
+                 smooth_mm: float = OUTPUT_SMOOTHING_MM) -> dict[str, list[dict]]:
     rows: dict[str, list[dict]] = {}
     for seed in seeds:
         z = eval_phantom(seed, cache)
@@ -120,7 +121,7 @@ def phantom_rows(seeds, cache: Path, model, with_baseline: bool, precision: str 
         ref = json.loads(str(z["reference"]))
         cine = Cine(images, geo, z["times_ms"], name=f"phantom{seed}", ed=ed, es=es)
         t0 = time.time()
-        cands = {"network": network_displacement(images, labels[ed], geo, ed, model, precision)}
+        cands = {"network": network_displacement(images, labels[ed], geo, ed, model, precision, smooth_mm)}
         times = {"network": time.time() - t0}
         if with_baseline:
             cands["demons"], times["demons"] = baseline_displacement(images, geo, ed, _bcache(cache, f"phantom{seed}"))
@@ -141,6 +142,7 @@ def phantom_rows(seeds, cache: Path, model, with_baseline: bool, precision: str 
             for c in COMPONENTS:
                 row[f"ess_value_{c}"] = rep["ess"][c]
                 row[f"ess_{c}"] = abs(rep["ess"][c] - ref["ess"][c])
+                row[f"ess_signed_{c}"] = rep["ess"][c] - ref["ess"][c]
                 segs = [abs(rep["aha"][f"{c}_percent"][s] - ref["aha"][f"{c}_percent"][s])
                         for s in ref["aha"][f"{c}_percent"]
                         if rep["aha"][f"{c}_percent"][s] is not None and ref["aha"][f"{c}_percent"][s] is not None]
@@ -194,6 +196,11 @@ def _mean(rows, key):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--phantoms", type=int, default=5, help="number of evaluation phantoms (<= 5)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None,
+                    help="phantom seeds instead of the evaluation ones, e.g. training phantoms 1000-1005 with "
+                         "--cache runs/motion/phantoms to choose --smoothing without touching the evaluation set")
+    ap.add_argument("--smoothing", type=float, default=OUTPUT_SMOOTHING_MM,
+                    help=f"in-plane Gaussian on the network output, mm (default {OUTPUT_SMOOTHING_MM}, as shipped)")
     ap.add_argument("--acdc", type=int, default=20, help="number of ACDC validation patients")
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--weights", type=Path, default=None, help="motion weights (default: shipped)")
@@ -216,9 +223,12 @@ def main(argv=None) -> int:
     from deepstrain.networks.precision import resolve
 
     print(f"motion network: {args.weights or 'shipped weights'}, {resolve(args.precision)}")
-    if args.phantoms > 0:
-        print(f"Phantoms (seeds {EVAL_SEEDS[:args.phantoms]}, not in training), errors vs exact reference:")
-        rows = phantom_rows(EVAL_SEEDS[: args.phantoms], args.cache, model, base, args.precision)
+    seeds = tuple(args.seeds) if args.seeds else EVAL_SEEDS[: args.phantoms]
+    if seeds:
+        held_out = "not in training" if not args.seeds else "GIVEN SEEDS: check whether they were trained on"
+        print(f"Phantoms (seeds {seeds}, {held_out}), errors vs exact reference; network output smoothed "
+              f"{args.smoothing:g} mm:")
+        rows = phantom_rows(seeds, args.cache, model, base, args.precision, args.smoothing)
         print(f"{'method':9s} {'EPE myo mm':>10s} {'EPE all mm':>10s} | {'|dESS| rad':>10s} {'circ':>6s} {'long':>6s}"
               f" | {'seg |d| rad':>11s} {'circ':>6s} {'long':>6s} | {'s/study':>7s}")
         for name, rs in rows.items():
@@ -227,6 +237,9 @@ def main(argv=None) -> int:
                   f"{_mean(rs, 'ess_longitudinal'):6.2f} | {_mean(rs, 'seg_radial'):11.2f} "
                   f"{_mean(rs, 'seg_circumferential'):6.2f} {_mean(rs, 'seg_longitudinal'):6.2f} | "
                   f"{_mean(rs, 'time_s'):7.1f}")
+        print("mean SIGNED ESS error (bias), rad/circ/long: " + "; ".join(
+            f"{name} " + "/".join(f"{_mean(rs, f'ess_signed_{c}'):+.2f}" for c in COMPONENTS)
+            for name, rs in rows.items()))
     if args.acdc > 0:
         from deepstrain.training.data import VALIDATION_PATIENTS
 
