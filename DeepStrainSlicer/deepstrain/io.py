@@ -34,9 +34,12 @@ Inputs understood by :func:`load_cine` (array conventions: :mod:`deepstrain.cine
 * **DICOM cine folder** (any other folder; searched recursively; files read with
   ``force=True``; files that are not DICOM images are skipped). Images with pixel data and
   ``ImagePositionPatient``/``ImageOrientationPatient`` are grouped by ``SeriesInstanceUID``.
-  Several series: the one with the most images is used and a warning lists the others; a tie
-  for the most images is an error (ambiguous). (A study stored as one series per slice is
-  therefore not assembled: give a folder with one series.) Within the series:
+  A study stored as **one series per slice** (common for cine stacks) is assembled: series
+  that each hold a single slice position (and more than one image), with the same orientation,
+  rows/columns and pixel spacing, form one candidate stack (two such series at the same
+  position are an error: ambiguous). Several candidates (series or assembled stacks): the one
+  with the most images is used and a warning lists the others; a tie for the most images is an
+  error (ambiguous). Within the chosen series or stack:
 
   - all images must share orientation, rows/columns and pixel spacing;
   - slices are ordered by ascending position along the normal ``n = row_dir x col_dir``
@@ -512,19 +515,67 @@ def _read_dicom_folder(folder: Path, messages: list[str]) -> Cine:
         desc = str(ds0.get("SeriesDescription", "")).strip()
         return f"{uid or '<no SeriesInstanceUID>'} ({len(series[uid])} images{', ' + desc if desc else ''})"
 
-    counts = sorted(((len(v), uid) for uid, v in series.items()), key=lambda c: (-c[0], c[1]))
+    candidates = {uid: (describe(uid), items) for uid, items in series.items()}
+    for key, uids in _single_slice_stacks(folder, series).items():
+        for uid in uids:
+            candidates.pop(uid)
+        items = [it for uid in uids for it in series[uid]]
+        desc = str(series[uids[0]][0][1].get("SeriesDescription", "")).strip()
+        candidates[key] = (f"{len(uids)} single-slice series assembled into one stack ({len(items)} images"
+                           f"{', ' + desc if desc else ''})", items)
+    counts = sorted(((len(v[1]), k) for k, v in candidates.items()), key=lambda c: (-c[0], c[1]))
     if len(counts) > 1:
         if counts[0][0] == counts[1][0]:
-            tied = [uid for n, uid in counts if n == counts[0][0]]
+            tied = [k for n, k in counts if n == counts[0][0]]
             raise InputError(folder, "ambiguous: several DICOM series with the same number of images: "
-                                     + "; ".join(describe(u) for u in tied)
+                                     + "; ".join(candidates[k][0] for k in tied)
                                      + ". Put the series to analyse in a folder of its own")
         chosen = counts[0][1]
-        _warn(messages, f"{folder}: several DICOM series; using {describe(chosen)}; ignoring "
-                        + "; ".join(describe(u) for _, u in counts[1:]))
+        _warn(messages, f"{folder}: several DICOM series; using {candidates[chosen][0]}; ignoring "
+                        + "; ".join(candidates[k][0] for _, k in counts[1:]))
     else:
         chosen = counts[0][1]
-    return _assemble_dicom_series(folder, series[chosen], messages)
+    if chosen not in series:
+        _warn(messages, f"{folder}: {candidates[chosen][0]}")
+    return _assemble_dicom_series(folder, candidates[chosen][1], messages)
+
+
+def _single_slice_stacks(folder: Path, series: dict[str, list[tuple[Path, object]]]) -> dict[str, list[str]]:
+    """Groups (of 2 or more) of series that each hold one slice position of the same stack.
+
+    Key: a name for the assembled stack; value: the series UIDs, ordered. Series are grouped by
+    orientation (within 1e-3), rows/columns and pixel spacing; a series counts as one slice when
+    all its images lie within 0.05 mm of one position along the normal and it has 2+ images.
+    """
+    groups: dict[tuple, list[tuple[float, str]]] = {}
+    for uid, items in series.items():
+        if len(items) < 2:
+            continue
+        try:
+            f0, ds0 = items[0]
+            iop = _dicom_float(ds0, "ImageOrientationPatient", f0, 6)
+            ps = _dicom_float(ds0, "PixelSpacing", f0, 2)
+            normal = np.cross(iop[:3], iop[3:])
+            normal /= np.linalg.norm(normal)
+            pos = [float(_dicom_float(ds, "ImagePositionPatient", f, 3) @ normal) for f, ds in items]
+        except (InputError, ValueError, ZeroDivisionError):
+            continue  # left to the assembler, which names the file and the problem
+        if max(pos) - min(pos) > 0.05:
+            continue  # more than one slice: a series of its own
+        key = (tuple(np.round(iop, 3)), int(ds0.Rows), int(ds0.Columns), tuple(np.round(ps, 4)))
+        groups.setdefault(key, []).append((float(np.mean(pos)), uid))
+    out = {}
+    for n, members in enumerate(sorted(groups.values(), key=lambda m: sorted(u for _, u in m))):
+        if len(members) < 2:
+            continue
+        members.sort()
+        for (p_a, u_a), (p_b, u_b) in zip(members, members[1:]):
+            if abs(p_b - p_a) <= 0.05:
+                raise InputError(folder, f"ambiguous: single-slice DICOM series {u_a} and {u_b} are at the same "
+                                         "slice position (a repeated acquisition?); put the series to analyse in "
+                                         "a folder of their own")
+        out[f"<stack {n + 1}: {members[0][1]} ...>"] = [u for _, u in members]
+    return out
 
 
 def _dicom_float(ds: object, key: str, f: Path, n: int | None = None) -> np.ndarray:
