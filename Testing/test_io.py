@@ -583,6 +583,93 @@ def test_dicom_one_series_per_slice_is_assembled(shared_data, tmp_path):
         quiet_load(split)
 
 
+def _enhanced_copy(src: Path, names, out: Path, *, shuffle: bool = False) -> None:
+    """Sunnybrook images ``names`` re-stored as ONE enhanced (multi-frame) MR file: per-frame
+    position, trigger time and rescaling in functional groups, orientation and spacing shared."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        frames = [pydicom.dcmread(str(src / f"{n}.dcm"), force=True) for n in names]
+    if shuffle:
+        frames = frames[::-1]
+    f0 = frames[0]
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4.1"  # Enhanced MR Image Storage
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=["deepstrain-test"])
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.SeriesInstanceUID = "1.2.826.0.5"
+    ds.Modality = "MR"
+    for key in ("Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
+                "SamplesPerPixel", "PhotometricInterpretation"):
+        setattr(ds, key, f0.get(key))
+    ds.NumberOfFrames = len(frames)
+    shared = Dataset()
+    pm = Dataset()
+    pm.PixelSpacing = f0.PixelSpacing
+    pm.SliceThickness = f0.SliceThickness
+    ori = Dataset()
+    ori.ImageOrientationPatient = f0.ImageOrientationPatient
+    shared.PixelMeasuresSequence = Sequence([pm])
+    shared.PlaneOrientationSequence = Sequence([ori])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    per = []
+    for k, fr in enumerate(frames):
+        g = Dataset()
+        pos = Dataset()
+        pos.ImagePositionPatient = fr.ImagePositionPatient
+        card = Dataset()
+        card.NominalCardiacTriggerDelayTime = fr.TriggerTime
+        pvt = Dataset()
+        pvt.RescaleSlope, pvt.RescaleIntercept = 2, -5 - k  # a different rescaling per frame
+        g.PlanePositionSequence = Sequence([pos])
+        g.CardiacSynchronizationSequence = Sequence([card])
+        g.PixelValueTransformationSequence = Sequence([pvt])
+        per.append(g)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(per)
+    ds.PixelData = b"".join(fr.pixel_array.astype(fr.pixel_array.dtype).tobytes() for fr in frames)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(str(out), enforce_file_format=True)
+
+
+def test_dicom_enhanced_multiframe(shared_data, tmp_path):
+    src = shared_data / "sunnybrook" / "SCD0000101"
+    names = [z * 20 + t + 1 for z in range(3) for t in range(4)]
+    _copy_dicoms(src, tmp_path / "one", names)
+    reference = quiet_load(tmp_path / "one")
+    _enhanced_copy(src, names, tmp_path / "enh" / "cine.dcm", shuffle=True)
+    for path in (tmp_path / "enh", tmp_path / "enh" / "cine.dcm"):  # the folder, or the file itself
+        cine = quiet_load(path)
+        assert cine.data.shape == reference.data.shape == (4, 3, 256, 256)
+        np.testing.assert_allclose(cine.geometry.to_nifti_affine(), reference.geometry.to_nifti_affine(), atol=1e-6)
+        np.testing.assert_allclose(cine.times_ms, reference.times_ms)
+        # stored frame k (files reversed) has rescale 2x - 5 - k; array slice z is file slice 2 - z
+        # (slices ascend along the normal)
+        for t in range(4):
+            for z in range(3):
+                k = len(names) - 1 - names.index((2 - z) * 20 + t + 1)
+                np.testing.assert_array_equal(cine.data[t, z], reference.data[t, z] * 2 - 5 - k)
+    # a multi-frame file without functional groups is refused by name
+    import pydicom
+
+    ds = pydicom.dcmread(str(tmp_path / "enh" / "cine.dcm"))
+    del ds.PerFrameFunctionalGroupsSequence
+    ds.ImagePositionPatient = [0, 0, 0]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.PixelSpacing = [1, 1]
+    (tmp_path / "bad").mkdir()
+    ds.save_as(str(tmp_path / "bad" / "multi.dcm"))
+    with pytest.raises(InputError, match="multi-frame DICOM without per-frame functional groups") as e:
+        quiet_load(tmp_path / "bad")
+    assert "multi.dcm" in str(e.value)
+
+
 def test_ukbb_single_frame_is_not_a_cine(shared_data):
     f = shared_data / "ukbb_demo" / "1" / "sa_ED.nii.gz"
     with pytest.raises(InputError, match="single 3D frame") as e:

@@ -54,8 +54,11 @@ Inputs understood by :func:`load_cine` (array conventions: :mod:`deepstrain.cine
   - DICOM patient coordinates are LPS; they are converted to RAS (x and y negated). The
     origin is the RAS position of the first (most negative along ``n``) slice's
     ``ImagePositionPatient``;
-  - ``RescaleSlope`` / ``RescaleIntercept`` are applied; multi-frame (enhanced) DICOM and
-    colour images are refused.
+  - ``RescaleSlope`` / ``RescaleIntercept`` are applied; colour images are refused.
+  - **Multi-frame (enhanced MR) files**: each frame counts as one image, with its position,
+    orientation, pixel spacing, rescaling and trigger time (``NominalCardiacTriggerDelayTime``)
+    from the per-frame functional groups, or the shared ones; frames without trigger times are
+    ordered by their order in the file. Enhanced and single-frame files can form one series.
 
 * Overrides: ``spacing`` = ``(slice, row, col)`` mm replaces the input's spacing;
   ``heart_rate_bpm`` or ``rr_ms`` (not both) sets ``times_ms = frame_number * RR / N`` with
@@ -304,9 +307,11 @@ def load_cine(
     frames_per_cycle: int | None = None
     if path.is_file():
         if not _is_nifti(path) and looks_like_dicom(path):
-            raise InputError(path, "a single DICOM image; give the folder that holds the whole cine series")
-        data, geom, lost, times, _ = _load_nifti_cine(path, messages)
-        cine = Cine(data=data, geometry=geom, times_ms=times, name=_nifti_stem(path), source=str(path))
+            cine = _load_dicom_folder(path, messages)  # one multi-frame (enhanced) file holding the cine
+            lost = False
+        else:
+            data, geom, lost, times, _ = _load_nifti_cine(path, messages)
+            cine = Cine(data=data, geometry=geom, times_ms=times, name=_nifti_stem(path), source=str(path))
     elif (path / "Info.cfg").is_file():
         cine, lost, frames_per_cycle = _load_acdc_folder(path, messages)
     else:
@@ -491,7 +496,7 @@ def _load_dicom_folder(folder: Path, messages: list[str]) -> Cine:
 def _read_dicom_folder(folder: Path, messages: list[str]) -> Cine:
     import pydicom
 
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    files = [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file())
     series: dict[str, list[tuple[Path, object]]] = {}
     nifti_seen = []
     for f in files:
@@ -502,10 +507,16 @@ def _read_dicom_folder(folder: Path, messages: list[str]) -> Cine:
             ds = pydicom.dcmread(str(f), stop_before_pixels=True, force=True)
         except Exception:
             continue  # not DICOM
-        if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds or "Rows" not in ds:
+        if int(ds.get("NumberOfFrames", 1) or 1) > 1 and "PerFrameFunctionalGroupsSequence" in ds:
+            images = _enhanced_frames(f, ds)
+        elif "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds or "Rows" not in ds:
             continue  # not an image with geometry (DICOMDIR, report, ...)
+        else:
+            images = [ds]
         uid = str(ds.get("SeriesInstanceUID", ""))
-        series.setdefault(uid, []).append((f, ds))
+        series.setdefault(uid, []).extend((f, d) for d in images)
+    if folder.is_file() and not any(getattr(d, FRAME_INDEX_ATTR, None) is not None for items in series.values() for _, d in items):
+        raise InputError(folder, "a single DICOM image; give the folder that holds the whole cine series")
     if not series:
         hint = f"; it holds NIfTI files ({', '.join(nifti_seen[:3])}): give the file itself" if nifti_seen else ""
         raise InputError(folder, f"no DICOM images found (and no Info.cfg of an ACDC folder){hint}")
@@ -578,6 +589,60 @@ def _single_slice_stacks(folder: Path, series: dict[str, list[tuple[Path, object
     return out
 
 
+def _enhanced_frames(f: Path, ds: object) -> list:
+    """One header-only dataset per frame of a multi-frame (enhanced) file, with the tags the
+    assembler reads (geometry, rescaling, trigger time) taken from the per-frame functional
+    groups, else from the shared ones; ``FRAME_INDEX_ATTR`` holds the frame's index in the file."""
+    from pydicom.dataset import Dataset
+
+    shared_seq = ds.get("SharedFunctionalGroupsSequence")
+    shared = shared_seq[0] if shared_seq else None
+    per = ds.PerFrameFunctionalGroupsSequence
+    n = int(ds.NumberOfFrames)
+    if len(per) != n:
+        raise InputError(f, f"enhanced DICOM: {len(per)} per-frame functional groups for {n} frames")
+
+    def group(i: int, name: str):
+        for src in (per[i], shared):
+            if src is not None and name in src and len(src[name].value):
+                return src[name].value[0]
+        return None
+
+    out = []
+    for i in range(n):
+        pos, ori, pm = (group(i, k) for k in ("PlanePositionSequence", "PlaneOrientationSequence",
+                                              "PixelMeasuresSequence"))
+        if pos is None or ori is None or pm is None or "PixelSpacing" not in pm:
+            raise InputError(f, f"enhanced DICOM frame {i + 1} has no plane position, orientation or pixel spacing")
+        fr = Dataset()
+        fr.Rows, fr.Columns = ds.Rows, ds.Columns
+        fr.ImagePositionPatient = pos.ImagePositionPatient
+        fr.ImageOrientationPatient = ori.ImageOrientationPatient
+        fr.PixelSpacing = pm.PixelSpacing
+        for key in ("SliceThickness", "SpacingBetweenSlices"):
+            if key in pm:
+                setattr(fr, key, pm.get(key))
+        card = group(i, "CardiacSynchronizationSequence")
+        if card is not None and card.get("NominalCardiacTriggerDelayTime") not in (None, ""):
+            fr.TriggerTime = card.NominalCardiacTriggerDelayTime
+        pvt = group(i, "PixelValueTransformationSequence")
+        for key in ("RescaleSlope", "RescaleIntercept"):
+            src = pvt if pvt is not None and key in pvt else ds
+            if key in src:
+                setattr(fr, key, src.get(key))
+        fr.InstanceNumber = i + 1
+        for key in ("SeriesInstanceUID", "SeriesDescription"):
+            if key in ds:
+                setattr(fr, key, ds.get(key))
+        setattr(fr, FRAME_INDEX_ATTR, i)
+        out.append(fr)
+    return out
+
+
+FRAME_INDEX_ATTR = "deepstrain_frame_index"
+"""Python attribute (not a DICOM tag) marking a frame of a multi-frame file."""
+
+
 def _dicom_float(ds: object, key: str, f: Path, n: int | None = None) -> np.ndarray:
     try:
         value = np.asarray([float(v) for v in (ds.get(key) if n else [ds.get(key)])], dtype=np.float64)
@@ -598,7 +663,8 @@ def _assemble_dicom_series(folder: Path, items: list[tuple[Path, object]], messa
     recs = []
     for f, ds in items:
         if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-            raise InputError(f, "multi-frame (enhanced) DICOM is not supported; export the cine as one image per file")
+            raise InputError(f, "multi-frame DICOM without per-frame functional groups (not enhanced MR) is not "
+                                "supported; export the cine as one image per file")
         iop = _dicom_float(ds, "ImageOrientationPatient", f, 6)
         ps = _dicom_float(ds, "PixelSpacing", f, 2)
         if not np.allclose(iop, iop0, atol=1e-4):
@@ -617,7 +683,8 @@ def _assemble_dicom_series(folder: Path, items: list[tuple[Path, object]], messa
         except (TypeError, ValueError):
             trigger = np.nan
         inst = ds.get("InstanceNumber")
-        recs.append((f, ipp, trigger, int(inst) if inst not in (None, "") else 0))
+        recs.append((f, ipp, trigger, int(inst) if inst not in (None, "") else 0, getattr(ds, FRAME_INDEX_ATTR, None),
+                     ds))
 
     row_dir, col_dir = iop0[:3], iop0[3:]  # row_dir: along a row (increasing column index)
     row_dir = row_dir / np.linalg.norm(row_dir)
@@ -694,25 +761,32 @@ def _assemble_dicom_series(folder: Path, items: list[tuple[Path, object]], messa
 
     # pixels
     data = np.empty((T, Z, rc0[0], rc0[1]), dtype=np.float32)
+    decoded: dict[Path, np.ndarray] = {}  # multi-frame files are decoded once
     for z, members in enumerate(per_slice):
         for t, i in enumerate(members):
-            f = recs[i][0]
+            f, frame, meta = recs[i][0], recs[i][4], recs[i][5]
             try:
-                ds = pydicom.dcmread(str(f), force=True)
-                arr = np.asarray(ds.pixel_array)
+                if frame is None:
+                    ds = pydicom.dcmread(str(f), force=True)
+                    arr, meta = np.asarray(ds.pixel_array), ds
+                else:
+                    if f not in decoded:
+                        decoded[f] = np.asarray(pydicom.dcmread(str(f), force=True).pixel_array)
+                    arr = decoded[f][frame] if decoded[f].ndim == 3 else decoded[f]
             except Exception as exc:
                 raise InputError(f, f"DICOM pixel data cannot be read: {exc}") from exc
             if arr.shape != rc0:
                 raise InputError(f, f"pixel data of shape {arr.shape} (colour or multi-frame?) where {rc0} was expected")
-            slope = float(ds.get("RescaleSlope", 1) or 1)
-            inter = float(ds.get("RescaleIntercept", 0) or 0)
+            slope = float(meta.get("RescaleSlope", 1) or 1)
+            inter = float(meta.get("RescaleIntercept", 0) or 0)
             data[t, z] = arr.astype(np.float64) * slope + inter
     _check_finite(folder, data)
     if no_trigger:
         times = np.full(T, np.nan)
     else:
         times = np.array([[recs[i][2] for i in m] for m in per_slice]).mean(axis=0)
-    return Cine(data=data, geometry=geom, times_ms=times, name=folder.name, source=str(folder))
+    name = folder.stem if folder.is_file() else folder.name
+    return Cine(data=data, geometry=geom, times_ms=times, name=name, source=str(folder))
 
 
 # =========================================================================== labels / displacement
