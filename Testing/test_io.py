@@ -469,6 +469,19 @@ def _copy_dicoms(src: Path, dst: Path, names) -> None:
         (dst / f"{n}.dcm").write_bytes((src / f"{n}.dcm").read_bytes())
 
 
+def _edited_copies(src: Path, names, dst: Path, edit, prefix: str = "") -> None:
+    """Copies of DICOM files ``names`` with ``edit(dataset, name)`` applied (pydicom's warnings off)."""
+    import pydicom
+
+    dst.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for n in names:
+            ds = pydicom.dcmread(str(src / f"{n}.dcm"), force=True)
+            edit(ds, n)
+            ds.save_as(str(dst / f"{prefix}{n}.dcm"))
+
+
 def test_dicom_inconsistent_series(shared_data, tmp_path):
     src = shared_data / "sunnybrook" / "SCD0000101"
     # 3 slices x 4 phases, but one image missing in one slice
@@ -542,43 +555,35 @@ def test_dicom_tags_series_choice_rescale(shared_data, tmp_path):
 def test_dicom_one_series_per_slice_is_assembled(shared_data, tmp_path):
     """A cine stored as one series per slice loads as the same stack as one series; a long-axis
     single-slice series beside it is ignored with a warning; two series at one position are refused."""
-    import pydicom
-
     src = shared_data / "sunnybrook" / "SCD0000101"
     names = [z * 20 + t + 1 for z in range(3) for t in range(4)]
     _copy_dicoms(src, tmp_path / "one", names)
     reference = quiet_load(tmp_path / "one")
     split = tmp_path / "split"
-    split.mkdir()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for n in names:
-            ds = pydicom.dcmread(str(src / f"{n}.dcm"), force=True)
-            ds.SeriesInstanceUID = f"1.2.826.0.1.{(n - 1) // 20}"  # one series per slice
-            ds.save_as(str(split / f"{n}.dcm"))
+
+    def per_slice(ds, n):
+        ds.SeriesInstanceUID = f"1.2.826.0.1.{(n - 1) // 20}"  # one series per slice
+
+    _edited_copies(src, names, split, per_slice)
     with pytest.warns(DeepStrainWarning, match="3 single-slice series assembled into one stack"):
         cine = load_cine(split)
     np.testing.assert_array_equal(cine.data, reference.data)
     np.testing.assert_allclose(cine.geometry.to_nifti_affine(), reference.geometry.to_nifti_affine(), atol=1e-6)
     np.testing.assert_allclose(cine.times_ms, reference.times_ms)
-    # a single-slice series in another orientation (a long-axis view) is not part of the stack
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for n in (61, 62, 63):
-            ds = pydicom.dcmread(str(src / f"{n}.dcm"), force=True)
-            ds.SeriesInstanceUID = "1.2.826.0.9"
-            ds.ImageOrientationPatient = [0.0, 1.0, 0.0, 0.0, 0.0, -1.0]
-            ds.save_as(str(split / f"lax{n}.dcm"))
+
+    def long_axis(ds, n):  # a single-slice series in another orientation (a long-axis view)
+        ds.SeriesInstanceUID = "1.2.826.0.9"
+        ds.ImageOrientationPatient = [0.0, 1.0, 0.0, 0.0, 0.0, -1.0]
+
+    _edited_copies(src, (61, 62, 63), split, long_axis, prefix="lax")
     with pytest.warns(DeepStrainWarning, match=r"ignoring 1\.2\.826\.0\.9 \(3 images"):
         cine = load_cine(split)
     np.testing.assert_array_equal(cine.data, reference.data)
-    # a repeated acquisition of slice 0 as a series of its own: ambiguous
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for n in names[:4]:
-            ds = pydicom.dcmread(str(src / f"{n}.dcm"), force=True)
-            ds.SeriesInstanceUID = "1.2.826.0.7"
-            ds.save_as(str(split / f"again{n}.dcm"))
+
+    def again(ds, n):  # a repeated acquisition of slice 0 as a series of its own: ambiguous
+        ds.SeriesInstanceUID = "1.2.826.0.7"
+
+    _edited_copies(src, names[:4], split, again, prefix="again")
     with pytest.raises(InputError, match="same slice position"):
         quiet_load(split)
 
