@@ -162,3 +162,19 @@ def test_gradient_error_measures_strain_error_inside_the_mask_only():
     u_out[0, 2, :, :, :2] = 5.0  # an error outside the mask does not count
     assert float(gradient_error(u_out, target, sp, mask)) == 0.0
     assert float(gradient_error(u, target, sp, torch.zeros_like(mask))) == 0.0
+
+
+def test_average_weights_is_the_parameter_mean_and_refuses_other_configs(tmp_path):
+    from deepstrain.training.motion import average_weights, export
+
+    torch.manual_seed(0)
+    a, b = MotionNet((4, 4, 4, 4, 4), refine=True), MotionNet((4, 4, 4, 4, 4), refine=True)
+    export(a, tmp_path / "a.pt", {})
+    export(b, tmp_path / "b.pt", {})
+    avg = average_weights([tmp_path / "a.pt", tmp_path / "b.pt"])
+    for k, v in avg.state_dict().items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, (a.state_dict()[k] + b.state_dict()[k]) / 2)
+    export(MotionNet((4, 4, 4, 4, 8)), tmp_path / "c.pt", {})
+    with pytest.raises(ValueError, match="different configurations"):
+        average_weights([tmp_path / "a.pt", tmp_path / "c.pt"])

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import preprocess as pp
-from ..networks.motion import MotionNet, count_parameters, normalise_pair, warp
+from ..networks.motion import MotionNet, count_parameters, load_model, normalise_pair, warp
 
 PHANTOM_TRAIN_SEEDS = range(1000, 1040)
 """Phantom seeds used for training; evaluation uses seeds >= 9000."""
@@ -386,6 +386,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--w-dice", type=float, default=1.0)
     p.add_argument("--w-smooth", type=float, default=0.1)
     p.add_argument("--w-epe", type=float, default=0.02)
+    p.add_argument("--average", type=Path, nargs="+", default=None, metavar="WEIGHTS",
+                   help="no training: average the parameters of these exported weights (same configuration, "
+                        "e.g. a run and the run fine-tuned from it) into <out>/motion_average.pt; with --ship, "
+                        "ship the average")
     p.add_argument("--w-grad", type=float, default=0.0,
                    help="weight of the displacement-gradient error in the ED myocardium (phantoms; 0: off)")
 
@@ -426,7 +430,37 @@ def _log(msg: str, fh) -> None:
     fh.flush()
 
 
+def average_weights(paths: list[Path]) -> MotionNet:
+    """A MotionNet whose parameters are the mean of those of the weights ``paths`` (all of one config)."""
+    models = [load_model(p) for p in paths]
+    if len({json.dumps(m.config, sort_keys=True) for m in models}) != 1:
+        raise ValueError("--average: the weights have different configurations: "
+                         + "; ".join(f"{p}: {m.config}" for p, m in zip(paths, models)))
+    states = [m.state_dict() for m in models]
+    mean = {k: (sum(st[k].double() for st in states) / len(states)).to(v.dtype) if v.is_floating_point() else v
+            for k, v in states[0].items()}
+    models[0].load_state_dict(mean)
+    return models[0].eval()
+
+
+def _main_average(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    model = average_weights(list(args.average))
+    export(model, out / "motion_average.pt", {"average_of": [str(p) for p in args.average]})
+    print(f"averaged {len(args.average)} weights into {out / 'motion_average.pt'}")
+    if args.ship:
+        infos = [torch.load(p, map_location="cpu", weights_only=True).get("info", {}) for p in args.average]
+        summary = {"parameters": count_parameters(model), "iterations": sum(int(i.get("steps", 0)) for i in infos),
+                   "history": [{}], "averaged_from": [str(p) for p in args.average]}
+        command = getattr(args, "command_line", "") or "python -m deepstrain.training.motion " + " ".join(sys.argv[1:])
+        path = ship(model, summary, command, None if args.ship == "package" else Path(args.ship))
+        print(f"shipped {path}")
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
+    if args.average:
+        return _main_average(args)
     torch.set_num_threads(max(int(args.threads), 1))
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
