@@ -88,6 +88,7 @@ Geometry round trips are exact up to the ``float32`` precision of NIfTI headers.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import tempfile
@@ -532,8 +533,9 @@ def _read_dicom_folder(folder: Path, messages: list[str]) -> Cine:
             candidates.pop(uid)
         items = [it for uid in uids for it in series[uid]]
         desc = str(series[uids[0]][0][1].get("SeriesDescription", "")).strip()
-        candidates[key] = (f"{len(uids)} single-slice series assembled into one stack ({len(items)} images"
-                           f"{', ' + desc if desc else ''})", items)
+        label = (f"{len(uids)} single-slice series assembled into one stack ({len(items)} images"
+                 f"{', ' + desc if desc else ''})")
+        candidates[key] = (label, items)
     counts = sorted(((len(v[1]), k) for k, v in candidates.items()), key=lambda c: (-c[0], c[1]))
     if len(counts) > 1:
         if counts[0][0] == counts[1][0]:
@@ -580,7 +582,7 @@ def _single_slice_stacks(folder: Path, series: dict[str, list[tuple[Path, object
         if len(members) < 2:
             continue
         members.sort()
-        for (p_a, u_a), (p_b, u_b) in zip(members, members[1:]):
+        for (p_a, u_a), (p_b, u_b) in itertools.pairwise(members):
             if abs(p_b - p_a) <= 0.05:
                 raise InputError(folder, f"ambiguous: single-slice DICOM series {u_a} and {u_b} are at the same "
                                          "slice position (a repeated acquisition?); put the series to analyse in "
@@ -909,8 +911,7 @@ def _atomic_save(img: nib.Nifti1Image, path: PathLike, overwrite: bool) -> Path:
     try:
         if suffix == ".nii.gz":
             with open(tmp, "wb") as fh:
-                for member in gzip_members(img.to_bytes()):
-                    fh.write(member)
+                fh.writelines(gzip_members(img.to_bytes()))
         else:
             nib.save(img, tmp)
         os.replace(tmp, path)
