@@ -89,7 +89,6 @@ def _width_for(target: float, cin: int, cout: int) -> int:
     return min(range(8, 80), key=lambda b: abs(_n_params(PaperSizeUNet3d(cin, cout, b)) - target))
 
 
-@torch.no_grad()
 def _time_our_nets(cine_path: Path, precision: str) -> float:
     """Seconds of :func:`deepstrain.inference.predict` (all networks) on the study, after a warm-up run."""
     from deepstrain import io
@@ -102,6 +101,7 @@ def _time_our_nets(cine_path: Path, precision: str) -> float:
     return time.perf_counter() - t0
 
 
+@torch.no_grad()
 def _time_paper_nets(frames: int, timed_frames: int, precision: str = "auto") -> tuple[float, dict]:
     from deepstrain.networks.precision import compute_precision
 

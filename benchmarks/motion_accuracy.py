@@ -141,8 +141,8 @@ def phantom_rows(seeds, cache: Path, model, with_baseline: bool, precision: str 
             }
             for c in COMPONENTS:
                 row[f"ess_value_{c}"] = rep["ess"][c]
-                row[f"ess_{c}"] = abs(rep["ess"][c] - ref["ess"][c])
                 row[f"ess_signed_{c}"] = rep["ess"][c] - ref["ess"][c]
+                row[f"ess_{c}"] = abs(row[f"ess_signed_{c}"])
                 segs = [abs(rep["aha"][f"{c}_percent"][s] - ref["aha"][f"{c}_percent"][s])
                         for s in ref["aha"][f"{c}_percent"]
                         if rep["aha"][f"{c}_percent"][s] is not None and ref["aha"][f"{c}_percent"][s] is not None]

@@ -500,6 +500,7 @@ def _read_dicom_folder(folder: Path, messages: list[str]) -> Cine:
     files = [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file())
     series: dict[str, list[tuple[Path, object]]] = {}
     nifti_seen = []
+    multi_frame = False
     for f in files:
         if _is_nifti(f):
             nifti_seen.append(f.name)
@@ -510,32 +511,29 @@ def _read_dicom_folder(folder: Path, messages: list[str]) -> Cine:
             continue  # not DICOM
         if int(ds.get("NumberOfFrames", 1) or 1) > 1 and "PerFrameFunctionalGroupsSequence" in ds:
             images = _enhanced_frames(f, ds)
+            multi_frame = True
         elif "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds or "Rows" not in ds:
             continue  # not an image with geometry (DICOMDIR, report, ...)
         else:
             images = [ds]
         uid = str(ds.get("SeriesInstanceUID", ""))
         series.setdefault(uid, []).extend((f, d) for d in images)
-    if folder.is_file() and not any(getattr(d, FRAME_INDEX_ATTR, None) is not None for items in series.values() for _, d in items):
+    if folder.is_file() and not multi_frame:
         raise InputError(folder, "a single DICOM image; give the folder that holds the whole cine series")
     if not series:
         hint = f"; it holds NIfTI files ({', '.join(nifti_seen[:3])}): give the file itself" if nifti_seen else ""
         raise InputError(folder, f"no DICOM images found (and no Info.cfg of an ACDC folder){hint}")
 
-    def describe(uid: str) -> str:
-        ds0 = series[uid][0][1]
-        desc = str(ds0.get("SeriesDescription", "")).strip()
-        return f"{uid or '<no SeriesInstanceUID>'} ({len(series[uid])} images{', ' + desc if desc else ''})"
+    def describe(what: str, items: list[tuple[Path, object]]) -> str:
+        desc = str(items[0][1].get("SeriesDescription", "")).strip()
+        return f"{what} ({len(items)} images{', ' + desc if desc else ''})"
 
-    candidates = {uid: (describe(uid), items) for uid, items in series.items()}
+    candidates = {uid: (describe(uid or "<no SeriesInstanceUID>", items), items) for uid, items in series.items()}
     for key, uids in _single_slice_stacks(folder, series).items():
         for uid in uids:
             candidates.pop(uid)
         items = [it for uid in uids for it in series[uid]]
-        desc = str(series[uids[0]][0][1].get("SeriesDescription", "")).strip()
-        label = (f"{len(uids)} single-slice series assembled into one stack ({len(items)} images"
-                 f"{', ' + desc if desc else ''})")
-        candidates[key] = (label, items)
+        candidates[key] = (describe(f"{len(uids)} single-slice series assembled into one stack", items), items)
     counts = sorted(((len(v[1]), k) for k, v in candidates.items()), key=lambda c: (-c[0], c[1]))
     if len(counts) > 1:
         if counts[0][0] == counts[1][0]:
@@ -591,6 +589,10 @@ def _single_slice_stacks(folder: Path, series: dict[str, list[tuple[Path, object
     return out
 
 
+FRAME_INDEX_ATTR = "deepstrain_frame_index"
+"""Python attribute (not a DICOM tag) marking a frame of a multi-frame file."""
+
+
 def _enhanced_frames(f: Path, ds: object) -> list:
     """One header-only dataset per frame of a multi-frame (enhanced) file, with the tags the
     assembler reads (geometry, rescaling, trigger time) taken from the per-frame functional
@@ -641,10 +643,6 @@ def _enhanced_frames(f: Path, ds: object) -> list:
     return out
 
 
-FRAME_INDEX_ATTR = "deepstrain_frame_index"
-"""Python attribute (not a DICOM tag) marking a frame of a multi-frame file."""
-
-
 def _dicom_float(ds: object, key: str, f: Path, n: int | None = None) -> np.ndarray:
     try:
         value = np.asarray([float(v) for v in (ds.get(key) if n else [ds.get(key)])], dtype=np.float64)
@@ -685,8 +683,7 @@ def _assemble_dicom_series(folder: Path, items: list[tuple[Path, object]], messa
         except (TypeError, ValueError):
             trigger = np.nan
         inst = ds.get("InstanceNumber")
-        recs.append((f, ipp, trigger, int(inst) if inst not in (None, "") else 0, getattr(ds, FRAME_INDEX_ATTR, None),
-                     ds))
+        recs.append((f, ipp, trigger, int(inst) if inst not in (None, "") else 0, ds))
 
     row_dir, col_dir = iop0[:3], iop0[3:]  # row_dir: along a row (increasing column index)
     row_dir = row_dir / np.linalg.norm(row_dir)
@@ -766,15 +763,16 @@ def _assemble_dicom_series(folder: Path, items: list[tuple[Path, object]], messa
     decoded: dict[Path, np.ndarray] = {}  # multi-frame files are decoded once
     for z, members in enumerate(per_slice):
         for t, i in enumerate(members):
-            f, frame, meta = recs[i][0], recs[i][4], recs[i][5]
+            f, meta = recs[i][0], recs[i][4]
+            frame = getattr(meta, FRAME_INDEX_ATTR, None)
             try:
                 if frame is None:
-                    ds = pydicom.dcmread(str(f), force=True)
-                    arr, meta = np.asarray(ds.pixel_array), ds
+                    meta = pydicom.dcmread(str(f), force=True)
+                    arr = np.asarray(meta.pixel_array)
                 else:
                     if f not in decoded:
                         decoded[f] = np.asarray(pydicom.dcmread(str(f), force=True).pixel_array)
-                    arr = decoded[f][frame] if decoded[f].ndim == 3 else decoded[f]
+                    arr = decoded[f][frame]
             except Exception as exc:
                 raise InputError(f, f"DICOM pixel data cannot be read: {exc}") from exc
             if arr.shape != rc0:

@@ -23,7 +23,7 @@ Loss per pair (``u`` in mm, Lagrangian ED -> t; ``warp(frame_t, u)`` pulls frame
 * ``w_epe``    x mean end-point error (mm) against the exact displacement (phantoms, [ED, ED]),
 * ``w_grad``   x mean |d(u - u_exact)/dX| over neighbouring voxel pairs in the ED myocardium
   (phantoms): the error of the displacement gradient, which is what strain is computed from.
-  Off by default; the shipped fine-tune uses it (see the manifest's training chain).
+  Off by default; stage 4 of the shipped weights' training chain used it (see the manifest).
 
 Defaults (the shipped run): w_sim 1 (MSE on [0, 1] intensities; the paper's 0.01 assumed another
 intensity scale), w_dice 1, w_smooth 0.1, w_epe 0.02 (0.1 pulled the network to a zero field);
