@@ -35,6 +35,13 @@ def test_largest_components_keeps_the_biggest_blob_per_class():
     out = largest_components(lab)
     assert (out == 3).sum() == 2 * 64 and out[0, 0, 15, 15] == 0
     assert (out == 1).sum() == 6
+    # a ring on the next slice, shifted in-plane so that it touches only diagonally, stays
+    lab = np.zeros((1, 2, 20, 20), np.uint8)
+    lab[0, 0, 2:10, 2:10] = 2
+    lab[0, 1, 10:13, 10:13] = 2
+    lab[0, 1, 17:19, 0:2] = 2  # not touching at all: removed
+    out = largest_components(lab)
+    assert (out[0, 1] == 2).sum() == 9
 
 
 def test_segments_a_validation_patient(cine):

@@ -7,7 +7,7 @@ import torch
 
 from deepstrain.networks.blocks import UNet2d, count_parameters
 from deepstrain.networks.centring import build_centring_net, lv_centre_from_probability
-from deepstrain.networks.segmentation import build_segmentation_net, segment_slices
+from deepstrain.networks.segmentation import build_segmentation_net, context_slices, input_channels, segment_slices
 
 
 def test_segmentation_net_size_and_any_input_size():
@@ -17,7 +17,7 @@ def test_segmentation_net_size_and_any_input_size():
     assert 1_000_000 < n < 3_000_000
     with torch.no_grad():
         for shape in [(128, 128), (96, 112), (75, 130)]:
-            out = net(torch.rand(2, 1, *shape))
+            out = net(torch.rand(2, 3, *shape))
             assert out.shape == (2, 4) + shape
 
 
@@ -32,17 +32,50 @@ def test_no_parameter_depends_on_image_size():
 def test_segment_slices_chunked_equals_whole_and_deterministic():
     torch.manual_seed(1)
     net = build_segmentation_net(base=4, depth=2).eval()
-    x = torch.rand(5, 48, 40)
+    x = context_slices(torch.rand(1, 5, 48, 40), 3)
     a = segment_slices(net, x, chunk=2)
     b = segment_slices(net, x, chunk=64)
     assert a.shape == (5, 4, 48, 40)
     assert torch.allclose(a, b, atol=1e-5)
     assert torch.allclose(a.sum(1), torch.ones(5, 48, 40), atol=1e-5)
+    one = build_segmentation_net(in_channels=1, base=4, depth=2).eval()  # one-slice networks take (N, H, W)
+    assert torch.equal(segment_slices(one, x[:, 1]), segment_slices(one, x[:, 1:2]))
     assert torch.equal(segment_slices(net, x, chunk=2), a)
     # test-time flips: the average of the flipped passes, each flipped back
     single = segment_slices(net, x, flips=((),))
     lr = segment_slices(net, x.flip(-1), flips=((),)).flip(-1)
     assert torch.allclose(segment_slices(net, x, flips=((), (-1,))), (single + lr) / 2, atol=1e-6)
+
+
+def test_context_slices_neighbours_and_zero_ends():
+    v = torch.arange(2 * 4 * 3 * 5, dtype=torch.float32).reshape(2, 4, 3, 5)
+    x = context_slices(v, 3)
+    assert x.shape == (8, 3, 3, 5)
+    for t in range(2):
+        for z in range(4):
+            n = t * 4 + z
+            assert torch.equal(x[n, 1], v[t, z])
+            assert torch.equal(x[n, 0], v[t, z - 1] if z > 0 else torch.zeros(3, 5))  # never another frame
+            assert torch.equal(x[n, 2], v[t, z + 1] if z < 3 else torch.zeros(3, 5))
+    assert torch.equal(context_slices(v, 1)[:, 0], v.reshape(8, 3, 5))
+    assert input_channels(build_segmentation_net(base=4, depth=2)) == 3
+    assert input_channels(build_segmentation_net(in_channels=1, base=4, depth=2)) == 1
+
+
+def test_widened_first_convolution_computes_what_the_one_slice_network_did():
+    from deepstrain.training.segmentation import load_widening_input
+
+    torch.manual_seed(3)
+    old = build_segmentation_net(in_channels=1, base=4, depth=2).eval()
+    new = build_segmentation_net(base=4, depth=2).eval()
+    assert load_widening_input(new, old.state_dict()) == ["down.0.0.weight"]
+    v = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        a = old(v.reshape(6, 1, 32, 32))
+        b = new(context_slices(v, 3))
+    assert torch.allclose(a, b, atol=1e-6)
+    with pytest.raises(RuntimeError):  # anything else that does not match is still refused
+        load_widening_input(build_segmentation_net(base=8, depth=2), old.state_dict())
 
 
 def test_fuse_batchnorm_keeps_outputs():
@@ -57,7 +90,7 @@ def test_fuse_batchnorm_keeps_outputs():
             m.weight.data.uniform_(0.5, 1.5)
             m.bias.data.uniform_(-0.2, 0.2)
     net.eval()
-    x = torch.rand(3, 1, 32, 32)
+    x = torch.rand(3, 3, 32, 32)
     with torch.no_grad():
         before = net(x)
         fused = fuse_batchnorm(net)
@@ -92,7 +125,7 @@ def test_precision_choice_and_bfloat16_close_to_float32():
         resolve("half")
     torch.manual_seed(5)
     net = build_segmentation_net(base=4, depth=2).eval()
-    x = torch.rand(4, 40, 40)
+    x = torch.rand(4, 3, 40, 40)
     p32 = segment_slices(net, x, precision="float32")
     p16 = segment_slices(net, x, precision="bfloat16")
     assert p16.dtype == torch.float32

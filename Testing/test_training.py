@@ -54,6 +54,22 @@ def test_augmented_batches_keep_labels_on_the_anatomy(cache):
     assert xc.shape == (8, 1, 64, 64) and set(torch.unique(yc).tolist()) <= {0, 1}
 
 
+def test_batches_with_neighbouring_slices(cache):
+    vol = np.arange(4 * 2 * 2, dtype=np.float32).reshape(4, 2, 2)
+    s = D.slice_with_neighbours(vol, 0, 3)
+    assert np.array_equal(s[0], np.zeros((2, 2))) and np.array_equal(s[1], vol[0]) and np.array_equal(s[2], vol[1])
+    assert np.array_equal(D.slice_with_neighbours(vol, 3, 3)[2], np.zeros((2, 2)))
+    data = D.load_cache(cache, ("patient001",))
+    x, y = D.segmentation_batch(data, np.random.default_rng(0), 32, size=96, channels=3)
+    assert x.shape == (32, 3, 96, 96) and y.shape == (32, 96, 96)
+    assert float(x[:, 1][y == 3].mean()) > float(x[:, 1][y == 2].mean()) + 0.15  # the labels go with channel 1
+    img, lab, ids = D.validation_slices(data, size=96, channels=3)
+    z = data[0]["seg_img"].shape[1]
+    assert img.shape == (2 * z, 3, 96, 96) and lab.shape == (2 * z, 96, 96) and len(ids) == 2 * z
+    assert torch.equal(img[1, 0], img[0, 1]) and torch.equal(img[0, 2], img[1, 1])
+    assert not img[z, 0].any()  # the ES stack starts afresh: no neighbour from the ED frame
+
+
 @pytest.mark.parametrize("module", [segmentation, centring])
 def test_two_iterations_then_resume_equals_an_uninterrupted_run(tmp_path, shared_data, cache, module):
     name = module.NAME

@@ -70,13 +70,13 @@ def speed_comparison(n_slices: int = 32, repeats: int = 3) -> dict:
     import torch
 
     from deepstrain.networks.blocks import UNet2d, count_parameters
-    from deepstrain.networks.segmentation import build_segmentation_net
+    from deepstrain.networks.segmentation import build_segmentation_net, input_channels
 
-    x = torch.rand(n_slices, 1, 128, 128)
     out = {}
     for label, net in (("ours", build_segmentation_net()),
                        ("paper_size", UNet2d(1, 4, base=88, depth=4, max_channels=4096))):
         net.eval()
+        x = torch.rand(n_slices, input_channels(net), 128, 128)
         with torch.no_grad():
             net(x[:4])
             best = min(_timed(net, x) for _ in range(repeats))

@@ -6,7 +6,9 @@
 2. Centring: the centring network on the whole field of view of the ED frame at 2.5 mm gives a
    first LV centre; the segmentation network on the ED frame cropped there refines it to the
    centroid of its LV (labels 2+3). The crop (128 x 128 at 1.25 mm) is centred on that point.
-3. Segmentation of all frames in one batched pass over the ``T * Z`` slices (chunks of 64);
+3. Segmentation of all frames in one batched pass over the ``T * Z`` slices (chunks of 64), each
+   slice with its two neighbours of the same frame as extra channels
+   (:func:`deepstrain.networks.segmentation.context_slices`);
    with ``tta=True`` also with test-time flips (:data:`deepstrain.networks.segmentation.FLIPS`:
    left-right, up-down, both; probabilities averaged; 4x the segmentation time). Class
    probabilities are mapped back to the input grid (linear), then argmax. The 2D networks run
@@ -15,8 +17,8 @@
    With ``precision="auto"`` the networks compute in bfloat16 on CPUs that have it natively
    (:mod:`deepstrain.networks.precision`), about twice as fast again.
 4. Post-processing: in each frame, each class (RV, myocardium, LV cavity) keeps only its largest
-   3D connected component (face connectivity, across slices too); the voxels removed become
-   background.
+   3D connected component (26-connectivity: faces, edges and corners, across slices too); the
+   voxels removed become background.
 5. Motion (optional): :func:`deepstrain.networks.motion.estimate_motion` from the ED crop to every
    frame's crop, converted to RAS mm on the input grid (:func:`deepstrain.preprocess.displacement_to_input`).
 
@@ -40,7 +42,8 @@ from .cine import Cine
 from .errors import InputError
 from .networks.blocks import fuse_batchnorm
 from .networks.centring import CENTRING_SPACING_MM, build_centring_net, lv_centre_from_probability, lv_probability
-from .networks.segmentation import FLIPS, N_CLASSES, build_segmentation_net, segment_slices
+from .networks.segmentation import (FLIPS, N_CLASSES, build_segmentation_net, context_slices, input_channels,
+                                    segment_slices)
 from .preprocess import (
     CROP_SIZE,
     TARGET_SPACING_MM,
@@ -89,14 +92,23 @@ def _network(name: str, weights_dir: Path | None) -> torch.nn.Module:
     return _NETS[key]
 
 
+_CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
+
+
 def largest_components(labels: np.ndarray, n_classes: int = N_CLASSES) -> np.ndarray:
-    """Keep, per frame and per foreground class, the largest 3D connected component of ``labels`` (..., Z, Y, X)."""
+    """Keep, per frame and per foreground class, the largest 3D connected component of ``labels`` (..., Z, Y, X).
+
+    Voxels touching by a face, an edge or a corner are connected (26-connectivity): short-axis
+    slices are acquired in separate breath-holds and are often shifted in-plane against each
+    other, so a thin apical ring may touch the slice above only diagonally. With face
+    connectivity such rings were removed (ACDC validation, see the README).
+    """
     out = np.array(labels, dtype=np.uint8, copy=True)
     flat = out.reshape((-1,) + out.shape[-3:])
     for f in flat:
         for k in range(1, n_classes):
             m = f == k
-            lab, n = ndimage.label(m)
+            lab, n = ndimage.label(m, structure=_CONNECTIVITY)
             if n > 1:
                 sizes = ndimage.sum_labels(m, lab, index=np.arange(1, n + 1))
                 f[m & (lab != 1 + int(np.argmax(sizes)))] = 0
@@ -106,7 +118,7 @@ def largest_components(labels: np.ndarray, n_classes: int = N_CLASSES) -> np.nda
 def _segment(net: torch.nn.Module, crops: np.ndarray, tta: bool = False, precision: str = "auto") -> np.ndarray:
     """Class probabilities ``(T, C, Z, H, W)`` of normalised crops ``(T, Z, H, W)`` (``tta``: with :data:`FLIPS`)."""
     t, z, h, w = crops.shape
-    x = torch.from_numpy(np.ascontiguousarray(crops.reshape(t * z, h, w), dtype=np.float32))
+    x = context_slices(torch.from_numpy(np.ascontiguousarray(crops, dtype=np.float32)), input_channels(net))
     p = segment_slices(net, x, chunk=CHUNK, flips=FLIPS if tta else ((),), precision=precision).numpy()
     return p.reshape(t, z, N_CLASSES, h, w).transpose(0, 2, 1, 3, 4)
 

@@ -1,7 +1,13 @@
 """Segmentation network (CarSON's role): background / RV cavity / LV myocardium / LV cavity per 2D slice.
 
-Input: ``(N, 1, H, W)`` slices of the heart-centred crop (:mod:`deepstrain.preprocess`,
-1.25 mm pixels, intensities normalised to [0, 1]); any ``H``, ``W`` works (128 x 128 in use).
+Input: ``(N, C, H, W)``: each short-axis slice of the heart-centred crop (:mod:`deepstrain.preprocess`,
+1.25 mm pixels, intensities normalised to [0, 1]) with its neighbours of the same frame as
+channels (``C = 3``: the slice before, the slice, the slice after in the stack; zeros beyond
+the stack's ends; built by :func:`context_slices`). The neighbours tell the network where
+the slice lies between base and apex, which one slice alone often cannot (the basal ES
+slices). Training reverses the neighbour order at random, so the stack's direction does
+not matter. Weights stored with ``in_channels = 1`` (one slice) still load and run.
+Any ``H``, ``W`` works (128 x 128 in use).
 Output: ``(N, 4, H, W)`` logits in ACDC label order (0 bg, 1 RV, 2 myocardium, 3 LV cavity).
 """
 from __future__ import annotations
@@ -13,12 +19,31 @@ from .blocks import UNet2d
 from .precision import compute_precision
 
 N_CLASSES = 4
-CONFIG = {"in_channels": 1, "n_classes": N_CLASSES, "base": 16, "depth": 4, "max_channels": 256}
+CONFIG = {"in_channels": 3, "n_classes": N_CLASSES, "base": 16, "depth": 4, "max_channels": 256}
 
 
 def build_segmentation_net(**overrides: int) -> nn.Module:
     """The segmentation U-Net (about 1.9 M parameters with the default configuration)."""
     return UNet2d(**{**CONFIG, **overrides})
+
+
+def input_channels(net: nn.Module) -> int:
+    """Number of input channels of a segmentation network (1: one slice; 3: with its two neighbours)."""
+    return next(m for m in net.modules() if isinstance(m, nn.Conv2d)).in_channels
+
+
+def context_slices(volumes: torch.Tensor, channels: int) -> torch.Tensor:
+    """``(N, channels, H, W)`` network input of the ``N = T * Z`` slices of ``volumes`` ``(T, Z, H, W)``.
+
+    Channel ``channels // 2`` is the slice itself; channel ``c`` is slice ``z + c - channels // 2``
+    of the same frame, zeros where that lies beyond the stack.
+    """
+    t, z, h, w = volumes.shape
+    half = channels // 2
+    padded = torch.zeros((t, z + 2 * half, h, w), dtype=volumes.dtype)
+    padded[:, half : half + z] = volumes
+    x = torch.stack([padded[:, c : c + z] for c in range(channels)], dim=2)  # (T, Z, C, H, W)
+    return x.reshape(t * z, channels, h, w)
 
 
 FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-1, -2))
@@ -28,7 +53,8 @@ FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-1, -2))
 @torch.no_grad()
 def segment_slices(net: nn.Module, slices: torch.Tensor, chunk: int = 64,
                    flips: tuple[tuple[int, ...], ...] = ((),), precision: str = "auto") -> torch.Tensor:
-    """Class probabilities ``(N, 4, H, W)`` of ``(N, H, W)`` normalised slices, in chunks of ``chunk``.
+    """Class probabilities ``(N, 4, H, W)`` of ``(N, C, H, W)`` network inputs (:func:`context_slices`;
+    ``(N, H, W)`` for a one-channel network), in chunks of ``chunk``.
 
     ``flips``: for each entry, the slices are flipped along those axes (-1 columns, -2 rows),
     segmented, flipped back; the probabilities are averaged. The default is one plain pass;
@@ -39,7 +65,8 @@ def segment_slices(net: nn.Module, slices: torch.Tensor, chunk: int = 64,
     flips = FLIPS if flips is None else flips
     out = []
     for s in range(0, slices.shape[0], chunk):
-        x = slices[s : s + chunk, None].float().contiguous(memory_format=torch.channels_last)
+        x = slices[s : s + chunk]
+        x = (x[:, None] if x.ndim == 3 else x).float().contiguous(memory_format=torch.channels_last)
         p = None
         for axes in flips:
             with compute_precision(precision):

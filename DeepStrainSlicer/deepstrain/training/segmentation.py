@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from ..networks.blocks import count_parameters
-from ..networks.segmentation import CONFIG, N_CLASSES, build_segmentation_net
+from ..networks.segmentation import CONFIG, N_CLASSES, build_segmentation_net, input_channels
 from . import DEFAULTS, add_training_arguments
 from . import data as D
 
@@ -49,6 +49,30 @@ def dice_per_class(pred: torch.Tensor, target: torch.Tensor, n_classes: int) -> 
     return out
 
 
+def load_widening_input(net: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Load ``state`` into ``net``; a first convolution trained on fewer input channels is widened.
+
+    A 1-channel first convolution (one slice) loaded into a C-channel one (the slice with its
+    neighbours, :func:`deepstrain.networks.segmentation.context_slices`) goes to the centre
+    channel and the new channels start at zero, so the widened network computes exactly what
+    the old one did until training teaches it to use the neighbours. Returns the widened keys.
+    """
+    own = net.state_dict()
+    widened = []
+    state = dict(state)
+    for k, v in state.items():
+        w = own.get(k)
+        if w is not None and v.ndim == 4 and w.ndim == 4 and v.shape[1] < w.shape[1] and \
+                v.shape[0] == w.shape[0] and v.shape[2:] == w.shape[2:]:
+            new = torch.zeros_like(w)
+            lo = (w.shape[1] - v.shape[1]) // 2
+            new[:, lo : lo + v.shape[1]] = v
+            state[k] = new
+            widened.append(k)
+    net.load_state_dict(state)
+    return widened
+
+
 def learning_rate(i: int, total: int, base: float, warmup: int = 100) -> float:
     if i < warmup:
         return base * (i + 1) / warmup
@@ -58,7 +82,8 @@ def learning_rate(i: int, total: int, base: float, warmup: int = 100) -> float:
 @torch.no_grad()
 def evaluate(net: nn.Module, img: torch.Tensor, lab: torch.Tensor, n_classes: int, chunk: int = 64) -> list[float]:
     net.eval()
-    pred = torch.cat([net(img[s : s + chunk, None]).argmax(1) for s in range(0, img.shape[0], chunk)])
+    x = img[:, None] if img.ndim == 3 else img  # (N, H, W) one-channel slices or (N, C, H, W)
+    pred = torch.cat([net(x[s : s + chunk]).argmax(1) for s in range(0, x.shape[0], chunk)])
     net.train()
     return dice_per_class(pred, lab, n_classes)
 
@@ -92,8 +117,8 @@ def train_loop(args: argparse.Namespace, *, name: str, build: Callable[[], nn.Mo
     elif getattr(args, "init", None) is not None:
         if not Path(args.init).is_file():
             raise InputError(args.init, "no checkpoint to start from")
-        net.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=False)["model"])
-        log(f"initialised {name} from {args.init}")
+        widened = load_widening_input(net, torch.load(args.init, map_location="cpu", weights_only=False)["model"])
+        log(f"initialised {name} from {args.init}" + (f" (input widened: {', '.join(widened)})" if widened else ""))
     log(f"{name}: {count_parameters(net)} parameters, {len(train)} training / {len(val)} validation patients")
     net.train()
     t0, last_t, losses = time.time(), time.time(), []
@@ -165,7 +190,7 @@ def _loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def _val(net: nn.Module, val: list[dict]) -> dict:
-    img, lab, _ = D.validation_slices(val)
+    img, lab, _ = D.validation_slices(val, channels=input_channels(net))
     d = evaluate(net, img, lab, N_CLASSES)
     return {"val_dice_rv": d[0], "val_dice_myo": d[1], "val_dice_lv": d[2]}
 
@@ -183,7 +208,7 @@ def main(args: argparse.Namespace) -> dict:
     return train_loop(args, name=NAME, build=build_segmentation_net, config=dict(CONFIG),
                       batch_fn=lambda data, rng, b: D.segmentation_batch(
                           data, rng, b, size=args.crop, phantoms=phantoms,
-                          phantom_share=args.phantom_share if phantoms else 0.0),
+                          phantom_share=args.phantom_share if phantoms else 0.0, channels=CONFIG["in_channels"]),
                       val_fn=_val, loss_fn=_loss)
 
 
