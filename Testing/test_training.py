@@ -10,6 +10,7 @@ import torch
 from deepstrain.training import DEFAULTS, add_training_arguments
 from deepstrain.training import data as D
 from deepstrain.training import centring, segmentation
+from deepstrain.errors import InputError
 
 
 def test_split_is_fixed_and_balanced():
@@ -86,6 +87,25 @@ def test_two_iterations_then_resume_equals_an_uninterrupted_run(tmp_path, shared
         assert torch.equal(a[k], b[k]), k
     val = {k: v for k, v in straight["history"][-1].items() if k.startswith("val_")}
     assert val == pytest.approx({k: resumed["history"][-1][k] for k in val})
+
+
+def test_average_of_two_runs_is_their_parameter_mean_and_is_validated(tmp_path, shared_data, cache):
+    for seed in (0, 1):
+        segmentation.main(_args(tmp_path / f"s{seed}", shared_data, cache, segmentation.NAME, iterations=2, seed=seed))
+    ck = [tmp_path / f"s{seed}" / segmentation.NAME / "last.pt" for seed in (0, 1)]
+    out = segmentation.main(_args(tmp_path / "avg", shared_data, cache, segmentation.NAME, iterations=2, average=ck))
+    assert out["averaged_from"] == [str(p) for p in ck] and "val_dice_lv" in out["history"][-1]
+    a, b = (torch.load(p, weights_only=False)["model"] for p in ck)
+    m = torch.load(tmp_path / "avg" / segmentation.NAME / "last.pt", weights_only=False)["model"]
+    for k, v in m.items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, (a[k] + b[k]) / 2)
+    other = torch.load(ck[1], weights_only=False)
+    other["config"] = {**other["config"], "base": 8}
+    torch.save(other, tmp_path / "other.pt")
+    with pytest.raises(InputError, match="cannot average"):
+        segmentation.main(_args(tmp_path / "bad", shared_data, cache, segmentation.NAME, iterations=2,
+                                average=[ck[0], tmp_path / "other.pt"]))
 
 
 def test_phantom_slices_join_segmentation_batches(tmp_path, cache):

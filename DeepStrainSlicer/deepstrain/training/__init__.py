@@ -16,6 +16,13 @@ DEFAULTS = {
 """Default schedule of each 2D network (the one used for the shipped weights)."""
 
 
+def mean_state_dict(states: list[dict]) -> dict:
+    """Parameter-wise mean of state dicts of one architecture (floating tensors averaged in float64
+    and cast back; integer buffers, e.g. batch-norm counters, taken from the first)."""
+    return {k: (sum(st[k].double() for st in states) / len(states)).to(v.dtype) if v.is_floating_point() else v
+            for k, v in states[0].items()}
+
+
 def add_training_arguments(p: argparse.ArgumentParser, iterations: int, batch: int, lr: float, crop: int) -> None:
     """Options of ``deepstrain train centring|segmentation``."""
     p.add_argument("--data", type=Path, required=True, help="ACDC 'training' folder (patientNNN sub-folders)")
@@ -41,5 +48,9 @@ def add_training_arguments(p: argparse.ArgumentParser, iterations: int, batch: i
     p.add_argument("--phantom-share", type=float, default=0.15, help="share of slices drawn from the phantoms")
     p.add_argument("--phantom-dir", type=Path, default=Path("runs") / "motion" / "phantoms",
                    help="stored training phantoms (generated there when missing)")
+    p.add_argument("--average", type=Path, nargs="+", default=None, metavar="CHECKPOINT",
+                   help="no training: average the parameters of these checkpoints (last.pt of runs of one "
+                        "configuration fine-tuned from one starting point), validate the average and write it "
+                        "to <run-dir>/last.pt (with --export, export it)")
     p.add_argument("--export", action="store_true", help="after training, export the weights and manifest entry")
     p.add_argument("--export-dir", type=Path, default=None, help="where to export (default: the package's weights)")

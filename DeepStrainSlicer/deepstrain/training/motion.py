@@ -50,6 +50,7 @@ import torch.nn.functional as F
 
 from .. import preprocess as pp
 from ..networks.motion import MotionNet, count_parameters, load_model, normalise_pair, warp
+from . import mean_state_dict
 
 PHANTOM_TRAIN_SEEDS = range(1000, 1040)
 """Phantom seeds used for training; evaluation uses seeds >= 9000."""
@@ -436,10 +437,7 @@ def average_weights(paths: list[Path]) -> MotionNet:
     if len({json.dumps(m.config, sort_keys=True) for m in models}) != 1:
         raise ValueError("--average: the weights have different configurations: "
                          + "; ".join(f"{p}: {m.config}" for p, m in zip(paths, models)))
-    states = [m.state_dict() for m in models]
-    mean = {k: (sum(st[k].double() for st in states) / len(states)).to(v.dtype) if v.is_floating_point() else v
-            for k, v in states[0].items()}
-    models[0].load_state_dict(mean)
+    models[0].load_state_dict(mean_state_dict([m.state_dict() for m in models]))
     return models[0].eval()
 
 

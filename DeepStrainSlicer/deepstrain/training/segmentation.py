@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from ..errors import InputError
 from ..networks.blocks import count_parameters
 from ..networks.segmentation import CONFIG, N_CLASSES, build_segmentation_net, input_channels
-from . import DEFAULTS, add_training_arguments
+from . import DEFAULTS, add_training_arguments, mean_state_dict
 from . import data as D
 
 NAME = "segmentation"
@@ -105,7 +105,22 @@ def train_loop(args: argparse.Namespace, *, name: str, build: Callable[[], nn.Mo
     start, history, wall = 0, [], 0.0
     command = getattr(args, "command_line", "") or " ".join(["python -m deepstrain.training." + name] + sys.argv[1:])
     ckpt = run / "last.pt"
-    if args.resume:
+    if getattr(args, "average", None):
+        if args.resume or getattr(args, "init", None) is not None:
+            raise InputError(args.average[0], "--average does not train: it cannot be combined with --resume or --init")
+        blobs = []
+        for p in args.average:
+            if not Path(p).is_file():
+                raise InputError(p, "no checkpoint to average")
+            blobs.append(torch.load(p, map_location="cpu", weights_only=False))
+        for p, b in zip(args.average, blobs):
+            if b.get("config") != config:
+                raise InputError(p, f"checkpoint configuration {b.get('config')} differs from {config}: cannot average")
+        net.load_state_dict(mean_state_dict([b["model"] for b in blobs]))
+        start = args.iterations = max(int(b["iteration"]) for b in blobs)
+        wall = sum(float(b["wall_s"]) for b in blobs)
+        log(f"averaged {len(blobs)} checkpoints: {', '.join(map(str, args.average))}")
+    elif args.resume:
         if not ckpt.is_file():
             raise InputError(ckpt, "no checkpoint to resume from")
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
@@ -156,6 +171,10 @@ def train_loop(args: argparse.Namespace, *, name: str, build: Callable[[], nn.Mo
             log(f"{name} validation at {done}: {json.dumps(metrics)}")
         if done % args.checkpoint_every == 0 or done == args.iterations:
             save()
+    if getattr(args, "average", None):  # no training: validate the average and store it
+        history.append({"iteration": done, "averaged_from": [str(p) for p in args.average], **val_fn(net, val)})
+        log(f"{name} validation of the average: {json.dumps(history[-1])}")
+        save()
     if done < args.iterations:  # stopped early (--stop-after): checkpoint and validate where it stands
         log(f"{name}: stopped after iteration {done} of {args.iterations} (--stop-after)")
         if not history or history[-1]["iteration"] != done:
@@ -170,6 +189,8 @@ def train_loop(args: argparse.Namespace, *, name: str, build: Callable[[], nn.Mo
                "threads": args.threads}
     if getattr(args, "init", None) is not None:
         summary["initialised_from"] = str(args.init)
+    if getattr(args, "average", None):
+        summary["averaged_from"] = [str(p) for p in args.average]
     if getattr(args, "phantoms", 0):
         summary["synthetic_phantoms"] = {"count": args.phantoms, "share": args.phantom_share}
     if done < args.iterations:
