@@ -56,10 +56,6 @@ def test_augmented_batches_keep_labels_on_the_anatomy(cache):
 
 
 def test_batches_with_neighbouring_slices(cache):
-    vol = np.arange(4 * 2 * 2, dtype=np.float32).reshape(4, 2, 2)
-    s = D.slice_with_neighbours(vol, 0, 3)
-    assert np.array_equal(s[0], np.zeros((2, 2))) and np.array_equal(s[1], vol[0]) and np.array_equal(s[2], vol[1])
-    assert np.array_equal(D.slice_with_neighbours(vol, 3, 3)[2], np.zeros((2, 2)))
     data = D.load_cache(cache, ("patient001",))
     x, y = D.segmentation_batch(data, np.random.default_rng(0), 32, size=96, channels=3)
     assert x.shape == (32, 3, 96, 96) and y.shape == (32, 96, 96)

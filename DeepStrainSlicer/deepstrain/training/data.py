@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from ..cine import Geometry
 from ..errors import InputError
 from ..networks.centring import CENTRING_SPACING_MM
+from ..networks.segmentation import context_slices
 from ..preprocess import crop_image, crop_labels, crop_transform, full_view_transform, normalize_intensity
 
 VALIDATION_PATIENTS: tuple[str, ...] = tuple(f"patient{n:03d}" for n in range(5, 101, 5))
@@ -219,24 +220,13 @@ def warp_batch(img: torch.Tensor, lab: torch.Tensor, theta: torch.Tensor, size: 
     return xi, xl[:, 0].long()
 
 
-def slice_with_neighbours(volume: np.ndarray, z: int, channels: int) -> np.ndarray:
-    """``(channels, H, W)`` float32: slice ``z`` of ``volume`` ``(Z, H, W)`` and its neighbours, zeros
-    beyond the stack (the input layout of :func:`deepstrain.networks.segmentation.context_slices`)."""
-    half = channels // 2
-    out = np.zeros((channels,) + volume.shape[1:], np.float32)
-    for c in range(channels):
-        k = z + c - half
-        if 0 <= k < volume.shape[0]:
-            out[c] = volume[k]
-    return out
-
-
 def segmentation_batch(data: list[dict], rng: np.random.Generator, batch: int, size: int = 128,
                        augment: bool = True, phantoms: list[dict] | None = None,
                        phantom_share: float = 0.0, channels: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """A random batch of augmented ``(batch, channels, size, size)`` slices and ``(batch, size, size)`` labels.
 
-    ``channels`` > 1: each slice with its neighbours (:func:`slice_with_neighbours`).
+    ``channels`` > 1: each slice with its neighbours, as the network reads it
+    (:func:`deepstrain.networks.segmentation.context_slices`).
     Augmentation: rotation (any angle), scaling 0.85-1.15, shifts up to +-16 mm, left-right flip,
     gamma, contrast and noise; with neighbours, their order is reversed with probability 0.5
     (stacks run base-to-apex or apex-to-base). Without ``augment``: the central ``size`` crop.
@@ -251,12 +241,12 @@ def segmentation_batch(data: list[dict], rng: np.random.Generator, batch: int, s
             d = data[int(rng.integers(len(data)))]
         f = int(rng.integers(d["seg_img"].shape[0]))
         z = int(rng.integers(d["seg_img"].shape[1]))
-        x = slice_with_neighbours(d["seg_img"][f], z, channels)
+        x = context_slices(torch.from_numpy(d["seg_img"][f : f + 1]), channels)[z].float()
         if augment and channels > 1 and rng.random() < 0.5:
-            x = x[::-1]
+            x = x.flip(0)
         imgs.append(x)
         labs.append(d["seg_lab"][f, z])
-    img = torch.from_numpy(np.ascontiguousarray(np.stack(imgs)))
+    img = torch.stack(imgs)
     lab = torch.from_numpy(np.stack(labs).astype(np.int64))
     ratio = size / SEG_CACHE_SIZE
     if augment:
@@ -277,11 +267,11 @@ def validation_slices(data: list[dict], size: int = 128, channels: int = 1
     imgs, labs, ids = [], [], []
     for d in data:
         for f in range(2):
-            vol = d["seg_img"][f, :, lo : lo + size, lo : lo + size]
-            imgs.append(np.stack([slice_with_neighbours(vol, z, channels) for z in range(vol.shape[0])]))
+            vol = torch.from_numpy(np.ascontiguousarray(d["seg_img"][f : f + 1, :, lo : lo + size, lo : lo + size]))
+            imgs.append(context_slices(vol, channels).float())
             labs.append(d["seg_lab"][f, :, lo : lo + size, lo : lo + size])
             ids += [(d["name"], f)] * d["seg_img"].shape[1]
-    return torch.from_numpy(np.concatenate(imgs)), torch.from_numpy(np.concatenate(labs).astype(np.int64)), ids
+    return torch.cat(imgs), torch.from_numpy(np.concatenate(labs).astype(np.int64)), ids
 
 
 def centring_batch(data: list[dict], rng: np.random.Generator, batch: int, size: int = 128,
