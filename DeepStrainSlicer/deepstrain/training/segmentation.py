@@ -81,9 +81,9 @@ def learning_rate(i: int, total: int, base: float, warmup: int = 100) -> float:
 
 @torch.no_grad()
 def evaluate(net: nn.Module, img: torch.Tensor, lab: torch.Tensor, n_classes: int, chunk: int = 64) -> list[float]:
+    """Hard Dice of classes 1..n-1 of ``net`` on ``(N, C, H, W)`` inputs (:func:`deepstrain.training.data.validation_slices`)."""
     net.eval()
-    x = img[:, None] if img.ndim == 3 else img  # (N, H, W) one-channel slices or (N, C, H, W)
-    pred = torch.cat([net(x[s : s + chunk]).argmax(1) for s in range(0, x.shape[0], chunk)])
+    pred = torch.cat([net(img[s : s + chunk]).argmax(1) for s in range(0, img.shape[0], chunk)])
     net.train()
     return dice_per_class(pred, lab, n_classes)
 
