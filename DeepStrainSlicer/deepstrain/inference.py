@@ -6,7 +6,7 @@
 2. Centring: the centring network on the whole field of view of the ED frame at 2.5 mm gives a
    first LV centre; the segmentation network on the ED frame cropped there refines it to the
    centroid of its LV (labels 2+3). The crop (128 x 128 at 1.25 mm) is centred on that point.
-3. Segmentation of all frames in one batched pass over the ``T * Z`` slices (chunks of 64), each
+3. Segmentation of all frames in one batched pass over the ``T * Z`` slices (chunks of 16), each
    slice with its two neighbours of the same frame as extra channels
    (:func:`deepstrain.networks.segmentation.context_slices`);
    with ``tta=True`` also with test-time flips (:data:`deepstrain.networks.segmentation.FLIPS`:
@@ -58,8 +58,6 @@ from .preprocess import (
 from .weights import load_network
 
 Progress = Callable[[float, str], None]
-CHUNK = 64
-"""Slices per forward pass of the segmentation network."""
 
 
 @dataclass
@@ -119,7 +117,7 @@ def _segment(net: torch.nn.Module, crops: np.ndarray, tta: bool = False, precisi
     """Class probabilities ``(T, C, Z, H, W)`` of normalised crops ``(T, Z, H, W)`` (``tta``: with :data:`FLIPS`)."""
     t, z, h, w = crops.shape
     x = context_slices(torch.from_numpy(np.ascontiguousarray(crops, dtype=np.float32)), input_channels(net))
-    p = segment_slices(net, x, chunk=CHUNK, flips=FLIPS if tta else ((),), precision=precision).numpy()
+    p = segment_slices(net, x, flips=FLIPS if tta else ((),), precision=precision).numpy()
     return p.reshape(t, z, N_CLASSES, h, w).transpose(0, 2, 1, 3, 4)
 
 

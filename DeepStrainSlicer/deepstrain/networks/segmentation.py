@@ -46,12 +46,18 @@ def context_slices(volumes: torch.Tensor, channels: int) -> torch.Tensor:
     return x.reshape(t * z, channels, h, w)
 
 
+CHUNK = 16
+"""Slices per forward pass at inference. Chosen by timing 256 slices of 128 x 128 x 3 channels on
+2 CPU cores (AMD EPYC, bfloat16): about 5.8 ms per slice in chunks of 8-16, 6.6-10.6 ms in
+chunks of 64 (smaller chunks keep the feature maps in the caches). The chunk size changes the
+time, not the result beyond float rounding (tested)."""
+
 FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-1, -2))
 """Test-time augmentation (``tta=True``): the image axes flipped in each pass (probabilities are averaged)."""
 
 
 @torch.no_grad()
-def segment_slices(net: nn.Module, slices: torch.Tensor, chunk: int = 64,
+def segment_slices(net: nn.Module, slices: torch.Tensor, chunk: int = CHUNK,
                    flips: tuple[tuple[int, ...], ...] = ((),), precision: str = "auto") -> torch.Tensor:
     """Class probabilities ``(N, 4, H, W)`` of ``(N, C, H, W)`` network inputs (:func:`context_slices`;
     ``(N, H, W)`` for a one-channel network), in chunks of ``chunk``.
