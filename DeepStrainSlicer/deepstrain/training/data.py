@@ -241,7 +241,8 @@ def segmentation_batch(data: list[dict], rng: np.random.Generator, batch: int, s
             d = data[int(rng.integers(len(data)))]
         f = int(rng.integers(d["seg_img"].shape[0]))
         z = int(rng.integers(d["seg_img"].shape[1]))
-        x = context_slices(torch.from_numpy(d["seg_img"][f : f + 1]), channels)[z].float()
+        lo = max(z - channels // 2, 0)  # only the slices this one's neighbours come from
+        x = context_slices(torch.from_numpy(d["seg_img"][f : f + 1, lo : z + channels // 2 + 1]), channels)[z - lo].float()
         if augment and channels > 1 and rng.random() < 0.5:
             x = x.flip(0)
         imgs.append(x)
