@@ -183,3 +183,34 @@ def test_average_weights_is_the_parameter_mean_and_refuses_other_configs(tmp_pat
     export(MotionNet((4, 4, 4, 4, 8)), tmp_path / "c.pt", {})
     with pytest.raises(ValueError, match="different configurations"):
         average_weights([tmp_path / "a.pt", tmp_path / "c.pt"])
+
+
+def test_a_refused_training_draw_is_retried_deterministically(tmp_path):
+    import json
+
+    from deepstrain.phantom import generate_phantom
+    from deepstrain.training.motion import cache_phantom, training_phantom_params
+
+    params = training_phantom_params(1115)  # 6.4 mm slices: the default 10 mm apical wall shows no cap
+    with pytest.raises(ValueError, match="apex_wall_mm"):
+        generate_phantom(params)
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    cache_phantom(params, a)
+    cache_phantom(params, b)
+    za, zb = np.load(a), np.load(b)
+    assert all(np.array_equal(za[k], zb[k]) for k in za.files)
+    assert 3 in za["labels"][int(za["ed"])]  # a usable phantom: LV cavity labelled at ED
+    assert json.loads(str(za["reference"]))["ess"]["radial"] > 0
+
+
+def test_training_refuses_more_phantoms_than_it_has_seeds(tmp_path):
+    import argparse
+
+    from deepstrain.training.motion import PHANTOM_TRAIN_SEEDS, add_arguments, main
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    args = p.parse_args(["--out", str(tmp_path / "run"), "--phantoms", str(len(PHANTOM_TRAIN_SEEDS) + 1)])
+    with pytest.raises(ValueError, match="--phantoms must be between 0 and 1000"):
+        main(args)
+    assert not (tmp_path / "run").exists()  # refused before anything is written
