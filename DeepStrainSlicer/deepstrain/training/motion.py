@@ -29,10 +29,14 @@ Defaults (the shipped run): w_sim 1 (MSE on [0, 1] intensities; the paper's 0.01
 intensity scale), w_dice 1, w_smooth 0.1, w_epe 0.02 (0.1 pulled the network to a zero field);
 Adam, lr 1e-3 with a cosine decay over ``--steps`` or ``--minutes``, batch 1, 96 x 96 random
 in-plane windows, random flips/transposes and gamma. Missing training phantoms are generated
-into ``<out>/phantoms`` first (about 10-30 s each).
+into ``<out>/phantoms`` first (about 5 s each).
 
 Checkpoints (``<out>/checkpoint.pt``) are written every ``--save-every`` steps and resumed
-with ``--resume``; the final weights go to ``--export``.
+with ``--resume``. At each validation (``--val-every``) the weights are exported to
+``<out>/motion_latest.pt`` and kept as ``<out>/motion_stepNNNNNN.pt``; the final weights go to
+``<out>/motion_final.pt`` (and with ``--ship`` into the package). ``--average W1 W2 ...``
+writes the parameter mean of exported weights (snapshots of one run, or several runs) to
+``<out>/motion_average.pt``.
 """
 from __future__ import annotations
 
@@ -586,7 +590,9 @@ def main(args: argparse.Namespace) -> int:
         if step % args.val_every == 0 or step == args.steps:
             v = validate(model, acdc_val[::3])
             _log(f"validation (7 patients) step {step}: {v}", log)
-            export(model, out / "motion_latest.pt", {"steps": step, "validation": v, "seed": args.seed})
+            info = {"steps": step, "validation": v, "seed": args.seed}
+            export(model, out / "motion_latest.pt", info)
+            export(model, out / f"motion_step{step:06d}.pt", info)  # kept: snapshots to average (--average)
     v = validate(model, acdc_val)
     _log(f"final validation ({step} steps, {time.time() - t0:.0f} s): {v}", log)
     export(model, out / "motion_final.pt", {"steps": step, "validation": v, "seed": args.seed})
