@@ -210,7 +210,13 @@ def test_training_refuses_more_phantoms_than_it_has_seeds(tmp_path):
 
     p = argparse.ArgumentParser()
     add_arguments(p)
-    args = p.parse_args(["--out", str(tmp_path / "run"), "--phantoms", str(len(PHANTOM_TRAIN_SEEDS) + 1)])
+    too_many = str(len(PHANTOM_TRAIN_SEEDS) + 1)
+    with pytest.raises(SystemExit) as exc:  # the command line: a usage error, exit status 2
+        p.parse_args(["--out", str(tmp_path / "run"), "--phantoms", too_many])
+    assert exc.value.code == 2
+    args = p.parse_args(["--out", str(tmp_path / "run")])
+    assert args.phantoms == 40
+    args.phantoms = int(too_many)  # called from Python
     with pytest.raises(ValueError, match="--phantoms must be between 0 and 1000"):
         main(args)
     assert not (tmp_path / "run").exists()  # refused before anything is written

@@ -373,6 +373,13 @@ def validate(model: MotionNet, samples: list[Sample]) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------- CLI
+def _phantom_count(text: str) -> int:
+    n = int(text)
+    if not 0 <= n <= len(PHANTOM_TRAIN_SEEDS):
+        raise argparse.ArgumentTypeError(f"must be between 0 and {len(PHANTOM_TRAIN_SEEDS)}, got {n}")
+    return n
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, default=None, help="shared data folder (acdc/, acdc_cine_crop/)")
     p.add_argument("--out", type=Path, default=Path("runs/motion"), help="run folder (checkpoints, log)")
@@ -384,7 +391,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--channels", type=int, nargs=5, default=[16, 24, 40, 64, 96])
     p.add_argument("--flow-scale", type=float, default=4.0, help="fixed output gain of the network (voxels)")
-    p.add_argument("--phantoms", type=int, default=DEFAULT_PHANTOMS,
+    p.add_argument("--phantoms", type=_phantom_count, default=DEFAULT_PHANTOMS,
                    help=f"number of training phantoms: seeds 1000, 1001, ... (default {DEFAULT_PHANTOMS})")
     p.add_argument("--phantom-dir", type=Path, default=None, help="cached training phantoms (default <out>/phantoms)")
     p.add_argument("--save-every", type=int, default=50)
@@ -462,7 +469,9 @@ def _main_average(args: argparse.Namespace) -> int:
     print(f"averaged {len(args.average)} weights into {out / 'motion_average.pt'}")
     if args.ship:
         infos = [torch.load(p, map_location="cpu", weights_only=True).get("info", {}) for p in args.average]
-        summary = {"parameters": count_parameters(model), "iterations": sum(int(i.get("steps", 0)) for i in infos),
+        steps = [int(i.get("steps", 0)) for i in infos]
+        # the inputs may be snapshots of one run, so their steps are listed, not added up
+        summary = {"parameters": count_parameters(model), "iterations": max(steps), "averaged_steps": steps,
                    "history": [{}], "averaged_from": [str(p) for p in args.average]}
         command = getattr(args, "command_line", "") or "python -m deepstrain.training.motion " + " ".join(sys.argv[1:])
         path = ship(model, summary, command, None if args.ship == "package" else Path(args.ship))
