@@ -373,11 +373,18 @@ def validate(model: MotionNet, samples: list[Sample]) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------- CLI
-def _phantom_count(text: str) -> int:
-    n = int(text)
+def check_phantom_count(n: int) -> int:
+    """``n`` if it is a valid ``--phantoms`` (0 to the number of training seeds), else ``ValueError``."""
     if not 0 <= n <= len(PHANTOM_TRAIN_SEEDS):
-        raise argparse.ArgumentTypeError(f"must be between 0 and {len(PHANTOM_TRAIN_SEEDS)}, got {n}")
+        raise ValueError(f"--phantoms must be between 0 and {len(PHANTOM_TRAIN_SEEDS)}, got {n}")
     return n
+
+
+def _phantom_count(text: str) -> int:  # the command line's form of check_phantom_count: a usage error
+    try:
+        return check_phantom_count(int(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -482,8 +489,7 @@ def _main_average(args: argparse.Namespace) -> int:
 def main(args: argparse.Namespace) -> int:
     if args.average:
         return _main_average(args)
-    if not 0 <= args.phantoms <= len(PHANTOM_TRAIN_SEEDS):
-        raise ValueError(f"--phantoms must be between 0 and {len(PHANTOM_TRAIN_SEEDS)}, got {args.phantoms}")
+    check_phantom_count(args.phantoms)
     torch.set_num_threads(max(int(args.threads), 1))
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
