@@ -188,12 +188,13 @@ def test_average_weights_is_the_parameter_mean_and_refuses_other_configs(tmp_pat
 def test_a_refused_training_draw_is_retried_deterministically(tmp_path):
     import json
 
-    from deepstrain.phantom import generate_phantom
+    from deepstrain.phantom import PhantomRefused, generate_phantom
     from deepstrain.training.motion import cache_phantom, training_phantom_params
 
     params = training_phantom_params(1115)  # 6.4 mm slices: the default 10 mm apical wall shows no cap
-    with pytest.raises(ValueError, match="apex_wall_mm"):
+    with pytest.raises(PhantomRefused, match="apex_wall_mm") as refused:
         generate_phantom(params)
+    assert refused.value.parameter == "apex_wall_mm"
     a, b = tmp_path / "a.npz", tmp_path / "b.npz"
     cache_phantom(params, a)
     cache_phantom(params, b)
@@ -220,3 +221,44 @@ def test_training_refuses_more_phantoms_than_it_has_seeds(tmp_path):
     with pytest.raises(ValueError, match="--phantoms must be between 0 and 1000"):
         main(args)
     assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+def _radial_error_benchmark():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import radial_error
+
+    return radial_error
+
+
+def test_radial_error_layers_partition_the_wall():
+    re_ = _radial_error_benchmark()
+    lab = np.zeros((1, 21, 21), np.uint8)
+    yy, xx = np.mgrid[:21, :21]
+    r = np.hypot(yy - 10, xx - 10)
+    lab[0][r < 8] = 2
+    lab[0][r < 4] = 3
+    layer = re_.wall_layers(lab)
+    myo = lab == 2
+    assert (layer[~myo] == -1).all() and set(np.unique(layer[myo])) == {0, 1, 2}
+    endo, mid, epi = (r[layer[0] == j] for j in range(3))
+    assert endo.max() < mid.min() and endo.max() < epi.min() and endo.mean() < mid.mean() < epi.mean()
+    assert re_.seed_list("8000-8002,9000") == [8000, 8001, 8002, 9000]
+
+
+def test_radial_error_cascade_composes_the_passes(shipped, phantom_crop):
+    re_ = _radial_error_benchmark()
+    crop, _, sp, ed, es, _ = phantom_crop
+    one = re_.cascade(shipped, crop[ed], crop[es], 1)
+    u = estimate_motion(crop[ed], crop[[es]], sp, model=shipped) / sp.reshape(1, 3, 1, 1, 1)
+    np.testing.assert_allclose(one, u, atol=1e-5)  # one pass: what analyze does
+
+    class Shift(torch.nn.Module):  # the same uniform displacement (voxels) for any pair
+        def forward(self, pair):
+            n, _, z, h, w = pair.shape
+            return torch.tensor([0.0, 1.5, -0.5]).view(1, 3, 1, 1, 1).expand(n, 3, z, h, w).clone()
+
+    two = re_.cascade(Shift(), crop[ed], crop[es], 2)
+    np.testing.assert_allclose(two[0, :, 0, 40, 40], [0.0, 3.0, -1.0], atol=1e-5)  # u + u(X + u)

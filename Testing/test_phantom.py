@@ -182,6 +182,15 @@ def test_params_validated():
         PhantomParams(orientation=[[1, 0, 0], [0, 1, 0], [0, 0, 2]])
 
 
+def test_refused_combination_names_the_parameter_to_change():
+    from deepstrain.phantom import PhantomRefused, generate_phantom
+
+    with pytest.raises(PhantomRefused, match="ef_percent too high") as refused:
+        generate_phantom(PhantomParams(ef_percent=75, hypokinesis=0.8, matrix_size=32))
+    assert refused.value.parameter == "ef_percent"
+    assert isinstance(refused.value, ValueError)  # callers that catch ValueError keep working
+
+
 def test_cli_writes_files_and_refuses_non_empty(tmp_path):
     out = tmp_path / "ph"
     args = ["phantom", "--out", str(out), "--seed", "4", "--frames", "6", "--size", "48", "--spacing", "2",

@@ -76,6 +76,16 @@ CONVENTIONS = (
 )
 
 
+class PhantomRefused(ValueError):
+    """Valid parameters whose combination the phantom cannot build. ``parameter`` names the one to
+    change (``"ef_percent"``: too high for the hypokinesis; ``"apex_wall_mm"``: too thin for the
+    slice spacing); the message says why."""
+
+    def __init__(self, parameter: str, problem: str) -> None:
+        self.parameter = parameter
+        super().__init__(f"{parameter} {problem}")
+
+
 @dataclass
 class PhantomParams:
     """Everything that defines a phantom (units in the names or below). Same params, same phantom."""
@@ -280,7 +290,7 @@ class PhantomMotion:
         self._hnorm = 1.0 / (1.0 - h * mean_bump)
         kmax = self.k0 * self._hnorm
         if kmax * _M_SLOPE / (1 - _DELTA) >= 0.97:
-            raise ValueError("ef_percent too high for this hypokinesis (the cavity motion would fold)")
+            raise PhantomRefused("ef_percent", "too high for this hypokinesis (the cavity motion would fold)")
 
     # ---- coordinates
     def to_heart(self, x: np.ndarray) -> np.ndarray:
@@ -538,7 +548,7 @@ def _grid(params: PhantomParams, shape: _Shape) -> tuple[Geometry, np.ndarray, n
     # slice is the first one whose centre lies beyond the cavity
     n_cap = int(math.floor((shape.c - s / 2) / s)) + 2
     if s / 2 + (n_cap - 1) * s > shape.c_o - 0.5:
-        raise ValueError("apex_wall_mm too thin for this slice spacing: no slice would show the apical cap")
+        raise PhantomRefused("apex_wall_mm", "too thin for this slice spacing: no slice would show the apical cap")
     n = params.n_slices if params.n_slices is not None else n_cap
     if n < 1:
         raise ValueError("n_slices must be >= 1")

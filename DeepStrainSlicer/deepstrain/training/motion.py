@@ -206,10 +206,10 @@ def cache_phantom(params, out_file: Path) -> None:
         try:
             P = ph.generate_phantom(params)
             break
-        except ValueError as exc:
-            if "ef_percent" in str(exc) and params.ef_percent >= 15:
+        except ph.PhantomRefused as exc:
+            if exc.parameter == "ef_percent" and params.ef_percent >= 15:
                 params = dataclasses.replace(params, ef_percent=params.ef_percent - 10.0)
-            elif "apex_wall_mm" in str(exc):
+            elif exc.parameter == "apex_wall_mm":
                 params = dataclasses.replace(params, apex_wall_mm=params.apex_wall_mm + 1.0)
             else:
                 raise
