@@ -44,6 +44,13 @@ def seed_list(text: str) -> list[int]:
     return out
 
 
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {n}")
+    return n
+
+
 def wall_layers(labels_ed: np.ndarray) -> np.ndarray:
     """Layer of each ED myocardium voxel: 0 endocardial, 1 mid-wall, 2 epicardial (-1 outside)."""
     myo, cav = labels_ed == 2, labels_ed == 3
@@ -129,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", type=Path, default=ROOT / "runs" / "motion" / "select_phantoms")
     ap.add_argument("--weights", type=Path, default=None, help="a motion export (default: the shipped weights)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--passes", type=int, default=1,
+    ap.add_argument("--passes", type=_positive, default=1,
                     help="run the network this many times, composing the fields (test-time cascade; analyze: 1)")
     args = ap.parse_args(argv)
 
