@@ -245,7 +245,10 @@ def test_radial_error_layers_partition_the_wall():
     assert (layer[~myo] == -1).all() and set(np.unique(layer[myo])) == {0, 1, 2}
     endo, mid, epi = (r[layer[0] == j] for j in range(3))
     assert endo.max() < mid.min() and endo.max() < epi.min() and endo.mean() < mid.mean() < epi.mean()
-    assert re_.seed_list("8000-8002,9000") == [8000, 8001, 8002, 9000]
+
+
+def test_radial_error_seed_list():
+    assert _radial_error_benchmark().seed_list("8000-8002,9000") == [8000, 8001, 8002, 9000]
 
 
 def test_radial_error_cascade_composes_the_passes(shipped, phantom_crop):
