@@ -185,6 +185,29 @@ def test_average_weights_is_the_parameter_mean_and_refuses_other_configs(tmp_pat
         average_weights([tmp_path / "a.pt", tmp_path / "c.pt"])
 
 
+def test_average_reads_each_file_once_and_keeps_its_training_info(tmp_path):
+    from deepstrain.training.motion import _average_with_infos, export
+
+    for name, steps in (("a", 500), ("b", 1000)):
+        export(MotionNet((4, 4, 4, 4, 4)), tmp_path / f"{name}.pt", {"steps": steps})
+    _, infos = _average_with_infos([tmp_path / "a.pt", tmp_path / "b.pt"])
+    assert [i["steps"] for i in infos] == [500, 1000]
+
+
+def test_latest_export_is_the_newest_snapshot(tmp_path):
+    from deepstrain.training.motion import _same_file_as, export
+
+    latest = tmp_path / "motion_latest.pt"
+    for step in (500, 1000):
+        snap = tmp_path / f"motion_step{step:06d}.pt"
+        export(MotionNet((4, 4, 4, 4, 4)), snap, {"steps": step})
+        _same_file_as(latest, snap)
+        assert latest.read_bytes() == snap.read_bytes()
+    assert torch.load(latest, weights_only=True)["info"]["steps"] == 1000
+    assert (tmp_path / "motion_step000500.pt").exists()  # the older snapshot is kept
+    assert not list(tmp_path.glob("*.tmp"))
+
+
 def test_a_refused_training_draw_is_retried_deterministically(tmp_path):
     import json
 

@@ -66,14 +66,20 @@ def eval_phantom(seed: int, cache: Path) -> dict:
     return {k: z[k] for k in z.files}
 
 
+def labelled_lv_crop(images: np.ndarray, labels_ed: np.ndarray, geo: Geometry
+                     ) -> tuple[pp.CropTransform, np.ndarray, np.ndarray]:
+    """The crop transform centred on the labelled LV, the normalised crops of all frames, and the
+    crop spacing (slice, row, col) in mm."""
+    _, r, c = np.nonzero((labels_ed == 2) | (labels_ed == 3))
+    t = pp.crop_transform(images.shape[-3:], geo.spacing, (r.mean(), c.mean()), pp.CROP_SIZE)
+    crop = pp.normalize_intensity(pp.crop_image(images.astype(np.float32), t))
+    return t, crop, np.array([geo.spacing[0], pp.TARGET_SPACING_MM, pp.TARGET_SPACING_MM])
+
+
 def network_displacement(images: np.ndarray, labels_ed: np.ndarray, geo: Geometry, ed: int, model,
                          precision: str = "auto", smooth_mm: float = OUTPUT_SMOOTHING_MM) -> np.ndarray:
     """Network displacement (T,3,Z,Y,X) RAS mm on the input grid, crop centred on the labelled LV."""
-    m = (labels_ed == 2) | (labels_ed == 3)
-    _, r, c = np.nonzero(m)
-    t = pp.crop_transform(images.shape[-3:], geo.spacing, (r.mean(), c.mean()), pp.CROP_SIZE)
-    crop = pp.normalize_intensity(pp.crop_image(images.astype(np.float32), t))
-    sp = np.array([geo.spacing[0], pp.TARGET_SPACING_MM, pp.TARGET_SPACING_MM])
+    t, crop, sp = labelled_lv_crop(images, labels_ed, geo)
     u_mm = estimate_motion(crop[ed], crop, sp, model=model, precision=precision, smooth_mm=smooth_mm)
     disp = pp.displacement_to_input(u_mm / sp.reshape(1, 3, 1, 1, 1), t, geo)
     disp[ed] = 0.0

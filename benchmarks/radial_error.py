@@ -96,11 +96,7 @@ def es_displacement(z: dict, model, passes: int = 1) -> np.ndarray:
         raise ValueError("passes must be >= 1")
     geo = Geometry(z["spacing"], z["origin"], z["direction"])
     ed, es = int(z["ed"]), int(z["es"])
-    lab = z["labels"][ed]
-    _, r, c = np.nonzero((lab == 2) | (lab == 3))
-    t = pp.crop_transform(z["images"].shape[-3:], geo.spacing, (r.mean(), c.mean()), pp.CROP_SIZE)
-    crop = pp.normalize_intensity(pp.crop_image(z["images"].astype(np.float32), t))  # all frames, as analyze does
-    sp = np.array([geo.spacing[0], pp.TARGET_SPACING_MM, pp.TARGET_SPACING_MM])
+    t, crop, sp = ma.labelled_lv_crop(z["images"], z["labels"][ed], geo)  # all frames normalised, as analyze does
     if passes == 1:
         u_vox = estimate_motion(crop[ed], crop[[es]], sp, model=model) / sp.reshape(1, 3, 1, 1, 1)
     else:

@@ -208,7 +208,11 @@ def load_model(path: str | Path | None = None, *, weights_dir: Path | None = Non
 
             _CACHE[key] = load_network("motion", MotionNet, weights_dir)
         return _CACHE[key]
-    blob = torch.load(Path(path), map_location="cpu", weights_only=True)
+    return model_from_blob(torch.load(Path(path), map_location="cpu", weights_only=True))
+
+
+def model_from_blob(blob: dict) -> MotionNet:
+    """The network (eval mode, float32) of a loaded training export or checkpoint dict."""
     config = blob.get("config") or {"channels": blob["channels"]}
     state = blob.get("state_dict") or blob["model"]
     model = MotionNet(**config)

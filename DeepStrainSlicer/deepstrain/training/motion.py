@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import preprocess as pp
-from ..networks.motion import MotionNet, count_parameters, load_model, normalise_pair, warp
+from ..networks.motion import MotionNet, count_parameters, model_from_blob, normalise_pair, warp
 from . import mean_state_dict
 
 PHANTOM_TRAIN_SEEDS = range(1000, 2000)
@@ -459,23 +459,28 @@ def _log(msg: str, fh) -> None:
     fh.flush()
 
 
-def average_weights(paths: list[Path]) -> MotionNet:
-    """A MotionNet whose parameters are the mean of those of the weights ``paths`` (all of one config)."""
-    models = [load_model(p) for p in paths]
+def _average_with_infos(paths: list[Path]) -> tuple[MotionNet, list[dict]]:
+    """:func:`average_weights`, and the training ``info`` of each file (each file read once)."""
+    blobs = [torch.load(Path(p), map_location="cpu", weights_only=True) for p in paths]
+    models = [model_from_blob(b) for b in blobs]
     if len({json.dumps(m.config, sort_keys=True) for m in models}) != 1:
         raise ValueError("--average: the weights have different configurations: "
                          + "; ".join(f"{p}: {m.config}" for p, m in zip(paths, models)))
     models[0].load_state_dict(mean_state_dict([m.state_dict() for m in models]))
-    return models[0].eval()
+    return models[0].eval(), [b.get("info", {}) for b in blobs]
+
+
+def average_weights(paths: list[Path]) -> MotionNet:
+    """A MotionNet whose parameters are the mean of those of the weights ``paths`` (all of one config)."""
+    return _average_with_infos(paths)[0]
 
 
 def _main_average(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    model = average_weights(list(args.average))
+    model, infos = _average_with_infos(list(args.average))
     export(model, out / "motion_average.pt", {"average_of": [str(p) for p in args.average]})
     print(f"averaged {len(args.average)} weights into {out / 'motion_average.pt'}")
     if args.ship:
-        infos = [torch.load(p, map_location="cpu", weights_only=True).get("info", {}) for p in args.average]
         steps = [int(i.get("steps", 0)) for i in infos]
         # the inputs may be snapshots of one run, so their steps are listed, not added up
         summary = {"parameters": count_parameters(model), "iterations": max(steps), "averaged_steps": steps,
@@ -606,8 +611,9 @@ def main(args: argparse.Namespace) -> int:
             v = validate(model, acdc_val[::3])
             _log(f"validation (7 patients) step {step}: {v}", log)
             info = {"steps": step, "validation": v, "seed": args.seed}
-            export(model, out / "motion_latest.pt", info)
-            export(model, out / f"motion_step{step:06d}.pt", info)  # kept: snapshots to average (--average)
+            snapshot = out / f"motion_step{step:06d}.pt"  # kept: snapshots to average (--average)
+            export(model, snapshot, info)
+            _same_file_as(out / "motion_latest.pt", snapshot)
     v = validate(model, acdc_val)
     _log(f"final validation ({step} steps, {time.time() - t0:.0f} s): {v}", log)
     export(model, out / "motion_final.pt", {"steps": step, "validation": v, "seed": args.seed})
@@ -621,8 +627,22 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _same_file_as(path: Path, source: Path) -> None:
+    """Make ``path`` (atomically replaced) hold ``source``'s bytes: a hard link, or a copy where the
+    file system has none."""
+    import shutil
+
+    tmp = path.with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        tmp.hardlink_to(source)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    tmp.replace(path)
+
+
 def export(model: MotionNet, path: Path, info: dict) -> None:
-    """Write a float32 snapshot (``config`` + ``state_dict`` + training info) for :func:`load_model`."""
+    """Write a float32 snapshot (``config`` + ``state_dict`` + training info) for :func:`deepstrain.networks.motion.load_model`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save({"config": dict(model.config), "state_dict": model.state_dict(), "info": info}, tmp)
