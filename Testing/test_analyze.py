@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -10,8 +11,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+import deepstrain
 from deepstrain import phantom
 from deepstrain.analyze import analyze_path
+from deepstrain.cli import main
+from deepstrain.weights import WEIGHTS_DIR, read_manifest
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -44,6 +48,39 @@ def test_same_input_twice_gives_identical_outputs(small_study, tmp_path):
     assert disp.shape == src.shape + (3,)
     # the phantom has timing (75 bpm): strain rates are reported
     assert r1["srs"]["circumferential"] is not None and r1["frames"]["count"] == 6
+    # the report says what produced it
+    prov = r1["provenance"]
+    shipped = read_manifest()["models"]
+    assert prov["segmentation"] == prov["motion"] == "networks" and prov["weights"]["weights_dir"] == "package"
+    for name in ("centring", "segmentation", "motion"):
+        assert prov["weights"][name]["sha256"] == shipped[name]["sha256"]
+    assert prov["precision"] in ("float32", "bfloat16") and prov["deepstrain_version"] == deepstrain.__version__
+
+
+def test_other_weights_folder_is_used_and_checked(small_study, tmp_path, capsys):
+    """--weights DIR: a verified copy gives the same result (provenance names the folder); a corrupt
+    file in it is refused by name, exit 2, no output folder."""
+    wdir = tmp_path / "weights"
+    shutil.copytree(WEIGHTS_DIR, wdir)
+    cine = small_study / "cine.nii.gz"
+    r1 = analyze_path(cine, tmp_path / "a")
+    r2 = analyze_path(cine, tmp_path / "b", weights_dir=wdir)
+    assert r2["provenance"]["weights"]["weights_dir"] == str(wdir.resolve())
+    assert {k: v for k, v in r1.items() if k != "provenance"} == {k: v for k, v in r2.items() if k != "provenance"}
+    blob = bytearray((wdir / "motion.pt").read_bytes())
+    blob[-100] ^= 0xFF
+    (wdir / "motion.pt").write_bytes(bytes(blob))
+    code = main(["analyze", str(cine), "--out", str(tmp_path / "c"), "--weights", str(wdir), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "motion.pt" in err and "corrupt" in err, err
+    assert not (tmp_path / "c").exists()
+
+
+def test_given_labels_and_motion_are_recorded_as_given(small_study, tmp_path):
+    rep = analyze_path(small_study / "cine.nii.gz", tmp_path / "a", segmentation=small_study / "labels.nii.gz",
+                       displacement=small_study / "displacement.nii.gz")
+    assert rep["provenance"]["segmentation"] == rep["provenance"]["motion"] == "given"
+    assert "weights" not in rep["provenance"]  # no network ran
 
 
 def test_acdc_two_frame_folder_writes_a_label_file_per_input_frame(shared_data, tmp_path):

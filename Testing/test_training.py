@@ -67,6 +67,31 @@ def test_batches_with_neighbouring_slices(cache):
     assert not img[z, 0].any()  # the ES stack starts afresh: no neighbour from the ED frame
 
 
+def test_degrade_resolution_blurs_only_the_chosen_slices():
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.random((6, 3, 64, 64)).astype(np.float32))
+    assert torch.equal(D.degrade_resolution(x, np.random.default_rng(1), 0.0), x)
+    y = D.degrade_resolution(x, np.random.default_rng(1), 1.0, pixel_mm=(2.5, 2.5))
+    assert y.shape == x.shape and not torch.equal(y, x)
+    # half the resolution: pixel-to-pixel noise is averaged away, the mean brightness stays
+    assert float(y.diff(dim=-1).abs().mean()) < 0.5 * float(x.diff(dim=-1).abs().mean())
+    assert abs(float(y.mean()) - float(x.mean())) < 0.01
+    assert torch.equal(D.degrade_resolution(x, np.random.default_rng(1), 0.5),
+                       D.degrade_resolution(x, np.random.default_rng(1), 0.5))  # seeded: reproducible
+    z = D.degrade_resolution(x, np.random.default_rng(1), 0.5)
+    changed = [not torch.equal(z[i], x[i]) for i in range(6)]
+    assert any(changed) and not all(changed)
+
+
+def test_lowres_share_reaches_the_batches(cache, monkeypatch):
+    monkeypatch.setattr(D, "augment_intensity", lambda x, rng: x)  # compare the geometry-augmented images only
+    data = D.load_cache(cache, ("patient001",))
+    a, ya = D.segmentation_batch(data, np.random.default_rng(0), 8, size=64, channels=3)
+    b, yb = D.segmentation_batch(data, np.random.default_rng(0), 8, size=64, channels=3, lowres_share=1.0)
+    assert torch.equal(ya, yb)  # same slices, same labels
+    assert float(b.diff(dim=-1).abs().mean()) < 0.9 * float(a.diff(dim=-1).abs().mean())  # coarser images
+
+
 @pytest.mark.parametrize("module", [segmentation, centring])
 def test_two_iterations_then_resume_equals_an_uninterrupted_run(tmp_path, shared_data, cache, module):
     name = module.NAME

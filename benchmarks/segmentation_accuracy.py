@@ -1,5 +1,9 @@
 """Segmentation accuracy of the full inference path on the 20 ACDC validation patients.
 
+``--split training`` scores the 80 training patients instead: not a test, but how closely the
+network fits the data it was trained on (if it fits them no better than the validation patients,
+accuracy is limited by the network's capacity or training, not by over-fitting).
+
 For each validation patient the ACDC folder is loaded with :func:`deepstrain.io.load_cine` and
 :func:`deepstrain.inference.predict` (centring + crop + segmentation + back to the input grid,
 no motion) labels the ED and ES frames. Against the manual labels it prints:
@@ -11,7 +15,7 @@ no motion) labels the ED and ES frames. Against the manual labels it prints:
 * bias (mean of predicted - manual) and SD of the differences of LV EDV, ESV (ml), EF (%),
   LV mass (g, myocardium at ED x 1.05 g/ml) and RV EDV (ml).
 
-Usage: python benchmarks/segmentation_accuracy.py [--data ../shared/data] [--patients N] [--tta] [--record]
+Usage: python benchmarks/segmentation_accuracy.py [--data ../shared/data] [--patients N] [--split training] [--tta] [--record]
 ``--tta`` segments with test-time flips (as ``deepstrain analyze --tta``); ``--record`` stores the
 figures in the weights manifest (entry ``segmentation``, key ``benchmark``, or ``benchmark_tta``).
 """
@@ -101,7 +105,10 @@ def _timed(net, x) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("DEEPSTRAIN_DATA", ROOT.parent / "shared" / "data")))
-    ap.add_argument("--patients", type=int, default=0, help="only the first N validation patients")
+    ap.add_argument("--patients", type=int, default=0, help="only the first N patients")
+    ap.add_argument("--split", choices=("validation", "training"), default="validation",
+                    help="which ACDC patients: the 20 validation ones (the benchmark) or the 80 the networks "
+                         "were trained on (how well the network fits its own training data)")
     ap.add_argument("--weights", type=Path, default=None, help="weights folder (default: the package's)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--speed", action="store_true",
@@ -111,15 +118,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="network arithmetic (deepstrain analyze --precision)")
     ap.add_argument("--record", action="store_true", help="store the figures in the weights manifest")
     args = ap.parse_args(argv)
+    if args.record and args.split != "validation":
+        ap.error("--record stores the validation figures; it cannot be used with --split training")
 
     import torch
 
     from deepstrain import io
     from deepstrain.inference import predict
-    from deepstrain.training.data import VALIDATION_PATIENTS, lv_centre_voxel
+    from deepstrain.training.data import TRAINING_PATIENTS, VALIDATION_PATIENTS, lv_centre_voxel
 
     torch.set_num_threads(args.threads)
-    patients = VALIDATION_PATIENTS[: args.patients] if args.patients else VALIDATION_PATIENTS
+    split = VALIDATION_PATIENTS if args.split == "validation" else TRAINING_PATIENTS
+    patients = split[: args.patients] if args.patients else split
     rows, t_total = [], 0.0
     for p in patients:
         with warnings.catch_warnings():
@@ -152,9 +162,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from deepstrain.networks.precision import resolve
 
-    summary: dict = {"patients": len(rows), "tta": bool(args.tta), "precision": resolve(args.precision), "dice": {}, "hd95_mm": {}, "hdmax_mm": {}, "clinical": {},
+    summary: dict = {"patients": len(rows), "split": args.split, "tta": bool(args.tta), "precision": resolve(args.precision), "dice": {}, "hd95_mm": {}, "hdmax_mm": {}, "clinical": {},
                      "seconds_per_patient": t_total / len(rows)}
-    print(f"\n{len(rows)} validation patients, full inference path (centring + crop + segmentation + "
+    print(f"\n{len(rows)} {args.split} patients, full inference path (centring + crop + segmentation + "
           f"back to the input grid), test-time flips {'on' if args.tta else 'off'}, {summary['precision']}, {t_total / len(rows):.2f} s per patient (2 frames)")
     ce = [r["centre_error_mm"] for r in rows]
     summary["centre_error_mm"] = {"mean": float(np.mean(ce)), "max": float(np.max(ce))}

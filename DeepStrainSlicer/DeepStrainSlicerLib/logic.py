@@ -272,15 +272,12 @@ class DeepStrainLogic:
         return cine
 
     @staticmethod
-    def predict(cine: Cine, progress: ProgressCallback = _no_progress, tta: bool = False):
-        """Run the networks (run mode 'networks'; ``tta``: test-time flips). RuntimeError with install help without torch."""
+    def require_torch() -> None:
+        """RuntimeError with install help when PyTorch is missing (the networks need it)."""
         try:
             import torch  # noqa: F401
         except ImportError:
             raise RuntimeError(TORCH_MISSING) from None
-        from deepstrain.inference import predict
-
-        return predict(cine, progress=progress, tta=tta)
 
     # ----------------------------------------------------------------- build
     def run(self, cine: Cine, params: Parameters, labels: np.ndarray | None = None,
@@ -290,17 +287,16 @@ class DeepStrainLogic:
         On any error or :class:`Cancelled` raised by ``progress`` every node created so far is removed.
         Returns the :class:`deepstrain.pipeline.Analysis`.
         """
-        from deepstrain.pipeline import compute
+        from deepstrain.analyze import analyze_cine
 
         with nodes_or_nothing(self.scene):
             progress(0.0, "starting")
             if labels is None or displacement is None:
-                pred = self.predict(cine, lambda f, m: progress(0.5 * f, m), tta=params.tta)
-                labels = pred.labels if labels is None else labels
-                displacement = pred.displacement if displacement is None else displacement
-            progress(0.5, "computing strain")
-            analysis = compute(cine, labels, displacement,
-                               ed=None if params.ed < 0 else params.ed, es=None if params.es < 0 else params.es)
+                self.require_torch()
+            # the same engine as deepstrain analyze: networks for what is missing, strain, volumes, provenance
+            analysis = analyze_cine(cine, labels=labels, displacement=displacement,
+                                    ed=None if params.ed < 0 else params.ed, es=None if params.es < 0 else params.es,
+                                    progress=lambda f, m: progress(0.5 * f, m), tta=params.tta)
             self._remove_study_nodes(params)
             before = node_ids(self.scene)
             self._build_nodes(cine, analysis, params, progress)

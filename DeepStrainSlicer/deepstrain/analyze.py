@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import io, pipeline
+from . import __version__, io, pipeline
 from .cine import Cine
 from .outputs import atomic_output_dir
 
@@ -34,19 +34,29 @@ def analyze_cine(
     progress: Progress | None = None,
     tta: bool = False,
     precision: str = "auto",
+    weights_dir: str | os.PathLike | None = None,
 ) -> pipeline.Analysis:
     """Run what is missing of (labels, displacement) through the networks, then strain and volumes.
 
-    ``tta``: segmentation with test-time flips; ``precision``: network arithmetic
-    (:func:`deepstrain.inference.predict`).
+    ``tta``: segmentation with test-time flips; ``precision``: network arithmetic;
+    ``weights_dir``: a weights folder with its manifest instead of the shipped weights
+    (:func:`deepstrain.inference.predict`). The report's ``provenance`` says what came from the
+    networks, which weights (sha256) and arithmetic, and the package version.
     """
+    prov: dict = {"deepstrain_version": __version__,
+                  "segmentation": "networks" if labels is None else "given",
+                  "motion": "networks" if displacement is None else "given"}
     if labels is None or displacement is None:
         from . import inference  # torch is imported only when the networks are needed
+        from .networks.precision import resolve
+        from .weights import provenance
 
+        wdir = Path(weights_dir) if weights_dir is not None else None
         pred = inference.predict(
             cine,
             progress=progress,
             with_motion=displacement is None,
+            weights_dir=wdir,
             tta=tta,
             precision=precision,
         )
@@ -54,9 +64,13 @@ def analyze_cine(
             labels = pred.labels
         if displacement is None:
             displacement = pred.displacement
+        used = ("centring", "segmentation") + (("motion",) if prov["motion"] == "networks" else ())
+        prov.update(weights=provenance(used, wdir), precision=resolve(precision), test_time_flips=bool(tta))
     if progress:
         progress(0.95, "strain and volumes")
-    return pipeline.compute(cine, labels, displacement, ed=ed, es=es)
+    analysis = pipeline.compute(cine, labels, displacement, ed=ed, es=es)
+    analysis.report["provenance"] = prov
+    return analysis
 
 
 def write_analysis(analysis: pipeline.Analysis, out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
@@ -92,6 +106,7 @@ def analyze_path(
     progress: Progress | None = None,
     tta: bool = False,
     precision: str = "auto",
+    weights_dir: str | os.PathLike | None = None,
 ) -> dict:
     """Load ``input_path``, analyse it and write ``out_dir``; returns the report dict.
 
@@ -103,7 +118,7 @@ def analyze_path(
     labels = io.load_labels(segmentation, cine) if segmentation is not None else None
     disp = io.load_displacement(displacement, cine) if displacement is not None else None
     analysis = analyze_cine(cine, labels=labels, displacement=disp, ed=cine.ed, es=cine.es, progress=progress,
-                            tta=tta, precision=precision)
+                            tta=tta, precision=precision, weights_dir=weights_dir)
     write_analysis(analysis, out_dir, overwrite=overwrite)
     if progress:
         progress(1.0, "done")

@@ -110,6 +110,9 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="network arithmetic: auto = bfloat16 where the CPU has it natively (about 2x faster), "
                         "else float32")
+    p.add_argument("--weights", type=Path, metavar="DIR",
+                   help="weights folder with its manifest.json (e.g. from deepstrain train ... --export-dir) "
+                        "instead of the shipped weights; every file is checked against the manifest")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     _add_study_options(p)
 
@@ -136,7 +139,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         spacing=tuple(args.spacing) if args.spacing else None,
         heart_rate_bpm=args.heart_rate, rr_ms=args.rr_ms, ed=args.ed, es=args.es,
         overwrite=args.overwrite, progress=_ProgressLine(args.quiet), tta=args.tta,
-        precision=args.precision,
+        precision=args.precision, weights_dir=args.weights,
     )
     _print_summary(rep, args.out)
     return 0

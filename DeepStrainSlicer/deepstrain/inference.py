@@ -55,7 +55,7 @@ from .preprocess import (
     normalize_intensity,
     uncrop_probabilities,
 )
-from .weights import load_network
+from .weights import cache_key, load_network
 
 Progress = Callable[[float, str], None]
 
@@ -82,7 +82,7 @@ _NETS: dict[tuple[str, str], torch.nn.Module] = {}
 
 
 def _network(name: str, weights_dir: Path | None) -> torch.nn.Module:
-    key = (name, str(weights_dir))
+    key = cache_key(name, weights_dir)  # a file changed on disk is loaded and verified again
     if key not in _NETS:
         build = build_segmentation_net if name == "segmentation" else build_centring_net
         net = fuse_batchnorm(load_network(name, build, weights_dir))

@@ -68,6 +68,36 @@ def verified_path(name: str, weights_dir: Path | None = None) -> Path:
     return path
 
 
+def cache_key(name: str, weights_dir: Path | None = None) -> tuple:
+    """Key for keeping a loaded network in memory: the folder and the size and modification time of
+    its manifest and of ``name``'s file, so that a file changed on disk is loaded (and verified) again."""
+    wdir = Path(weights_dir or WEIGHTS_DIR).resolve()
+
+    def stamp(path: Path) -> tuple[int, int]:
+        try:
+            st = path.stat()
+        except OSError:
+            return (-1, -1)
+        return (st.st_size, st.st_mtime_ns)
+
+    try:
+        file = read_manifest(wdir)["models"][name]["file"]
+    except (InputError, KeyError, TypeError):
+        file = f"{name}.pt"  # loading will then report the problem
+    return (name, str(wdir), stamp(wdir / MANIFEST), stamp(wdir / file))
+
+
+def provenance(names: tuple[str, ...], weights_dir: Path | None = None) -> dict:
+    """Which weights produced a result: the weights folder ("package" for the shipped ones) and, per
+    network in ``names``, its file, sha256 and training date from the manifest (for report.json)."""
+    models = read_manifest(weights_dir).get("models", {})
+    out: dict = {"weights_dir": "package" if weights_dir is None else str(Path(weights_dir).resolve())}
+    for name in names:
+        entry = models.get(name, {})
+        out[name] = {"file": entry.get("file"), "sha256": entry.get("sha256"), "date": entry.get("date")}
+    return out
+
+
 def load_network(name: str, build: Callable[..., nn.Module], weights_dir: Path | None = None) -> nn.Module:
     """Build network ``name`` with its stored configuration, load its verified weights, in eval mode (float32)."""
     path = verified_path(name, weights_dir)

@@ -243,7 +243,7 @@ def test_cine_from_loaded_sequence_with_overrides(harness, phantom):
     assert (c.ed, c.es) == (0, 3)
 
 
-def test_missing_torch_gives_install_help(monkeypatch, phantom):
+def test_missing_torch_gives_install_help(monkeypatch):
     real_import = builtins.__import__
 
     def no_torch(name, *args, **kwargs):
@@ -253,7 +253,7 @@ def test_missing_torch_gives_install_help(monkeypatch, phantom):
 
     monkeypatch.setattr(builtins, "__import__", no_torch)
     with pytest.raises(RuntimeError, match="Extensions Manager") as exc:
-        dlogic.DeepStrainLogic.predict(phantom[0])
+        dlogic.DeepStrainLogic.require_torch()
     assert "pip_install('torch==2.13.0')" in str(exc.value)
 
 

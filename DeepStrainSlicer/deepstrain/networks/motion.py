@@ -198,13 +198,15 @@ def load_model(path: str | Path | None = None, *, weights_dir: Path | None = Non
     """The motion network in eval mode.
 
     ``path=None``: the shipped weights (``weights/motion.pt``), checked against the manifest's
-    size and SHA-256 by :func:`deepstrain.weights.load_network` (cached after the first load).
+    size and SHA-256 by :func:`deepstrain.weights.load_network` (kept in memory after the first
+    load, until the file or the manifest changes on disk).
     A ``path`` loads a training export or checkpoint (``config``/``channels`` + ``state_dict``).
     """
     if path is None:
-        key = str(weights_dir)
+        from ..weights import cache_key, load_network
+
+        key = cache_key("motion", weights_dir)
         if key not in _CACHE:
-            from ..weights import load_network
 
             _CACHE[key] = load_network("motion", MotionNet, weights_dir)
         return _CACHE[key]

@@ -212,6 +212,26 @@ def augment_intensity(x: torch.Tensor, rng: np.random.Generator, gamma: float = 
     return x + sd * torch.randn(x.shape, generator=gen)
 
 
+def degrade_resolution(x: torch.Tensor, rng: np.random.Generator, share: float,
+                       pixel_mm: tuple[float, float] = (1.25, 2.6), grid_mm: float = 1.25) -> torch.Tensor:
+    """Simulate coarser acquisitions: with probability ``share`` per sample, area-average ``(N, C, H, W)``
+    images from ``grid_mm`` pixels to a pixel size drawn from ``pixel_mm`` (uniform, mm), then
+    interpolate them back to ``H x W`` (bilinear). Labels are left alone.
+
+    Studies acquired at about 2 mm in plane (UK Biobank: 2.06 mm) look blurrier on the 1.25 mm
+    crop than ACDC's 1.4-1.7 mm ones; without this the network thickens their myocardium.
+    """
+    out = x.clone()
+    h, w = x.shape[-2:]
+    for i in range(x.shape[0]):
+        if rng.random() >= share:
+            continue
+        f = float(rng.uniform(*pixel_mm)) / grid_mm
+        small = F.interpolate(x[i : i + 1], size=(max(round(h / f), 1), max(round(w / f), 1)), mode="area")
+        out[i : i + 1] = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+    return out
+
+
 def warp_batch(img: torch.Tensor, lab: torch.Tensor, theta: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Resample images (linear, zeros outside) and labels (nearest) with affine ``theta`` to ``size``^2."""
     grid = F.affine_grid(theta, [img.shape[0], 1, size, size], align_corners=False)
@@ -222,7 +242,8 @@ def warp_batch(img: torch.Tensor, lab: torch.Tensor, theta: torch.Tensor, size: 
 
 def segmentation_batch(data: list[dict], rng: np.random.Generator, batch: int, size: int = 128,
                        augment: bool = True, phantoms: list[dict] | None = None,
-                       phantom_share: float = 0.0, channels: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+                       phantom_share: float = 0.0, channels: int = 1,
+                       lowres_share: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """A random batch of augmented ``(batch, channels, size, size)`` slices and ``(batch, size, size)`` labels.
 
     ``channels`` > 1: each slice with its neighbours, as the network reads it
@@ -231,7 +252,8 @@ def segmentation_batch(data: list[dict], rng: np.random.Generator, batch: int, s
     gamma, contrast and noise; with neighbours, their order is reversed with probability 0.5
     (stacks run base-to-apex or apex-to-base). Without ``augment``: the central ``size`` crop.
     With ``phantoms`` (entries of :func:`load_phantom_cache`), each slice comes from a phantom
-    with probability ``phantom_share``.
+    with probability ``phantom_share``. ``lowres_share``: share of slices made coarser with
+    :func:`degrade_resolution` (after the affine warp, before the intensity changes).
     """
     imgs, labs = [], []
     for _ in range(batch):
@@ -255,6 +277,8 @@ def segmentation_batch(data: list[dict], rng: np.random.Generator, batch: int, s
     else:
         theta = torch.tensor([[[ratio, 0, 0], [0, ratio, 0]]], dtype=torch.float32).repeat(batch, 1, 1)
     img, lab = warp_batch(img, lab, theta, size)
+    if augment and lowres_share > 0:
+        img = degrade_resolution(img, rng, lowres_share)
     if augment:
         img = augment_intensity(img, rng)
     return img, lab

@@ -193,6 +193,8 @@ def train_loop(args: argparse.Namespace, *, name: str, build: Callable[[], nn.Mo
         summary["averaged_from"] = [str(p) for p in args.average]
     if getattr(args, "phantoms", 0):
         summary["synthetic_phantoms"] = {"count": args.phantoms, "share": args.phantom_share}
+    if getattr(args, "lowres_share", 0.0):
+        summary["lowres_share"] = args.lowres_share
     if done < args.iterations:
         summary["stopped_at"] = done
     (run / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -229,7 +231,8 @@ def main(args: argparse.Namespace) -> dict:
     return train_loop(args, name=NAME, build=build_segmentation_net, config=dict(CONFIG),
                       batch_fn=lambda data, rng, b: D.segmentation_batch(
                           data, rng, b, size=args.crop, phantoms=phantoms,
-                          phantom_share=args.phantom_share if phantoms else 0.0, channels=CONFIG["in_channels"]),
+                          phantom_share=args.phantom_share if phantoms else 0.0, channels=CONFIG["in_channels"],
+                          lowres_share=getattr(args, "lowres_share", 0.0)),
                       val_fn=_val, loss_fn=_loss)
 
 
