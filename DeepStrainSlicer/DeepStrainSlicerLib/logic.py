@@ -762,6 +762,7 @@ class DeepStrainLogic:
         cine, labels, disp = self.study_arrays(params)
         progress(0.3, "computing strain")
         analysis = compute(cine, labels, disp, ed=params.analysis_ed, es=params.analysis_es)
+        analysis.report["provenance"] = self._provenance_after_edit(params, labels)
         progress(0.8, "updating views")
         with nodes_or_nothing(self.scene):
             before = node_ids(self.scene)
@@ -771,6 +772,22 @@ class DeepStrainLogic:
         self.analysis = analysis
         progress(1.0, "done")
         return analysis
+
+    def _provenance_after_edit(self, params: Parameters, labels: np.ndarray) -> dict:
+        """The run's provenance (kept in the scene's report), with the segmentation marked as edited
+        when it differs from the last analysis (or "as stored in the scene" when that is unknown,
+        e.g. after reloading a saved scene)."""
+        prov = dict(self.report(params).get("provenance") or {})
+        base = str(prov.get("segmentation", "unknown"))
+        if self.analysis is None:
+            suffix = ", as stored in the scene"
+        elif not np.array_equal(self.analysis.labels, labels):
+            suffix = ", edited in Slicer"
+        else:
+            suffix = ""
+        if suffix and suffix not in base:
+            prov["segmentation"] = base + suffix
+        return prov
 
     # ----------------------------------------------------------------- export
     def export(self, params: Parameters, folder: str | os.PathLike, renderer_factory=None,

@@ -179,6 +179,10 @@ def test_recompute_after_editing_the_ed_segmentation(study):
     np.testing.assert_allclose(dlogic._column(p.ref("CurveTable"), "radial strain (%)"),
                                ref["global_strain"]["radial_percent"], atol=1e-6)
     assert json.loads(p.ref("ReportText").GetText())["volumetrics"]["lv_edv_ml"] == edv1
+    # the report says the labels were given, then edited by hand; a second recompute changes nothing
+    assert analysis.report["provenance"]["segmentation"] == "given"
+    assert new.report["provenance"]["segmentation"] == "given, edited in Slicer"
+    assert h.logic.recompute(p).report["provenance"] == new.report["provenance"]
     assert h.scene.GetNumberOfNodes() == nodes_before
     # glyphs re-masked to the edited myocardium: the voxels given to the cavity no longer move
     browser.SetSelectedItemNumber(analysis.es)
