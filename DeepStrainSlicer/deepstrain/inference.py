@@ -78,7 +78,7 @@ class Prediction:
     """ED frame (index into the cine) used as the motion reference."""
 
 
-_NETS: dict[tuple[str, str], torch.nn.Module] = {}
+_NETS: dict[tuple, torch.nn.Module] = {}
 
 
 def _network(name: str, weights_dir: Path | None) -> torch.nn.Module:

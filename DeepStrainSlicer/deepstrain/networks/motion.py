@@ -207,7 +207,6 @@ def load_model(path: str | Path | None = None, *, weights_dir: Path | None = Non
 
         key = cache_key("motion", weights_dir)
         if key not in _CACHE:
-
             _CACHE[key] = load_network("motion", MotionNet, weights_dir)
         return _CACHE[key]
     return model_from_blob(torch.load(Path(path), map_location="cpu", weights_only=True))
