@@ -226,14 +226,14 @@ def _nifti_times(path: Path, img: nib.Nifti1Image, n_frames: int, messages: list
     if scale is None:
         _warn(messages, f"{path}: no frame timing (time unit '{time_unit}', frame interval {dt:g}); "
                         "strain rates cannot be computed. Give the heart rate with --heart-rate BPM or the "
-                        "RR interval with --rr MS")
+                        "RR interval with --rr-ms MS")
         return nan
     dt_ms = dt * scale
     lo, hi = _PLAUSIBLE_FRAME_INTERVAL_MS
     if not np.isfinite(dt_ms) or not lo <= dt_ms <= hi:
         _warn(messages, f"{path}: frame interval {dt_ms:g} ms in the header is not plausible "
                         f"(expected {lo:g} to {hi:g} ms); timing ignored. Give the heart rate with "
-                        "--heart-rate BPM or the RR interval with --rr MS")
+                        "--heart-rate BPM or the RR interval with --rr-ms MS")
         return nan
     t0 = toffset * scale if np.isfinite(toffset) else 0.0
     return t0 + dt_ms * np.arange(n_frames, dtype=np.float64)
@@ -467,7 +467,7 @@ def _load_acdc_folder(folder: Path, messages: list[str]) -> tuple[Cine, bool, in
         frame_files = [str(frames[k]) for k in numbers]
         times = np.full(len(numbers), np.nan)
         _warn(messages, f"{folder}: ACDC folders carry no frame timing; strain rates cannot be computed. Give the "
-                        "heart rate with --heart-rate BPM or the RR interval with --rr MS")
+                        "heart rate with --heart-rate BPM or the RR interval with --rr-ms MS")
         nb_cycle = nb if nb is not None else int(frame_numbers.max()) + 1
 
     idx_of = {int(n): i for i, n in enumerate(frame_numbers)}
@@ -706,7 +706,7 @@ def _assemble_dicom_series(folder: Path, items: list[tuple[Path, object]], messa
     no_trigger = any(not np.isfinite(recs[i][2]) for i in range(len(recs)))
     if no_trigger:
         _warn(messages, f"{folder}: some images have no TriggerTime; frames ordered by InstanceNumber and no "
-                        "frame timing (give --heart-rate BPM or --rr MS)")
+                        "frame timing (give --heart-rate BPM or --rr-ms MS)")
     per_slice = []
     for members in slices:
         key = (lambda i: (recs[i][3], recs[i][0].name)) if no_trigger else (lambda i: (recs[i][2], recs[i][3]))
