@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 import batch_fakes
 from deepstrain import batch, cli
 from deepstrain.errors import InputError
+from deepstrain.weights import read_manifest
 
 GROUPS = {"patient001": "DCM", "patient002": "DCM", "patient003": "NOR", "patient004": "NOR",
           "patient005": "HCM", "patient006": "HCM"}  # fmt: skip
@@ -199,3 +201,24 @@ def test_cli_batch_exit_codes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, c
     (mine / "notes.txt").write_text("keep")
     assert cli.main(["batch", str(root), "--out", str(mine)]) == 2
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    # the analysis options reach the study function and are stored with the results
+    calls.clear()
+    assert cli.main(["batch", str(root), "--out", str(tmp_path / "o4"), "--limit", "1", "--no-figures", "--tta",
+                     "--precision", "float32"]) == 0
+    assert calls == [{"tta": True, "precision": "float32", "weights_dir": None}]
+    stored = json.loads((tmp_path / "o4" / "settings.json").read_text())
+    assert stored["options"] == calls[0] and stored["weights_sha256"]["motion"] == read_manifest()["models"]["motion"]["sha256"]
+    # a re-run with other settings is refused, naming the settings file; nothing is analysed or changed
+    before = (tmp_path / "o4" / "summary.csv").read_bytes()
+    calls.clear()
+    capsys.readouterr()
+    assert cli.main(["batch", str(root), "--out", str(tmp_path / "o4"), "--no-figures"]) == 2
+    err = capsys.readouterr().err
+    assert "settings.json" in err and "options" in err and calls == []
+    assert (tmp_path / "o4" / "summary.csv").read_bytes() == before
+    # the same settings resume (the second study is analysed, the first kept)
+    assert cli.main(["batch", str(root), "--out", str(tmp_path / "o4"), "--no-figures", "--tta",
+                     "--precision", "float32"]) == 1  # patient002 fails by design of the fake
+    # a weights folder without a manifest is refused before anything is written
+    assert cli.main(["batch", str(root), "--out", str(tmp_path / "o5"), "--weights", str(empty)]) == 2
+    assert "manifest" in capsys.readouterr().err and not (tmp_path / "o5").exists()

@@ -58,6 +58,9 @@ SUMMARY_COLUMNS = ("id", "group", "status", "error", "seconds", "input") + VOLUM
 (segment mean at ES) in %. Empty cell = not available."""
 
 SUMMARY_NAME = "summary.csv"
+SETTINGS_NAME = "settings.json"
+"""``OUT/settings.json``: what besides the inputs decides the results (:func:`batch_settings`). A re-run
+into the same folder must use the same settings, so one table never mixes two analyses."""
 BATCH_INFO_NAME = "batch.json"
 _TMP_NAME = ".tmp"
 _LOCK_NAME = ".deepstrain-batch.lock"
@@ -480,6 +483,41 @@ def _init_worker(threads: int | None, parent_pid: int) -> None:
     threading.Thread(target=watch, name="deepstrain-parent-watch", daemon=True).start()
 
 
+def batch_settings(study_fn: StudyFn | None, study_kwargs: Mapping[str, Any] | None) -> dict:
+    """The per-study function and, for the default analysis (``study_fn=None``), its options (e.g.
+    ``tta``, ``precision``, ``weights_dir``) and the sha256 of the networks' weights it will use,
+    from the weights folder's manifest (an absent or unreadable manifest is an :class:`InputError`
+    naming it). A custom ``study_fn`` is recorded by name only: its options are its own business."""
+    if study_fn is not None:
+        return {"study_fn": f"{study_fn.__module__}.{study_fn.__qualname__}"}
+    from .weights import read_manifest
+
+    options = {k: (str(Path(v).absolute()) if isinstance(v, (str, os.PathLike)) and k.endswith("_dir") else v)
+               for k, v in sorted((study_kwargs or {}).items())}
+    models = read_manifest(options.get("weights_dir")).get("models", {})
+    settings = {"study_fn": "deepstrain.analyze.analyze_path", "options": options,
+                "weights_sha256": {n: models.get(n, {}).get("sha256") for n in ("centring", "segmentation", "motion")}}
+    return json.loads(json.dumps(settings))  # plain JSON types, comparable with a stored copy
+
+
+def _check_settings(out: Path, settings: dict) -> None:
+    """Store ``settings`` in a new batch folder; refuse a folder whose stored settings differ."""
+    path = out / SETTINGS_NAME
+    if path.is_file():
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise InputError(path, f"unreadable batch settings ({exc})") from exc
+        if stored != settings:
+            changed = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
+            raise InputError(path, f"this folder holds results made with other settings ({', '.join(changed)} "
+                                   f"differ): use a new output folder, or the settings stored here")
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(settings, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
 def run_batch(
     input_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -500,7 +538,9 @@ def run_batch(
     into ``out_dir`` (default :func:`analyze_study`); with ``workers > 1`` or a ``scheduler`` it must
     be picklable (a module-level function). ``threads``: torch/OpenMP threads per worker (default
     ``max(1, cores // workers)`` locally, 1 on Dask). ``limit``: only the first N studies.
-    ``progress``: stream for the progress bar (None for silence).
+    ``progress``: stream for the progress bar (None for silence). The settings
+    (:func:`batch_settings`) are stored in ``OUT/settings.json``; re-running into a folder made
+    with other settings is refused.
     """
     t0 = time.perf_counter()
     if workers < 1:
@@ -522,8 +562,10 @@ def run_batch(
         if unknown:
             progress.write(f"note: {len(unknown)} id(s) of the groups CSV are not among the studies: "
                            f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}\n")
+    settings = batch_settings(study_fn, study_kwargs)
     out.mkdir(parents=True, exist_ok=True)
     with _Lock(out):
+        _check_settings(out, settings)
         shutil.rmtree(out / _TMP_NAME, ignore_errors=True)  # leftovers of a killed run
         rows: dict[str, dict[str, str]] = {}
         todo: list[Study] = []

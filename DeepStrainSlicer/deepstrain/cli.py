@@ -173,6 +173,10 @@ def _add_batch(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--groups", type=Path, metavar="CSV", help="CSV with columns id,group (overrides Info.cfg Group)")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N studies (sorted by path)")
     p.add_argument("--no-figures", action="store_true", help="do not write the group figures")
+    p.add_argument("--tta", action="store_true", help="segment with test-time flips (as deepstrain analyze --tta)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="network arithmetic (as deepstrain analyze)")
+    p.add_argument("--weights", type=Path, metavar="DIR", help="weights folder instead of the shipped weights "
+                   "(as deepstrain analyze); a re-run into OUT must use the same settings (OUT/settings.json)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -181,7 +185,8 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
     res = batch.run_batch(args.input, args.out, workers=args.workers, scheduler=args.scheduler,
                           groups_csv=args.groups, threads=args.threads, limit=args.limit,
-                          progress=None if args.quiet else sys.stderr, figures=not args.no_figures)
+                          progress=None if args.quiet else sys.stderr, figures=not args.no_figures,
+                          study_kwargs={"tta": args.tta, "precision": args.precision, "weights_dir": args.weights})
     print(f"{len(res.rows)} studies: {res.n_ok} analysed, {res.n_skipped} already done, {res.n_failed} failed "
           f"in {res.seconds:.1f} s; table {res.out_dir / batch.SUMMARY_NAME}")
     for r in res.rows:
