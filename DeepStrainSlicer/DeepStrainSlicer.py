@@ -38,7 +38,10 @@ class DeepStrainSlicer(ScriptedLoadableModule):
             "frame, global curves, strain rate and the AHA 17-segment polar map. Edit the segmentation "
             "in Segment Editor and press Recompute to update the results without re-running the networks. "
             "Radial strain from the motion network is less reliable than circumferential strain and volumes "
-            "(see the README's measured figures). 'Test-time flips' segments each slice 4 times (slower)."
+            "(see the README's measured figures). 'Test-time flips' segments each slice 4 times (slower). "
+            "'Weights' may name another weights folder (with its manifest.json); the report records which "
+            "weights were used. On studies from outside ACDC, check the most basal slice at end-systole "
+            "before reading EF: the networks follow ACDC's convention there."
         )
         parent.acknowledgementText = (
             "Method: Morales et al., DeepStrain (Front. Cardiovasc. Med. 2021). Weights trained on ACDC "
@@ -84,6 +87,7 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             w.connect("valueChanged(int)", self._from_gui)
         self.ui.runModeCombo.connect("currentTextChanged(QString)", self._from_gui)
         self.ui.ttaCheck.connect("toggled(bool)", self._from_gui)
+        self.ui.weightsFolderEdit.connect("currentPathChanged(QString)", self._from_gui)
         self.ui.componentCombo.connect("currentTextChanged(QString)", self._on_polar_settings)
         self.ui.followFrameCheck.connect("toggled(bool)", self._on_polar_settings)
         self.ui.showSegmentationCheck.connect("toggled(bool)", self._on_overlays)
@@ -128,6 +132,7 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             ui.esSpin.value = p.es
             ui.runModeCombo.currentText = p.run_mode
             ui.ttaCheck.checked = p.tta
+            ui.weightsFolderEdit.currentPath = p.weights_dir
             ui.componentCombo.currentText = p.component
             ui.followFrameCheck.checked = p.polar_follows_frame
             ui.showSegmentationCheck.checked = p.show_segmentation
@@ -153,6 +158,7 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p.es = ui.esSpin.value
         p.run_mode = ui.runModeCombo.currentText
         p.tta = ui.ttaCheck.checked
+        p.weights_dir = ui.weightsFolderEdit.currentPath
         p.glyph_scale_percent = ui.glyphScaleSpin.value
         p.export_folder = ui.exportFolderEdit.currentPath
 

@@ -136,6 +136,7 @@ class Parameters:
     es = _Param(int, -1)
     run_mode = _Param(str, "networks")  # "networks" or "given"
     tta = _Param(bool, False)  # segmentation with test-time flips
+    weights_dir = _Param(str, "")  # "" = the shipped weights; else a folder with its manifest.json
     study_name = _Param(str, "study")
     component = _Param(str, "circumferential")
     polar_follows_frame = _Param(bool, False)
@@ -296,7 +297,8 @@ class DeepStrainLogic:
             # the same engine as deepstrain analyze: networks for what is missing, strain, volumes, provenance
             analysis = analyze_cine(cine, labels=labels, displacement=displacement,
                                     ed=None if params.ed < 0 else params.ed, es=None if params.es < 0 else params.es,
-                                    progress=lambda f, m: progress(0.5 * f, m), tta=params.tta)
+                                    progress=lambda f, m: progress(0.5 * f, m), tta=params.tta,
+                                    weights_dir=params.weights_dir or None)
             self._remove_study_nodes(params)
             before = node_ids(self.scene)
             self._build_nodes(cine, analysis, params, progress)

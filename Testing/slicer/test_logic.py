@@ -247,6 +247,20 @@ def test_cine_from_loaded_sequence_with_overrides(harness, phantom):
     assert (c.ed, c.es) == (0, 3)
 
 
+def test_weights_folder_without_manifest_is_refused_and_leaves_no_nodes(harness, phantom, tmp_path):
+    cine, labels, disp = phantom
+    before = harness.node_ids()
+    harness.params.weights_dir = str(tmp_path)
+    from deepstrain.errors import InputError
+
+    try:
+        with pytest.raises(InputError, match="manifest"):
+            harness.logic.run(cine, harness.params, None, disp)
+    finally:
+        harness.params.weights_dir = ""
+    assert harness.node_ids() == before
+
+
 def test_missing_torch_gives_install_help(monkeypatch):
     real_import = builtins.__import__
 
