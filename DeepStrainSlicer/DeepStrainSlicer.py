@@ -87,6 +87,7 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             w.connect("valueChanged(int)", self._from_gui)
         self.ui.runModeCombo.connect("currentTextChanged(QString)", self._from_gui)
         self.ui.ttaCheck.connect("toggled(bool)", self._from_gui)
+        self.ui.refineMotionCheck.connect("toggled(bool)", self._from_gui)
         self.ui.weightsFolderEdit.connect("currentPathChanged(QString)", self._from_gui)
         self.ui.componentCombo.connect("currentTextChanged(QString)", self._on_polar_settings)
         self.ui.followFrameCheck.connect("toggled(bool)", self._on_polar_settings)
@@ -132,6 +133,7 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             ui.esSpin.value = p.es
             ui.runModeCombo.currentText = p.run_mode
             ui.ttaCheck.checked = p.tta
+            ui.refineMotionCheck.checked = p.refine_motion
             ui.weightsFolderEdit.currentPath = p.weights_dir
             ui.componentCombo.currentText = p.component
             ui.followFrameCheck.checked = p.polar_follows_frame
@@ -158,6 +160,7 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p.es = ui.esSpin.value
         p.run_mode = ui.runModeCombo.currentText
         p.tta = ui.ttaCheck.checked
+        p.refine_motion = ui.refineMotionCheck.checked
         p.weights_dir = ui.weightsFolderEdit.currentPath
         p.glyph_scale_percent = ui.glyphScaleSpin.value
         p.export_folder = ui.exportFolderEdit.currentPath

@@ -77,11 +77,22 @@ def labelled_lv_crop(images: np.ndarray, labels_ed: np.ndarray, geo: Geometry
 
 
 def network_displacement(images: np.ndarray, labels_ed: np.ndarray, geo: Geometry, ed: int, model,
-                         precision: str = "auto", smooth_mm: float = OUTPUT_SMOOTHING_MM) -> np.ndarray:
-    """Network displacement (T,3,Z,Y,X) RAS mm on the input grid, crop centred on the labelled LV."""
+                         precision: str = "auto", smooth_mm: float = OUTPUT_SMOOTHING_MM,
+                         refine: bool = False) -> np.ndarray:
+    """Network displacement (T,3,Z,Y,X) RAS mm on the input grid, crop centred on the labelled LV.
+
+    ``refine``: corrected with the segmentation network's probabilities of every frame on the same
+    crop (:mod:`deepstrain.refinement`, as ``deepstrain analyze --refine-motion``)."""
     t, crop, sp = labelled_lv_crop(images, labels_ed, geo)
     u_mm = estimate_motion(crop[ed], crop, sp, model=model, precision=precision, smooth_mm=smooth_mm)
-    disp = pp.displacement_to_input(u_mm / sp.reshape(1, 3, 1, 1, 1), t, geo)
+    u_vox = u_mm / sp.reshape(1, 3, 1, 1, 1)
+    if refine:
+        from deepstrain import inference
+        from deepstrain.refinement import refine_displacement
+
+        probs = inference._segment(inference._network("segmentation", None), crop, precision=precision)
+        u_vox = refine_displacement(u_vox, probs, ed)
+    disp = pp.displacement_to_input(u_vox, t, geo)
     disp[ed] = 0.0
     return disp
 
@@ -117,7 +128,7 @@ def dice(a: np.ndarray, b: np.ndarray, k: int) -> float:
 
 
 def phantom_rows(seeds, cache: Path, model, with_baseline: bool, precision: str = "auto",
-                 smooth_mm: float = OUTPUT_SMOOTHING_MM) -> dict[str, list[dict]]:
+                 smooth_mm: float = OUTPUT_SMOOTHING_MM, refine: bool = False) -> dict[str, list[dict]]:
     rows: dict[str, list[dict]] = {}
     for seed in seeds:
         z = eval_phantom(seed, cache)
@@ -129,6 +140,10 @@ def phantom_rows(seeds, cache: Path, model, with_baseline: bool, precision: str 
         t0 = time.time()
         cands = {"network": network_displacement(images, labels[ed], geo, ed, model, precision, smooth_mm)}
         times = {"network": time.time() - t0}
+        if refine:
+            t0 = time.time()
+            cands["refined"] = network_displacement(images, labels[ed], geo, ed, model, precision, smooth_mm, True)
+            times["refined"] = time.time() - t0
         if with_baseline:
             cands["demons"], times["demons"] = baseline_displacement(images, geo, ed, _bcache(cache, f"phantom{seed}"))
         cands["exact"] = exact
@@ -166,7 +181,7 @@ def _bcache(cache: Path | None, name: str) -> Path | None:
 
 
 def acdc_rows(root: Path, patients, model, with_baseline: bool, cache: Path | None = None,
-              precision: str = "auto") -> dict[str, list[dict]]:
+              precision: str = "auto", refine: bool = False) -> dict[str, list[dict]]:
     from deepstrain.training.data import acdc_frames, load_acdc_volume
 
     rows: dict[str, list[dict]] = {}
@@ -182,6 +197,10 @@ def acdc_rows(root: Path, patients, model, with_baseline: bool, cache: Path | No
         t0 = time.time()
         cands = {"network": network_displacement(images, labs[0], geo, 0, model, precision)}
         times = {"network": time.time() - t0}
+        if refine:
+            t0 = time.time()
+            cands["refined"] = network_displacement(images, labs[0], geo, 0, model, precision, refine=True)
+            times["refined"] = time.time() - t0
         if with_baseline:
             cands["demons"], times["demons"] = baseline_displacement(images, geo, 0, _bcache(cache, p))
         cands["none"] = np.zeros_like(cands["network"])
@@ -216,6 +235,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--precision", default="auto", choices=PRECISIONS,
                     help="network arithmetic (deepstrain analyze --precision)")
+    ap.add_argument("--refine", action="store_true",
+                    help="also score the network's field refined with the segmentation (deepstrain analyze --refine-motion)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     try:
@@ -234,7 +255,7 @@ def main(argv=None) -> int:
         held_out = "not in training" if not args.seeds else "GIVEN SEEDS: check whether they were trained on"
         print(f"Phantoms (seeds {seeds}, {held_out}), errors vs exact reference; network output smoothed "
               f"{args.smoothing:g} mm:")
-        rows = phantom_rows(seeds, args.cache, model, base, args.precision, args.smoothing)
+        rows = phantom_rows(seeds, args.cache, model, base, args.precision, args.smoothing, args.refine)
         print(f"{'method':9s} {'EPE myo mm':>10s} {'EPE all mm':>10s} | {'|dESS| rad':>10s} {'circ':>6s} {'long':>6s}"
               f" | {'seg |d| rad':>11s} {'circ':>6s} {'long':>6s} | {'s/study':>7s}")
         for name, rs in rows.items():
@@ -251,7 +272,7 @@ def main(argv=None) -> int:
 
         pats = list(VALIDATION_PATIENTS)[: args.acdc]
         print(f"\nACDC validation ({len(pats)} patients): Dice of ES labels pulled back to ED vs ED labels")
-        rows = acdc_rows(args.data, pats, model, base, args.cache, args.precision)
+        rows = acdc_rows(args.data, pats, model, base, args.cache, args.precision, args.refine)
         print(f"{'method':9s} {'RV':>6s} {'myo':>6s} {'LV':>6s} | {'s/study':>7s}")
         for name, rs in rows.items():
             print(f"{name:9s} {_mean(rs, 'rv'):6.3f} {_mean(rs, 'myo'):6.3f} {_mean(rs, 'lv'):6.3f} | "

@@ -137,6 +137,7 @@ class Parameters:
     run_mode = _Param(str, "networks")  # "networks" or "given"
     tta = _Param(bool, False)  # segmentation with test-time flips
     weights_dir = _Param(str, "")  # "" = the shipped weights; else a folder with its manifest.json
+    refine_motion = _Param(bool, False)  # correct the motion with the segmentation (deepstrain.refinement)
     study_name = _Param(str, "study")
     component = _Param(str, "circumferential")
     polar_follows_frame = _Param(bool, False)
@@ -298,7 +299,7 @@ class DeepStrainLogic:
             analysis = analyze_cine(cine, labels=labels, displacement=displacement,
                                     ed=None if params.ed < 0 else params.ed, es=None if params.es < 0 else params.es,
                                     progress=lambda f, m: progress(0.5 * f, m), tta=params.tta,
-                                    weights_dir=params.weights_dir or None)
+                                    weights_dir=params.weights_dir or None, refine_motion=params.refine_motion)
             self._remove_study_nodes(params)
             before = node_ids(self.scene)
             self._build_nodes(cine, analysis, params, progress)

@@ -35,11 +35,13 @@ def analyze_cine(
     tta: bool = False,
     precision: str = "auto",
     weights_dir: str | os.PathLike | None = None,
+    refine_motion: bool = False,
 ) -> pipeline.Analysis:
     """Run what is missing of (labels, displacement) through the networks, then strain and volumes.
 
     ``tta``: segmentation with test-time flips; ``precision``: network arithmetic;
-    ``weights_dir``: a weights folder with its manifest instead of the shipped weights
+    ``weights_dir``: a weights folder with its manifest instead of the shipped weights;
+    ``refine_motion``: correct the motion with the segmentation of every frame
     (:func:`deepstrain.inference.predict`). The report's ``provenance`` says what came from the
     networks, which weights (sha256) and arithmetic, and the package version.
     """
@@ -59,13 +61,15 @@ def analyze_cine(
             weights_dir=wdir,
             tta=tta,
             precision=precision,
+            refine_motion=refine_motion,
         )
         if labels is None:
             labels = pred.labels
         if displacement is None:
             displacement = pred.displacement
         used = ("centring", "segmentation") + (("motion",) if prov["motion"] == "networks" else ())
-        prov.update(weights=provenance(used, wdir), precision=resolve(precision), test_time_flips=bool(tta))
+        prov.update(weights=provenance(used, wdir), precision=resolve(precision), test_time_flips=bool(tta),
+                    motion_refined_with_segmentation=bool(refine_motion and prov["motion"] == "networks"))
     if progress:
         progress(0.95, "strain and volumes")
     analysis = pipeline.compute(cine, labels, displacement, ed=ed, es=es)
@@ -107,6 +111,7 @@ def analyze_path(
     tta: bool = False,
     precision: str = "auto",
     weights_dir: str | os.PathLike | None = None,
+    refine_motion: bool = False,
 ) -> dict:
     """Load ``input_path``, analyse it and write ``out_dir``; returns the report dict.
 
@@ -118,7 +123,7 @@ def analyze_path(
     labels = io.load_labels(segmentation, cine) if segmentation is not None else None
     disp = io.load_displacement(displacement, cine) if displacement is not None else None
     analysis = analyze_cine(cine, labels=labels, displacement=disp, ed=cine.ed, es=cine.es, progress=progress,
-                            tta=tta, precision=precision, weights_dir=weights_dir)
+                            tta=tta, precision=precision, weights_dir=weights_dir, refine_motion=refine_motion)
     write_analysis(analysis, out_dir, overwrite=overwrite)
     if progress:
         progress(1.0, "done")

@@ -142,12 +142,14 @@ def find_lv_centre(norm_frame: np.ndarray, spacing: np.ndarray, *, weights_dir: 
 
 
 def predict(cine: Cine, *, progress: Progress | None = None, with_motion: bool = True,
-            weights_dir: Path | None = None, tta: bool = False, precision: str = "auto") -> Prediction:
+            weights_dir: Path | None = None, tta: bool = False, precision: str = "auto",
+            refine_motion: bool = False) -> Prediction:
     """Segmentation (and motion) of every frame of ``cine`` on its own grid (see the module docstring).
 
     ``tta``: average the segmentation over the 4 flips of :data:`FLIPS` (slower; see the README
     for its measured effect on accuracy). ``precision``: ``"auto"``, ``"float32"`` or
-    ``"bfloat16"`` (:mod:`deepstrain.networks.precision`).
+    ``"bfloat16"`` (:mod:`deepstrain.networks.precision`). ``refine_motion``: correct the motion
+    network's field with the segmentation of every frame (:mod:`deepstrain.refinement`).
     """
     def report(f: float, msg: str) -> None:
         if progress:
@@ -178,7 +180,13 @@ def predict(cine: Cine, *, progress: Progress | None = None, with_motion: bool =
             spacing_crop = np.array([g.spacing[0], t.target_spacing, t.target_spacing])
             u_mm = estimate_motion(crops[ed], crops, spacing_crop, model=load_model(weights_dir=weights_dir),
                                    precision=precision)  # zero at ED (the frame equals the reference)
-            disp = displacement_to_input(u_mm / spacing_crop.reshape(1, 3, 1, 1, 1).astype(np.float32), t, g)
+            u_vox = u_mm / spacing_crop.reshape(1, 3, 1, 1, 1).astype(np.float32)
+            if refine_motion:
+                from .refinement import refine_displacement
+
+                report(0.8, "refining the motion with the segmentation")
+                u_vox = refine_displacement(u_vox, probs, ed)
+            disp = displacement_to_input(u_vox, t, g)
         report(0.9, "networks done")
     k_mid = (cine.shape3d[0] - 1) / 2.0
     centre_ras = g.origin + g.direction @ (g.spacing * np.array([k_mid, centre[0], centre[1]]))

@@ -1,0 +1,74 @@
+"""deepstrain.refinement: the segmentation-consistent correction of the motion field."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from deepstrain.refinement import refine_displacement
+
+
+def _rings(t: int = 3, z: int = 2, n: int = 48, inner=(12.0, 9.0, 7.0), outer=(17.0, 16.0, 15.5)) -> np.ndarray:
+    """Soft probabilities (T, 4, Z, n, n) of an LV cavity (class 3) in a myocardial ring (class 2)
+    that thickens from frame to frame (the cavity shrinks more than the outside)."""
+    yy, xx = np.mgrid[:n, :n] - (n - 1) / 2.0
+    r = np.hypot(yy, xx)
+    p = np.zeros((t, 4, z, n, n), np.float32)
+    for f in range(t):
+        cav = 1 / (1 + np.exp((r - inner[f]) / 0.7))
+        epi = 1 / (1 + np.exp((r - outer[f]) / 0.7))
+        p[f, 3] = cav
+        p[f, 2] = epi - cav
+        p[f, 0] = 1 - epi
+    return p
+
+
+def _pulled_dice(u: np.ndarray, p: np.ndarray, ed: int) -> float:
+    import torch
+
+    from deepstrain.refinement import _sample
+
+    frames = [f for f in range(u.shape[0]) if f != ed]
+    pulled = _sample(torch.from_numpy(p[frames][:, 2:4]), torch.from_numpy(u[frames])).numpy()
+    target = p[ed : ed + 1, 2:4]
+    return float((2 * (pulled * target).sum() / (pulled + target).sum()))
+
+
+def _exact_field(p_shape, inner, outer) -> np.ndarray:
+    """The radial displacement (T, 3, Z, n, n), voxels, that maps the ED ring of :func:`_rings` onto each frame's."""
+    t, _, z, n, _ = p_shape
+    yy, xx = np.mgrid[:n, :n] - (n - 1) / 2.0
+    r = np.hypot(yy, xx) + 1e-9
+    u = np.zeros((t, 3, z, n, n), np.float32)
+    for f in range(t):
+        dr = np.interp(r, [0, inner[0], outer[0], 100], [0, inner[f], outer[f], 100 + outer[f] - outer[0]]) - r
+        u[f, 1], u[f, 2] = dr * yy / r, dr * xx / r
+    return u
+
+
+def test_refinement_moves_an_under_estimated_thickening_towards_the_segmentation():
+    inner, outer = (12.0, 10.5, 9.0), (17.0, 16.5, 16.0)
+    p = _rings(inner=inner, outer=outer)
+    exact = _exact_field(p.shape, inner, outer)
+    u0 = 0.6 * exact  # a motion estimate that misses 40 % of the motion
+    u1 = refine_displacement(u0, p, ed=0)
+    assert u1.shape == u0.shape and u1.dtype == np.float32
+    assert not u1[0].any()  # ED stays zero
+    np.testing.assert_array_equal(u1[:, 0], u0[:, 0])  # the through-plane part is the network's
+    assert _pulled_dice(u1, p, 0) > _pulled_dice(u0, p, 0) + 0.01
+    c = (p.shape[-1] - 1) // 2
+    for radius in (12, 17):  # endocardium and epicardium at ED, last frame, column component
+        e0 = abs(u0[2, 2, 0, c, c + radius] - exact[2, 2, 0, c, c + radius])
+        e1 = abs(u1[2, 2, 0, c, c + radius] - exact[2, 2, 0, c, c + radius])
+        assert e1 < e0 - 0.25, (radius, e0, e1)
+    # a field that is already right stays close to right
+    u2 = refine_displacement(exact, p, ed=0)
+    assert np.abs(u2[2, 2, 0, c, c + 12] - exact[2, 2, 0, c, c + 12]) < 0.3
+    np.testing.assert_array_equal(u1, refine_displacement(u0, p, ed=0))  # deterministic
+
+
+def test_refinement_checks_shapes_and_does_nothing_for_one_frame():
+    p = _rings()
+    with pytest.raises(ValueError, match="do not match"):
+        refine_displacement(np.zeros((3, 2) + p.shape[2:], np.float32), p, ed=0)
+    one = np.zeros((1, 3) + p.shape[2:], np.float32)
+    np.testing.assert_array_equal(refine_displacement(one, p[:1], ed=0), one)
