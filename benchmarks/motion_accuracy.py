@@ -78,7 +78,7 @@ def labelled_lv_crop(images: np.ndarray, labels_ed: np.ndarray, geo: Geometry
 
 def network_displacement(images: np.ndarray, labels_ed: np.ndarray, geo: Geometry, ed: int, model,
                          precision: str = "auto", smooth_mm: float = OUTPUT_SMOOTHING_MM,
-                         refine: bool = False) -> np.ndarray:
+                         refine: bool = False, refine_smoothness: float | None = None) -> np.ndarray:
     """Network displacement (T,3,Z,Y,X) RAS mm on the input grid, crop centred on the labelled LV.
 
     ``refine``: corrected with the segmentation network's probabilities of every frame on the same
@@ -91,7 +91,8 @@ def network_displacement(images: np.ndarray, labels_ed: np.ndarray, geo: Geometr
         from deepstrain.refinement import refine_displacement
 
         probs = inference._segment(inference._network("segmentation", None), crop, precision=precision)
-        u_vox = refine_displacement(u_vox, probs, ed)
+        kw = {} if refine_smoothness is None else {"smoothness": refine_smoothness}
+        u_vox = refine_displacement(u_vox, probs, ed, **kw)
     disp = pp.displacement_to_input(u_vox, t, geo)
     disp[ed] = 0.0
     return disp
@@ -128,7 +129,8 @@ def dice(a: np.ndarray, b: np.ndarray, k: int) -> float:
 
 
 def phantom_rows(seeds, cache: Path, model, with_baseline: bool, precision: str = "auto",
-                 smooth_mm: float = OUTPUT_SMOOTHING_MM, refine: bool = False) -> dict[str, list[dict]]:
+                 smooth_mm: float = OUTPUT_SMOOTHING_MM, refine: bool = False,
+                 refine_smoothness: float | None = None) -> dict[str, list[dict]]:
     rows: dict[str, list[dict]] = {}
     for seed in seeds:
         z = eval_phantom(seed, cache)
@@ -142,7 +144,8 @@ def phantom_rows(seeds, cache: Path, model, with_baseline: bool, precision: str 
         times = {"network": time.time() - t0}
         if refine:
             t0 = time.time()
-            cands["refined"] = network_displacement(images, labels[ed], geo, ed, model, precision, smooth_mm, True)
+            cands["refined"] = network_displacement(images, labels[ed], geo, ed, model, precision, smooth_mm, True,
+                                                    refine_smoothness)
             times["refined"] = time.time() - t0
         if with_baseline:
             cands["demons"], times["demons"] = baseline_displacement(images, geo, ed, _bcache(cache, f"phantom{seed}"))
@@ -237,6 +240,8 @@ def main(argv=None) -> int:
                     help="network arithmetic (deepstrain analyze --precision)")
     ap.add_argument("--refine", action="store_true",
                     help="also score the network's field refined with the segmentation (deepstrain analyze --refine-motion)")
+    ap.add_argument("--refine-smoothness", type=float, default=None,
+                    help="smoothness weight of the refinement (default: deepstrain.refinement.SMOOTHNESS); for choosing it")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     try:
@@ -255,7 +260,8 @@ def main(argv=None) -> int:
         held_out = "not in training" if not args.seeds else "GIVEN SEEDS: check whether they were trained on"
         print(f"Phantoms (seeds {seeds}, {held_out}), errors vs exact reference; network output smoothed "
               f"{args.smoothing:g} mm:")
-        rows = phantom_rows(seeds, args.cache, model, base, args.precision, args.smoothing, args.refine)
+        rows = phantom_rows(seeds, args.cache, model, base, args.precision, args.smoothing, args.refine,
+                            args.refine_smoothness)
         print(f"{'method':9s} {'EPE myo mm':>10s} {'EPE all mm':>10s} | {'|dESS| rad':>10s} {'circ':>6s} {'long':>6s}"
               f" | {'seg |d| rad':>11s} {'circ':>6s} {'long':>6s} | {'s/study':>7s}")
         for name, rs in rows.items():

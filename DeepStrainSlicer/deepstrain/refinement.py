@@ -13,9 +13,14 @@ What (on the heart-centred crop, all frames at once):
   to the network) is kept at half the in-plane resolution and upsampled bilinearly, so it is
   smooth by construction. It starts at zero.
 * Loss per frame ``t != ED``: ``1 - soft Dice`` between ``p_t(X + u + v)`` (myocardium and LV
-  cavity, sampled trilinearly) and ``p_ED(X)``, averaged over the two classes and the frames,
-  plus ``smoothness`` x mean squared difference of neighbouring ``v`` values (half-resolution
-  voxels). Adam, ``steps`` iterations, learning rate ``lr`` (voxels per step).
+  cavity) and ``p_ED(X)``, averaged over the two classes and the frames, plus ``smoothness`` x
+  the squared differences of neighbouring ``v`` values per half-resolution voxel of the crop.
+  Adam, ``steps`` iterations, learning rate ``lr`` (voxels per step).
+* For speed, ``p_t`` is first moved along the slice axis by one through-plane offset per slice
+  (the mean of the network's through-plane displacement over that slice's ED myocardium and
+  cavity), so each step samples in plane only (2D); and the optimisation runs on the bounding box
+  of the heart (:data:`BOX_MARGIN`), the correction being zero outside it. The returned field keeps
+  the network's through-plane component voxel by voxel.
 * Deterministic: fixed number of steps, no randomness.
 
 The defaults (40 steps, smoothness 3, lr 0.1) were chosen on the 20 motion-selection phantoms
@@ -32,6 +37,9 @@ import torch.nn.functional as F
 STEPS = 40
 SMOOTHNESS = 3.0
 LEARNING_RATE = 0.1
+BOX_MARGIN = 12
+"""The optimisation runs on the bounding box of the heart (myocardium and LV cavity of any frame)
+widened by this many crop pixels (15 mm); the correction is zero outside it."""
 CLASSES = (2, 3)
 """Myocardium and LV cavity (ACDC label values = channels of the segmentation probabilities)."""
 
@@ -44,6 +52,54 @@ def _sample(probs: torch.Tensor, u_vox: torch.Tensor) -> torch.Tensor:
     norm = [2 * pos[:, i] / max(n - 1, 1) - 1 for i, n in enumerate((z, h, w))]
     grid = torch.stack([norm[2], norm[1], norm[0]], dim=-1)  # grid_sample wants (x, y, z) = (W, H, Z)
     return F.grid_sample(probs, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+def _through_plane_shifted(probs: torch.Tensor, uz: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``probs`` ``(N, C, Z, H, W)`` moved along the slice axis by one offset per slice: the
+    ``weight``-weighted mean of the through-plane displacement ``uz`` ``(N, Z, H, W)`` over that
+    slice (linear between slices, border slices repeated). The in-plane optimisation then only
+    needs 2D sampling, about 6x faster than sampling the whole volume."""
+    n, c, z, h, w = probs.shape
+    dz = (uz * weight).sum(dim=(2, 3)) / weight.sum(dim=(2, 3)).clamp_min(1e-6)  # (N, Z)
+    pos = (torch.arange(z, dtype=torch.float32)[None] + dz).clamp(0, z - 1)
+    lo = pos.floor().long()
+    hi = (lo + 1).clamp(max=z - 1)
+    f = (pos - lo.float())[:, None, :, None, None]
+    idx = lambda k: k[:, None, :, None, None].expand(n, c, z, h, w)  # noqa: E731
+    return (1 - f) * probs.gather(2, idx(lo)) + f * probs.gather(2, idx(hi))
+
+
+def _sample_inplane(probs: torch.Tensor, u_rc: torch.Tensor) -> torch.Tensor:
+    """``probs`` ``(N, C, Z, H, W)`` sampled slice by slice (bilinear, border values) at in-plane
+    positions ``X + u`` with ``u_rc`` ``(N, 2, Z, H, W)`` (rows, columns; voxels)."""
+    n, c, z, h, w = probs.shape
+    rows = torch.arange(h, dtype=torch.float32).view(1, 1, h, 1)
+    cols = torch.arange(w, dtype=torch.float32).view(1, 1, 1, w)
+    gy = 2 * (rows + u_rc[:, 0]) / max(h - 1, 1) - 1  # (N, Z, H, W)
+    gx = 2 * (cols + u_rc[:, 1]) / max(w - 1, 1) - 1
+    grid = torch.stack([gx, gy], dim=-1).reshape(n * z, h, w, 2)
+    flat = probs.permute(0, 2, 1, 3, 4).reshape(n * z, c, h, w)
+    out = F.grid_sample(flat, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return out.reshape(n, z, c, h, w).permute(0, 2, 1, 3, 4)
+
+
+def _box(mask: np.ndarray, margin: int) -> tuple[slice, slice]:
+    """Rows and columns of the bounding box of ``mask`` (..., H, W), widened by ``margin`` (even sizes)."""
+    h, w = mask.shape[-2:]
+    rows = np.flatnonzero(mask.reshape(-1, h, w).any(axis=(0, 2)))
+    cols = np.flatnonzero(mask.reshape(-1, h, w).any(axis=(0, 1)))
+    if rows.size == 0:
+        return slice(0, h), slice(0, w)
+
+    def span(idx: np.ndarray, n: int) -> slice:
+        a, b = max(int(idx[0]) - margin, 0), min(int(idx[-1]) + margin + 1, n)
+        if (b - a) % 2 and b < n:
+            b += 1
+        elif (b - a) % 2 and a > 0:
+            a -= 1
+        return slice(a, b)
+
+    return span(rows, h), span(cols, w)
 
 
 def _upsample(v: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -69,23 +125,32 @@ def refine_displacement(u_vox: np.ndarray, probs: np.ndarray, ed: int, *, steps:
     if not frames or steps <= 0:
         return out.numpy()
     cls = list(CLASSES)
-    target = p[ed : ed + 1, cls]
-    moving = p[frames][:, cls].contiguous()
-    fixed = u[frames]
-    v = torch.zeros(len(frames), 2, z, max(h // 2, 1), max(w // 2, 1), requires_grad=True)
+    heart = p[:, cls].sum(dim=1) > 0.5  # (T, Z, H, W): myocardium and LV cavity, any frame
+    rs, cs = _box(heart.numpy(), BOX_MARGIN)
+    hb, wb = rs.stop - rs.start, cs.stop - cs.start
+    pb = p[:, :, :, rs, cs]
+    ub = u[frames][:, :, :, rs, cs]
+    target = pb[ed : ed + 1, cls]
+    moving = _through_plane_shifted(pb[frames][:, cls].contiguous(), ub[:, 0], target.sum(dim=1).expand(len(frames), -1, -1, -1))
+    fixed = ub[:, 1:]
+    v = torch.zeros(len(frames), 2, z, max(hb // 2, 1), max(wb // 2, 1), requires_grad=True)
+    n_half = float(len(frames) * 2 * z * max(h // 2, 1) * max(w // 2, 1))
     opt = torch.optim.Adam([v], lr=lr)
-    zero = torch.zeros(len(frames), 1, z, h, w)
     with torch.enable_grad():
         for _ in range(steps):
-            pulled = _sample(moving, fixed + torch.cat([zero, _upsample(v, h, w)], dim=1))
+            pulled = _sample_inplane(moving, fixed + _upsample(v, hb, wb))
             inter = (pulled * target).sum(dim=(2, 3, 4))
             total = (pulled + target).sum(dim=(2, 3, 4)).clamp_min(1e-6)
             dice_loss = 1.0 - (2.0 * inter / total).mean()
-            rough = ((v[..., 1:, :] - v[..., :-1, :]) ** 2).mean() + ((v[..., :, 1:] - v[..., :, :-1]) ** 2).mean()
+            # squared differences per half-resolution voxel of the WHOLE crop (zero outside the box),
+            # so that the weight means the same whatever the box size
+            rough = (((v[..., 1:, :] - v[..., :-1, :]) ** 2).sum() + ((v[..., :, 1:] - v[..., :, :-1]) ** 2).sum()) / n_half
             loss = dice_loss + smoothness * rough
             opt.zero_grad()
             loss.backward()
             opt.step()
     with torch.no_grad():
-        out[frames, 1:] += _upsample(v.detach(), h, w)
+        corr = torch.zeros(len(frames), 2, z, h, w)
+        corr[:, :, :, rs, cs] = _upsample(v.detach(), hb, wb)
+        out[frames, 1:] += corr
     return out.numpy()
