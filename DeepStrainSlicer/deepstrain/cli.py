@@ -153,6 +153,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the whole pipeline on a built-in phantom, compared with its exact reference")
     p.add_argument("--out", required=True, type=Path, help="output folder (must not exist or be empty)")
     p.add_argument("--seed", type=int, default=2024, help="phantom seed (not one used in training)")
+    p.add_argument("--refine-motion", action="store_true", help="as deepstrain analyze --refine-motion")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
@@ -160,7 +161,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    rep = run_demo(args.out, seed=args.seed, overwrite=args.overwrite, progress=_ProgressLine(args.quiet))
+    rep = run_demo(args.out, seed=args.seed, overwrite=args.overwrite, progress=_ProgressLine(args.quiet),
+                   refine_motion=args.refine_motion)
     _print_summary(rep, args.out)
     return 0
 

@@ -32,12 +32,13 @@ def compare_to_reference(result: dict, reference: dict) -> dict:
 
 
 def run_demo(out: str | os.PathLike, *, seed: int = 2024, overwrite: bool = False,
-             progress: Progress | None = None) -> dict:
-    """Generate the default phantom (``seed``), analyse it with the networks, write ``out``."""
+             progress: Progress | None = None, refine_motion: bool = False) -> dict:
+    """Generate the default phantom (``seed``), analyse it with the networks, write ``out``
+    (``refine_motion``: as ``deepstrain analyze --refine-motion``)."""
     if progress:
         progress(0.0, "making the phantom")
     ph = phantom.generate_phantom(phantom.PhantomParams(seed=seed))
-    analysis = analyze_cine(ph.cine, progress=progress)
+    analysis = analyze_cine(ph.cine, progress=progress, refine_motion=refine_motion)
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
         phantom.write_phantom(ph, tmp / "phantom")
         write_analysis(analysis, tmp / "analysis")
