@@ -44,21 +44,12 @@ CLASSES = (2, 3)
 """Myocardium and LV cavity (ACDC label values = channels of the segmentation probabilities)."""
 
 
-def _sample(probs: torch.Tensor, u_vox: torch.Tensor) -> torch.Tensor:
-    """``probs`` ``(N, C, Z, H, W)`` sampled (trilinear, border values outside) at ``X + u`` (voxels)."""
-    _, _, z, h, w = probs.shape
-    base = torch.stack(torch.meshgrid(torch.arange(z), torch.arange(h), torch.arange(w), indexing="ij")).float()
-    pos = base[None] + u_vox
-    norm = [2 * pos[:, i] / max(n - 1, 1) - 1 for i, n in enumerate((z, h, w))]
-    grid = torch.stack([norm[2], norm[1], norm[0]], dim=-1)  # grid_sample wants (x, y, z) = (W, H, Z)
-    return F.grid_sample(probs, grid, mode="bilinear", padding_mode="border", align_corners=True)
-
-
 def _through_plane_shifted(probs: torch.Tensor, uz: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``probs`` ``(N, C, Z, H, W)`` moved along the slice axis by one offset per slice: the
     ``weight``-weighted mean of the through-plane displacement ``uz`` ``(N, Z, H, W)`` over that
     slice (linear between slices, border slices repeated). The in-plane optimisation then only
-    needs 2D sampling, about 6x faster than sampling the whole volume."""
+    needs 2D sampling. (With the bounding box, a 30-frame study of 10 slices took 4.6 s for the 40
+    steps on 2 CPU threads, against 0.8 s per step for trilinear sampling of the whole crop.)"""
     n, c, z, h, w = probs.shape
     dz = (uz * weight).sum(dim=(2, 3)) / weight.sum(dim=(2, 3)).clamp_min(1e-6)  # (N, Z)
     pos = (torch.arange(z, dtype=torch.float32)[None] + dz).clamp(0, z - 1)
