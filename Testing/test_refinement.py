@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deepstrain.refinement import refine_displacement
+from deepstrain.refinement import CLASSES, refine_displacement
 
 
 def _rings(t: int = 3, z: int = 2, n: int = 48, inner=(12.0, 9.0, 7.0), outer=(17.0, 16.0, 15.5)) -> np.ndarray:
@@ -23,7 +23,7 @@ def _rings(t: int = 3, z: int = 2, n: int = 48, inner=(12.0, 9.0, 7.0), outer=(1
 
 
 def _pulled_dice(u: np.ndarray, p: np.ndarray, ed: int) -> float:
-    """Soft Dice (myocardium + cavity) of every frame's probabilities sampled at X + u(X) against ED's
+    """Soft Dice (the matched classes) of every frame's probabilities sampled at X + u(X) against ED's
     (scipy's trilinear interpolation: an independent check of the module's own sampling)."""
     from scipy import ndimage
 
@@ -32,7 +32,7 @@ def _pulled_dice(u: np.ndarray, p: np.ndarray, ed: int) -> float:
     for f in range(u.shape[0]):
         if f == ed:
             continue
-        for k in (2, 3):
+        for k in CLASSES:
             pulled = ndimage.map_coordinates(p[f, k], grid + u[f], order=1, mode="nearest")
             inter += float((pulled * p[ed, k]).sum())
             total += float((pulled + p[ed, k]).sum())
@@ -60,12 +60,13 @@ def test_refinement_moves_an_under_estimated_thickening_towards_the_segmentation
     assert u1.shape == u0.shape and u1.dtype == np.float32
     assert not u1[0].any()  # ED stays zero
     np.testing.assert_array_equal(u1[:, 0], u0[:, 0])  # the through-plane part is the network's
-    assert _pulled_dice(u1, p, 0) > _pulled_dice(u0, p, 0) + 0.01
+    d0, d1, best = _pulled_dice(u0, p, 0), _pulled_dice(u1, p, 0), _pulled_dice(exact, p, 0)
+    assert d1 > d0 + 0.5 * (best - d0)  # at least half of the achievable agreement is recovered
     c = (p.shape[-1] - 1) // 2
     for radius in (12, 17):  # endocardium and epicardium at ED, last frame, column component
         e0 = abs(u0[2, 2, 0, c, c + radius] - exact[2, 2, 0, c, c + radius])
         e1 = abs(u1[2, 2, 0, c, c + radius] - exact[2, 2, 0, c, c + radius])
-        assert e1 < e0 - 0.25, (radius, e0, e1)
+        assert e1 < e0 - 0.15, (radius, e0, e1)
     # a field that is already right stays close to right
     u2 = refine_displacement(exact, p, ed=0)
     assert np.abs(u2[2, 2, 0, c, c + 12] - exact[2, 2, 0, c, c + 12]) < 0.3

@@ -12,13 +12,12 @@ What (on the heart-centred crop, all frames at once):
 * An in-plane correction ``v`` (row and column components; the through-plane component is left
   to the network) is kept at half the in-plane resolution and upsampled bilinearly, so it is
   smooth by construction. It starts at zero.
-* Loss per frame ``t != ED``: ``1 - soft Dice`` between ``p_t(X + u + v)`` (myocardium and LV
-  cavity) and ``p_ED(X)``, averaged over the two classes and the frames, plus ``smoothness`` x
+* Loss per frame ``t != ED``: ``1 - soft Dice`` between ``p_t(X + u + v)`` and ``p_ED(X)`` for
+  the classes of :data:`CLASSES` (the myocardium), averaged over the frames, plus ``smoothness`` x
   the squared differences of neighbouring ``v`` values per half-resolution voxel of the crop.
   Adam, ``steps`` iterations, learning rate ``lr`` (voxels per step).
 * For speed, ``p_t`` is first moved along the slice axis by one through-plane offset per slice
-  (the mean of the network's through-plane displacement over that slice's ED myocardium and
-  cavity), so each step samples in plane only (2D); and the optimisation runs on the bounding box
+  (the mean of the network's through-plane displacement over that slice's ED myocardium), so each step samples in plane only (2D); and the optimisation runs on the bounding box
   of the heart (:data:`BOX_MARGIN`), the correction being zero outside it. The returned field keeps
   the network's through-plane component voxel by voxel.
 * Deterministic: fixed number of steps, no randomness.
@@ -34,14 +33,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-STEPS = 40
+STEPS = 20
 SMOOTHNESS = 3.0
-LEARNING_RATE = 0.1
+LEARNING_RATE = 0.2
 BOX_MARGIN = 12
-"""The optimisation runs on the bounding box of the heart (myocardium and LV cavity of any frame)
+"""The optimisation runs on the bounding box of the myocardium of any frame (which encloses the LV)
 widened by this many crop pixels (15 mm); the correction is zero outside it."""
-CLASSES = (2, 3)
-"""Myocardium and LV cavity (ACDC label values = channels of the segmentation probabilities)."""
+CLASSES = (2,)
+"""Classes whose probabilities are matched: the myocardium (ACDC label value = channel of the
+segmentation probabilities). Chosen on the selection phantoms like the weights above: myocardium
+alone 4.18, with the LV cavity 4.35, with the LV cavity and the RV 4.40 (sums of the three mean
+|ESS errors|, smoothness 3)."""
 
 
 def _through_plane_shifted(probs: torch.Tensor, uz: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -116,7 +118,7 @@ def refine_displacement(u_vox: np.ndarray, probs: np.ndarray, ed: int, *, steps:
     if not frames or steps <= 0:
         return out.numpy()
     cls = list(CLASSES)
-    heart = p[:, cls].sum(dim=1) > 0.5  # (T, Z, H, W): myocardium and LV cavity, any frame
+    heart = p[:, cls].sum(dim=1) > 0.5  # (T, Z, H, W): the matched classes, any frame
     rs, cs = _box(heart.numpy(), BOX_MARGIN)
     hb, wb = rs.stop - rs.start, cs.stop - cs.start
     pb = p[:, :, :, rs, cs]
@@ -126,9 +128,10 @@ def refine_displacement(u_vox: np.ndarray, probs: np.ndarray, ed: int, *, steps:
     fixed = ub[:, 1:]
     v = torch.zeros(len(frames), 2, z, max(hb // 2, 1), max(wb // 2, 1), requires_grad=True)
     n_half = float(len(frames) * 2 * z * max(h // 2, 1) * max(w // 2, 1))
-    opt = torch.optim.Adam([v], lr=lr)
+    m1, m2 = torch.zeros_like(v), torch.zeros_like(v)  # Adam's moments (written out: importing torch.optim
+    b1, b2, eps = 0.9, 0.999, 1e-8                      # costs about 1.5 s the first time, more than the steps)
     with torch.enable_grad():
-        for _ in range(steps):
+        for step in range(1, steps + 1):
             pulled = _sample_inplane(moving, fixed + _upsample(v, hb, wb))
             inter = (pulled * target).sum(dim=(2, 3, 4))
             total = (pulled + target).sum(dim=(2, 3, 4)).clamp_min(1e-6)
@@ -137,9 +140,11 @@ def refine_displacement(u_vox: np.ndarray, probs: np.ndarray, ed: int, *, steps:
             # so that the weight means the same whatever the box size
             rough = (((v[..., 1:, :] - v[..., :-1, :]) ** 2).sum() + ((v[..., :, 1:] - v[..., :, :-1]) ** 2).sum()) / n_half
             loss = dice_loss + smoothness * rough
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            (grad,) = torch.autograd.grad(loss, v)
+            with torch.no_grad():
+                m1.mul_(b1).add_(grad, alpha=1 - b1)
+                m2.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+                v -= lr * (m1 / (1 - b1**step)) / ((m2 / (1 - b2**step)).sqrt() + eps)
     with torch.no_grad():
         corr = torch.zeros(len(frames), 2, z, h, w)
         corr[:, :, :, rs, cs] = _upsample(v.detach(), hb, wb)
