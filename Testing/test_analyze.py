@@ -78,8 +78,8 @@ def test_other_weights_folder_is_used_and_checked(small_study, tmp_path, capsys)
 
 def test_refined_motion_changes_the_motion_only_and_is_recorded(small_study, tmp_path):
     cine = small_study / "cine.nii.gz"
-    r0 = analyze_path(cine, tmp_path / "a")
-    r1 = analyze_path(cine, tmp_path / "b", refine_motion=True)
+    r0 = analyze_path(cine, tmp_path / "a", refine_motion=False)
+    r1 = analyze_path(cine, tmp_path / "b")  # refined: the default
     assert r0["provenance"]["motion_refined_with_segmentation"] is False
     assert r1["provenance"]["motion_refined_with_segmentation"] is True
     seg = [np.asarray(nib.load(str(tmp_path / d / "segmentation.nii.gz")).dataobj) for d in "ab"]
@@ -87,7 +87,7 @@ def test_refined_motion_changes_the_motion_only_and_is_recorded(small_study, tmp
     disp = [np.asarray(nib.load(str(tmp_path / d / "displacement.nii.gz")).dataobj) for d in "ab"]
     assert not np.array_equal(disp[0], disp[1]) and not disp[1][..., 0, :].any()  # ED stays zero
     assert r0["volumetrics"] == r1["volumetrics"] and r0["ess"] != r1["ess"]
-    analyze_path(cine, tmp_path / "c", refine_motion=True)
+    analyze_path(cine, tmp_path / "c")
     assert _digest(tmp_path / "b") == _digest(tmp_path / "c")  # deterministic
 
 

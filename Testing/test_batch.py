@@ -205,7 +205,7 @@ def test_cli_batch_exit_codes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, c
     calls.clear()
     assert cli.main(["batch", str(root), "--out", str(tmp_path / "o4"), "--limit", "1", "--no-figures", "--tta",
                      "--precision", "float32"]) == 0
-    assert calls == [{"tta": True, "precision": "float32", "weights_dir": None, "refine_motion": False}]
+    assert calls == [{"tta": True, "precision": "float32", "weights_dir": None, "refine_motion": True}]
     stored = json.loads((tmp_path / "o4" / "settings.json").read_text())
     assert stored["options"] == calls[0] and stored["weights_sha256"]["motion"] == read_manifest()["models"]["motion"]["sha256"]
     # a re-run with other settings is refused, naming the settings file; nothing is analysed or changed

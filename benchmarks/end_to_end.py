@@ -1,6 +1,6 @@
 """End-to-end speed and memory of ``deepstrain analyze``, against networks of the paper's size.
 
-Run:  python benchmarks/end_to_end.py [--frames 30] [--size 192] [--slices 10] [--paper-frames 2] [--refine-motion]
+Run:  python benchmarks/end_to_end.py [--frames 30] [--size 192] [--slices 10] [--paper-frames 2] [--no-refine-motion]
 
 1. Writes a phantom study (30 frames, 192 x 192 x 10 by default) as a 4D NIfTI (not timed).
 2. Runs ``deepstrain analyze cine.nii.gz --out ...`` in a fresh process (2 CPU threads, as on
@@ -130,8 +130,8 @@ def main() -> None:
     ap.add_argument("--slices", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--paper-frames", type=int, default=2, help="frames timed for the paper-size networks")
-    ap.add_argument("--refine-motion", action="store_true",
-                    help="time deepstrain analyze --refine-motion (the optional segmentation-consistent motion)")
+    ap.add_argument("--no-refine-motion", action="store_true",
+                    help="time deepstrain analyze --no-refine-motion (the motion network's field as it is)")
     ap.add_argument("--precision", default="auto", choices=PRECISIONS,
                     help="network arithmetic, for deepstrain analyze and the paper-size networks alike")
     args = ap.parse_args()
@@ -144,7 +144,7 @@ def main() -> None:
         params = phantom.PhantomParams(n_frames=args.frames, matrix_size=args.size, n_slices=args.slices, seed=7)
         phantom.write_phantom(phantom.generate_phantom(params), tmp / "study")
         cine = tmp / "study" / "cine.nii.gz"
-        extra = ("--refine-motion",) if args.refine_motion else ()
+        extra = ("--no-refine-motion",) if args.no_refine_motion else ()
         wall1, rss1, summary = _analyze(cine, tmp / "run1", args.threads, args.precision, extra)
         wall2, rss2, _ = _analyze(cine, tmp / "run2", args.threads, args.precision, extra)
         identical = _digest(tmp / "run1") == _digest(tmp / "run2")
@@ -154,7 +154,7 @@ def main() -> None:
 
         print(f"study: phantom {args.frames} frames x {args.slices} slices x {args.size} x {args.size}, "
               f"{args.threads} CPU threads, networks in {resolve(args.precision)}")
-        print(f"deepstrain analyze{' --refine-motion' if args.refine_motion else ''} wall time: {wall1:.1f} s (second run {wall2:.1f} s); "
+        print(f"deepstrain analyze{' --no-refine-motion' if args.no_refine_motion else ''} wall time: {wall1:.1f} s (second run {wall2:.1f} s); "
               f"peak memory {max(rss1, rss2) / 1024:.2f} GB (max RSS)")
         print(f"same input twice -> identical output files: {identical}")
         print(f"  {summary.splitlines()[0] if summary else ''}")

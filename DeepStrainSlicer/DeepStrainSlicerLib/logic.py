@@ -137,7 +137,7 @@ class Parameters:
     run_mode = _Param(str, "networks")  # "networks" or "given"
     tta = _Param(bool, False)  # segmentation with test-time flips
     weights_dir = _Param(str, "")  # "" = the shipped weights; else a folder with its manifest.json
-    refine_motion = _Param(bool, False)  # correct the motion with the segmentation (deepstrain.refinement)
+    refine_motion = _Param(bool, True)  # correct the motion with the segmentation (deepstrain.refinement)
     study_name = _Param(str, "study")
     component = _Param(str, "circumferential")
     polar_follows_frame = _Param(bool, False)

@@ -35,13 +35,13 @@ def analyze_cine(
     tta: bool = False,
     precision: str = "auto",
     weights_dir: str | os.PathLike | None = None,
-    refine_motion: bool = False,
+    refine_motion: bool = True,
 ) -> pipeline.Analysis:
     """Run what is missing of (labels, displacement) through the networks, then strain and volumes.
 
     ``tta``: segmentation with test-time flips; ``precision``: network arithmetic;
     ``weights_dir``: a weights folder with its manifest instead of the shipped weights;
-    ``refine_motion``: correct the motion with the segmentation of every frame
+    ``refine_motion``: correct the motion with the segmentation of every frame (the default)
     (:func:`deepstrain.inference.predict`). The report's ``provenance`` says what came from the
     networks, which weights (sha256) and arithmetic, and the package version.
     """
@@ -111,7 +111,7 @@ def analyze_path(
     tta: bool = False,
     precision: str = "auto",
     weights_dir: str | os.PathLike | None = None,
-    refine_motion: bool = False,
+    refine_motion: bool = True,
 ) -> dict:
     """Load ``input_path``, analyse it and write ``out_dir``; returns the report dict.
 

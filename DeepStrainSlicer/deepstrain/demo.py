@@ -32,9 +32,9 @@ def compare_to_reference(result: dict, reference: dict) -> dict:
 
 
 def run_demo(out: str | os.PathLike, *, seed: int = 2024, overwrite: bool = False,
-             progress: Progress | None = None, refine_motion: bool = False) -> dict:
+             progress: Progress | None = None, refine_motion: bool = True) -> dict:
     """Generate the default phantom (``seed``), analyse it with the networks, write ``out``
-    (``refine_motion``: as ``deepstrain analyze --refine-motion``)."""
+    (``refine_motion``: as ``deepstrain analyze``, on by default)."""
     if progress:
         progress(0.0, "making the phantom")
     ph = phantom.generate_phantom(phantom.PhantomParams(seed=seed))

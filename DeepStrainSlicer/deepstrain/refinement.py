@@ -22,10 +22,12 @@ What (on the heart-centred crop, all frames at once):
   the network's through-plane component voxel by voxel.
 * Deterministic: fixed number of steps, no randomness.
 
-The defaults (40 steps, smoothness 3, lr 0.1) were chosen on the 20 motion-selection phantoms
-(seeds 8000-8019) by the smallest sum of mean |global ESS error| over radial, circumferential and
-longitudinal, among smoothness 1, 3 and 10; the benchmark phantoms (9000-9004) were not used.
-See the README for the figures.
+The defaults were chosen on the 20 motion-selection phantoms (seeds 8000-8019) by the smallest
+sum of mean |global ESS error| over radial, circumferential and longitudinal (network alone:
+6.15), one choice after the other: smoothness 1 / 3 / 10 (myocardium and cavity, 40 steps at
+lr 0.1): 4.90 / 4.35 / 5.00; classes (:data:`CLASSES`); then 20 steps at lr 0.2: 4.14. The
+benchmark phantoms (9000-9004) were not used. See the README for the figures. ``deepstrain
+analyze`` refines by default (``--no-refine-motion`` turns it off).
 """
 from __future__ import annotations
 
