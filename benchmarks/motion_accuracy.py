@@ -76,26 +76,34 @@ def labelled_lv_crop(images: np.ndarray, labels_ed: np.ndarray, geo: Geometry
     return t, crop, np.array([geo.spacing[0], pp.TARGET_SPACING_MM, pp.TARGET_SPACING_MM])
 
 
-def network_displacement(images: np.ndarray, labels_ed: np.ndarray, geo: Geometry, ed: int, model,
-                         precision: str = "auto", smooth_mm: float = OUTPUT_SMOOTHING_MM,
-                         refine: bool = False, refine_smoothness: float | None = None) -> np.ndarray:
-    """Network displacement (T,3,Z,Y,X) RAS mm on the input grid, crop centred on the labelled LV.
+def network_displacements(images: np.ndarray, labels_ed: np.ndarray, geo: Geometry, ed: int, model,
+                          precision: str = "auto", smooth_mm: float = OUTPUT_SMOOTHING_MM,
+                          refine: bool = False, refine_smoothness: float | None = None
+                          ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Network displacement (T,3,Z,Y,X) RAS mm on the input grid, crop centred on the labelled LV
+    (``"network"``), and with ``refine`` the same field corrected with the segmentation network's
+    probabilities of every frame on that crop (``"refined"``, :mod:`deepstrain.refinement`, as
+    ``deepstrain analyze`` does by default); and the seconds each took (refined: network included)."""
+    def on_input(u_vox: np.ndarray) -> np.ndarray:
+        d = pp.displacement_to_input(u_vox, t, geo)
+        d[ed] = 0.0
+        return d
 
-    ``refine``: corrected with the segmentation network's probabilities of every frame on the same
-    crop (:mod:`deepstrain.refinement`, as ``deepstrain analyze --refine-motion``)."""
+    t0 = time.time()
     t, crop, sp = labelled_lv_crop(images, labels_ed, geo)
     u_mm = estimate_motion(crop[ed], crop, sp, model=model, precision=precision, smooth_mm=smooth_mm)
     u_vox = u_mm / sp.reshape(1, 3, 1, 1, 1)
+    out = {"network": on_input(u_vox)}
+    times = {"network": time.time() - t0}
     if refine:
         from deepstrain import inference
         from deepstrain.refinement import refine_displacement
 
         probs = inference._segment(inference._network("segmentation", None), crop, precision=precision)
         kw = {} if refine_smoothness is None else {"smoothness": refine_smoothness}
-        u_vox = refine_displacement(u_vox, probs, ed, **kw)
-    disp = pp.displacement_to_input(u_vox, t, geo)
-    disp[ed] = 0.0
-    return disp
+        out["refined"] = on_input(refine_displacement(u_vox, probs, ed, **kw))
+        times["refined"] = time.time() - t0
+    return out, times
 
 
 def baseline_displacement(images: np.ndarray, geo: Geometry, ed: int, cache: Path | None = None
@@ -139,14 +147,8 @@ def phantom_rows(seeds, cache: Path, model, with_baseline: bool, precision: str 
         images, labels, exact = z["images"], z["labels"], z["displacement"].astype(np.float32)
         ref = json.loads(str(z["reference"]))
         cine = Cine(images, geo, z["times_ms"], name=f"phantom{seed}", ed=ed, es=es)
-        t0 = time.time()
-        cands = {"network": network_displacement(images, labels[ed], geo, ed, model, precision, smooth_mm)}
-        times = {"network": time.time() - t0}
-        if refine:
-            t0 = time.time()
-            cands["refined"] = network_displacement(images, labels[ed], geo, ed, model, precision, smooth_mm, True,
-                                                    refine_smoothness)
-            times["refined"] = time.time() - t0
+        cands, times = network_displacements(images, labels[ed], geo, ed, model, precision, smooth_mm, refine,
+                                             refine_smoothness)
         if with_baseline:
             cands["demons"], times["demons"] = baseline_displacement(images, geo, ed, _bcache(cache, f"phantom{seed}"))
         cands["exact"] = exact
@@ -197,13 +199,7 @@ def acdc_rows(root: Path, patients, model, with_baseline: bool, cache: Path | No
             ims.append(im.astype(np.float32))
             labs.append(lb.astype(np.uint8))
         images = np.stack(ims)
-        t0 = time.time()
-        cands = {"network": network_displacement(images, labs[0], geo, 0, model, precision)}
-        times = {"network": time.time() - t0}
-        if refine:
-            t0 = time.time()
-            cands["refined"] = network_displacement(images, labs[0], geo, 0, model, precision, refine=True)
-            times["refined"] = time.time() - t0
+        cands, times = network_displacements(images, labs[0], geo, 0, model, precision, refine=refine)
         if with_baseline:
             cands["demons"], times["demons"] = baseline_displacement(images, geo, 0, _bcache(cache, p))
         cands["none"] = np.zeros_like(cands["network"])

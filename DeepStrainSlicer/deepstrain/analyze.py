@@ -51,7 +51,7 @@ def analyze_cine(
     if labels is None or displacement is None:
         from . import inference  # torch is imported only when the networks are needed
         from .networks.precision import resolve
-        from .weights import provenance
+        from .weights import NETWORKS, provenance
 
         wdir = Path(weights_dir) if weights_dir is not None else None
         pred = inference.predict(
@@ -67,7 +67,7 @@ def analyze_cine(
             labels = pred.labels
         if displacement is None:
             displacement = pred.displacement
-        used = ("centring", "segmentation") + (("motion",) if prov["motion"] == "networks" else ())
+        used = NETWORKS if prov["motion"] == "networks" else NETWORKS[:2]
         prov.update(weights=provenance(used, wdir), precision=resolve(precision), test_time_flips=bool(tta),
                     motion_refined_with_segmentation=bool(refine_motion and prov["motion"] == "networks"))
     if progress:

@@ -490,13 +490,13 @@ def batch_settings(study_fn: StudyFn | None, study_kwargs: Mapping[str, Any] | N
     naming it). A custom ``study_fn`` is recorded by name only: its options are its own business."""
     if study_fn is not None:
         return {"study_fn": f"{study_fn.__module__}.{study_fn.__qualname__}"}
-    from .weights import read_manifest
+    from .weights import NETWORKS, provenance
 
     options = {k: (str(Path(v).absolute()) if isinstance(v, (str, os.PathLike)) and k.endswith("_dir") else v)
                for k, v in sorted((study_kwargs or {}).items())}
-    models = read_manifest(options.get("weights_dir")).get("models", {})
+    used = provenance(NETWORKS, options.get("weights_dir"))
     settings = {"study_fn": "deepstrain.analyze.analyze_path", "options": options,
-                "weights_sha256": {n: models.get(n, {}).get("sha256") for n in ("centring", "segmentation", "motion")}}
+                "weights_sha256": {n: used[n]["sha256"] for n in NETWORKS}}
     return json.loads(json.dumps(settings))  # plain JSON types, comparable with a stored copy
 
 

@@ -96,6 +96,26 @@ def _add_study_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--es", type=int, help="end-systolic frame, 0-based (default: from the input, else smallest LV)")
 
 
+def _add_refine_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--refine-motion", action=argparse.BooleanOptionalAction, default=True,
+                   help="correct the motion network's field so that every frame's segmentation, pulled back to "
+                        "ED, matches ED's (default; radial strain error 1.8 against 3.0 points on the benchmark "
+                        "phantoms, about 1.5 s more); --no-refine-motion gives the motion network's field as it is")
+
+
+def _add_network_options(p: argparse.ArgumentParser) -> None:
+    """The options of how the networks run (deepstrain analyze and batch)."""
+    p.add_argument("--tta", action="store_true",
+                   help="segment with test-time flips (4 passes: about 4x the segmentation time)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="network arithmetic: auto = bfloat16 where the CPU has it natively (about 2x faster), "
+                        "else float32")
+    p.add_argument("--weights", type=Path, metavar="DIR",
+                   help="weights folder with its manifest.json (e.g. from deepstrain train ... --export-dir) "
+                        "instead of the shipped weights; every file is checked against the manifest")
+    _add_refine_option(p)
+
+
 def _add_analyze(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("analyze", help="segmentation, motion, strain and volumes of one study")
     p.add_argument("input", type=Path, help="4D NIfTI, DICOM cine folder or ACDC patient folder")
@@ -105,18 +125,7 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--displacement", type=Path,
                    help="5D NIfTI (x,y,z,t,3) displacement, RAS mm, from ED, to use instead of the networks'")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    p.add_argument("--tta", action="store_true",
-                   help="segment with test-time flips (4 passes: about 4x the segmentation time)")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="network arithmetic: auto = bfloat16 where the CPU has it natively (about 2x faster), "
-                        "else float32")
-    p.add_argument("--weights", type=Path, metavar="DIR",
-                   help="weights folder with its manifest.json (e.g. from deepstrain train ... --export-dir) "
-                        "instead of the shipped weights; every file is checked against the manifest")
-    p.add_argument("--refine-motion", action=argparse.BooleanOptionalAction, default=True,
-                   help="correct the motion network's field so that every frame's segmentation, pulled back to "
-                        "ED, matches ED's (default; radial strain error 1.8 against 3.0 points on the benchmark "
-                        "phantoms, about 1.5 s more); --no-refine-motion gives the motion network's field as it is")
+    _add_network_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress output")
     _add_study_options(p)
 
@@ -154,8 +163,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the whole pipeline on a built-in phantom, compared with its exact reference")
     p.add_argument("--out", required=True, type=Path, help="output folder (must not exist or be empty)")
     p.add_argument("--seed", type=int, default=2024, help="phantom seed (not one used in training)")
-    p.add_argument("--refine-motion", action=argparse.BooleanOptionalAction, default=True,
-                   help="as deepstrain analyze (on by default)")
+    _add_refine_option(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
@@ -173,19 +181,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _add_batch(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("batch", help="analyse every study under a folder (resumable), with a summary table and group figures")
     p.add_argument("input", type=Path, help="folder of studies: ACDC patient folders, 4D NIfTI files, DICOM cine folders")
-    p.add_argument("--out", required=True, type=Path, help="output folder (created; re-running resumes)")
+    p.add_argument("--out", required=True, type=Path, help="output folder (created; re-running with the same settings resumes, see OUT/settings.json)")
     p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
     p.add_argument("--threads", type=int, help="torch threads per worker (default: cores // workers; 1 on Dask)")
     p.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler address (tcp://host:8786) to run on a cluster")
     p.add_argument("--groups", type=Path, metavar="CSV", help="CSV with columns id,group (overrides Info.cfg Group)")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N studies (sorted by path)")
     p.add_argument("--no-figures", action="store_true", help="do not write the group figures")
-    p.add_argument("--tta", action="store_true", help="segment with test-time flips (as deepstrain analyze --tta)")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="network arithmetic (as deepstrain analyze)")
-    p.add_argument("--weights", type=Path, metavar="DIR", help="weights folder instead of the shipped weights "
-                   "(as deepstrain analyze); a re-run into OUT must use the same settings (OUT/settings.json)")
-    p.add_argument("--refine-motion", action=argparse.BooleanOptionalAction, default=True,
-                   help="as deepstrain analyze (on by default)")
+    _add_network_options(p)  # a re-run into OUT must use the same settings (OUT/settings.json)
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 

@@ -68,6 +68,10 @@ def verified_path(name: str, weights_dir: Path | None = None) -> Path:
     return path
 
 
+NETWORKS = ("centring", "segmentation", "motion")
+"""The shipped networks, in the order the pipeline runs them."""
+
+
 def cache_key(name: str, weights_dir: Path | None = None) -> tuple:
     """Key for keeping a loaded network in memory: the folder and the size and modification time of
     its manifest and of ``name``'s file, so that a file changed on disk is loaded (and verified) again."""
