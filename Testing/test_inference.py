@@ -44,6 +44,27 @@ def test_largest_components_keeps_the_biggest_blob_per_class():
     assert (out[0, 1] == 2).sum() == 9
 
 
+
+def test_largest_components_on_the_foreground_box_equals_the_whole_grid():
+    """The filter works on the foreground's bounding box; the result must be that of the whole grid."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    lab = np.zeros((3, 4, 40, 50), np.uint8)
+    lab[:, :, 8:30, 12:41] = rng.integers(0, 4, size=(3, 4, 22, 29))  # many small blobs per class
+    lab = np.where(rng.random(lab.shape) < 0.6, 0, lab).astype(np.uint8)
+    expected = lab.copy()
+    for f in expected:
+        for k in (1, 2, 3):
+            comp, n = ndimage.label(f == k, structure=np.ones((3, 3, 3), bool))
+            if n > 1:
+                sizes = ndimage.sum_labels(f == k, comp, index=np.arange(1, n + 1))
+                f[(f == k) & (comp != 1 + int(np.argmax(sizes)))] = 0
+    out = largest_components(lab)
+    assert np.array_equal(out, expected) and (out != lab).any()
+    assert np.array_equal(largest_components(np.zeros((2, 3, 5, 5), np.uint8)), np.zeros((2, 3, 5, 5), np.uint8))
+
+
 def test_segments_a_validation_patient(cine):
     pred = predict(cine, with_motion=False)
     assert pred.labels.shape == cine.data.shape and pred.labels.dtype == np.uint8

@@ -471,8 +471,11 @@ class _Lock:
 
 
 def _init_worker(threads: int | None, parent_pid: int) -> None:
-    """Pool worker start-up: thread limits, and exit if the batch process dies (kill -9)."""
+    """Pool worker start-up: thread limits, allocator setting, and exit if the batch process dies (kill -9)."""
+    from .memory import keep_freed_memory
+
     _limit_threads(threads)
+    keep_freed_memory()
 
     def watch() -> None:
         while True:

@@ -317,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .memory import keep_freed_memory
+
+    keep_freed_memory()  # fewer page faults: 1-2 s less per 30-frame study (deepstrain.memory)
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = globals()[f"_cmd_{args.command}"]

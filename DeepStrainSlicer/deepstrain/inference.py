@@ -99,11 +99,17 @@ def largest_components(labels: np.ndarray, n_classes: int = N_CLASSES) -> np.nda
     Voxels touching by a face, an edge or a corner are connected (26-connectivity): short-axis
     slices are acquired in separate breath-holds and are often shifted in-plane against each
     other, so a thin apical ring may touch the slice above only diagonally. With face
-    connectivity such rings were removed (ACDC validation, see the README).
+    connectivity such rings were removed (ACDC validation, see the README). The work is done on
+    the bounding box of the foreground (same result, a fraction of the voxels).
     """
     out = np.array(labels, dtype=np.uint8, copy=True)
     flat = out.reshape((-1,) + out.shape[-3:])
-    for f in flat:
+    fg = (flat > 0).any(axis=(0, 1))
+    rows, cols = np.flatnonzero(fg.any(axis=1)), np.flatnonzero(fg.any(axis=0))
+    if rows.size == 0:
+        return out
+    box = flat[:, :, rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]  # a view: edits land in ``out``
+    for f in box:
         for k in range(1, n_classes):
             m = f == k
             lab, n = ndimage.label(m, structure=_CONNECTIVITY)
@@ -118,7 +124,8 @@ def _segment(net: torch.nn.Module, crops: np.ndarray, tta: bool = False, precisi
     t, z, h, w = crops.shape
     x = context_slices(torch.from_numpy(np.ascontiguousarray(crops, dtype=np.float32)), input_channels(net))
     p = segment_slices(net, x, flips=FLIPS if tta else ((),), precision=precision).numpy()
-    return p.reshape(t, z, N_CLASSES, h, w).transpose(0, 2, 1, 3, 4)
+    # contiguous: every later step reads one class (or one frame) at a time (3.5x faster uncropping)
+    return np.ascontiguousarray(p.reshape(t, z, N_CLASSES, h, w).transpose(0, 2, 1, 3, 4))
 
 
 def find_lv_centre(norm_frame: np.ndarray, spacing: np.ndarray, *, weights_dir: Path | None = None,

@@ -275,15 +275,15 @@ def displacement_to_input(disp: np.ndarray, t: CropTransform, geometry: Geometry
     if disp.shape[-4] != 3 or disp.shape[-3:] != t.crop_shape:
         raise ValueError(f"displacement shape {disp.shape} does not match (..., 3) + {t.crop_shape}")
     mm_per_unit = np.array([t.input_spacing[0], t.target_spacing, t.target_spacing], dtype=np.float64)
-    on_input = uncrop(disp, t, order=1, cval=0.0)  # (..., 3, Z, Y, X), crop units
-    # RAS component i = sum_j direction[i, j] * mm_per_unit[j] * component j
+    # RAS component i = sum_j direction[i, j] * mm_per_unit[j] * component j; rotating commutes with
+    # the (linear) interpolation, so it is done on the smaller crop grid, then uncropped once
     m = (np.asarray(geometry.direction, dtype=np.float64) * mm_per_unit[None, :]).astype(np.float32)
-    out = np.zeros_like(on_input)
+    ras = np.zeros_like(disp)
     for i in range(3):
         for j in range(3):
             if m[i, j] != 0.0:
-                out[..., i, :, :, :] += m[i, j] * on_input[..., j, :, :, :]
-    return out
+                ras[..., i, :, :, :] += m[i, j] * disp[..., j, :, :, :]
+    return uncrop(ras, t, order=1, cval=0.0)
 
 
 def normalize_intensity(image: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:

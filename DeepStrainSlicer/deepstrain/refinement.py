@@ -123,10 +123,11 @@ def refine_displacement(u_vox: np.ndarray, probs: np.ndarray, ed: int, *, steps:
     heart = p[:, cls].sum(dim=1) > 0.5  # (T, Z, H, W): the matched classes, any frame
     rs, cs = _box(heart.numpy(), BOX_MARGIN)
     hb, wb = rs.stop - rs.start, cs.stop - cs.start
-    pb = p[:, :, :, rs, cs]
-    ub = u[frames][:, :, :, rs, cs]
-    target = pb[ed : ed + 1, cls]
-    moving = _through_plane_shifted(pb[frames][:, cls].contiguous(), ub[:, 0], target.sum(dim=1).expand(len(frames), -1, -1, -1))
+    # box first, then frames and classes: no full-crop copies
+    ub = u[:, :, :, rs, cs][frames]
+    target = p[ed : ed + 1, cls][:, :, :, rs, cs]
+    moving = _through_plane_shifted(p[:, cls][:, :, :, rs, cs][frames].contiguous(), ub[:, 0],
+                                    target.sum(dim=1).expand(len(frames), -1, -1, -1))
     fixed = ub[:, 1:]
     v = torch.zeros(len(frames), 2, z, max(hb // 2, 1), max(wb // 2, 1), requires_grad=True)
     n_half = float(len(frames) * 2 * z * max(h // 2, 1) * max(w // 2, 1))
@@ -148,7 +149,7 @@ def refine_displacement(u_vox: np.ndarray, probs: np.ndarray, ed: int, *, steps:
                 m2.mul_(b2).addcmul_(grad, grad, value=1 - b2)
                 v -= lr * (m1 / (1 - b1**step)) / ((m2 / (1 - b2**step)).sqrt() + eps)
     with torch.no_grad():
-        corr = torch.zeros(len(frames), 2, z, h, w)
-        corr[:, :, :, rs, cs] = _upsample(v.detach(), hb, wb)
-        out[frames, 1:] += corr
+        corr = _upsample(v.detach(), hb, wb)  # zero outside the box
+        for i, f in enumerate(frames):
+            out[f, 1:, :, rs, cs] += corr[i]
     return out.numpy()
