@@ -91,6 +91,20 @@ def test_refined_motion_changes_the_motion_only_and_is_recorded(small_study, tmp
     assert _digest(tmp_path / "b") == _digest(tmp_path / "c")  # deterministic
 
 
+
+def test_given_labels_refine_the_network_motion(small_study, tmp_path):
+    """With a given segmentation and network motion, the motion is refined with the given labels."""
+    cine = small_study / "cine.nii.gz"
+    given = analyze_path(cine, tmp_path / "a", segmentation=small_study / "labels.nii.gz")
+    assert given["provenance"]["segmentation"] == "given" and given["provenance"]["motion"] == "networks"
+    assert given["provenance"]["motion_refined_with"] == "given segmentation"
+    own = analyze_path(cine, tmp_path / "b")
+    assert own["provenance"]["motion_refined_with"] == "network segmentation"
+    plain = analyze_path(cine, tmp_path / "c", segmentation=small_study / "labels.nii.gz", refine_motion=False)
+    assert "motion_refined_with" not in plain["provenance"]
+    disp = [np.asarray(nib.load(str(tmp_path / d / "displacement.nii.gz")).dataobj) for d in "abc"]
+    assert not np.array_equal(disp[0], disp[1]) and not np.array_equal(disp[0], disp[2])
+
 def test_given_labels_and_motion_are_recorded_as_given(small_study, tmp_path):
     rep = analyze_path(small_study / "cine.nii.gz", tmp_path / "a", segmentation=small_study / "labels.nii.gz",
                        displacement=small_study / "displacement.nii.gz")

@@ -299,12 +299,17 @@ class DeepStrainLogic:
             analysis = analyze_cine(cine, labels=labels, displacement=displacement,
                                     ed=None if params.ed < 0 else params.ed, es=None if params.es < 0 else params.es,
                                     progress=lambda f, m: progress(0.5 * f, m), tta=params.tta,
-                                    weights_dir=params.weights_dir or None, refine_motion=params.refine_motion)
+                                    weights_dir=params.weights_dir or None, refine_motion=params.refine_motion,
+                                    keep_network_motion=True)
             self._remove_study_nodes(params)
             before = node_ids(self.scene)
             self._build_nodes(cine, analysis, params, progress)
             params.study_nodes = sorted(node_ids(self.scene) - before)
             progress(1.0, "done")
+        # the network's raw motion (memory only): Recompute refines it again with edited contours
+        self._cache.update(network_motion=analysis.network_motion, run_labels=analysis.labels,
+                           motion_made_with=(bool(params.refine_motion), analysis.labels))
+        analysis.network_motion = None
         self.analysis = analysis
         return analysis
 
@@ -345,17 +350,19 @@ class DeepStrainLogic:
         return mrml.displacement_to_transform_sequence(self.scene, masked.astype(np.float32), sub, cine.times_ms, name)
 
     def _refresh_glyphs(self, params: Parameters, cine: Cine, disp: np.ndarray, myo: np.ndarray) -> None:
-        """Re-mask the glyph sequence to the (edited) ED myocardium."""
-        seq = params.ref("GlyphSequence")
-        fresh = self._glyph_sequence(disp, myo, cine, "tmp glyphs")
+        """Re-mask the glyph sequence to the (edited) ED myocardium, with the displacement ``disp``."""
+        self._replace_items(params.ref("GlyphSequence"), self._glyph_sequence(disp, myo, cine, "tmp glyphs"))
+        self.sequences_logic.UpdateProxyNodesFromSequences(params.ref("Browser"))
+
+    def _replace_items(self, seq: slicer.vtkMRMLSequenceNode, fresh: slicer.vtkMRMLSequenceNode) -> None:
+        """Give ``seq`` the items of ``fresh`` (same frames), then remove ``fresh``: the node, its ID
+        and the browser's synchronisation stay."""
         try:
             seq.RemoveAllDataNodes()
             for i in range(fresh.GetNumberOfDataNodes()):
                 seq.SetDataNodeAtValue(fresh.GetNthDataNode(i), fresh.GetNthIndexValue(i))
         finally:
             self.scene.RemoveNode(fresh)
-        browser = params.ref("Browser")
-        self.sequences_logic.UpdateProxyNodesFromSequences(browser)
 
     def _setup_proxy_display(self, params: Parameters) -> None:
         browser = params.ref("Browser")
@@ -755,20 +762,40 @@ class DeepStrainLogic:
         return cine, labels, disp
 
     def recompute(self, params: Parameters, progress: ProgressCallback = _no_progress):
-        """Strain, volumes and AHA from the edited segmentation and the stored motion; no networks.
+        """Strain, volumes and AHA from the edited segmentation; no networks.
 
-        Updates tables, charts, polar map, AHA segmentation, glyph mask and report in place.
+        The motion: when this session ran the networks on the study (their raw motion is kept in
+        memory) and "Refine motion" is on, it is refined again with the edited segmentation (about
+        1-2 s; :func:`deepstrain.refinement.motion_for_labels`), and the displacement sequence is
+        updated; with "Refine motion" off, the network's field as it is. Otherwise (motion given, or
+        the scene was saved and loaded again) the stored motion is used as it is, and the report's
+        provenance says so. Updates tables, charts, polar map, AHA segmentation, glyphs and report in place.
         """
         from deepstrain.pipeline import compute
 
         progress(0.0, "reading segmentation")
         cine, labels, disp = self.study_arrays(params)
+        state, made = self._cache.get("network_motion"), self._cache.get("motion_made_with")
+        want = bool(params.refine_motion)
+        new_motion = state is not None and made is not None and (
+            made[0] != want or (want and not np.array_equal(made[1], labels)))
+        if new_motion:
+            from deepstrain.refinement import motion_for_labels
+
+            progress(0.1, "refining the motion with the edited segmentation" if want else "motion network's field")
+            disp = motion_for_labels(state, labels, refine=want)
         progress(0.3, "computing strain")
         analysis = compute(cine, labels, disp, ed=params.analysis_ed, es=params.analysis_es)
-        analysis.report["provenance"] = self._provenance_after_edit(params, labels)
+        if new_motion:
+            made = (want, labels)
+        analysis.report["provenance"] = self._provenance_after_edit(params, labels, made if state is not None else None)
         progress(0.8, "updating views")
         with nodes_or_nothing(self.scene):
             before = node_ids(self.scene)
+            if new_motion:
+                self._replace_items(params.ref("DisplacementSequence"), mrml.displacement_to_transform_sequence(
+                    self.scene, disp, cine.geometry, cine.times_ms, "tmp displacement"))
+                self._cache.update(displacement=disp, motion_made_with=made)
             self._refresh_glyphs(params, cine, disp, analysis.labels[analysis.ed] == 2)
             self._update_results(analysis, params)
             params.study_nodes = sorted(set(params.study_nodes) | (node_ids(self.scene) - before))
@@ -776,10 +803,12 @@ class DeepStrainLogic:
         progress(1.0, "done")
         return analysis
 
-    def _provenance_after_edit(self, params: Parameters, labels: np.ndarray) -> dict:
+    def _provenance_after_edit(self, params: Parameters, labels: np.ndarray,
+                               made: tuple[bool, np.ndarray] | None = None) -> dict:
         """The run's provenance (kept in the scene's report), with the segmentation marked as edited
         when it differs from the last analysis (or "as stored in the scene" when that is unknown,
-        e.g. after reloading a saved scene)."""
+        e.g. after reloading a saved scene). ``made``: (refined?, labels) of the motion made from the
+        network's field kept in memory; None when there is none."""
         prov = dict(self.report(params).get("provenance") or {})
         base = str(prov.get("segmentation", "unknown"))
         if self.analysis is None:
@@ -790,6 +819,23 @@ class DeepStrainLogic:
             suffix = ""
         if suffix and suffix not in base:
             prov["segmentation"] = base + suffix
+        if prov.get("motion") != "networks":
+            return prov
+        run_labels = self._cache.get("run_labels")
+        if made is not None:  # the motion is made from the network's field kept in memory
+            prov["motion_refined_with_segmentation"] = made[0]
+            if not made[0]:
+                prov.pop("motion_refined_with", None)
+            elif run_labels is not None and not np.array_equal(made[1], run_labels):
+                prov["motion_refined_with"] = "segmentation edited in Slicer"
+            else:
+                given = str(prov.get("segmentation", "")).startswith("given")
+                prov["motion_refined_with"] = "given segmentation" if given else "network segmentation"
+        elif prov.get("motion_refined_with_segmentation") and suffix:
+            first = str(prov.get("motion_refined_with", "network segmentation")).split(" (")[0]
+            prov["motion_refined_with"] = (first + " (the motion as stored: the network's motion is kept in "
+                                           "memory only, so it was not refined again; run the analysis again "
+                                           "to refine it with newly edited contours)")
         return prov
 
     # ----------------------------------------------------------------- export

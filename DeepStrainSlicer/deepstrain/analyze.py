@@ -36,24 +36,31 @@ def analyze_cine(
     precision: str = "auto",
     weights_dir: str | os.PathLike | None = None,
     refine_motion: bool = True,
+    keep_network_motion: bool = False,
 ) -> pipeline.Analysis:
     """Run what is missing of (labels, displacement) through the networks, then strain and volumes.
 
     ``tta``: segmentation with test-time flips; ``precision``: network arithmetic;
     ``weights_dir``: a weights folder with its manifest instead of the shipped weights;
     ``refine_motion``: correct the motion with the segmentation of every frame (the default)
-    (:func:`deepstrain.inference.predict`). The report's ``provenance`` says what came from the
-    networks, which weights (sha256) and arithmetic, and the package version.
+    (:func:`deepstrain.inference.predict`); with given ``labels`` the motion is refined with them
+    (:func:`deepstrain.refinement.motion_for_labels`), so it agrees with the segmentation that the
+    strain uses. ``keep_network_motion``: keep the network's raw motion in
+    ``analysis.network_motion``, to refine again after hand edits (the Slicer module does).
+    The report's ``provenance`` says what came from the networks, which weights (sha256) and
+    arithmetic, and the package version.
     """
     prov: dict = {"deepstrain_version": __version__,
                   "segmentation": "networks" if labels is None else "given",
                   "motion": "networks" if displacement is None else "given"}
+    network_motion = None
     if labels is None or displacement is None:
         from . import inference  # torch is imported only when the networks are needed
         from .networks.precision import resolve
         from .weights import NETWORKS, provenance
 
         wdir = Path(weights_dir) if weights_dir is not None else None
+        given_labels = labels is not None
         pred = inference.predict(
             cine,
             progress=progress,
@@ -61,19 +68,33 @@ def analyze_cine(
             weights_dir=wdir,
             tta=tta,
             precision=precision,
-            refine_motion=refine_motion,
+            refine_motion=refine_motion and not given_labels,
+            keep_network_motion=keep_network_motion or (given_labels and refine_motion),
         )
         if labels is None:
             labels = pred.labels
         if displacement is None:
             displacement = pred.displacement
+            if given_labels and refine_motion:
+                from .refinement import motion_for_labels
+
+                if progress:
+                    progress(0.85, "refining the motion with the given segmentation")
+                displacement = motion_for_labels(pred.network_motion, labels)
+        if keep_network_motion:
+            network_motion = pred.network_motion
+        del pred
         used = NETWORKS if prov["motion"] == "networks" else NETWORKS[:2]
+        refined = bool(refine_motion and prov["motion"] == "networks")
         prov.update(weights=provenance(used, wdir), precision=resolve(precision), test_time_flips=bool(tta),
-                    motion_refined_with_segmentation=bool(refine_motion and prov["motion"] == "networks"))
+                    motion_refined_with_segmentation=refined)
+        if refined:
+            prov["motion_refined_with"] = "given segmentation" if given_labels else "network segmentation"
     if progress:
         progress(0.95, "strain and volumes")
     analysis = pipeline.compute(cine, labels, displacement, ed=ed, es=es)
     analysis.report["provenance"] = prov
+    analysis.network_motion = network_motion
     return analysis
 
 

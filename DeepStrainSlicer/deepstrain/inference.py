@@ -55,6 +55,7 @@ from .preprocess import (
     normalize_intensity,
     uncrop_probabilities,
 )
+from .refinement import NetworkMotion, refine_displacement
 from .weights import cache_key, load_network
 
 Progress = Callable[[float, str], None]
@@ -76,6 +77,9 @@ class Prediction:
     """The input-grid <-> crop map."""
     ed: int
     """ED frame (index into the cine) used as the motion reference."""
+    network_motion: NetworkMotion | None = None
+    """With ``keep_network_motion=True``: what :func:`deepstrain.refinement.motion_for_labels` needs
+    to refine the motion again after hand edits."""
 
 
 _NETS: dict[tuple, torch.nn.Module] = {}
@@ -150,13 +154,15 @@ def find_lv_centre(norm_frame: np.ndarray, spacing: np.ndarray, *, weights_dir: 
 
 def predict(cine: Cine, *, progress: Progress | None = None, with_motion: bool = True,
             weights_dir: Path | None = None, tta: bool = False, precision: str = "auto",
-            refine_motion: bool = False) -> Prediction:
+            refine_motion: bool = False, keep_network_motion: bool = False) -> Prediction:
     """Segmentation (and motion) of every frame of ``cine`` on its own grid (see the module docstring).
 
     ``tta``: average the segmentation over the 4 flips of :data:`FLIPS` (slower; see the README
     for its measured effect on accuracy). ``precision``: ``"auto"``, ``"float32"`` or
     ``"bfloat16"`` (:mod:`deepstrain.networks.precision`). ``refine_motion``: correct the motion
     network's field with the segmentation of every frame (:mod:`deepstrain.refinement`).
+    ``keep_network_motion``: also return the network's field and probabilities on the crop
+    (:attr:`Prediction.network_motion`), to refine again after hand edits.
     """
     def report(f: float, msg: str) -> None:
         if progress:
@@ -179,7 +185,7 @@ def predict(cine: Cine, *, progress: Progress | None = None, with_motion: bool =
             ed = int(cine.ed)
         else:
             ed = int(np.argmax((labels == 3).reshape(labels.shape[0], -1).sum(axis=1)))
-        disp = None
+        disp = network_motion = None
         if with_motion:
             from .networks.motion import estimate_motion, load_model
 
@@ -188,9 +194,9 @@ def predict(cine: Cine, *, progress: Progress | None = None, with_motion: bool =
             u_mm = estimate_motion(crops[ed], crops, spacing_crop, model=load_model(weights_dir=weights_dir),
                                    precision=precision)  # zero at ED (the frame equals the reference)
             u_vox = u_mm / spacing_crop.reshape(1, 3, 1, 1, 1).astype(np.float32)
+            if keep_network_motion:
+                network_motion = NetworkMotion(u_vox, probs, labels, t, g, ed)
             if refine_motion:
-                from .refinement import refine_displacement
-
                 report(0.8, "refining the motion with the segmentation")
                 u_vox = refine_displacement(u_vox, probs, ed)
             disp = displacement_to_input(u_vox, t, g)
@@ -198,4 +204,4 @@ def predict(cine: Cine, *, progress: Progress | None = None, with_motion: bool =
     k_mid = (cine.shape3d[0] - 1) / 2.0
     centre_ras = g.origin + g.direction @ (g.spacing * np.array([k_mid, centre[0], centre[1]]))
     return Prediction(labels=labels, displacement=disp, lv_centre=centre_ras, lv_centre_voxel=centre,
-                      crop=t, ed=ed)
+                      crop=t, ed=ed, network_motion=network_motion)

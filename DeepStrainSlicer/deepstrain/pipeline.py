@@ -54,6 +54,9 @@ class Analysis:
     """"lv", "myo", "rv" -> (T,) ml."""
     report: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    network_motion: Any = None
+    """The networks' raw motion (:class:`deepstrain.refinement.NetworkMotion`) when
+    :func:`deepstrain.analyze.analyze_cine` was asked to keep it; never written."""
 
     def write(self, out_dir: str | Path) -> tuple[Path, Path]:
         """Write report.json and strain.csv (with the volume curves) into the existing ``out_dir``."""

@@ -41,6 +41,7 @@ __all__ = [
     "world_to_voxel",
     "crop_image",
     "crop_labels",
+    "crop_one_hot",
     "uncrop",
     "uncrop_probabilities",
     "displacement_to_input",
@@ -217,19 +218,24 @@ def crop_image(image: np.ndarray, t: CropTransform, antialias: bool = True) -> n
     return _sample_slices(image, rows, cols, order=1, cval=0.0)
 
 
-def crop_labels(labels: np.ndarray, t: CropTransform, n_classes: int = 4) -> np.ndarray:
-    """Resample a label map ``(..., Z, Y, X)`` into the crop grid by one-hot linear interpolation + argmax.
-
-    Outside the input the label is background (0). Returns ``uint8``.
-    """
+def crop_one_hot(labels: np.ndarray, t: CropTransform, n_classes: int = 4) -> np.ndarray:
+    """Class maps ``(..., C, Z, rows, cols)`` float32 of a label map ``(..., Z, Y, X)`` on the crop grid:
+    each class's indicator interpolated linearly (outside the input: background = 1, others 0).
+    Soft at the edges like network probabilities; they sum to 1 everywhere."""
     labels = np.asarray(labels)
     if labels.shape[-3:] != t.input_shape:
         raise ValueError(f"label shape {labels.shape[-3:]} does not match the transform's {t.input_shape}")
     rows, cols = _crop_grid(t)
-    probs = np.stack(
-        [_sample_slices((labels == k).astype(np.float32), rows, cols, 1, 1.0 if k == 0 else 0.0) for k in range(n_classes)]
-    )
-    return np.argmax(probs, axis=0).astype(np.uint8)
+    return np.stack([_sample_slices((labels == k).astype(np.float32), rows, cols, 1, 1.0 if k == 0 else 0.0)
+                     for k in range(n_classes)], axis=-4)
+
+
+def crop_labels(labels: np.ndarray, t: CropTransform, n_classes: int = 4) -> np.ndarray:
+    """Resample a label map ``(..., Z, Y, X)`` into the crop grid: argmax of :func:`crop_one_hot`.
+
+    Outside the input the label is background (0). Returns ``uint8``.
+    """
+    return np.argmax(crop_one_hot(labels, t, n_classes), axis=-4).astype(np.uint8)
 
 
 def uncrop(crop: np.ndarray, t: CropTransform, order: int = 1, cval: float = 0.0) -> np.ndarray:

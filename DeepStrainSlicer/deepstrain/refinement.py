@@ -28,12 +28,21 @@ sum of mean |global ESS error| over radial, circumferential and longitudinal (ne
 lr 0.1): 4.90 / 4.35 / 5.00; classes (:data:`CLASSES`); then 20 steps at lr 0.2: 4.14. The
 benchmark phantoms (9000-9004) were not used. See the README for the figures. ``deepstrain
 analyze`` refines by default (``--no-refine-motion`` turns it off).
+
+After hand edits (the Slicer module's Recompute), :func:`motion_for_labels` runs the refinement
+again from the network's field kept in memory (:class:`NetworkMotion`), with every edited frame's
+labels in place of the network's probabilities for that frame.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .cine import Geometry
+from .preprocess import CropTransform, crop_one_hot, displacement_to_input
 
 STEPS = 20
 SMOOTHNESS = 3.0
@@ -153,3 +162,48 @@ def refine_displacement(u_vox: np.ndarray, probs: np.ndarray, ed: int, *, steps:
         for i, f in enumerate(frames):
             out[f, 1:, :, rs, cs] += corr[i]
     return out.numpy()
+
+
+@dataclass
+class NetworkMotion:
+    """What the networks said on the crop, kept so the motion can be refined again after hand edits
+    (:func:`deepstrain.inference.predict` with ``keep_network_motion=True``; about 5 MB per frame
+    of 10 slices, held in memory only)."""
+
+    displacement_vox: np.ndarray
+    """``(T, 3, Z, H, W)`` the motion network's field on the crop, crop voxels (slice, row, column)."""
+    probabilities: np.ndarray
+    """``(T, 4, Z, H, W)`` the segmentation network's class probabilities on the crop."""
+    labels: np.ndarray
+    """``(T, Z, Y, X)`` uint8 the network's labels on the input grid (to tell which frames were edited)."""
+    crop: CropTransform
+    geometry: Geometry
+    ed: int
+    """The motion's reference frame."""
+
+    def edited_frames(self, labels: np.ndarray) -> list[int]:
+        """Frames whose ``labels`` ``(T, Z, Y, X)`` differ from the network's."""
+        labels = np.asarray(labels)
+        if labels.shape != self.labels.shape:
+            raise ValueError(f"labels {labels.shape} do not match the study's {self.labels.shape}")
+        return [f for f in range(labels.shape[0]) if not np.array_equal(labels[f], self.labels[f])]
+
+
+def motion_for_labels(state: NetworkMotion, labels: np.ndarray, *, refine: bool = True) -> np.ndarray:
+    """The displacement ``(T, 3, Z, Y, X)`` float32 on the input grid (RAS mm), from the network's field.
+
+    ``refine``: corrected with :func:`refine_displacement`, where each frame whose ``labels`` differ
+    from the network's is matched through those labels (one-hot, resampled onto the crop: see
+    :func:`deepstrain.preprocess.crop_one_hot`) instead of the network's probabilities; with the
+    network's own labels this is exactly what :func:`deepstrain.inference.predict` returned.
+    ``refine=False``: the network's field as it is.
+    """
+    u = state.displacement_vox
+    if refine:
+        edited = state.edited_frames(labels)
+        probs = state.probabilities
+        if edited:
+            probs = probs.copy()
+            probs[edited] = crop_one_hot(np.asarray(labels)[edited], state.crop, probs.shape[1])
+        u = refine_displacement(u, probs, state.ed)
+    return displacement_to_input(u, state.crop, state.geometry)

@@ -193,6 +193,66 @@ def test_recompute_after_editing_the_ed_segmentation(study):
     assert np.linalg.norm(np.array(tr.TransformPoint(*x)) - x) < 1e-6
 
 
+
+def _set_labels(proxy, labels3d: np.ndarray, geometry) -> None:
+    """Write a (Z, Y, X) label map into the segmentation proxy, segment by segment (as Segment Editor would)."""
+    for name, value in (("lv_cavity", 3), ("lv_myocardium", 2), ("rv_cavity", 1)):
+        img = slicer.vtkOrientedImageData()
+        img.ShallowCopy(mrml.image_from_array((labels3d == value).astype(np.uint8)))
+        img.SetImageToWorldMatrix(mrml.ijk_to_ras(geometry))
+        slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+            img, proxy, name, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+
+
+def test_recompute_refines_the_network_motion_with_edited_contours(harness, phantom):
+    """Networks run (motion refined by default); the ES wall is thickened by hand; Recompute refines
+    the motion again with it: more radial strain, the displacement sequence updated at ES only."""
+    from scipy import ndimage
+
+    cine, _, _ = phantom
+    h, p = harness, harness.params
+    first = h.logic.run(cine, p)
+    assert first.report["provenance"]["motion_refined_with"] == "network segmentation"
+    assert h.logic.analysis.network_motion is None  # kept by the logic's cache, not in the analysis
+    same = h.logic.recompute(p)  # nothing edited: nothing changes
+    assert same.report["global_strain"] == first.report["global_strain"]
+    es = first.es
+    browser = p.ref("Browser")
+    browser.SetSelectedItemNumber(es)
+    lab = first.labels[es].copy()
+    grow = ndimage.binary_dilation(lab == 2, structure=np.array([[[0, 0, 0], [0, 1, 0], [0, 0, 0]],
+                                                                 [[0, 1, 0], [1, 1, 1], [0, 1, 0]],
+                                                                 [[0, 0, 0], [0, 1, 0], [0, 0, 0]]]))
+    lab[grow & (lab == 3)] = 2
+    _set_labels(browser.GetProxyNode(p.ref("SegmentationSequence")), lab, cine.geometry)
+    nodes = h.scene.GetNumberOfNodes()
+    edited = h.logic.recompute(p)
+    assert h.scene.GetNumberOfNodes() == nodes
+    assert edited.report["ess"]["radial"] > first.report["ess"]["radial"] + 2.0
+    prov = edited.report["provenance"]
+    assert prov["segmentation"] == "networks, edited in Slicer"
+    assert prov["motion_refined_with"] == "segmentation edited in Slicer"
+    stored = mrml.transform_sequence_to_displacement(p.ref("DisplacementSequence"), cine.geometry)
+    np.testing.assert_allclose(stored, edited.displacement, atol=1e-4)
+    moved = np.abs(edited.displacement - first.displacement).max(axis=(1, 2, 3, 4))
+    assert moved[es] > 0.1 and np.all(np.delete(moved, es) < 1e-6)
+    # "Refine motion" off: the motion network's field as it is
+    p.refine_motion = False
+    try:
+        raw = h.logic.recompute(p)
+    finally:
+        p.refine_motion = True
+    assert raw.report["provenance"]["motion_refined_with_segmentation"] is False
+    assert "motion_refined_with" not in raw.report["provenance"]
+    assert raw.report["ess"]["radial"] != edited.report["ess"]["radial"]
+    assert h.logic.recompute(p).report["ess"] == edited.report["ess"]  # on again: refined with the edits again
+    # as after reloading a saved scene: the network's motion is gone; the stored one is used, and said so
+    h.logic._cache = {}
+    h.logic.analysis = None
+    again = h.logic.recompute(p)
+    assert again.report["ess"] == edited.report["ess"]
+    assert "not refined again" in again.report["provenance"]["motion_refined_with"]
+
 def test_cancel_and_failure_leave_no_new_nodes(harness, phantom):
     cine, labels, disp = phantom
     before = harness.node_ids()
