@@ -220,6 +220,17 @@ def labels_to_segmentation(labels: np.ndarray, geometry: Geometry, name: str = "
     return node
 
 
+
+def set_segment_mask(seg_node: slicer.vtkMRMLSegmentationNode, segment_id: str, mask: np.ndarray,
+                     geometry: Geometry) -> None:
+    """Replace the voxels of one segment by ``mask`` ``(Z, Y, X)`` on ``geometry`` (what a Segment
+    Editor edit does; other segments are left as they are)."""
+    img = slicer.vtkOrientedImageData()
+    img.ShallowCopy(image_from_array(np.asarray(mask).astype(np.uint8)))
+    img.SetImageToWorldMatrix(ijk_to_ras(geometry))
+    slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+        img, seg_node, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+
 def _segment_mask(seg_node: slicer.vtkMRMLSegmentationNode, segment_id: str, geometry: Geometry,
                   shape: tuple[int, int, int]) -> np.ndarray:
     """Boolean mask of one segment on the reference grid (nearest-neighbour resampling)."""

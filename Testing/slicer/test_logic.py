@@ -7,7 +7,6 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
-import slicer
 import vtk
 
 from deepstrain.pipeline import compute
@@ -153,17 +152,9 @@ def test_recompute_after_editing_the_ed_segmentation(study):
     added = grown & (lab == 2)
     n = int(added.sum())
     assert n > 20
-    img = slicer.vtkOrientedImageData()
-    img.ShallowCopy(mrml.image_from_array(grown.astype(np.uint8)))
-    img.SetImageToWorldMatrix(mrml.ijk_to_ras(cine.geometry))
-    slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-        img, proxy, "lv_cavity", slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+    mrml.set_segment_mask(proxy, "lv_cavity", grown, cine.geometry)
     # as Segment Editor does by default ("overwrite other segments"): the voxels leave the myocardium
-    myo_img = slicer.vtkOrientedImageData()
-    myo_img.ShallowCopy(mrml.image_from_array(((lab == 2) & ~added).astype(np.uint8)))
-    myo_img.SetImageToWorldMatrix(mrml.ijk_to_ras(cine.geometry))
-    slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-        myo_img, proxy, "lv_myocardium", slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+    mrml.set_segment_mask(proxy, "lv_myocardium", (lab == 2) & ~added, cine.geometry)
     nodes_before = h.scene.GetNumberOfNodes()
     h.logic._cache = {}  # force reading the motion back from the transform sequence (as after a scene reload)
     new = h.logic.recompute(p)
@@ -194,16 +185,6 @@ def test_recompute_after_editing_the_ed_segmentation(study):
 
 
 
-def _set_labels(proxy, labels3d: np.ndarray, geometry) -> None:
-    """Write a (Z, Y, X) label map into the segmentation proxy, segment by segment (as Segment Editor would)."""
-    for name, value in (("lv_cavity", 3), ("lv_myocardium", 2), ("rv_cavity", 1)):
-        img = slicer.vtkOrientedImageData()
-        img.ShallowCopy(mrml.image_from_array((labels3d == value).astype(np.uint8)))
-        img.SetImageToWorldMatrix(mrml.ijk_to_ras(geometry))
-        slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-            img, proxy, name, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
-
-
 def test_recompute_refines_the_network_motion_with_edited_contours(harness, phantom):
     """Networks run (motion refined by default); the ES wall is thickened by hand; Recompute refines
     the motion again with it: more radial strain, the displacement sequence updated at ES only."""
@@ -224,7 +205,9 @@ def test_recompute_refines_the_network_motion_with_edited_contours(harness, phan
                                                                  [[0, 1, 0], [1, 1, 1], [0, 1, 0]],
                                                                  [[0, 0, 0], [0, 1, 0], [0, 0, 0]]]))
     lab[grow & (lab == 3)] = 2
-    _set_labels(browser.GetProxyNode(p.ref("SegmentationSequence")), lab, cine.geometry)
+    proxy = browser.GetProxyNode(p.ref("SegmentationSequence"))
+    for name, value in (("lv_cavity", 3), ("lv_myocardium", 2)):
+        mrml.set_segment_mask(proxy, name, lab == value, cine.geometry)
     nodes = h.scene.GetNumberOfNodes()
     edited = h.logic.recompute(p)
     assert h.scene.GetNumberOfNodes() == nodes
