@@ -17,7 +17,13 @@ Prints two tables:
 The network runs on the 128 x 128, 1.25 mm crop centred on the manual (phantom: exact) ED LV
 centre, its displacement mapped back with :func:`deepstrain.preprocess.displacement_to_input`.
 
-    python benchmarks/motion_accuracy.py [--phantoms 5] [--acdc 20] [--no-baseline]
+    python benchmarks/motion_accuracy.py [--phantoms 5] [--acdc 20] [--no-baseline] [--refine [--corrected]]
+
+``--refine`` adds the network's field refined with the segmentation network (what ``deepstrain
+analyze`` returns by default); ``--corrected`` adds, on the phantoms, the field refined with the
+EXACT ED and ES labels in place of the network's for those two frames: what a user who corrects
+the ED and ES contours by hand gets from Recompute in the Slicer module (the other frames keep the
+network's segmentation).
 
 Phantoms are cached under ``runs/motion/eval_phantoms`` (git-ignored); generation is slow.
 """
@@ -78,12 +84,16 @@ def labelled_lv_crop(images: np.ndarray, labels_ed: np.ndarray, geo: Geometry
 
 def network_displacements(images: np.ndarray, labels_ed: np.ndarray, geo: Geometry, ed: int, model,
                           precision: str = "auto", smooth_mm: float = OUTPUT_SMOOTHING_MM,
-                          refine: bool = False, refine_smoothness: float | None = None
+                          refine: bool = False, refine_smoothness: float | None = None,
+                          corrected: tuple[np.ndarray, list[int]] | None = None
                           ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Network displacement (T,3,Z,Y,X) RAS mm on the input grid, crop centred on the labelled LV
     (``"network"``), and with ``refine`` the same field corrected with the segmentation network's
     probabilities of every frame on that crop (``"refined"``, :mod:`deepstrain.refinement`, as
-    ``deepstrain analyze`` does by default); and the seconds each took (refined: network included)."""
+    ``deepstrain analyze`` does by default); and the seconds each took (refined: network included).
+    ``corrected`` = (labels (T,Z,Y,X), frames): also the field refined with those frames' labels in
+    place of the network's probabilities (``"corrected"``: contours corrected by hand, as Recompute
+    in the Slicer module does)."""
     def on_input(u_vox: np.ndarray) -> np.ndarray:
         d = pp.displacement_to_input(u_vox, t, geo)
         d[ed] = 0.0
@@ -103,6 +113,11 @@ def network_displacements(images: np.ndarray, labels_ed: np.ndarray, geo: Geomet
         kw = {} if refine_smoothness is None else {"smoothness": refine_smoothness}
         out["refined"] = on_input(refine_displacement(u_vox, probs, ed, **kw))
         times["refined"] = time.time() - t0
+        if corrected is not None:
+            labels, frames = corrected
+            probs = probs.copy()
+            probs[frames] = pp.crop_one_hot(labels[frames], t, probs.shape[1])
+            out["corrected"] = on_input(refine_displacement(u_vox, probs, ed, **kw))
     return out, times
 
 
@@ -138,7 +153,7 @@ def dice(a: np.ndarray, b: np.ndarray, k: int) -> float:
 
 def phantom_rows(seeds, cache: Path, model, with_baseline: bool, precision: str = "auto",
                  smooth_mm: float = OUTPUT_SMOOTHING_MM, refine: bool = False,
-                 refine_smoothness: float | None = None) -> dict[str, list[dict]]:
+                 refine_smoothness: float | None = None, corrected: bool = False) -> dict[str, list[dict]]:
     rows: dict[str, list[dict]] = {}
     for seed in seeds:
         z = eval_phantom(seed, cache)
@@ -148,7 +163,7 @@ def phantom_rows(seeds, cache: Path, model, with_baseline: bool, precision: str 
         ref = json.loads(str(z["reference"]))
         cine = Cine(images, geo, z["times_ms"], name=f"phantom{seed}", ed=ed, es=es)
         cands, times = network_displacements(images, labels[ed], geo, ed, model, precision, smooth_mm, refine,
-                                             refine_smoothness)
+                                             refine_smoothness, (labels, [ed, es]) if corrected else None)
         if with_baseline:
             cands["demons"], times["demons"] = baseline_displacement(images, geo, ed, _bcache(cache, f"phantom{seed}"))
         cands["exact"] = exact
@@ -238,6 +253,9 @@ def main(argv=None) -> int:
                     help="also score the network's field refined with the segmentation (deepstrain analyze --refine-motion)")
     ap.add_argument("--refine-smoothness", type=float, default=None,
                     help="smoothness weight of the refinement (default: deepstrain.refinement.SMOOTHNESS); for choosing it")
+    ap.add_argument("--corrected", action="store_true",
+                    help="with --refine, phantoms also: refined with the exact ED and ES labels in place of the "
+                         "network's (contours corrected by hand, then Recompute in Slicer)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     try:
@@ -257,7 +275,7 @@ def main(argv=None) -> int:
         print(f"Phantoms (seeds {seeds}, {held_out}), errors vs exact reference; network output smoothed "
               f"{args.smoothing:g} mm:")
         rows = phantom_rows(seeds, args.cache, model, base, args.precision, args.smoothing, args.refine,
-                            args.refine_smoothness)
+                            args.refine_smoothness, args.corrected and args.refine)
         print(f"{'method':9s} {'EPE myo mm':>10s} {'EPE all mm':>10s} | {'|dESS| rad':>10s} {'circ':>6s} {'long':>6s}"
               f" | {'seg |d| rad':>11s} {'circ':>6s} {'long':>6s} | {'s/study':>7s}")
         for name, rs in rows.items():
