@@ -240,7 +240,10 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             with slicer.util.tryWithErrorDisplay("Recompute failed.", waitCursor=True):
                 a = self.logic.recompute(self.params, progress=self._progress)
                 v = a.report["volumetrics"]
-                self.ui.statusLabel.text = (f"recomputed: LV EDV {v['lv_edv_ml']:.1f} ml, EF {v['lv_ef_percent']:.1f} %")
+                motion = a.report.get("provenance", {}).get("motion_refined_with", "")
+                note = "; motion refined with your contours" if motion == "segmentation edited in Slicer" else ""
+                self.ui.statusLabel.text = (f"recomputed: LV EDV {v['lv_edv_ml']:.1f} ml, "
+                                            f"EF {v['lv_ef_percent']:.1f} %{note}")
         finally:
             self._busy(False)
 
