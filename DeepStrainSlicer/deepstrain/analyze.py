@@ -68,21 +68,15 @@ def analyze_cine(
             weights_dir=wdir,
             tta=tta,
             precision=precision,
-            refine_motion=refine_motion and not given_labels,
-            keep_network_motion=keep_network_motion or (given_labels and refine_motion),
+            refine_motion=refine_motion,
+            refine_with=labels,  # a given segmentation, else the network's own (None)
+            keep_network_motion=keep_network_motion,
         )
         if labels is None:
             labels = pred.labels
         if displacement is None:
             displacement = pred.displacement
-            if given_labels and refine_motion:
-                from .refinement import motion_for_labels
-
-                if progress:
-                    progress(0.85, "refining the motion with the given segmentation")
-                displacement = motion_for_labels(pred.network_motion, labels)
-        if keep_network_motion:
-            network_motion = pred.network_motion
+        network_motion = pred.network_motion
         del pred
         used = NETWORKS if prov["motion"] == "networks" else NETWORKS[:2]
         refined = bool(refine_motion and prov["motion"] == "networks")

@@ -50,12 +50,11 @@ from .preprocess import (
     CropTransform,
     crop_image,
     crop_transform,
-    displacement_to_input,
     full_view_transform,
     normalize_intensity,
     uncrop_probabilities,
 )
-from .refinement import NetworkMotion, refine_displacement
+from .refinement import NetworkMotion, motion_for_labels
 from .weights import cache_key, load_network
 
 Progress = Callable[[float, str], None]
@@ -154,14 +153,16 @@ def find_lv_centre(norm_frame: np.ndarray, spacing: np.ndarray, *, weights_dir: 
 
 def predict(cine: Cine, *, progress: Progress | None = None, with_motion: bool = True,
             weights_dir: Path | None = None, tta: bool = False, precision: str = "auto",
-            refine_motion: bool = False, keep_network_motion: bool = False) -> Prediction:
+            refine_motion: bool = False, refine_with: np.ndarray | None = None,
+            keep_network_motion: bool = False) -> Prediction:
     """Segmentation (and motion) of every frame of ``cine`` on its own grid (see the module docstring).
 
     ``tta``: average the segmentation over the 4 flips of :data:`FLIPS` (slower; see the README
     for its measured effect on accuracy). ``precision``: ``"auto"``, ``"float32"`` or
     ``"bfloat16"`` (:mod:`deepstrain.networks.precision`). ``refine_motion``: correct the motion
-    network's field with the segmentation of every frame (:mod:`deepstrain.refinement`).
-    ``keep_network_motion``: also return the network's field and probabilities on the crop
+    network's field with the segmentation of every frame (:mod:`deepstrain.refinement`);
+    ``refine_with``: labels ``(T, Z, Y, X)`` to refine it with instead of the network's (a given
+    segmentation; :func:`deepstrain.refinement.motion_for_labels`). ``keep_network_motion``: also return the network's field and probabilities on the crop
     (:attr:`Prediction.network_motion`), to refine again after hand edits.
     """
     def report(f: float, msg: str) -> None:
@@ -194,12 +195,11 @@ def predict(cine: Cine, *, progress: Progress | None = None, with_motion: bool =
             u_mm = estimate_motion(crops[ed], crops, spacing_crop, model=load_model(weights_dir=weights_dir),
                                    precision=precision)  # zero at ED (the frame equals the reference)
             u_vox = u_mm / spacing_crop.reshape(1, 3, 1, 1, 1).astype(np.float32)
-            if keep_network_motion:
-                network_motion = NetworkMotion(u_vox, probs, labels, t, g, ed)
+            state = NetworkMotion(u_vox, probs, labels, t, g, ed)
             if refine_motion:
                 report(0.8, "refining the motion with the segmentation")
-                u_vox = refine_displacement(u_vox, probs, ed)
-            disp = displacement_to_input(u_vox, t, g)
+            disp = motion_for_labels(state, labels if refine_with is None else refine_with, refine=refine_motion)
+            network_motion = state if keep_network_motion else None
         report(0.9, "networks done")
     k_mid = (cine.shape3d[0] - 1) / 2.0
     centre_ras = g.origin + g.direction @ (g.spacing * np.array([k_mid, centre[0], centre[1]]))
