@@ -38,7 +38,8 @@ class DeepStrainSlicer(ScriptedLoadableModule):
             "frame, global curves, strain rate and the AHA 17-segment polar map. Edit the segmentation "
             "in Segment Editor and press Recompute to update the results without re-running the networks; "
             "with 'Refine motion' on, the motion of the edited frames is refined again with your contours "
-            "(in the session that ran the networks: their raw motion is kept in memory, not in saved scenes). "
+            "(the networks' raw motion is kept in memory; after a saved scene is loaded again, the first "
+            "Recompute runs the networks again to restore it, about as long as Run). "
             "Radial strain from the motion network is less reliable than circumferential strain and volumes "
             "(see the README's measured figures); 'Refine motion' (on by default) corrects the motion with the "
             "segmentation of every frame, which reduces the radial error. "
@@ -240,8 +241,11 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             with slicer.util.tryWithErrorDisplay("Recompute failed.", waitCursor=True):
                 a = self.logic.recompute(self.params, progress=self._progress)
                 v = a.report["volumetrics"]
-                motion = a.report.get("provenance", {}).get("motion_refined_with", "")
-                note = "; motion refined with your contours" if motion == "segmentation edited in Slicer" else ""
+                prov = a.report.get("provenance", {})
+                note = ("; motion refined with your contours"
+                        if prov.get("motion_refined_with") == "segmentation edited in Slicer" else "")
+                if str(prov.get("networks_run_again", "")).startswith("no:"):
+                    note += "; motion as stored, not refined again (see the report's provenance)"
                 self.ui.statusLabel.text = (f"recomputed: LV EDV {v['lv_edv_ml']:.1f} ml, "
                                             f"EF {v['lv_ef_percent']:.1f} %{note}")
         finally:

@@ -134,3 +134,35 @@ def test_acdc_two_frame_folder_writes_a_label_file_per_input_frame(shared_data, 
     assert rep["ess"]["radial"] > 0 and rep["ess"]["circumferential"] < 0
     assert rep["srs"]["radial"] is None
     assert json.loads((tmp_path / "out" / "report.json").read_text()) == rep
+
+
+def test_networks_run_again_from_the_provenance_reproduce_the_motion(small_study):
+    """network_motion_again: the same crop, reference frame and weights as the report records give
+    the same raw motion; reproduces() accepts the stored field and rejects a changed one; other
+    weights or an older report are refused with the reason."""
+    from deepstrain import io
+    from deepstrain.analyze import analyze_cine, network_motion_again
+    from deepstrain.refinement import reproduces
+
+    cine = io.load_cine(small_study / "cine.nii.gz")
+    first = analyze_cine(cine, keep_network_motion=True)
+    prov = first.report["provenance"]
+    assert prov["motion_reference_frame"] == first.ed and len(prov["crop_centre_voxel"]) == 2
+    cine.ed = None  # not needed: the reference frame comes from the report
+    state = network_motion_again(cine, json.loads(json.dumps(prov)))  # as read back from report.json
+    for name in ("displacement_vox", "probabilities", "labels"):
+        np.testing.assert_array_equal(getattr(state, name), getattr(first.network_motion, name))
+    assert state.ed == first.ed and state.crop == first.network_motion.crop
+    same, mm = reproduces(state, first.displacement, first.labels, refined=True)
+    assert same and mm < 1e-5
+    assert not reproduces(state, first.displacement, first.labels, refined=False)[0]  # refined, not raw
+    moved = first.displacement.copy()
+    moved[[f for f in range(moved.shape[0]) if f != first.ed]] += 0.05  # 0.05 mm everywhere
+    assert not reproduces(state, moved, first.labels, refined=True)[0]
+    other = json.loads(json.dumps(prov))
+    other["weights"]["segmentation"]["sha256"] = "0" * 64
+    with pytest.raises(ValueError, match="segmentation weights .* not the ones"):
+        network_motion_again(cine, other)
+    older = {k: v for k, v in prov.items() if k != "crop_centre_voxel"}
+    with pytest.raises(ValueError, match="crop_centre_voxel"):
+        network_motion_again(cine, older)

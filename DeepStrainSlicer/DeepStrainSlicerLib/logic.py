@@ -751,9 +751,7 @@ class DeepStrainLogic:
         if proxy is not None and browser.GetSaveChanges(seg_seq):
             self.sequences_logic.UpdateSequencesFromProxyNodes(browser, proxy)
         cache_ok = self._cache.get("browser") == browser.GetID()
-        cine = self._cache["cine"] if cache_ok else mrml.sequence_to_cine(params.ref("CineSequence"), params.study_name)
-        if not cache_ok:
-            cine.name = params.study_name
+        cine = self._cache["cine"] if cache_ok else self._stored_cine(params)
         labels = mrml.segmentation_sequence_to_labels(params.ref("SegmentationSequence"), cine.geometry, cine.shape3d)
         disp = self._cache["displacement"] if cache_ok else mrml.transform_sequence_to_displacement(
             params.ref("DisplacementSequence"), cine.geometry)
@@ -761,15 +759,38 @@ class DeepStrainLogic:
             self._cache = {"browser": browser.GetID(), "cine": cine, "displacement": disp}
         return cine, labels, disp
 
-    def recompute(self, params: Parameters, progress: ProgressCallback = _no_progress):
-        """Strain, volumes and AHA from the edited segmentation; no networks.
+    def _stored_cine(self, params: Parameters) -> Cine:
+        """The cine read back from its sequence, indexed as when the analysis ran: a scene saved and
+        loaded again may hold the volumes with an axis stored in the opposite order (Slicer writes
+        left-handed volumes right-handed), while the displacement grids keep the analysis' order."""
+        from deepstrain.cine import reversed_axes
 
-        The motion: when this session ran the networks on the study (their raw motion is kept in
-        memory) and "Refine motion" is on, it is refined again with the edited segmentation (about
-        1-2 s; :func:`deepstrain.refinement.motion_for_labels`), and the displacement sequence is
-        updated; with "Refine motion" off, the network's field as it is. Otherwise (motion given, or
-        the scene was saved and loaded again) the stored motion is used as it is, and the report's
-        provenance says so. Updates tables, charts, polar map, AHA segmentation, glyphs and report in place.
+        cine = mrml.sequence_to_cine(params.ref("CineSequence"), params.study_name)
+        disp_seq = params.ref("DisplacementSequence")
+        if disp_seq is not None and disp_seq.GetNumberOfDataNodes():
+            _, grid = mrml.grid_transform_displacement(disp_seq.GetNthDataNode(0))
+            try:
+                axes = reversed_axes(cine.geometry, grid, cine.shape3d)
+            except ValueError as exc:
+                raise ValueError(f"the cine '{params.ref('CineSequence').GetName()}' and the displacement "
+                                 f"'{disp_seq.GetName()}' are not on the same voxels: {exc}") from None
+            if axes:
+                cine.data = np.ascontiguousarray(np.flip(cine.data, axis=[a + 1 for a in axes]))
+            cine.geometry = grid
+        return cine
+
+    def recompute(self, params: Parameters, progress: ProgressCallback = _no_progress):
+        """Strain, volumes and AHA from the edited segmentation.
+
+        The motion, when the networks made it: "Refine motion" on: refined again with the edited
+        segmentation (about 1-2 s; :func:`deepstrain.refinement.motion_for_labels`), and the
+        displacement sequence updated; off: the network's field as it is. This needs the networks'
+        raw motion, kept in memory by the session that ran them. After the scene was saved and loaded
+        again, the first Recompute runs the networks again for it (:meth:`_network_motion_again`,
+        about as long as Run) and checks that they reproduce the stored motion; where that is not
+        possible (no PyTorch, other weights, another computer's arithmetic) the stored motion is used
+        as it is and the report's provenance says why. A given motion is used as it is. Updates
+        tables, charts, polar map, AHA segmentation, glyphs and report in place.
         """
         from deepstrain.pipeline import compute
 
@@ -777,18 +798,28 @@ class DeepStrainLogic:
         cine, labels, disp = self.study_arrays(params)
         state, made = self._cache.get("network_motion"), self._cache.get("motion_made_with")
         want = bool(params.refine_motion)
+        rerun: str | None = None  # what running the networks again gave, for the provenance
+        if state is None and "network_motion_unavailable" not in self._cache:
+            state, rerun = self._network_motion_again(params, cine, labels, disp, want, progress)
+            if state is not None:
+                made = (not want, None)  # the motion is made again below, whatever it was made with
+                self._cache.update(network_motion=state, run_labels=state.labels, motion_made_with=made)
+            elif rerun is not None:  # not tried again on the next Recompute
+                self._cache["network_motion_unavailable"] = rerun
+        rerun = rerun or self._cache.get("network_motion_unavailable")
         new_motion = state is not None and made is not None and (
             made[0] != want or (want and not np.array_equal(made[1], labels)))
         if new_motion:
             from deepstrain.refinement import motion_for_labels
 
-            progress(0.1, "refining the motion with the edited segmentation" if want else "motion network's field")
+            progress(0.6, "refining the motion with the edited segmentation" if want else "motion network's field")
             disp = motion_for_labels(state, labels, refine=want)
-        progress(0.3, "computing strain")
+        progress(0.7, "computing strain")
         analysis = compute(cine, labels, disp, ed=params.analysis_ed, es=params.analysis_es)
         if new_motion:
             made = (want, labels)
-        analysis.report["provenance"] = self._provenance_after_edit(params, labels, made if state is not None else None)
+        analysis.report["provenance"] = self._provenance_after_edit(params, labels, made if state is not None else None,
+                                                                    rerun)
         progress(0.8, "updating views")
         with nodes_or_nothing(self.scene):
             before = node_ids(self.scene)
@@ -803,12 +834,45 @@ class DeepStrainLogic:
         progress(1.0, "done")
         return analysis
 
+    def _network_motion_again(self, params: Parameters, cine: Cine, labels: np.ndarray, disp: np.ndarray,
+                              want: bool, progress: ProgressCallback):
+        """(the networks' raw motion, "yes, ...") by running them again as the scene's report records,
+        when the stored motion came from them and refining is wanted now or was done then; else
+        (None, "no: why not") for the provenance, or (None, None) when nothing is needed.
+        The networks run again must reproduce the stored motion on the frames not edited by hand
+        (:func:`deepstrain.refinement.reproduces`), else the stored motion is kept."""
+        try:
+            prov = self.report(params).get("provenance") or {}
+        except ValueError:
+            return None, None
+        if prov.get("motion") != "networks" or not (want or prov.get("motion_refined_with_segmentation")):
+            return None, None
+        try:
+            self.require_torch()
+        except RuntimeError:
+            return None, "no: PyTorch is not installed"
+        from deepstrain.analyze import network_motion_again
+        from deepstrain.refinement import reproduces
+
+        try:
+            state = network_motion_again(cine, prov, weights_dir=params.weights_dir or None,
+                                         progress=lambda f, m: progress(0.05 + 0.5 * f, f"running the networks again: {m}"))
+        except (ValueError, OSError) as exc:  # deepstrain.errors.InputError is a ValueError
+            return None, f"no: {exc}"
+        same, mm = reproduces(state, disp, labels, refined=bool(prov.get("motion_refined_with_segmentation")))
+        if not same:
+            where = "every frame was edited" if math.isnan(mm) else f"{mm:.3g} mm apart"
+            return None, ("no: run again, the networks did not reproduce the stored motion on the frames not "
+                          f"edited ({where}: other weights, input or arithmetic)")
+        return state, f"yes, after the scene was loaded: they reproduced the stored motion to {mm:.2g} mm"
+
     def _provenance_after_edit(self, params: Parameters, labels: np.ndarray,
-                               made: tuple[bool, np.ndarray] | None = None) -> dict:
+                               made: tuple[bool, np.ndarray] | None = None, rerun: str | None = None) -> dict:
         """The run's provenance (kept in the scene's report), with the segmentation marked as edited
         when it differs from the last analysis (or "as stored in the scene" when that is unknown,
         e.g. after reloading a saved scene). ``made``: (refined?, labels) of the motion made from the
-        network's field kept in memory; None when there is none."""
+        network's field kept in memory; None when there is none. ``rerun``: what running the
+        networks again after a scene reload gave (:meth:`_network_motion_again`)."""
         prov = dict(self.report(params).get("provenance") or {})
         base = str(prov.get("segmentation", "unknown"))
         if self.analysis is None:
@@ -822,6 +886,8 @@ class DeepStrainLogic:
         if prov.get("motion") != "networks":
             return prov
         run_labels = self._cache.get("run_labels")
+        if rerun is not None:
+            prov["networks_run_again"] = rerun
         if made is not None:  # the motion is made from the network's field kept in memory
             prov["motion_refined_with_segmentation"] = made[0]
             if not made[0]:
@@ -833,9 +899,9 @@ class DeepStrainLogic:
                 prov["motion_refined_with"] = "given segmentation" if given else "network segmentation"
         elif prov.get("motion_refined_with_segmentation") and suffix:
             first = str(prov.get("motion_refined_with", "network segmentation")).split(" (")[0]
-            prov["motion_refined_with"] = (first + " (the motion as stored: the network's motion is kept in "
-                                           "memory only, so it was not refined again; run the analysis again "
-                                           "to refine it with newly edited contours)")
+            why = rerun[len("no: "):] if rerun else "the network's raw motion is not in this scene"
+            prov["motion_refined_with"] = (first + f" (the motion as stored, not refined again: {why}; run the "
+                                           "analysis again to refine it with newly edited contours)")
         return prov
 
     # ----------------------------------------------------------------- export

@@ -11,15 +11,19 @@ contours, or another tracker's motion). The output folder is written atomically:
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from . import __version__, io, pipeline
 from .cine import Cine
 from .outputs import atomic_output_dir
+
+if TYPE_CHECKING:
+    from .refinement import NetworkMotion
 
 Progress = Callable[[float, str], None]
 
@@ -77,11 +81,14 @@ def analyze_cine(
         if displacement is None:
             displacement = pred.displacement
         network_motion = pred.network_motion
-        del pred
         used = NETWORKS if prov["motion"] == "networks" else NETWORKS[:2]
         refined = bool(refine_motion and prov["motion"] == "networks")
         prov.update(weights=provenance(used, wdir), precision=resolve(precision), test_time_flips=bool(tta),
-                    motion_refined_with_segmentation=refined)
+                    motion_refined_with_segmentation=refined,
+                    crop_centre_voxel=[pred.lv_centre_voxel[0], pred.lv_centre_voxel[1]])
+        if prov["motion"] == "networks":
+            prov["motion_reference_frame"] = pred.ed
+        del pred
         if refined:
             prov["motion_refined_with"] = "given segmentation" if given_labels else "network segmentation"
     if progress:
@@ -90,6 +97,46 @@ def analyze_cine(
     analysis.report["provenance"] = prov
     analysis.network_motion = network_motion
     return analysis
+
+
+def network_motion_again(cine: Cine, provenance: dict, *, weights_dir: str | os.PathLike | None = None,
+                         progress: Progress | None = None) -> NetworkMotion:
+    """The networks' raw motion of a study analysed before, by running them again as its report's
+    ``provenance`` records: the same crop centre, motion reference frame, test-time flips and
+    arithmetic, with weights whose sha256 must match the recorded ones.
+
+    For refining the motion again after hand edits when the raw motion was not kept (a Slicer scene
+    saved and loaded again); check the result with :func:`deepstrain.refinement.reproduces`.
+    Raises ``ValueError`` saying what is missing or different.
+    """
+    from . import inference
+    from .networks.precision import PRECISIONS
+    from .weights import NETWORKS
+    from .weights import provenance as weights_provenance
+
+    if provenance.get("motion") != "networks":
+        raise ValueError("the motion was not made by the networks")
+    missing = [k for k in ("crop_centre_voxel", "motion_reference_frame", "weights", "precision")
+               if provenance.get(k) is None]
+    if missing:
+        raise ValueError(f"the report does not record {', '.join(missing)} (made by an earlier version)")
+    if provenance["precision"] not in PRECISIONS:
+        raise ValueError(f"unknown arithmetic {provenance['precision']!r} in the report")
+    wdir = Path(weights_dir) if weights_dir else None
+    now = weights_provenance(NETWORKS, wdir)
+    changed = [n for n in NETWORKS if (provenance["weights"].get(n) or {}).get("sha256") != now[n]["sha256"]]
+    if changed:
+        raise ValueError(f"the {', '.join(changed)} weights in {now['weights_dir']} are not the ones that made "
+                         "the motion (their sha256 differs from the report's)")
+    ref = int(provenance["motion_reference_frame"])
+    if not 0 <= ref < cine.n_frames:
+        raise ValueError(f"motion reference frame {ref} is outside the study's {cine.n_frames} frames")
+    centre = provenance["crop_centre_voxel"]
+    again = dataclasses.replace(cine, ed=ref)
+    pred = inference.predict(again, progress=progress, with_motion=True, weights_dir=wdir,
+                             tta=bool(provenance.get("test_time_flips", False)), precision=provenance["precision"],
+                             centre=(float(centre[0]), float(centre[1])), keep_network_motion=True)
+    return pred.network_motion
 
 
 def write_analysis(analysis: pipeline.Analysis, out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:

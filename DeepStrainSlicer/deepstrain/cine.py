@@ -87,6 +87,27 @@ class Geometry:
         return Geometry(self.spacing.copy(), self.origin.copy(), self.direction.copy())
 
 
+def reversed_axes(src: Geometry, dst: Geometry, shape: tuple[int, int, int], tol_mm: float = 1e-3) -> tuple[int, ...]:
+    """The array axes (0 slice, 1 row, 2 column) to reverse so that a ``shape`` grid on ``src`` is
+    indexed as on ``dst``, when both describe the same voxel centres with some axes stored in the
+    opposite order (e.g. a volume written with a left-handed index order and read back
+    right-handed); ``()`` when they are the same. Raises ``ValueError`` for any other difference.
+    Use as ``np.flip(data, axis=[a - 3 for a in axes])`` on arrays ``(..., Z, Y, X)``."""
+    axes = []
+    for a in range(3):
+        dot = float(src.direction[:, a] @ dst.direction[:, a])
+        if abs(abs(dot) - 1.0) > 1e-4 or abs(src.spacing[a] - dst.spacing[a]) > 1e-4 * src.spacing[a]:
+            raise ValueError(f"the grids differ in more than the order of their voxels (axis {a})")
+        if dot < 0:
+            axes.append(a)
+    first = np.zeros(3)
+    first[axes] = np.asarray(shape, dtype=np.float64)[axes] - 1  # src index of dst voxel [0, 0, 0]
+    corner = src.origin + src.direction @ (src.spacing * first)
+    if np.linalg.norm(corner - dst.origin) > tol_mm:
+        raise ValueError(f"the grids are {np.linalg.norm(corner - dst.origin):.3g} mm apart")
+    return tuple(axes)
+
+
 @dataclass
 class Cine:
     """A cine study: image frames, geometry, timing and what the input said about ED/ES."""

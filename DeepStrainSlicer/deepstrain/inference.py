@@ -154,7 +154,7 @@ def find_lv_centre(norm_frame: np.ndarray, spacing: np.ndarray, *, weights_dir: 
 def predict(cine: Cine, *, progress: Progress | None = None, with_motion: bool = True,
             weights_dir: Path | None = None, tta: bool = False, precision: str = "auto",
             refine_motion: bool = False, refine_with: np.ndarray | None = None,
-            keep_network_motion: bool = False) -> Prediction:
+            keep_network_motion: bool = False, centre: tuple[float, float] | None = None) -> Prediction:
     """Segmentation (and motion) of every frame of ``cine`` on its own grid (see the module docstring).
 
     ``tta``: average the segmentation over the 4 flips of :data:`FLIPS` (slower; see the README
@@ -163,7 +163,9 @@ def predict(cine: Cine, *, progress: Progress | None = None, with_motion: bool =
     network's field with the segmentation of every frame (:mod:`deepstrain.refinement`);
     ``refine_with``: labels ``(T, Z, Y, X)`` to refine it with instead of the network's (a given
     segmentation; :func:`deepstrain.refinement.motion_for_labels`). ``keep_network_motion``: also return the network's field and probabilities on the crop
-    (:attr:`Prediction.network_motion`), to refine again after hand edits.
+    (:attr:`Prediction.network_motion`), to refine again after hand edits. ``centre``: input voxel
+    (row, column) of the crop centre, instead of the centring network's (to run the networks again
+    on the crop of an earlier run: :func:`deepstrain.analyze.network_motion_again`).
     """
     def report(f: float, msg: str) -> None:
         if progress:
@@ -174,9 +176,11 @@ def predict(cine: Cine, *, progress: Progress | None = None, with_motion: bool =
         report(0.0, "normalising intensities")
         norm = normalize_intensity(cine.data)
         ed_hint = cine.ed if cine.ed is not None else 0
-        report(0.05, "finding the left ventricle")
-        centre = find_lv_centre(norm[ed_hint], g.spacing, weights_dir=weights_dir, source=cine.source or cine.name,
-                                precision=precision)
+        if centre is None:
+            report(0.05, "finding the left ventricle")
+            centre = find_lv_centre(norm[ed_hint], g.spacing, weights_dir=weights_dir,
+                                    source=cine.source or cine.name, precision=precision)
+        centre = (float(centre[0]), float(centre[1]))
         t = crop_transform(cine.shape3d, g.spacing, centre, CROP_SIZE, TARGET_SPACING_MM)
         report(0.15, "segmenting")
         crops = crop_image(norm, t)

@@ -207,3 +207,32 @@ def motion_for_labels(state: NetworkMotion, labels: np.ndarray, *, refine: bool 
             probs[edited] = crop_one_hot(np.asarray(labels)[edited], state.crop, probs.shape[1])
         u = refine_displacement(u, probs, state.ed)
     return displacement_to_input(u, state.crop, state.geometry)
+
+
+REPRODUCTION_TOLERANCE_MM = 0.01
+"""Largest difference (mm) at which networks run again are taken to reproduce a stored motion
+(:func:`reproduces`). Running them again on the same input with the same weights and arithmetic
+gives the same field to float rounding; another CPU's arithmetic (bfloat16 against float32) or
+other weights give differences of tenths of a millimetre."""
+
+
+def reproduces(state: NetworkMotion, displacement: np.ndarray, labels: np.ndarray, *, refined: bool,
+               tol_mm: float = REPRODUCTION_TOLERANCE_MM) -> tuple[bool, float]:
+    """Whether ``state`` (the networks run again) reproduces a stored ``displacement`` ``(T, 3, Z, Y, X)``
+    (RAS mm) that was made from the networks' field, refined or not (``refined``).
+
+    Compared on the frames other than ED whose ``labels`` are the networks' own (a hand-edited
+    frame's stored motion may have been refined with other contours); each frame's refinement is
+    independent of the others, so those frames must agree. Returns (the median over those frames of
+    the largest difference is within ``tol_mm``, that median in mm); (False, nan) when every frame
+    other than ED was edited. The median, not the maximum: a frame edited, refined and then restored
+    to the networks' labels by hand still carries its earlier motion.
+    """
+    displacement = np.asarray(displacement)
+    frames = [f for f in range(displacement.shape[0]) if f != state.ed and f not in set(state.edited_frames(labels))]
+    if not frames:
+        return False, float("nan")
+    fresh = motion_for_labels(state, state.labels, refine=refined)
+    worst = [float(np.abs(fresh[f] - displacement[f]).max()) for f in frames]
+    median = float(np.median(worst))
+    return median <= tol_mm, median

@@ -73,6 +73,29 @@ class Harness:
         self.logic = dlogic.DeepStrainLogic(self.scene, self.sequences_logic)
         self.params = self.logic.parameter_node()
 
+    def save_and_reload(self, folder: Path) -> "Harness":
+        """Write this scene as a Slicer scene bundle (``scene.mrb``) and read it into a fresh harness,
+        as File > Save and File > Load scene do (storage nodes added where missing)."""
+        for i in range(self.scene.GetNumberOfNodes()):
+            node = self.scene.GetNthNode(i)
+            if node.IsA("vtkMRMLStorableNode") and node.GetStorageNode() is None:
+                node.AddDefaultStorageNode()
+        path = Path(folder) / "scene.mrb"
+        assert self.scene.WriteToMRB(str(path)), f"could not write {path}"
+        cache = Path(folder) / "cache"
+        cache.mkdir(exist_ok=True)
+        (cache / ".slicer-cache").touch()  # the cache manager's sentinel
+        other = Harness()
+        manager, io = slicer.vtkCacheManager(), slicer.vtkDataIOManager()
+        manager.SetRemoteCacheDirectory(str(cache))
+        io.SetCacheManager(manager)
+        other.scene.SetCacheManager(manager)
+        other.scene.SetDataIOManager(io)
+        other.scene.Clear(1)
+        assert other.scene.ReadFromMRB(str(path)), f"could not read {path}"
+        other.params = other.logic.parameter_node()
+        return other
+
     def node_ids(self) -> set[str]:
         return {self.scene.GetNthNode(i).GetID() for i in range(self.scene.GetNumberOfNodes())}
 

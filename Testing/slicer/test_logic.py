@@ -229,12 +229,26 @@ def test_recompute_refines_the_network_motion_with_edited_contours(harness, phan
     assert "motion_refined_with" not in raw.report["provenance"]
     assert raw.report["ess"]["radial"] != edited.report["ess"]["radial"]
     assert h.logic.recompute(p).report["ess"] == edited.report["ess"]  # on again: refined with the edits again
-    # as after reloading a saved scene: the network's motion is gone; the stored one is used, and said so
+    # after a scene is saved and loaded again: Testing/slicer/test_scene_reload.py
+
+
+def test_recompute_after_reload_keeps_the_stored_motion_when_the_networks_cannot_reproduce_it(harness, phantom):
+    """Other weights than the report records: the networks are not run again; the stored motion is
+    used as it is, and the provenance says why (once: the next Recompute does not try again)."""
+    cine, _, _ = phantom
+    h, p = harness, harness.params
+    first = h.logic.run(cine, p)
+    report = h.logic.report(p)
+    report["provenance"]["weights"]["motion"]["sha256"] = "0" * 64
+    p.ref("ReportText").SetText(json.dumps(report))
     h.logic._cache = {}
     h.logic.analysis = None
     again = h.logic.recompute(p)
-    assert again.report["ess"] == edited.report["ess"]
-    assert "not refined again" in again.report["provenance"]["motion_refined_with"]
+    prov = again.report["provenance"]
+    assert prov["networks_run_again"].startswith("no: the motion weights"), prov
+    assert "not refined again" in prov["motion_refined_with"] and "sha256" in prov["motion_refined_with"]
+    np.testing.assert_allclose(again.displacement, first.displacement, atol=1e-4)
+    assert h.logic.recompute(p).report["provenance"]["networks_run_again"] == prov["networks_run_again"]
 
 def test_cancel_and_failure_leave_no_new_nodes(harness, phantom):
     cine, labels, disp = phantom
