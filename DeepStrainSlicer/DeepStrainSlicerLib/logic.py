@@ -44,6 +44,8 @@ COMPONENT_COLORS = {
     "circumferential": (0.20, 0.40, 0.85),
     "longitudinal": (0.15, 0.60, 0.25),
 }
+VOLUME_COLUMNS = {"lv": "LV volume (ml)", "myo": "myocardium volume (ml)", "rv": "RV volume (ml)"}
+"""Curve-table columns of the volume curves (keys of ``Analysis.volume_curves``)."""
 POLAR_VIEW_TAG = "DeepStrainPolarMap"
 PLOT_VIEW_TAG = "DeepStrainPlot"
 LAYOUT_ID = 9601
@@ -436,7 +438,7 @@ class DeepStrainLogic:
     def _update_results(self, analysis, params: Parameters) -> None:
         params.analysis_ed, params.analysis_es = analysis.ed, analysis.es
         report = analysis.report
-        self._update_curve_tables(report, params)
+        self._update_curve_tables(report, params, analysis.volume_curves)
         self._update_charts(params)
         self._update_aha_segmentation(analysis, params)
         self._update_report_text(report, params)
@@ -462,7 +464,7 @@ class DeepStrainLogic:
             return t, "time (ms)"
         return np.arange(report["frames"]["count"], dtype=float), "frame"
 
-    def _update_curve_tables(self, report: dict, params: Parameters) -> None:
+    def _update_curve_tables(self, report: dict, params: Parameters, volume_curves: dict[str, np.ndarray]) -> None:
         n = report["frames"]["count"]
         x, _ = self._x_values(report)
         cols: dict[str, np.ndarray] = {"frame": np.arange(n, dtype=float), "time": x}
@@ -472,6 +474,8 @@ class DeepStrainLogic:
         for c in COMPONENTS:
             v = report["global_strain_rate"][f"{c}_per_s"]
             cols[f"{c} strain rate (1/s)"] = np.array([np.nan if a is None else a for a in (v or [None] * n)], dtype=float)
+        for key, column in VOLUME_COLUMNS.items():  # kept in the scene: exports after a reload have them
+            cols[column] = np.asarray(volume_curves[key], dtype=float)
         table = params.ref("CurveTable")
         if table is None:
             table = self.scene.AddNewNodeByClass("vtkMRMLTableNode", f"{params.study_name} strain curves")
@@ -933,14 +937,21 @@ class DeepStrainLogic:
         with atomic_output_dir(out) as tmp:
             for name, path in render.export_pictures(self, params, tmp, stem, renderer_factory).items():
                 written.append(path.name)
-            j, c = write_report(report, tmp, volume_curves=self._volume_curves())
+            j, c = write_report(report, tmp, volume_curves=self._volume_curves(params))
             for p, name in ((j, f"{stem}_report.json"), (c, f"{stem}_strain.csv")):
                 os.replace(p, tmp / name)
                 written.append(name)
         return [out / n for n in written]
 
-    def _volume_curves(self) -> dict[str, np.ndarray] | None:
-        return None if self.analysis is None else self.analysis.volume_curves
+    @staticmethod
+    def _volume_curves(params: Parameters) -> dict[str, np.ndarray] | None:
+        """LV, myocardium and RV volume per frame (ml) from the curve table (None in scenes saved
+        before it held them)."""
+        table = params.ref("CurveTable")
+        try:
+            return {key: _column(table, column) for key, column in VOLUME_COLUMNS.items()}
+        except (KeyError, AttributeError):
+            return None
 
 
 # --------------------------------------------------------------------------- helpers

@@ -8,7 +8,7 @@ too, and ``IJKToRAS`` is the NIfTI-style affine ``Geometry.to_nifti_affine()``.
 * Labels (ACDC 1 RV / 2 myocardium / 3 LV cavity) <-> a sequence of ``vtkMRMLSegmentationNode``
   with segments "LV cavity", "LV myocardium", "RV cavity" (ids ``lv_cavity``, ``lv_myocardium``,
   ``rv_cavity``), all three sharing one labelmap layer per frame.
-* Displacement (3, Z, Y, X) mm RAS <-> a sequence of ``vtkMRMLGridTransformNode``. The grid is
+* Displacement (3, Z, Y, X) mm RAS <-> a sequence of transform nodes holding a grid transform. The grid is
   stored as the transform **to parent**, sampled at the ED voxel centres: a point X of the ED
   image is moved to ``X + u(X)`` in world coordinates, i.e. the transform maps ED to frame t
   (the Lagrangian displacement of deepstrain). Applied to an ED-frame node it shows that node
@@ -314,13 +314,16 @@ def _grid_direction(geometry: Geometry) -> vtk.vtkMatrix4x4:
     return d
 
 
-def new_grid_transform(displacement: np.ndarray, geometry: Geometry, name: str = "displacement") -> slicer.vtkMRMLGridTransformNode:
-    """Grid transform node (not in a scene): to-parent displacement ``u`` sampled on the ED grid."""
+def new_grid_transform(displacement: np.ndarray, geometry: Geometry, name: str = "displacement") -> slicer.vtkMRMLTransformNode:
+    """Transform node (not in a scene) holding a grid transform: to-parent displacement ``u`` sampled
+    on the ED grid. A plain ``vtkMRMLTransformNode``, not a ``vtkMRMLGridTransformNode``: Slicer reads
+    transform sequences back from a saved scene as plain transform nodes, and a sequence browser
+    replaces a proxy node of another class by a new one (losing its glyph display)."""
     grid = vtk.vtkOrientedGridTransform() if not hasattr(slicer, "vtkOrientedGridTransform") else slicer.vtkOrientedGridTransform()
     grid.SetDisplacementGridData(displacement_grid(displacement, geometry))
     grid.SetGridDirectionMatrix(_grid_direction(geometry))
     grid.SetInterpolationModeToLinear()
-    node = slicer.vtkMRMLGridTransformNode()
+    node = slicer.vtkMRMLTransformNode()
     node.SetName(name)
     node.SetAndObserveTransformToParent(grid)
     return node

@@ -180,9 +180,18 @@ class SliceViewRenderer:
 
 # --------------------------------------------------------------------------- study pictures
 def mid_slice(labels_ed: np.ndarray) -> int:
-    """Middle slice of the ED myocardium (label 2); the middle of the volume if there is none."""
+    """Middle slice of the ED myocardium (label 2); the middle of the volume if there is none.
+
+    Between two middle slices, the one with more myocardium (then more LV cavity), so that the
+    choice does not depend on the order in which the slices are stored (a scene saved and loaded
+    again may hold them reversed)."""
     k = np.nonzero((labels_ed == 2).any(axis=(1, 2)))[0]
-    return int(round((k[0] + k[-1]) / 2)) if k.size else labels_ed.shape[0] // 2
+    n = labels_ed.shape[0]
+    lo, hi = ((int(k[0]) + int(k[-1])) // 2, (int(k[0]) + int(k[-1]) + 1) // 2) if k.size else ((n - 1) // 2, n // 2)
+    if lo == hi:
+        return lo
+    score = [(int((labels_ed[i] == 2).sum()), int((labels_ed[i] == 3).sum())) for i in (lo, hi)]
+    return hi if score[1] > score[0] else lo
 
 
 def render_slice(logic, params, frame: int, size: tuple[int, int] = (512, 512), slice_index: int | None = None,

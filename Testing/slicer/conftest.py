@@ -91,7 +91,7 @@ class Harness:
         io.SetCacheManager(manager)
         other.scene.SetCacheManager(manager)
         other.scene.SetDataIOManager(io)
-        other.scene.Clear(1)
+        other.scene.RemoveNode(other.params.node)  # the saved scene brings its own
         assert other.scene.ReadFromMRB(str(path)), f"could not read {path}"
         other.params = other.logic.parameter_node()
         return other

@@ -69,3 +69,34 @@ def test_networks_run_again_after_reload_to_refine_new_edits(harness, phantom, t
         np.testing.assert_allclose(stored, first.displacement, atol=1e-4)
     finally:
         h.close()
+
+
+def test_reloaded_scene_shows_and_exports_what_the_session_did(harness, phantom, tmp_path, egl):
+    """After a reload the proxies keep their display (glyphs on every frame) and Export writes the
+    same pictures (to a grey level) and the same tables as before the scene was saved."""
+    import datetime as dt
+
+    from PIL import Image
+
+    cine, labels, disp = phantom
+    harness.logic.run(cine, harness.params, labels, disp)
+    when = dt.datetime(2026, 1, 2, 3, 4, 5)
+    before = harness.logic.export(harness.params, tmp_path, now=when)
+    h = harness.save_and_reload(tmp_path)
+    try:
+        browser = h.params.ref("Browser")
+        for frame in (3, 5, 0):
+            h.logic.go_to_frame(h.params, frame)
+            glyphs = browser.GetProxyNode(h.params.ref("GlyphSequence")).GetDisplayNode()
+            assert glyphs is not None and glyphs.GetVisibility2D()
+            assert glyphs.GetVisualizationMode() == glyphs.VIS_MODE_GLYPH
+        after = h.logic.export(h.params, tmp_path, now=when)
+    finally:
+        h.close()
+    assert [f.name for f in after] == [f.name for f in before]
+    for a, b in zip(before, after):
+        if a.suffix == ".png":
+            pa, pb = (np.asarray(Image.open(f).convert("RGB"), dtype=float) for f in (a, b))
+            assert pa.shape == pb.shape and np.abs(pa - pb).max() <= 2, a.name
+        elif a.suffix == ".csv":
+            assert a.read_text() == b.read_text()
