@@ -46,6 +46,7 @@ COMPONENT_COLORS = {
 }
 VOLUME_COLUMNS = {"lv": "LV volume (ml)", "myo": "myocardium volume (ml)", "rv": "RV volume (ml)"}
 """Curve-table columns of the volume curves (keys of ``Analysis.volume_curves``)."""
+VOLUME_COLORS = {"lv": (0.85, 0.25, 0.25), "myo": (0.25, 0.60, 0.30), "rv": (0.25, 0.45, 0.85)}
 POLAR_VIEW_TAG = "DeepStrainPolarMap"
 PLOT_VIEW_TAG = "DeepStrainPlot"
 LAYOUT_ID = 9601
@@ -154,7 +155,7 @@ class Parameters:
 
     ROLES = (
         "InputSequence", "Browser", "CineSequence", "SegmentationSequence", "DisplacementSequence",
-        "GlyphSequence", "CurveTable", "MarkerTable", "StrainChart", "RateChart", "PolarModel",
+        "GlyphSequence", "CurveTable", "MarkerTable", "StrainChart", "RateChart", "VolumeChart", "PolarModel",
         "PolarLabels", "PolarHighlight", "PolarColors", "AhaSegmentation", "ReportText", "PolarView",
     )
 
@@ -484,9 +485,11 @@ class DeepStrainLogic:
         ed, es = report["frames"]["ed"], report["frames"]["es"]
         strain_vals = np.concatenate([cols[f"{c} strain (%)"] for c in COMPONENTS])
         rate_vals = np.concatenate([cols[f"{c} strain rate (1/s)"] for c in COMPONENTS])
+        volume_vals = np.concatenate([cols[c] for c in VOLUME_COLUMNS.values()] + [np.zeros(1)])
         markers = {
             "ED time": np.array([x[ed], x[ed]]), "ES time": np.array([x[es], x[es]]),
             "strain range": _padded_range(strain_vals), "rate range": _padded_range(rate_vals),
+            "volume range": _padded_range(volume_vals),
         }
         mt = params.ref("MarkerTable")
         if mt is None:
@@ -498,15 +501,22 @@ class DeepStrainLogic:
         report = self.report(params) if params.ref("ReportText") else None
         table, mt = params.ref("CurveTable"), params.ref("MarkerTable")
         _, xlabel = self._x_values(report) if report else (None, "time (ms)")
-        specs = (("StrainChart", "strain (%)", "strain range", "strain"), ("RateChart", "strain rate (1/s)", "rate range", "strain rate"))
-        for role, ylabel, range_col, suffix in specs:
+        curves = {  # chart role: (y axis, marker range column, name, [(series, table column, colour)])
+            "StrainChart": ("strain (%)", "strain range", "global strain",
+                            [(f"{c} strain", f"{c} strain (%)", COMPONENT_COLORS[c]) for c in COMPONENTS]),
+            "RateChart": ("strain rate (1/s)", "rate range", "global strain rate",
+                          [(f"{c} strain rate", f"{c} strain rate (1/s)", COMPONENT_COLORS[c]) for c in COMPONENTS]),
+            "VolumeChart": ("volume (ml)", "volume range", "volumes",
+                            [(col.split(" (")[0], col, VOLUME_COLORS[k]) for k, col in VOLUME_COLUMNS.items()]),
+        }
+        for role, (ylabel, range_col, title, series) in curves.items():
+            suffix = title.replace("global ", "")
             chart = params.ref(role)
             if chart is None:
                 chart = self.scene.AddNewNodeByClass("vtkMRMLPlotChartNode", f"{params.study_name} {suffix}")
                 params.set_ref(role, chart)
-                for c in COMPONENTS:
-                    col = f"{c} {suffix} (%)" if suffix == "strain" else f"{c} strain rate (1/s)"
-                    s = self._series(f"{c} {suffix}", table, "time", col, COMPONENT_COLORS[c])
+                for name, col, color in series:
+                    s = self._series(name, table, "time", col, color)
                     s.SetAttribute("DeepStrain.column", col)
                     chart.AddAndObservePlotSeriesNodeID(s.GetID())
                 for label, xcol, color in (("ED", "ED time", (0.3, 0.3, 0.3)), ("ES", "ES time", (0.0, 0.0, 0.0))):
@@ -515,7 +525,7 @@ class DeepStrainLogic:
                     s.SetLineStyle(slicer.vtkMRMLPlotSeriesNode.LineStyleDash)
                     s.SetAttribute("DeepStrain.marker", label)
                     chart.AddAndObservePlotSeriesNodeID(s.GetID())
-            chart.SetTitle(f"{params.study_name}: global {suffix}")
+            chart.SetTitle(f"{params.study_name}: {title}")
             chart.SetXAxisTitle(xlabel)
             chart.SetYAxisTitle(ylabel)
             chart.SetLegendVisibility(True)

@@ -223,12 +223,14 @@ def render_slice(logic, params, frame: int, size: tuple[int, int] = (512, 512), 
         r.close()
 
 
-def render_curves(report: dict, size_px: tuple[int, int] = (900, 700)) -> np.ndarray:
-    """Global strain and strain rate against time with ED/ES lines (matplotlib, Agg, no pyplot)."""
+def render_curves(report: dict, volume_curves: dict[str, np.ndarray] | None = None,
+                  size_px: tuple[int, int] = (900, 700)) -> np.ndarray:
+    """Global strain and strain rate against time with ED/ES lines (matplotlib, Agg, no pyplot),
+    and the LV, myocardium and RV volumes (ml) when ``volume_curves`` is given (taller picture)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from .logic import COMPONENT_COLORS, COMPONENTS
+    from .logic import COMPONENT_COLORS, COMPONENTS, VOLUME_COLORS, VOLUME_COLUMNS
 
     n = report["frames"]["count"]
     t = np.array([np.nan if v is None else v for v in report["frames"]["times_ms"]], dtype=float)
@@ -236,9 +238,10 @@ def render_curves(report: dict, size_px: tuple[int, int] = (900, 700)) -> np.nda
     if not np.all(np.isfinite(t)):
         t, xlabel = np.arange(n, dtype=float), "frame"
     ed, es = report["frames"]["ed"], report["frames"]["es"]
-    fig = Figure(figsize=(size_px[0] / 100, size_px[1] / 100), dpi=100)
+    rows = 2 if volume_curves is None else 3
+    fig = Figure(figsize=(size_px[0] / 100, size_px[1] * rows / 200), dpi=100)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(2, 1, sharex=True)
+    axes = fig.subplots(rows, 1, sharex=True)
     for ax, key, suffix, ylabel in ((axes[0], "global_strain", "percent", "strain (%)"),
                                     (axes[1], "global_strain_rate", "per_s", "strain rate (1/s)")):
         for c in COMPONENTS:
@@ -257,7 +260,18 @@ def render_curves(report: dict, size_px: tuple[int, int] = (900, 700)) -> np.nda
             ax.text(0.5, 0.5, "not available (no frame timing)", transform=ax.transAxes, ha="center")
     axes[0].legend(loc="best", fontsize=9, framealpha=0.8)
     axes[0].set_title(f"{report.get('study', '')} global strain".strip())
-    axes[1].set_xlabel(xlabel)
+    if volume_curves is not None:
+        ax = axes[2]
+        for key, column in VOLUME_COLUMNS.items():
+            ax.plot(t, np.asarray(volume_curves[key], dtype=float), "o-", color=VOLUME_COLORS[key],
+                    label=column.split(" (")[0], markersize=3)
+        for f, ls in ((ed, "--"), (es, ":")):
+            ax.axvline(t[f], color="black", linestyle=ls, linewidth=1.2)
+        ax.set_ylabel("volume (ml)")
+        ax.set_ylim(bottom=0.0)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize=9, framealpha=0.8)
+    axes[-1].set_xlabel(xlabel)
     fig.tight_layout()
     fig.canvas.draw()
     rgba = np.asarray(fig.canvas.buffer_rgba())
@@ -374,7 +388,7 @@ def export_pictures(logic, params, folder: Path, stem: str, renderer_factory=Non
             out[f"slice_{name}"] = write_png(rgb, Path(folder) / f"{stem}_slice_{name}_frame{frame}.png")
     finally:
         logic.go_to_frame(params, current)
-    out["curves"] = write_png(render_curves(report), Path(folder) / f"{stem}_curves.png")
+    out["curves"] = write_png(render_curves(report, logic._volume_curves(params)), Path(folder) / f"{stem}_curves.png")
     model = params.ref("PolarModel")
     d = model.GetDisplayNode()
     vmin, vmax = d.GetScalarRange()

@@ -81,6 +81,14 @@ def test_curves_tables_and_charts(study):
         names = [s.GetName() for s in h.logic.chart_series(p, role)]
         assert any(n.startswith("ED") for n in names) and any(n.startswith("ES") for n in names)
         assert sum(n.startswith(c) for n in names for c in dlogic.COMPONENTS) == 3
+    # volume curves (ml) per frame, with LV, myocardium and RV series and the ED/ES lines
+    for key, column in dlogic.VOLUME_COLUMNS.items():
+        np.testing.assert_allclose(dlogic._column(table, column), analysis.volume_curves[key], rtol=1e-9)
+    assert p.ref("VolumeChart").GetYAxisTitle() == "volume (ml)"
+    names = [s.GetName() for s in h.logic.chart_series(p, "VolumeChart")]
+    assert names[:3] == ["LV volume", "myocardium volume", "RV volume"] and len(names) == 5
+    lv_series = h.logic.chart_series(p, "VolumeChart")[0]
+    assert h.logic.on_plot_point_clicked(p, lv_series.GetID(), analysis.es) == analysis.es
     assert [s for s in h.logic.chart_series(p) if s.GetAttribute("DeepStrain.marker") == "ED"]
     assert np.allclose(dlogic._column(p.ref("MarkerTable"), "ED time"), cine.times_ms[analysis.ed], atol=1e-3)
 

@@ -119,6 +119,14 @@ def test_curves_picture(study, output_dir):
     for c, colour in COMPONENT_COLORS.items():
         assert _near(rgb, colour, 30).sum() > 200, c
     assert (rgb.min(axis=-1) > 245).mean() > 0.5  # mostly white background
+    # with the volume curves (as exported): a third panel, taller, in the volume colours
+    from DeepStrainSlicerLib.logic import VOLUME_COLORS
+
+    tall = render.render_curves(h.logic.report(h.params), analysis.volume_curves)
+    _save(tall, output_dir, "curves_with_volumes")
+    assert tall.shape[0] > rgb.shape[0] and tall.shape[1] == rgb.shape[1]
+    for key, colour in VOLUME_COLORS.items():
+        assert _near(tall, colour, 30).sum() > 200, key
 
 
 def test_export_writes_all_files_and_never_overwrites(study, output_dir, tmp_path):
