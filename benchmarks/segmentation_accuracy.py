@@ -16,7 +16,7 @@ no motion) labels the ED and ES frames. Against the manual labels it prints:
   LV mass (g, myocardium at ED x 1.05 g/ml) and RV EDV (ml).
 
 Usage: python benchmarks/segmentation_accuracy.py [--data ../shared/data] [--patients N] [--split training]
-       [--coarsen-mm MM] [--tta] [--record]
+       [--coarsen-mm MM] [--tta] [--scales MM ...] [--record]
 ``--tta`` segments with test-time flips (as ``deepstrain analyze --tta``); ``--record`` stores the
 figures in the weights manifest (entry ``segmentation``, key ``benchmark``, or ``benchmark_tta``).
 """
@@ -80,6 +80,27 @@ def coarsen_inplane(image: np.ndarray, spacing_yx: np.ndarray, pixel_mm: float) 
     return back[: image.shape[0], : image.shape[1]]
 
 
+def predict_scales(cine, scales: list[float], weights_dir=None, precision: str = "auto"):
+    """Labels (T, Z, Y, X) of every frame with the crop resampled at each pixel size in ``scales``
+    (mm; the same 160 mm field of view, sides a multiple of 16) and the class probabilities averaged
+    on the input grid: a test-time-scale experiment (not what ``deepstrain analyze`` does)."""
+    from deepstrain.inference import _network, _segment, find_lv_centre, largest_components
+    from deepstrain.preprocess import crop_image, crop_transform, normalize_intensity, uncrop
+
+    g = cine.geometry
+    norm = normalize_intensity(cine.data)
+    centre = find_lv_centre(norm[cine.ed if cine.ed is not None else 0], g.spacing, weights_dir=weights_dir,
+                            precision=precision)
+    net = _network("segmentation", weights_dir)
+    total = None
+    for mm in scales:
+        t = crop_transform(cine.shape3d, g.spacing, centre, int(round(160.0 / mm / 16.0)) * 16, mm)
+        probs = _segment(net, crop_image(norm, t), precision=precision)
+        up = np.stack([uncrop(probs[:, k], t, 1, 1.0 if k == 0 else 0.0) for k in range(probs.shape[1])], 1)
+        total = up if total is None else total + up
+    return largest_components(np.argmax(total, axis=1).astype(np.uint8))
+
+
 def speed_comparison(n_slices: int = 32, repeats: int = 3) -> dict:
     """Seconds per 128 x 128 slice (forward pass, eval, current torch threads): ours vs a ~59 M-parameter U-Net."""
     import torch
@@ -128,12 +149,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--precision", default="auto", choices=PRECISIONS,
                     help="network arithmetic (deepstrain analyze --precision)")
     ap.add_argument("--record", action="store_true", help="store the figures in the weights manifest")
+    ap.add_argument("--scales", type=float, nargs="+", default=None, metavar="MM",
+                    help="experiment: segment with the crop at these pixel sizes (mm) and average the "
+                         "probabilities (e.g. --scales 1.1 1.25 1.4); not what deepstrain analyze does")
     ap.add_argument("--coarsen-mm", type=float, default=0.0, metavar="MM",
                     help="degrade the ED and ES images in plane as if acquired with MM pixels (robustness to "
                          "coarser acquisitions, e.g. UK Biobank's 2.06 mm); the manual labels stay")
     args = ap.parse_args(argv)
-    if args.record and (args.split != "validation" or args.coarsen_mm):
-        ap.error("--record stores the validation figures; it cannot be used with --split training or --coarsen-mm")
+    if args.record and (args.split != "validation" or args.coarsen_mm or args.scales):
+        ap.error("--record stores the validation figures; it cannot be used with --split training, --coarsen-mm "
+                 "or --scales")
 
     import torch
 
@@ -155,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
                     cine.data[idx, z] = coarsen_inplane(cine.data[idx, z], cine.geometry.spacing[1:], args.coarsen_mm)
         t0 = time.time()
         pred = predict(cine, with_motion=False, weights_dir=args.weights, tta=args.tta, precision=args.precision)
+        if args.scales:
+            pred.labels = predict_scales(cine, args.scales, args.weights, args.precision)
         t_total += time.time() - t0
         sp = cine.geometry.spacing
         row = {"patient": p, "group": cine.group}
@@ -184,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                      "seconds_per_patient": t_total / len(rows)}
     if args.coarsen_mm:
         print(f"\nimages coarsened in plane to {args.coarsen_mm} mm pixels (labels unchanged)")
+    if args.scales:
+        print(f"\ntest-time scales (experiment): crops at {args.scales} mm, probabilities averaged")
     print(f"\n{len(rows)} {args.split} patients, full inference path (centring + crop + segmentation + "
           f"back to the input grid), test-time flips {'on' if args.tta else 'off'}, {summary['precision']}, {t_total / len(rows):.2f} s per patient (2 frames)")
     ce = [r["centre_error_mm"] for r in rows]
