@@ -79,6 +79,13 @@ def test_analyze_with_given_labels_and_motion_writes_all_outputs(study, tmp_path
                       "--out", str(out), "--quiet"], capsys)
     assert code == 2 and "not empty" in err
     assert _digest(out) == before
+    # --qc adds the picture, and only it
+    code, err = _run(["analyze", str(study["cine"]), "--segmentation", str(study["labels"]),
+                      "--displacement", str(study["disp"]), "--ed", "0", "--es", "2",
+                      "--out", str(tmp_path / "qc"), "--quiet", "--qc"], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "qc").iterdir()) == sorted(list(before) + ["qc.png"])
+    assert (tmp_path / "qc" / "report.json").read_bytes() == (out / "report.json").read_bytes()
 
 
 def _bad_cases(study: dict[str, Path], tmp: Path) -> dict[str, tuple[list[str], str, str]]:

@@ -139,11 +139,17 @@ def network_motion_again(cine: Cine, provenance: dict, *, weights_dir: str | os.
     return pred.network_motion
 
 
-def write_analysis(analysis: pipeline.Analysis, out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Write report, tables and NIfTI outputs of ``analysis`` atomically into ``out_dir``."""
+def write_analysis(analysis: pipeline.Analysis, out_dir: str | os.PathLike, *, overwrite: bool = False,
+                   qc: bool = False) -> Path:
+    """Write report, tables and NIfTI outputs of ``analysis`` atomically into ``out_dir``
+    (``qc``: also the picture ``qc.png`` of :mod:`deepstrain.qc`)."""
     cine = analysis.cine
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
         analysis.write(tmp)
+        if qc:
+            from .qc import qc_figure
+
+            qc_figure(analysis, tmp / "qc.png")
         io.save_labels(analysis.labels, cine.geometry, tmp / "segmentation.nii.gz")
         if analysis.displacement is not None:
             io.save_displacement(analysis.displacement, cine.geometry, tmp / "displacement.nii.gz")
@@ -174,10 +180,12 @@ def analyze_path(
     precision: str = "auto",
     weights_dir: str | os.PathLike | None = None,
     refine_motion: bool = True,
+    qc: bool = False,
 ) -> dict:
     """Load ``input_path``, analyse it and write ``out_dir``; returns the report dict.
 
-    ``ed``/``es`` are 0-based frame indices; ``spacing`` is (slice, row, column) in mm.
+    ``ed``/``es`` are 0-based frame indices; ``spacing`` is (slice, row, column) in mm; ``qc``:
+    also write ``qc.png`` (:mod:`deepstrain.qc`).
     """
     if progress:
         progress(0.0, "loading")
@@ -186,7 +194,9 @@ def analyze_path(
     disp = io.load_displacement(displacement, cine) if displacement is not None else None
     analysis = analyze_cine(cine, labels=labels, displacement=disp, ed=cine.ed, es=cine.es, progress=progress,
                             tta=tta, precision=precision, weights_dir=weights_dir, refine_motion=refine_motion)
-    write_analysis(analysis, out_dir, overwrite=overwrite)
+    if progress and qc:
+        progress(0.97, "quality-control picture")
+    write_analysis(analysis, out_dir, overwrite=overwrite, qc=qc)
     if progress:
         progress(1.0, "done")
     return analysis.report

@@ -125,9 +125,16 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--displacement", type=Path,
                    help="5D NIfTI (x,y,z,t,3) displacement, RAS mm, from ED, to use instead of the networks'")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    _add_qc_option(p)
     _add_network_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress output")
     _add_study_options(p)
+
+
+def _add_qc_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--qc", action="store_true",
+                   help="also write qc.png: contours on basal, mid and apical slices at ED and ES, curves "
+                        "and polar maps, for checking a study at a glance (about 1 s more)")
 
 
 def _print_summary(rep: dict, out: Path) -> None:
@@ -152,7 +159,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         spacing=tuple(args.spacing) if args.spacing else None,
         heart_rate_bpm=args.heart_rate, rr_ms=args.rr_ms, ed=args.ed, es=args.es,
         overwrite=args.overwrite, progress=_ProgressLine(args.quiet), tta=args.tta,
-        precision=args.precision, weights_dir=args.weights, refine_motion=args.refine_motion,
+        precision=args.precision, weights_dir=args.weights, refine_motion=args.refine_motion, qc=args.qc,
     )
     _print_summary(rep, args.out)
     return 0
@@ -188,6 +195,7 @@ def _add_batch(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--groups", type=Path, metavar="CSV", help="CSV with columns id,group (overrides Info.cfg Group)")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N studies (sorted by path)")
     p.add_argument("--no-figures", action="store_true", help="do not write the group figures")
+    _add_qc_option(p)
     _add_network_options(p)  # a re-run into OUT must use the same settings (OUT/settings.json)
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
@@ -199,7 +207,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
                           groups_csv=args.groups, threads=args.threads, limit=args.limit,
                           progress=None if args.quiet else sys.stderr, figures=not args.no_figures,
                           study_kwargs={"tta": args.tta, "precision": args.precision, "weights_dir": args.weights,
-                                        "refine_motion": args.refine_motion})
+                                        "refine_motion": args.refine_motion, "qc": args.qc})
     print(f"{len(res.rows)} studies: {res.n_ok} analysed, {res.n_skipped} already done, {res.n_failed} failed "
           f"in {res.seconds:.1f} s; table {res.out_dir / batch.SUMMARY_NAME}")
     for r in res.rows:

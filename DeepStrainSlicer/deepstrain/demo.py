@@ -41,7 +41,7 @@ def run_demo(out: str | os.PathLike, *, seed: int = 2024, overwrite: bool = Fals
     analysis = analyze_cine(ph.cine, progress=progress, refine_motion=refine_motion)
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
         phantom.write_phantom(ph, tmp / "phantom")
-        write_analysis(analysis, tmp / "analysis")
+        write_analysis(analysis, tmp / "analysis", qc=True)  # analysis/qc.png: the picture to look at first
         comparison = compare_to_reference(analysis.report, ph.reference)
         (tmp / "comparison.json").write_text(json.dumps(comparison, indent=2))
     if progress:

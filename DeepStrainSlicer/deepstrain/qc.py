@@ -1,0 +1,165 @@
+"""A one-page quality-control picture of one analysed study (``deepstrain analyze --qc``).
+
+For checking a cohort without opening each study in Slicer: the contours on the images, the
+curves and the polar maps, with the key numbers in the title.
+
+Layout (``qc.png``, 1500 x 900 pixels):
+
+* left, two rows (ED, ES) x three columns (a basal, the middle and an apical slice of the ED
+  myocardium): the cine cropped to the heart (labels at ED and ES, plus :data:`MARGIN_MM`), with
+  the contours of the LV cavity (red), the epicardium (green: myocardium and cavity) and the RV
+  cavity (blue). Slices are shown as stored (array rows down, columns right), with their pixel
+  aspect; the grey scale is fixed over the cine (1st to 99.5th percentile). Basal and apical
+  follow the long axis of the cardiac frame (base -> apex) when there is one, else the slice order;
+* right: global strain curves, LV / myocardium / RV volume curves (ED and ES marked), and the AHA
+  polar maps of radial and circumferential strain at ES (:func:`deepstrain.groups.draw_bullseye`).
+
+Drawn with matplotlib (Agg, no display); the same analysis gives the same PNG bytes.
+"""
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+from .pipeline import Analysis
+
+MARGIN_MM = 15.0
+"""Margin (mm) around the heart's bounding box in the image panels."""
+CONTOURS = ((3, (0.9, 0.15, 0.15), "LV cavity"), ((2, 3), (0.15, 0.75, 0.25), "epicardium"),
+            (1, (0.2, 0.45, 0.95), "RV cavity"))
+
+
+def qc_slices(analysis: Analysis) -> list[tuple[str, int]]:
+    """(name, slice index) of the basal, middle and apical slices shown: the first, middle and last
+    slice with ED myocardium, ordered base -> apex along the cardiac frame's long axis."""
+    lab = analysis.labels[analysis.ed]
+    k = np.nonzero((lab == 2).any(axis=(1, 2)))[0]
+    if k.size == 0:
+        k = np.arange(lab.shape[0])
+    first, last = int(k[0]), int(k[-1])
+    if analysis.frame is not None:
+        g = analysis.cine.geometry
+        along = float(analysis.frame.long_axis @ (g.direction[:, 0] * g.spacing[0]))
+        if along < 0:  # increasing slice index goes towards the base
+            first, last = last, first
+    mid = (first + last) // 2
+    return [("basal", first), ("mid", mid), ("apical", last)]
+
+
+def _heart_box(analysis: Analysis) -> tuple[slice, slice]:
+    lab = analysis.labels[[analysis.ed, analysis.es]] > 0
+    g = analysis.cine.geometry
+    rows, cols = np.nonzero(lab.any(axis=(0, 1)))
+    ny, nx = lab.shape[-2:]
+    if rows.size == 0:
+        return slice(0, ny), slice(0, nx)
+    mr, mc = (int(np.ceil(MARGIN_MM / s)) for s in g.spacing[1:])
+    return (slice(max(int(rows.min()) - mr, 0), min(int(rows.max()) + mr + 1, ny)),
+            slice(max(int(cols.min()) - mc, 0), min(int(cols.max()) + mc + 1, nx)))
+
+
+def _fmt(v, unit: str, digits: int = 1) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f} {unit}".strip()
+
+
+def qc_figure(analysis: Analysis, path: str | os.PathLike) -> Path:
+    """Write the QC picture of ``analysis`` to ``path`` (PNG) and return the path."""
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
+    from .groups import draw_bullseye
+
+    rep, cine = analysis.report, analysis.cine
+    ed, es = analysis.ed, analysis.es
+    fig = Figure(figsize=(15, 9), dpi=100)
+    FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(3, 5, width_ratios=[1, 1, 1, 1.25, 1.25], hspace=0.35, wspace=0.3)
+
+    # images with contours
+    data = cine.data
+    sample = data[:, :: max(1, data.shape[1] // 4)]
+    lo, hi = (float(v) for v in np.percentile(sample, [1.0, 99.5]))
+    rows, cols = _heart_box(analysis)
+    sp = cine.geometry.spacing
+    for r, (phase, frame) in enumerate((("ED", ed), ("ES", es))):
+        for c, (name, z) in enumerate(qc_slices(analysis)):
+            ax = fig.add_subplot(grid[r, c])
+            img = data[frame, z, rows, cols]
+            ax.imshow(img, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, aspect=sp[1] / sp[2],
+                      interpolation="nearest")
+            lab = analysis.labels[frame, z, rows, cols]
+            for value, colour, _ in CONTOURS:
+                mask = np.isin(lab, value).astype(float)
+                if mask.any() and not mask.all():
+                    ax.contour(mask, levels=[0.5], colors=[colour], linewidths=1.2)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"{phase} (frame {frame}), {name} slice {z}", fontsize=9)
+    legend = fig.add_subplot(grid[2, 0:3])
+    legend.axis("off")
+    for i, (_, colour, name) in enumerate(CONTOURS):
+        legend.plot([], [], color=colour, lw=2, label=name)
+    legend.legend(loc="upper left", ncol=3, fontsize=9, frameon=False)
+    notes = [textwrap.fill(f"- {w}", width=110, subsequent_indent="  ", max_lines=3, placeholder=" ...")
+             for w in (rep.get("warnings") or [])]
+    if len(notes) > 5:
+        notes = notes[:5] + [f"- and {len(notes) - 5} more (report.json)"]
+    text = "\n".join(["warnings:"] + notes) if notes else "no warnings"
+    legend.text(0.0, 0.75, text, va="top", fontsize=8, transform=legend.transAxes)
+
+    # curves
+    t = np.array([np.nan if v is None else v for v in rep["frames"]["times_ms"]], dtype=float)
+    xlabel = "time (ms)"
+    if not np.all(np.isfinite(t)):
+        t, xlabel = np.arange(rep["frames"]["count"], dtype=float), "frame"
+    colours = {"radial": (0.85, 0.2, 0.2), "circumferential": (0.2, 0.4, 0.85), "longitudinal": (0.15, 0.6, 0.25)}
+    ax = fig.add_subplot(grid[0, 3:5])
+    for comp, colour in colours.items():
+        v = (rep.get("global_strain") or {}).get(f"{comp}_percent")
+        if v is not None:
+            ax.plot(t, [np.nan if a is None else a for a in v], "o-", ms=3, color=colour, label=comp)
+    ax.set_ylabel("global strain (%)")
+    ax.axhline(0, color="0.6", lw=0.8)
+    if len(ax.lines) > 1:
+        ax.legend(fontsize=8, loc="best")
+    else:
+        ax.text(0.5, 0.5, "strain not computed (see warnings)", transform=ax.transAxes, ha="center")
+    ax2 = fig.add_subplot(grid[1, 3:5], sharex=ax)
+    for key, colour, name in (("lv", (0.85, 0.25, 0.25), "LV"), ("myo", (0.25, 0.6, 0.3), "myocardium"),
+                              ("rv", (0.25, 0.45, 0.85), "RV")):
+        ax2.plot(t, analysis.volume_curves[key], "o-", ms=3, color=colour, label=name)
+    ax2.set_ylabel("volume (ml)")
+    ax2.set_ylim(bottom=0)
+    ax2.set_xlabel(xlabel)
+    ax2.legend(fontsize=8, loc="best")
+    for a in (ax, ax2):
+        for f, ls in ((ed, "--"), (es, ":")):
+            a.axvline(t[f], color="black", ls=ls, lw=1)
+        a.grid(alpha=0.3)
+    ax.text(t[ed], 1.0, " ED", transform=ax.get_xaxis_transform(), va="top", fontsize=8)
+    ax.text(t[es], 1.0, " ES", transform=ax.get_xaxis_transform(), va="top", fontsize=8)
+
+    # polar maps at ES
+    cmap = colormaps["RdBu_r"]
+    for i, comp in enumerate(("radial", "circumferential")):
+        values = {int(s): v for s, v in ((rep.get("aha") or {}).get(f"{comp}_percent") or {}).items()}
+        finite = [abs(v) for v in values.values() if v is not None]
+        lim = max(finite + [1e-6])
+        pax = fig.add_subplot(grid[2, 3 + i])
+        draw_bullseye(pax, values, cmap=cmap, norm=Normalize(-lim, lim), title=f"{comp} strain at ES (%)")
+
+    vol, ess = rep.get("volumetrics") or {}, rep.get("ess") or {}
+    fig.suptitle(
+        f"{cine.name}: LV EDV {_fmt(vol.get('lv_edv_ml'), 'ml')}, ESV {_fmt(vol.get('lv_esv_ml'), 'ml')}, "
+        f"EF {_fmt(vol.get('lv_ef_percent'), '%')}, mass {_fmt(vol.get('lv_mass_g'), 'g')}, "
+        f"RV EDV {_fmt(vol.get('rv_edv_ml'), 'ml')}  |  ESS radial {_fmt(ess.get('radial'), '%')}, "
+        f"circumferential {_fmt(ess.get('circumferential'), '%')}, longitudinal {_fmt(ess.get('longitudinal'), '%')}",
+        fontsize=11)
+    path = Path(path)
+    fig.savefig(path, dpi=100, metadata={"Software": None})
+    return path
