@@ -59,3 +59,31 @@ def test_cine_checks_shape_and_times():
     with pytest.raises(ValueError):
         Cine(np.zeros((4, 2, 3, 3), np.float32), g, times_ms=np.zeros(3))
     assert not Cine(np.zeros((2, 1, 2, 2)), g, times_ms=[np.nan, np.nan]).has_timing
+
+
+def test_reversed_axes_finds_the_same_voxels_stored_the_other_way():
+    from _heart import flip_geometry
+
+    from deepstrain.cine import reversed_axes
+
+    g = Geometry([8.0, 1.5, 1.4], [10.0, -20.0, 30.0], np.linalg.qr(np.array([[1, .2, .1], [.1, 1, .3], [.2, .1, 1.]]))[0])
+    shape = (6, 9, 7)
+    assert reversed_axes(g, g, shape) == ()
+    for axes in ((0,), (0, 2), (1,)):
+        h = g
+        for a in axes:
+            h = flip_geometry(h, shape, a)
+        assert reversed_axes(g, h, shape) == axes
+        data = np.random.default_rng(0).random(shape)
+        back = np.flip(data, axis=list(axes))  # the src array indexed as on dst
+        k, j, i = 2, 5, 3
+        src_index = [k, j, i]
+        for a in axes:
+            src_index[a] = shape[a] - 1 - src_index[a]
+        assert back[k, j, i] == data[tuple(src_index)]
+        np.testing.assert_allclose(h.world_points(shape)[k, j, i], g.world_points(shape)[tuple(src_index)], atol=1e-9)
+    shifted = Geometry(g.spacing, g.origin + 0.5, g.direction)
+    with pytest.raises(ValueError, match="mm apart"):
+        reversed_axes(g, shifted, shape)
+    with pytest.raises(ValueError, match="more than the order"):
+        reversed_axes(g, Geometry([8.0, 1.5, 1.5], g.origin, g.direction), shape)
