@@ -60,6 +60,25 @@ def test_discovery_rules_and_groups(tmp_path: Path) -> None:
         batch.discover_studies(tmp_path / "missing")
 
 
+def test_discovery_of_uk_biobank_subject_folders(tmp_path: Path) -> None:
+    """A UK Biobank subject folder is one study; its long-axis cines and labels are not studies."""
+    import nibabel as nib
+    import numpy as np
+
+    aff = np.diag([1.8, 1.8, 8.0, 1.0])
+    cine = nib.Nifti1Image(np.zeros((3, 3, 2, 4), np.float32), aff)
+    frame = nib.Nifti1Image(np.zeros((3, 3, 2), np.float32), aff)
+    a, b = tmp_path / "in" / "ukbb" / "1000001", tmp_path / "in" / "ukbb" / "1000002"
+    for d in (a, b):
+        d.mkdir(parents=True)
+        nib.save(cine, str(d / "la_4ch.nii.gz"))
+    nib.save(frame, str(a / "sa_ED.nii.gz"))
+    nib.save(frame, str(a / "sa_ES.nii.gz"))
+    nib.save(cine, str(b / "sa.nii.gz"))
+    studies = batch.discover_studies(tmp_path / "in")
+    assert [(s.id, s.kind) for s in studies] == [("ukbb__1000001", "ukbb"), ("ukbb__1000002", "ukbb")]
+
+
 def test_discovery_of_the_acdc_training_set(shared_data: Path) -> None:
     studies = batch.discover_studies(shared_data / "acdc" / "training")
     assert [s.id for s in studies] == [f"patient{i:03d}" for i in range(1, 101)]

@@ -683,3 +683,61 @@ def test_ukbb_single_frame_is_not_a_cine(shared_data):
     with pytest.raises(InputError, match="single 3D frame") as e:
         load_cine(f)
     assert "sa_ED.nii.gz" in str(e.value)
+
+
+# --------------------------------------------------------------------------- UK Biobank subject folders
+def _write_frame(path: Path, frame_zyx: np.ndarray, geom: Geometry, dtype=np.float32) -> Path:
+    nib.save(nib.Nifti1Image(np.transpose(frame_zyx, (2, 1, 0)).astype(dtype), geom.to_nifti_affine()), str(path))
+    return path
+
+
+def test_ukbb_folder_of_ed_and_es_frames(tmp_path):
+    """sa_ED + sa_ES: a two-frame study (ED 0, ES 1) with frame files, UK Biobank labels in ACDC values."""
+    geom, data = oblique_geometry(), random_cine((2, 4, 6, 7))
+    folder = tmp_path / "1000001"
+    folder.mkdir()
+    for i, phase in enumerate(("ED", "ES")):
+        _write_frame(folder / f"sa_{phase}.nii.gz", data[i], geom)
+        ukbb = np.zeros((4, 6, 7), np.uint8)
+        ukbb[1, 2:4, 2:4], ukbb[1, 1, 1:5], ukbb[2, 4, :] = 1, 2, 3  # LV cavity, myocardium, RV
+        _write_frame(folder / f"seg_sa_{phase}.nii.gz", ukbb, geom, np.uint8)
+    _write_frame(folder / "la_4ch.nii.gz", data[0, :1], geom)  # long-axis files are not used
+    with pytest.warns(DeepStrainWarning, match="no frame timing"):
+        cine = load_cine(folder)
+    assert cine.n_frames == 2 and (cine.ed, cine.es) == (0, 1) and cine.name == "1000001"
+    np.testing.assert_allclose(cine.data, data, rtol=1e-6)
+    assert_same_geometry(cine.geometry, geom)
+    assert [Path(f).name for f in cine.frame_files] == ["sa_ED.nii.gz", "sa_ES.nii.gz"]
+    lab = cine.labels[1]
+    assert (lab[1, 2:4, 2:4] == 3).all() and (lab[1, 1, 1:5] == 2).all() and (lab[2, 4, :] == 1).all()
+    # an ES frame on another grid is refused, naming the file
+    _write_frame(folder / "sa_ES.nii.gz", data[1], Geometry(geom.spacing, geom.origin + 3.0, geom.direction))
+    with pytest.raises(InputError, match="sa_ES.nii.gz"):
+        quiet_load(folder)
+
+
+def test_ukbb_folder_with_the_whole_cycle(tmp_path):
+    geom, data = oblique_geometry(), random_cine((5, 4, 6, 7))
+    folder = tmp_path / "1000002"
+    folder.mkdir()
+    write_cine_nifti(folder / "sa.nii.gz", data, geom, dt_ms=20.0)
+    _write_frame(folder / "sa_ED.nii.gz", data[0], geom)
+    _write_frame(folder / "sa_ES.nii.gz", data[2], geom)
+    cine = load_cine(folder)
+    assert cine.n_frames == 5 and cine.frame_files is None and cine.ed is None
+    np.testing.assert_allclose(cine.times_ms, np.arange(5) * 20.0)
+    # one of the two frames alone is not a UK Biobank folder: the message names the layouts
+    (folder / "sa.nii.gz").unlink()
+    (folder / "sa_ES.nii.gz").unlink()
+    with pytest.raises(InputError, match="UK Biobank"):
+        quiet_load(folder)
+
+
+def test_ukbb_demo_subject_folder(shared_data):
+    """The real demo subject: its folder loads as a two-frame study with UK Biobank's labels."""
+    folder = shared_data / "ukbb_demo" / "1"
+    cine = quiet_load(folder)
+    assert cine.n_frames == 2 and (cine.ed, cine.es) == (0, 1)
+    ref = np.asarray(nib.load(str(folder / "seg_sa_ED.nii.gz")).dataobj).transpose(2, 1, 0)
+    assert sorted(cine.labels) == [0, 1]
+    assert ((cine.labels[0] == 3) == (ref == 1)).all() and ((cine.labels[0] == 1) == (ref == 3)).all()

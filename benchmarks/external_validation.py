@@ -14,9 +14,9 @@ The networks were trained on ACDC only (Siemens, Dijon). This script runs ``deep
   inside). Printed: Dice of LV cavity (ED, ES) and myocardium (ED) over the contoured slices, and
   LV volumes (ml) on those slices, ours against the contours; the report's EDV / ESV / EF (every
   slice) for reference. This checks the DICOM reading and the orientation handling end to end.
-* **UK Biobank demo subject** (Siemens 1.5 T, oblique NIfTI, 2.06 mm pixels): ``sa_ED`` and
-  ``sa_ES`` stacked into a two-frame 4D NIfTI (a temporary file), analysed with ED = frame 0 and
-  ES = frame 1. The reference ``seg_sa_ED`` / ``seg_sa_ES`` is **automatic** (UK Biobank's own
+* **UK Biobank demo subject** (Siemens 1.5 T, oblique NIfTI, 2.06 mm pixels): the subject folder
+  as it is (``deepstrain analyze ukbb_demo/1``: ``sa_ED`` and ``sa_ES``, a two-frame study with
+  ED = frame 0 and ES = frame 1, see :mod:`deepstrain.io`). The reference ``seg_sa_ED`` / ``seg_sa_ES`` is **automatic** (UK Biobank's own
   network, labels LV 1, myocardium 2, RV 3, mapped to ACDC's order here), not manual: agreement,
   not accuracy. Printed: Dice and HD95 per structure at ED and ES, LV EDV, ESV, EF, mass and RV EDV.
 
@@ -39,10 +39,11 @@ from matplotlib.path import Path as Polygon
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import segmentation_accuracy as sa  # noqa: E402
 
+from deepstrain.io import UKBB_TO_ACDC  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 SUNNYBROOK_PHASES = 20
 """Sunnybrook's ``N.dcm`` is slice ``(N-1) // 20``, phase ``(N-1) % 20`` (see the data README)."""
-UKBB_TO_ACDC = np.array([0, 3, 2, 1], dtype=np.uint8)
 """UK Biobank labels (0 background, 1 LV cavity, 2 myocardium, 3 RV) -> ACDC order (1 RV, 2 myo, 3 LV)."""
 
 
@@ -120,21 +121,15 @@ def sunnybrook(data: Path, out: Path, weights: Path | None = None) -> dict:
     return res
 
 
-def ukbb(data: Path, tmp: Path, out: Path, weights: Path | None = None) -> dict:
+def ukbb(data: Path, out: Path, weights: Path | None = None) -> dict:
     from deepstrain.analyze import analyze_path
 
-    src = data / "ukbb_demo" / "1"
-    ed_img, es_img = nib.load(src / "sa_ED.nii.gz"), nib.load(src / "sa_ES.nii.gz")
-    if not np.allclose(ed_img.affine, es_img.affine):
-        raise SystemExit(f"{src}: sa_ED and sa_ES are on different grids")
-    stack = np.stack([np.asarray(ed_img.dataobj, np.float32), np.asarray(es_img.dataobj, np.float32)], -1)
-    img4d = nib.Nifti1Image(stack, ed_img.affine)
-    img4d.header.set_zooms(tuple(ed_img.header.get_zooms()[:3]) + (1.0,))
-    nib.save(img4d, tmp / "ukbb_sa_ed_es.nii.gz")
+    src = data / "ukbb_demo" / "1"  # a UK Biobank subject folder: sa_ED.nii.gz + sa_ES.nii.gz (deepstrain.io)
+    ed_img = nib.load(src / "sa_ED.nii.gz")
     t0 = time.perf_counter()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # no frame timing in the stacked file: strain rates need none here
-        analyze_path(tmp / "ukbb_sa_ed_es.nii.gz", out, ed=0, es=1, weights_dir=weights)
+        warnings.simplefilter("ignore")  # two frames without timing: strain rates need none here
+        analyze_path(src, out, weights_dir=weights)
     wall = time.perf_counter() - t0
     seg_img = nib.load(out / "segmentation.nii.gz")
     if not np.allclose(seg_img.affine, ed_img.affine, atol=1e-4):
@@ -167,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         sb = sunnybrook(args.data, tmp / "sunnybrook", args.weights)
-        uk = ukbb(args.data, tmp, tmp / "ukbb", args.weights)
+        uk = ukbb(args.data, tmp / "ukbb", args.weights)
 
     print(f"Sunnybrook SCD0000101 (GE 1.5 T DICOM cine, 20 phases, manual contours on 9 of 12 slices); "
           f"deepstrain analyze {sb['wall_s']:.1f} s; ED/ES found: phases {sb['ed']} / {sb['es']} (contoured: 18 / 7)")

@@ -1,7 +1,9 @@
 """Cohort analysis: find the studies under a folder, analyse each, keep a summary table.
 
 * Discovery (:func:`discover_studies`), sorted by path so the order is always the same:
-  an **ACDC patient folder** is a folder with ``Info.cfg``; a **DICOM cine folder** is a folder
+  an **ACDC patient folder** is a folder with ``Info.cfg``; a **UK Biobank subject folder** one
+  with ``sa.nii.gz`` or ``sa_ED.nii.gz`` + ``sa_ES.nii.gz`` (:func:`deepstrain.io.is_ukbb_folder`;
+  its other files, e.g. long-axis cines, are not studies); a **DICOM cine folder** is a folder
   that directly holds ``*.dcm`` files or files with the ``DICM`` magic (its sub-folders belong to
   it); a **4D NIfTI** is a ``.nii``/``.nii.gz`` file whose header has 4 dimensions and more than
   one frame, unless its name marks a label map (``seg``, ``gt``, ``label``, ``mask`` or
@@ -42,7 +44,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, TextIO
 
 from .errors import InputError
-from .io import looks_like_dicom
+from .io import is_ukbb_folder, looks_like_dicom
 
 StudyFn = Callable[..., Any]
 
@@ -75,7 +77,7 @@ class Study:
 
     id: str
     path: Path
-    kind: str  # "acdc", "dicom" or "nifti"
+    kind: str  # "acdc", "ukbb", "dicom" or "nifti"
     group: str | None = None
 
 
@@ -171,6 +173,9 @@ def discover_studies(
             raise InputError(d, f"cannot list folder: {exc.strerror or exc}") from exc
         if (d / "Info.cfg").is_file():
             found.append((rel_id(d), d, "acdc", read_info_group(d / "Info.cfg")))
+            return
+        if is_ukbb_folder(d):  # its long-axis cines are not short-axis studies
+            found.append((rel_id(d), d, "ukbb", None))
             return
         files = [e for e in entries if e.is_file()]
         if any(looks_like_dicom(f) for f in files):
@@ -558,8 +563,8 @@ def run_batch(
     if limit is not None:
         studies = studies[: max(0, int(limit))]
     if not studies:
-        raise InputError(input_dir, "no studies found (ACDC folders with Info.cfg, 4D NIfTI files or "
-                                    "DICOM cine folders)")
+        raise InputError(input_dir, "no studies found (ACDC folders with Info.cfg, UK Biobank subject folders, "
+                                    "4D NIfTI files or DICOM cine folders)")
     if groups and progress is not None:
         unknown = sorted(set(groups) - {s.id for s in studies})
         if unknown:

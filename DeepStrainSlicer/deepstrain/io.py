@@ -31,6 +31,12 @@ Inputs understood by :func:`load_cine` (array conventions: :mod:`deepstrain.cine
   attached as ``cine.labels[index into data]``. ``cine.ed`` / ``cine.es`` are **indices into
   ``cine.data``** (for patient001: ``frame_numbers == [0, 11]``, ``ed == 0``, ``es == 1``).
 
+* **UK Biobank subject folder** (the layout of Bai et al.'s pipeline, recognised by ``sa.nii.gz``
+  or by ``sa_ED.nii.gz`` + ``sa_ES.nii.gz``): the whole short-axis cycle from ``sa.nii.gz`` when
+  present (a 4D NIfTI as above), else the two frames (``ed == 0``, ``es == 1``, no timing,
+  ``frame_files`` set). UK Biobank's ``seg_sa_ED/ES.nii.gz`` (1 LV cavity, 2 myocardium, 3 RV)
+  are attached as ``cine.labels`` in ACDC values. Long-axis images are not used.
+
 * **DICOM cine folder** (any other folder; searched recursively; files read with
   ``force=True``; files that are not DICOM images are skipped). Images with pixel data and
   ``ImagePositionPatient``/``ImageOrientationPatient`` are grouped by ``SeriesInstanceUID``.
@@ -315,6 +321,8 @@ def load_cine(
             cine = Cine(data=data, geometry=geom, times_ms=times, name=_nifti_stem(path), source=str(path))
     elif (path / "Info.cfg").is_file():
         cine, lost, frames_per_cycle = _load_acdc_folder(path, messages)
+    elif is_ukbb_folder(path):
+        cine, lost = _load_ukbb_folder(path, messages)
     else:
         cine = _load_dicom_folder(path, messages)
         lost = False
@@ -407,6 +415,57 @@ def _load_acdc_labels(path: Path, shape3d: tuple[int, int, int], geom: Geometry)
     return _checked_labels(path, data).transpose(2, 1, 0).copy()
 
 
+def _load_frame_files(files: list[Path], messages: list[str]) -> tuple[np.ndarray, Geometry, bool]:
+    """(T, Z, Y, X) data, geometry and lost-spacing flag of 3D frame files on one grid."""
+    vols, geom, lost = [], None, False
+    for f in files:
+        img, d = _load_nifti(f)
+        if d.ndim != 3:
+            raise InputError(f, f"expected one 3D frame, got shape {tuple(d.shape)}")
+        _check_finite(f, d)
+        g, lost_k = _nifti_geometry(f, img, messages)
+        if geom is None:
+            geom, lost, shape0, first = g, lost_k, d.shape, f
+        else:
+            if d.shape != shape0:
+                raise InputError(f, f"frame shape {tuple(d.shape)} differs from {first.name} {tuple(shape0)}")
+            _check_same_grid(f, g, geom, check_spacing=True, what=f"frame grid (compared with {first.name})")
+        vols.append(d)
+    return _to_tzyx(np.stack(vols, axis=-1)), geom, lost
+
+
+UKBB_TO_ACDC = np.array([0, 3, 2, 1], dtype=np.uint8)
+"""UK Biobank segmentation values (Bai et al.: 1 LV cavity, 2 LV myocardium, 3 RV cavity) -> ACDC values."""
+
+
+def is_ukbb_folder(path: Path) -> bool:
+    """A UK Biobank subject folder (layout of Bai et al.'s pipeline): ``sa.nii.gz``, or ``sa_ED.nii.gz``
+    and ``sa_ES.nii.gz``."""
+    return path.is_dir() and ((path / "sa.nii.gz").is_file()
+                              or ((path / "sa_ED.nii.gz").is_file() and (path / "sa_ES.nii.gz").is_file()))
+
+
+def _load_ukbb_folder(folder: Path, messages: list[str]) -> tuple[Cine, bool]:
+    """The short-axis cine of a UK Biobank subject folder: ``sa.nii.gz`` (the whole cycle) when
+    present, else the two frames ``sa_ED.nii.gz`` and ``sa_ES.nii.gz`` (ED = 0, ES = 1, no timing;
+    one ``<frame>_seg.nii.gz`` output each). ``seg_sa_ED.nii.gz`` / ``seg_sa_ES.nii.gz`` (UK
+    Biobank's segmentation) are attached as ``cine.labels`` in ACDC values. Long-axis files are not used."""
+    if (folder / "sa.nii.gz").is_file():
+        data, geom, lost, times, _ = _load_nifti_cine(folder / "sa.nii.gz", messages)
+        return Cine(data=data, geometry=geom, times_ms=times, name=folder.name, source=str(folder)), lost
+    files = [folder / "sa_ED.nii.gz", folder / "sa_ES.nii.gz"]
+    data, geom, lost = _load_frame_files(files, messages)
+    cine = Cine(data=data, geometry=geom, times_ms=np.full(2, np.nan), name=folder.name, source=str(folder),
+                ed=0, es=1, frame_files=[str(f) for f in files])
+    _warn(messages, f"{folder}: sa_ED and sa_ES only (no sa.nii.gz): no frame timing, strain rates cannot be "
+                    "computed, and the ES frame's place in the cycle is unknown")
+    for i, phase in enumerate(("ED", "ES")):
+        seg = folder / f"seg_sa_{phase}.nii.gz"
+        if seg.is_file():
+            cine.labels[i] = UKBB_TO_ACDC[_load_acdc_labels(seg, cine.shape3d, geom)]
+    return cine, lost
+
+
 def _load_acdc_folder(folder: Path, messages: list[str]) -> tuple[Cine, bool, int | None]:
     cfg = folder / "Info.cfg"
     info = _read_info_cfg(cfg)
@@ -447,22 +506,7 @@ def _load_acdc_folder(folder: Path, messages: list[str]) -> tuple[Cine, bool, in
         numbers = sorted(frames)
         if len(numbers) < 2:
             raise InputError(frames[numbers[0]], "only one frame in the folder: a cine needs at least 2 frames")
-        vols, geom, lost = [], None, False
-        for k in numbers:
-            f = frames[k]
-            img, d = _load_nifti(f)
-            if d.ndim != 3:
-                raise InputError(f, f"expected one 3D frame, got shape {tuple(d.shape)}")
-            _check_finite(f, d)
-            g, lost_k = _nifti_geometry(f, img, messages)
-            if geom is None:
-                geom, lost, shape0, first = g, lost_k, d.shape, f
-            else:
-                if d.shape != shape0:
-                    raise InputError(f, f"frame shape {tuple(d.shape)} differs from {first.name} {tuple(shape0)}")
-                _check_same_grid(f, g, geom, check_spacing=True, what=f"frame grid (compared with {first.name})")
-            vols.append(d)
-        data = _to_tzyx(np.stack(vols, axis=-1))
+        data, geom, lost = _load_frame_files([frames[k] for k in numbers], messages)
         frame_numbers = np.asarray([k - 1 for k in numbers])
         frame_files = [str(frames[k]) for k in numbers]
         times = np.full(len(numbers), np.nan)
@@ -522,7 +566,8 @@ def _read_dicom_folder(folder: Path, messages: list[str]) -> Cine:
         raise InputError(folder, "a single DICOM image; give the folder that holds the whole cine series")
     if not series:
         hint = f"; it holds NIfTI files ({', '.join(nifti_seen[:3])}): give the file itself" if nifti_seen else ""
-        raise InputError(folder, f"no DICOM images found (and no Info.cfg of an ACDC folder){hint}")
+        raise InputError(folder, "no DICOM images found (and neither an ACDC folder's Info.cfg nor a UK Biobank "
+                                 f"folder's sa.nii.gz or sa_ED.nii.gz + sa_ES.nii.gz){hint}")
 
     def describe(what: str, items: list[tuple[Path, object]]) -> str:
         desc = str(items[0][1].get("SeriesDescription", "")).strip()
