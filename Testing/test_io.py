@@ -710,6 +710,8 @@ def test_ukbb_folder_of_ed_and_es_frames(tmp_path):
     assert [Path(f).name for f in cine.frame_files] == ["sa_ED.nii.gz", "sa_ES.nii.gz"]
     lab = cine.labels[1]
     assert (lab[1, 2:4, 2:4] == 3).all() and (lab[1, 1, 1:5] == 2).all() and (lab[2, 4, :] == 1).all()
+    with pytest.raises(InputError, match="where ES falls in the cycle is unknown"):
+        quiet_load(folder, heart_rate_bpm=60)
     # an ES frame on another grid is refused, naming the file
     _write_frame(folder / "sa_ES.nii.gz", data[1], Geometry(geom.spacing, geom.origin + 3.0, geom.direction))
     with pytest.raises(InputError, match="sa_ES.nii.gz"):

@@ -323,6 +323,9 @@ def load_cine(
         cine, lost, frames_per_cycle = _load_acdc_folder(path, messages)
     elif is_ukbb_folder(path):
         cine, lost = _load_ukbb_folder(path, messages)
+        if rr is not None and cine.frame_files:
+            raise InputError(path, "--heart-rate / --rr-ms cannot set frame times for sa_ED + sa_ES alone: where ES "
+                                   "falls in the cycle is unknown (give the folder with sa.nii.gz)")
     else:
         cine = _load_dicom_folder(path, messages)
         lost = False
