@@ -106,6 +106,7 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.layoutButton.connect("clicked()", self.on_layout)
         self.ui.exportButton.connect("clicked()", self.on_export)
         self.ui.editButton.connect("clicked()", self.on_edit_segmentation)
+        self.ui.rvInsertionButton.connect("clicked()", self.on_place_rv_insertion)
         self._register_layout()
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self._on_scene_closed)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self._on_scene_closed)
@@ -147,7 +148,7 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             ui.glyphScaleSpin.value = p.glyph_scale_percent
             ui.exportFolderEdit.currentPath = p.export_folder
             has_study = p.ref("Browser") is not None
-            for b in (ui.recomputeButton, ui.exportButton, ui.layoutButton, ui.editButton):
+            for b in (ui.recomputeButton, ui.exportButton, ui.layoutButton, ui.editButton, ui.rvInsertionButton):
                 b.enabled = has_study
         finally:
             self._updating = False
@@ -256,6 +257,17 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         seg = self.params.ref("Browser").GetProxyNode(self.params.ref("SegmentationSequence"))
         slicer.util.selectModule("SegmentEditor")
         slicer.modules.SegmentEditorWidget.editor.setSegmentationNode(seg)
+
+    def on_place_rv_insertion(self):
+        """Place mode for the study's single "anterior RV insertion" point (replacing any earlier one)."""
+        with slicer.util.tryWithErrorDisplay("Cannot place the RV insertion point.", waitCursor=False):
+            node = self.logic.rv_insertion_node(self.params)
+            node.RemoveAllControlPoints()
+            markups = slicer.modules.markups.logic()
+            markups.SetActiveList(node)
+            markups.StartPlaceMode(False)
+            self.ui.statusLabel.text = ("click where the RV's anterior wall meets the septum, then Recompute "
+                                        "(the AHA segments are then oriented by this point)")
 
     def on_export(self):
         self._from_gui()

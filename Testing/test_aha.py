@@ -135,3 +135,39 @@ def test_no_rv_contact_is_an_error():
     lab[lab == 1] = 0
     with pytest.raises(ValueError, match="RV"):
         aha_segments(lab, geo)
+
+
+def _anterior_insertion_point(heart, lab, geo, rv_side: float, turn_deg: float = 0.0) -> np.ndarray:
+    """A point 25 mm from a mid LV centre at phi = -60 deg (+ ``turn_deg``) of the true septal direction."""
+    frame = cardiac_frame(lab, geo)
+    l_vec = frame.long_axis
+    s_true = rv_side * heart.rotation[:, 0]
+    s_true = s_true - (s_true @ l_vec) * l_vec
+    s_true /= np.linalg.norm(s_true)
+    a = np.radians(-60.0 + turn_deg)
+    d = np.cos(a) * s_true + np.sin(a) * np.cross(l_vec, s_true)
+    ks = np.nonzero(np.all(np.isfinite(frame.centers), axis=1))[0]
+    return frame.centers[ks[ks.size // 2]] + 25.0 * d
+
+
+@pytest.mark.parametrize("rv_side", [1.0, -1.0])
+def test_a_given_anterior_insertion_point_orients_the_segments(rv_side):
+    """The true anterior RV insertion point gives the anatomical segments, even without any RV
+    label; a point 60 degrees further round turns every segment by one sector; a point on the
+    long axis is refused."""
+    heart, geo, shape, h, lab = _heart(rv_side=rv_side)
+    exp, safe = _expected(h, lab, rv_side)
+    point = _anterior_insertion_point(heart, lab, geo, rv_side)
+    np.testing.assert_array_equal(aha_segments(lab, geo, rv_insertion_ras=point)[safe], exp[safe])
+    no_rv = np.where(lab == 1, 0, lab)
+    with pytest.raises(ValueError, match="no RV cavity"):
+        aha_segments(no_rv, geo)
+    np.testing.assert_array_equal(aha_segments(no_rv, geo, rv_insertion_ras=point)[safe], exp[safe])
+    turned = aha_segments(lab, geo, rv_insertion_ras=_anterior_insertion_point(heart, lab, geo, rv_side, 60.0))
+    basal = safe & (exp >= 1) & (exp <= 6)
+    previous = {1: 6, 2: 1, 3: 2, 4: 3, 5: 4, 6: 5}  # septum turned by +60 deg: each voxel one sector back
+    np.testing.assert_array_equal(turned[basal], np.vectorize(previous.get)(exp[basal]))
+    frame = cardiac_frame(lab, geo)
+    on_axis = frame.centers[np.nonzero(np.all(np.isfinite(frame.centers), axis=1))[0][3]]
+    with pytest.raises(ValueError, match="from the LV centre"):
+        aha_segments(lab, geo, rv_insertion_ras=on_axis)

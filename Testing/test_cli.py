@@ -88,6 +88,27 @@ def test_analyze_with_given_labels_and_motion_writes_all_outputs(study, tmp_path
     assert (tmp_path / "qc" / "report.json").read_bytes() == (out / "report.json").read_bytes()
 
 
+def test_rv_insertion_point_orients_the_aha_segments(study, tmp_path, capsys):
+    """--rv-insertion R A S: recorded in the report's aha_reference; a point on the LV axis, or
+    a not-finite one, is a clear error (exit 2, no output)."""
+    common = [str(study["cine"]), "--segmentation", str(study["labels"]), "--displacement", str(study["disp"]),
+              "--ed", "0", "--es", "2", "--quiet"]
+    code, err = _run(["analyze", *common, "--out", str(tmp_path / "auto")], capsys)
+    assert code == 0, err
+    auto = json.loads((tmp_path / "auto" / "report.json").read_text())
+    assert auto["aha_reference"] == {"septum_from": "RV contact of the ED labels", "rv_insertion_ras": None}
+    # the LV centre is at voxel (12, 12): RAS (18, 18); the point 10 mm to its right, mid-ventricle
+    code, err = _run(["analyze", *common, "--out", str(tmp_path / "given"), "--rv-insertion", "28", "18", "8"], capsys)
+    assert code == 0, err
+    given = json.loads((tmp_path / "given" / "report.json").read_text())
+    assert given["aha_reference"] == {"septum_from": "given anterior RV insertion point",
+                                      "rv_insertion_ras": [28.0, 18.0, 8.0]}
+    for point, words in ((["18", "18", "8"], "from the LV centre"), (["nan", "0", "0"], "three finite numbers")):
+        out = tmp_path / f"bad{point[0]}"
+        code, err = _run(["analyze", *common, "--out", str(out), "--rv-insertion", *point], capsys)
+        assert code == 2 and words in err and "cine.nii.gz" in err and not out.exists(), err
+
+
 def _bad_cases(study: dict[str, Path], tmp: Path) -> dict[str, tuple[list[str], str, str]]:
     """name -> (extra CLI args, file the message must name, words the message must contain)."""
     trunc = tmp / "truncated.nii.gz"

@@ -157,6 +157,7 @@ class Parameters:
         "InputSequence", "Browser", "CineSequence", "SegmentationSequence", "DisplacementSequence",
         "GlyphSequence", "CurveTable", "MarkerTable", "StrainChart", "RateChart", "VolumeChart", "PolarModel",
         "PolarLabels", "PolarHighlight", "PolarColors", "AhaSegmentation", "ReportText", "PolarView",
+        "RvInsertion",
     )
 
     def __init__(self, node: slicer.vtkMRMLScriptedModuleNode) -> None:
@@ -752,6 +753,36 @@ class DeepStrainLogic:
         params.set_ref("AhaSegmentation", seg_node)
         self.highlight_segment(params, params.highlighted_segment or None)
 
+    # ----------------------------------------------------------------- AHA reference point
+    def rv_insertion_node(self, params: Parameters) -> slicer.vtkMRMLMarkupsFiducialNode:
+        """The study's "anterior RV insertion" point list (one point at most), made on first use.
+        A point placed in it orients the AHA segments at the next Recompute instead of the RV
+        contours (:func:`deepstrain.aha.aha_segments`); deleting the point restores them. It belongs
+        to the study (removed with its nodes when the analysis is run again)."""
+        node = params.ref("RvInsertion")
+        if node is None:
+            if params.ref("Browser") is None:
+                raise ValueError("no study in this scene: run the analysis first")
+            node = self.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode",
+                                                f"{params.study_name} anterior RV insertion")
+            node.SetMaximumNumberOfControlPoints(1)
+            node.SetMarkupLabelFormat("RV insertion")
+            node.CreateDefaultDisplayNodes()
+            params.set_ref("RvInsertion", node)
+            params.study_nodes = sorted(set(params.study_nodes) | {node.GetID()}
+                                        | {node.GetNthDisplayNode(i).GetID() for i in range(node.GetNumberOfDisplayNodes())})
+        return node
+
+    @staticmethod
+    def rv_insertion_point(params: Parameters) -> np.ndarray | None:
+        """World RAS (mm) of the anterior RV insertion point placed by the user, or None."""
+        node = params.ref("RvInsertion")
+        if node is None or node.GetNumberOfControlPoints() < 1:
+            return None
+        p = [0.0, 0.0, 0.0]
+        node.GetNthControlPointPositionWorld(0, p)
+        return np.array(p, dtype=np.float64)
+
     # ----------------------------------------------------------------- recompute after manual correction
     def study_arrays(self, params: Parameters) -> tuple[Cine, np.ndarray, np.ndarray]:
         """Cine, labels (read back from the possibly edited segmentation sequence) and displacement
@@ -794,7 +825,8 @@ class DeepStrainLogic:
         return cine
 
     def recompute(self, params: Parameters, progress: ProgressCallback = _no_progress):
-        """Strain, volumes and AHA from the edited segmentation.
+        """Strain, volumes and AHA from the edited segmentation (and the AHA orientation from the
+        anterior RV insertion point, when one is placed: :meth:`rv_insertion_node`).
 
         The motion, when the networks made it: "Refine motion" on: refined again with the edited
         segmentation (about 1-2 s; :func:`deepstrain.refinement.motion_for_labels`), and the
@@ -829,7 +861,8 @@ class DeepStrainLogic:
             progress(0.6, "refining the motion with the edited segmentation" if want else "motion network's field")
             disp = motion_for_labels(state, labels, refine=want)
         progress(0.7, "computing strain")
-        analysis = compute(cine, labels, disp, ed=params.analysis_ed, es=params.analysis_es)
+        analysis = compute(cine, labels, disp, ed=params.analysis_ed, es=params.analysis_es,
+                           rv_insertion_ras=self.rv_insertion_point(params))
         if new_motion:
             made = (want, labels)
         analysis.report["provenance"] = self._provenance_after_edit(params, labels, made if state is not None else None,

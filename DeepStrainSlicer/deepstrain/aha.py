@@ -16,7 +16,10 @@ Definitions follow ``notes/strain_spec.md``; the details decided here:
   ``[s_base, s_apex]``; basal ``f < 1/3`` (also above the cavity), mid ``1/3 <= f < 2/3``, apical
   ``f >= 2/3``; a voxel less than ``LEVEL_TOLERANCE_MM`` (0.5 mm) short of a boundary counts
   as past it, so a slice lying on a boundary (common with regular slice spacing: f = 2/6) is
-  not split by the sub-degree error of the fitted long axis. Segment 17 (apex) = every myocardium voxel in a slice with no cavity whose LV
+  not split by the sub-degree error of the fitted long axis.
+* A user may instead give the anterior RV insertion point (RAS mm): ``s_dir`` is then its
+  direction from the LV centre turned 60 degrees towards the septum (it sits at phi = -60,
+  the anterior / anteroseptal boundary), for when the RV contours are wrong or absent. Segment 17 (apex) = every myocardium voxel in a slice with no cavity whose LV
   centre is more apical than the centre of the most apical cavity slice.
 """
 from __future__ import annotations
@@ -124,6 +127,38 @@ def septal_direction(
     return s_dir, ins
 
 
+INSERTION_TO_SEPTUM_DEG = 60.0
+"""Angle (deg) from the anterior RV insertion point to the septal direction: the anteroseptal and
+inferoseptal segments are the two 60-degree sectors between the insertion points."""
+
+
+def septal_direction_from_insertion(point_ras: np.ndarray, frame: CardiacFrame) -> np.ndarray:
+    """Septal unit direction ``s_dir`` from a given **anterior RV insertion point** (RAS mm).
+
+    The point's direction from the LV centre of the slice nearest to it along the long axis,
+    perpendicular to ``l``, turned by :data:`INSERTION_TO_SEPTUM_DEG` towards the septum (the
+    anterior insertion is at phi = -60 deg). Raises ``ValueError`` for a point on the long axis
+    (closer than 2 mm to that LV centre in the short-axis plane) or without any LV centre.
+    """
+    p = np.asarray(point_ras, dtype=np.float64).reshape(3)
+    if not np.all(np.isfinite(p)):
+        raise ValueError(f"RV insertion point {p.tolist()} is not a finite RAS position")
+    l_vec = frame.long_axis
+    ok = np.all(np.isfinite(frame.centers), axis=1)
+    if not ok.any():
+        raise ValueError("no LV centre at ED: the RV insertion point cannot be placed on the LV")
+    centres = frame.centers[ok]
+    c = centres[int(np.argmin(np.abs((centres - p) @ l_vec)))]
+    d = (p - c) - ((p - c) @ l_vec) * l_vec
+    dist = float(np.linalg.norm(d))
+    if dist < 2.0:
+        raise ValueError(f"RV insertion point {np.round(p, 1).tolist()} is {dist:.1f} mm from the LV centre in "
+                         "the short-axis plane: place it where the RV wall meets the septum")
+    d /= dist
+    a = math.radians(INSERTION_TO_SEPTUM_DEG)
+    return math.cos(a) * d + math.sin(a) * np.cross(l_vec, d)
+
+
 def _cavity_extent(lab: np.ndarray, geometry: Geometry, l_vec: np.ndarray) -> tuple[float, float]:
     kk, jj, ii = np.nonzero(lab == 3)
     if kk.size == 0:
@@ -150,11 +185,15 @@ def aha_segments(
     geometry: Geometry,
     frame: CardiacFrame | None = None,
     contact_mm: float = DEFAULT_CONTACT_MM,
+    rv_insertion_ras: np.ndarray | None = None,
 ) -> np.ndarray:
     """AHA segment of every ED myocardium voxel: ``(Z, Y, X)`` int8, 0 outside the myocardium, 1..17.
 
-    Raises ``ValueError`` when the segments are undefined (no cavity, fewer than two slices with
-    cavity, or no RV contact).
+    ``rv_insertion_ras``: the anterior RV insertion point (RAS mm) given by the user, which sets
+    the septal direction (:func:`septal_direction_from_insertion`) instead of the RV contact arc of
+    the labels (then no RV label is needed). Raises ``ValueError`` when the segments are undefined
+    (no cavity, fewer than two slices with cavity, no RV contact and no point given, or a point
+    on the long axis).
     """
     lab = np.asarray(labels_ed)
     if frame is None:
@@ -168,7 +207,10 @@ def aha_segments(
     if cav_slices.size < 2:
         raise ValueError("the AHA levels need LV cavity in at least two slices")
     s_base, s_apex = _cavity_extent(lab, geometry, l_vec)
-    s_dir, _ = septal_direction(lab, geometry, frame, contact_mm)
+    if rv_insertion_ras is None:
+        s_dir, _ = septal_direction(lab, geometry, frame, contact_mm)
+    else:
+        s_dir = septal_direction_from_insertion(rv_insertion_ras, frame)
 
     kk, jj, ii = np.nonzero(myo)
     m = geometry.direction * geometry.spacing[None, :]

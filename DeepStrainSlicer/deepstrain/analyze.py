@@ -20,6 +20,7 @@ import numpy as np
 
 from . import __version__, io, pipeline
 from .cine import Cine
+from .errors import InputError
 from .outputs import atomic_output_dir
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ def analyze_cine(
     weights_dir: str | os.PathLike | None = None,
     refine_motion: bool = True,
     keep_network_motion: bool = False,
+    rv_insertion_ras: np.ndarray | None = None,
 ) -> pipeline.Analysis:
     """Run what is missing of (labels, displacement) through the networks, then strain and volumes.
 
@@ -51,6 +53,8 @@ def analyze_cine(
     (:func:`deepstrain.refinement.motion_for_labels`), so it agrees with the segmentation that the
     strain uses. ``keep_network_motion``: keep the network's raw motion in
     ``analysis.network_motion``, to refine again after hand edits (the Slicer module does).
+    ``rv_insertion_ras``: the anterior RV insertion point (RAS mm) orienting the AHA segments
+    (:func:`deepstrain.pipeline.compute`).
     The report's ``provenance`` says what came from the networks, which weights (sha256) and
     arithmetic, and the package version.
     """
@@ -93,7 +97,7 @@ def analyze_cine(
             prov["motion_refined_with"] = "given segmentation" if given_labels else "network segmentation"
     if progress:
         progress(0.95, "strain and volumes")
-    analysis = pipeline.compute(cine, labels, displacement, ed=ed, es=es)
+    analysis = pipeline.compute(cine, labels, displacement, ed=ed, es=es, rv_insertion_ras=rv_insertion_ras)
     analysis.report["provenance"] = prov
     analysis.network_motion = network_motion
     return analysis
@@ -181,19 +185,28 @@ def analyze_path(
     weights_dir: str | os.PathLike | None = None,
     refine_motion: bool = True,
     qc: bool = False,
+    rv_insertion_ras: tuple[float, float, float] | None = None,
 ) -> dict:
     """Load ``input_path``, analyse it and write ``out_dir``; returns the report dict.
 
     ``ed``/``es`` are 0-based frame indices; ``spacing`` is (slice, row, column) in mm; ``qc``:
-    also write ``qc.png`` (:mod:`deepstrain.qc`).
+    also write ``qc.png`` (:mod:`deepstrain.qc`); ``rv_insertion_ras``: the anterior RV insertion
+    point (RAS mm) orienting the AHA segments instead of the RV contours.
     """
     if progress:
         progress(0.0, "loading")
     cine = io.load_cine(input_path, spacing=spacing, heart_rate_bpm=heart_rate_bpm, rr_ms=rr_ms, ed=ed, es=es)
     labels = io.load_labels(segmentation, cine) if segmentation is not None else None
     disp = io.load_displacement(displacement, cine) if displacement is not None else None
+    point = None
+    if rv_insertion_ras is not None:
+        point = np.asarray(rv_insertion_ras, dtype=np.float64).reshape(-1)
+        if point.shape != (3,) or not np.all(np.isfinite(point)):
+            raise InputError(input_path, f"the RV insertion point must be three finite numbers (R A S, mm), got "
+                                         f"{rv_insertion_ras}")
     analysis = analyze_cine(cine, labels=labels, displacement=disp, ed=cine.ed, es=cine.es, progress=progress,
-                            tta=tta, precision=precision, weights_dir=weights_dir, refine_motion=refine_motion)
+                            tta=tta, precision=precision, weights_dir=weights_dir, refine_motion=refine_motion,
+                            rv_insertion_ras=point)
     if progress and qc:
         progress(0.97, "quality-control picture")
     write_analysis(analysis, out_dir, overwrite=overwrite, qc=qc)

@@ -129,6 +129,9 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
     _add_network_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress output")
     _add_study_options(p)
+    p.add_argument("--rv-insertion", type=float, nargs=3, metavar=("R", "A", "S"),
+                   help="anterior RV insertion point (world RAS mm, e.g. read off in Slicer) that orients the "
+                        "AHA segments, instead of the RV contours (for wrong or missing RV labels)")
 
 
 def _add_qc_option(p: argparse.ArgumentParser) -> None:
@@ -160,6 +163,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         heart_rate_bpm=args.heart_rate, rr_ms=args.rr_ms, ed=args.ed, es=args.es,
         overwrite=args.overwrite, progress=_ProgressLine(args.quiet), tta=args.tta,
         precision=args.precision, weights_dir=args.weights, refine_motion=args.refine_motion, qc=args.qc,
+        rv_insertion_ras=tuple(args.rv_insertion) if args.rv_insertion else None,
     )
     _print_summary(rep, args.out)
     return 0

@@ -112,12 +112,16 @@ def compute(
     *,
     ed: int | None = None,
     es: int | None = None,
+    rv_insertion_ras: np.ndarray | None = None,
 ) -> Analysis:
     """Strain (when ``displacement`` is given), AHA segments and volumes of one study.
 
     ED/ES (0-based): the arguments, else ``cine.ed`` / ``cine.es``, else the frames of largest /
     smallest LV volume. Strain uses the ED labels (myocardium = label 2 at ED). Strain rates,
     SRs and SRe are null without timing or with fewer than 3 frames (an ACDC ED+ES pair).
+    ``rv_insertion_ras``: the anterior RV insertion point (RAS mm) that orients the AHA segments,
+    instead of the RV contact of the labels (:func:`deepstrain.aha.aha_segments`); the report's
+    ``aha_reference`` says which was used.
     """
     n = cine.n_frames
     lab = _check_labels(cine, labels)
@@ -150,9 +154,14 @@ def compute(
             warnings.append(f"cardiac frame: {exc}")
     if frame is not None:
         try:
-            segments = aha_mod.aha_segments(lab_ed, cine.geometry, frame)
+            segments = aha_mod.aha_segments(lab_ed, cine.geometry, frame, rv_insertion_ras=rv_insertion_ras)
         except ValueError as exc:
+            if rv_insertion_ras is not None:  # asked for explicitly: not a warning but an error
+                raise InputError(_where(cine), f"AHA segments from the given RV insertion point: {exc}") from None
             warnings.append(f"AHA segments not computed: {exc}")
+    aha_reference = None if segments is None else {
+        "septum_from": "RV contact of the ED labels" if rv_insertion_ras is None else "given anterior RV insertion point",
+        "rv_insertion_ras": None if rv_insertion_ras is None else [round(float(v), 3) for v in rv_insertion_ras]}
 
     comps = curves = rates = peaks = aha_c = None
     if disp is not None:
@@ -198,6 +207,7 @@ def compute(
         aha_curves=aha_c,
         warnings=warnings,
     )
+    report["aha_reference"] = aha_reference
     return Analysis(
         cine=cine,
         labels=lab,

@@ -346,3 +346,36 @@ def test_layout_xml_has_slice_plot_and_polar_views():
     assert ("vtkMRMLSliceNode", "Red") in views
     assert ("vtkMRMLPlotViewNode", dlogic.PLOT_VIEW_TAG) in views
     assert ("vtkMRMLViewNode", dlogic.POLAR_VIEW_TAG) in views
+
+
+def test_rv_insertion_point_orients_the_aha_segments_at_recompute(study):
+    """A point placed in the study's "anterior RV insertion" list turns the AHA segments at the
+    next Recompute (report: aha_reference); deleting it restores the RV-contour orientation; a
+    new Run removes the point list with the study."""
+    h, cine, labels, disp, analysis = study
+    p = h.params
+    node = h.logic.rv_insertion_node(p)
+    assert h.logic.rv_insertion_node(p) is node and h.logic.rv_insertion_point(p) is None
+    assert node.GetMaximumNumberOfControlPoints() == 1
+    frame = analysis.frame
+    ks = np.nonzero(np.all(np.isfinite(frame.centers), axis=1))[0]
+    centre = frame.centers[ks[ks.size // 2]]
+    l_vec = frame.long_axis
+    side = np.cross(l_vec, [1.0, 0.0, 0.0])
+    side /= np.linalg.norm(side)
+    node.AddControlPointWorld(vtk.vtkVector3d(*(centre + 25.0 * side)))
+    np.testing.assert_allclose(h.logic.rv_insertion_point(p), centre + 25.0 * side, atol=1e-6)
+    turned = h.logic.recompute(p)
+    ref = turned.report["aha_reference"]
+    assert ref["septum_from"] == "given anterior RV insertion point"
+    np.testing.assert_allclose(ref["rv_insertion_ras"], centre + 25.0 * side, atol=1e-3)
+    assert turned.report["aha"] != analysis.report["aha"]
+    assert turned.report["global_strain"] == analysis.report["global_strain"]  # only the segments move
+    assert json.loads(p.ref("ReportText").GetText())["aha_reference"] == ref
+    node.RemoveAllControlPoints()
+    back = h.logic.recompute(p)
+    assert back.report["aha"] == analysis.report["aha"]
+    assert back.report["aha_reference"]["septum_from"] == "RV contact of the ED labels"
+    node_id = node.GetID()
+    h.logic.run(cine, p, labels, disp)
+    assert h.scene.GetNodeByID(node_id) is None and p.ref("RvInsertion") is None
