@@ -1,7 +1,8 @@
 """Harness for the Slicer module's tests without the Slicer application.
 
 Creates what the application would: an MRML scene (``slicer.mrmlScene``), the Sequences logic on
-it, an application logic with the interaction/selection singletons, and the module logic with
+it, an application logic with the interaction/selection singletons, the Markups logic (markups
+saved with the scene), and the module logic with
 explicit arguments. Skips every test here when ``slicer-core`` is not importable.
 Offscreen pictures need EGL (Debian ``libegl1 libegl-mesa0 libgl1-mesa-dri``).
 """
@@ -70,6 +71,11 @@ class Harness:
         self.sequences_logic.SetMRMLScene(self.scene)
         self.app_logic = slicer.vtkMRMLApplicationLogic()
         self.app_logic.SetMRMLScene(self.scene)
+        # the Markups module's logic registers the markups storage nodes (points saved with the scene)
+        self.markups_logic = slicer.vtkSlicerMarkupsLogic()
+        self.markups_logic.SetMRMLApplicationLogic(self.app_logic)
+        self.markups_logic.SetMRMLScene(self.scene)
+        self.app_logic.SetModuleLogic("Markups", self.markups_logic)
         self.logic = dlogic.DeepStrainLogic(self.scene, self.sequences_logic)
         self.params = self.logic.parameter_node()
 
@@ -101,6 +107,7 @@ class Harness:
 
     def close(self) -> None:
         self.sequences_logic.SetMRMLScene(None)
+        self.markups_logic.SetMRMLScene(None)
         self.color_logic.SetMRMLScene(None)
         self.app_logic.SetMRMLScene(None)
         self.scene.Clear(1)

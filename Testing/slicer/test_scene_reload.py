@@ -41,6 +41,25 @@ def test_given_study_reloads_on_its_own_voxels(harness, phantom, tmp_path):
         h.close()
 
 
+def test_rv_insertion_point_is_kept_with_the_scene(harness, phantom, tmp_path):
+    cine, labels, disp = phantom
+    first = harness.logic.run(cine, harness.params, labels, disp)
+    frame = first.frame
+    centre = frame.centers[np.nonzero(np.all(np.isfinite(frame.centers), axis=1))[0][3]]
+    side = np.cross(frame.long_axis, [0.0, 0.0, 1.0])
+    point = centre + 20.0 * side / np.linalg.norm(side)
+    harness.logic.rv_insertion_node(harness.params).AddControlPointWorld(*point)
+    placed = harness.logic.recompute(harness.params)
+    h = harness.save_and_reload(tmp_path)
+    try:
+        np.testing.assert_allclose(h.logic.rv_insertion_point(h.params), point, atol=1e-3)
+        again = h.logic.recompute(h.params)
+        assert again.report["aha_reference"]["septum_from"] == "given anterior RV insertion point"
+        assert again.report["aha"] == placed.report["aha"]
+    finally:
+        h.close()
+
+
 def test_networks_run_again_after_reload_to_refine_new_edits(harness, phantom, tmp_path):
     """Networks run, the ES wall thickened by hand, Recompute, scene saved and loaded. Recompute
     runs the networks again (same crop, reference frame, weights, arithmetic), they reproduce the
