@@ -152,6 +152,9 @@ def qc_figure(analysis: Analysis, path: str | os.PathLike) -> Path:
         lim = max(finite + [1e-6])
         pax = fig.add_subplot(grid[2, 3 + i])
         draw_bullseye(pax, values, cmap=cmap, norm=Normalize(-lim, lim), title=f"{comp} strain at ES (%)")
+    reference = (rep.get("aha_reference") or {}).get("septum_from")
+    if reference:
+        fig.text(0.78, 0.03, f"AHA segments oriented by the {reference}", ha="center", fontsize=8)
 
     vol, ess = rep.get("volumetrics") or {}, rep.get("ess") or {}
     fig.suptitle(
