@@ -118,7 +118,8 @@ def _add_network_options(p: argparse.ArgumentParser) -> None:
 
 def _add_analyze(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("analyze", help="segmentation, motion, strain and volumes of one study")
-    p.add_argument("input", type=Path, help="4D NIfTI, DICOM cine folder or ACDC patient folder")
+    p.add_argument("input", type=Path, help="4D NIfTI, DICOM cine folder (or enhanced multi-frame file), ACDC patient "
+                   "folder or UK Biobank subject folder")
     p.add_argument("--out", required=True, type=Path, help="output folder (must not exist or be empty)")
     p.add_argument("--segmentation", type=Path,
                    help="4D NIfTI labels on the input grid (ACDC values) to use instead of the networks'")
@@ -191,7 +192,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- batch
 def _add_batch(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("batch", help="analyse every study under a folder (resumable), with a summary table and group figures")
-    p.add_argument("input", type=Path, help="folder of studies: ACDC patient folders, 4D NIfTI files, DICOM cine folders")
+    p.add_argument("input", type=Path, help="folder of studies: ACDC patient folders, UK Biobank subject folders, 4D NIfTI files, DICOM cine folders")
     p.add_argument("--out", required=True, type=Path, help="output folder (created; re-running with the same settings resumes, see OUT/settings.json)")
     p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
     p.add_argument("--threads", type=int, help="torch threads per worker (default: cores // workers; 1 on Dask)")
