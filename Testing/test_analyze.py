@@ -155,6 +155,10 @@ def test_networks_run_again_from_the_provenance_reproduce_the_motion(small_study
     assert state.ed == first.ed and state.crop == first.network_motion.crop
     same, mm = reproduces(state, first.displacement, first.labels, refined=True)
     assert same and mm < 1e-5
+    from deepstrain.refinement import motion_for_labels
+
+    made = motion_for_labels(state, first.labels, refine=True)  # given instead of made again: same answer
+    assert reproduces(state, first.displacement, first.labels, refined=True, motion=made) == (same, mm)
     assert not reproduces(state, first.displacement, first.labels, refined=False)[0]  # refined, not raw
     moved = first.displacement.copy()
     moved[[f for f in range(moved.shape[0]) if f != first.ed]] += 0.05  # 0.05 mm everywhere

@@ -80,17 +80,16 @@ def coarsen_inplane(image: np.ndarray, spacing_yx: np.ndarray, pixel_mm: float) 
     return back[: image.shape[0], : image.shape[1]]
 
 
-def predict_scales(cine, scales: list[float], weights_dir=None, precision: str = "auto"):
+def predict_scales(cine, scales: list[float], centre: tuple[float, float], weights_dir=None, precision: str = "auto"):
     """Labels (T, Z, Y, X) of every frame with the crop resampled at each pixel size in ``scales``
-    (mm; the same 160 mm field of view, sides a multiple of 16) and the class probabilities averaged
-    on the input grid: a test-time-scale experiment (not what ``deepstrain analyze`` does)."""
-    from deepstrain.inference import _network, _segment, find_lv_centre, largest_components
+    (mm; the same 160 mm field of view, sides a multiple of 16, centred on input voxel ``centre``,
+    the centring network's) and the class probabilities averaged on the input grid: a
+    test-time-scale experiment (not what ``deepstrain analyze`` does)."""
+    from deepstrain.inference import _network, _segment, largest_components
     from deepstrain.preprocess import crop_image, crop_transform, normalize_intensity, uncrop
 
     g = cine.geometry
     norm = normalize_intensity(cine.data)
-    centre = find_lv_centre(norm[cine.ed if cine.ed is not None else 0], g.spacing, weights_dir=weights_dir,
-                            precision=precision)
     net = _network("segmentation", weights_dir)
     total = None
     for mm in scales:
@@ -181,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         pred = predict(cine, with_motion=False, weights_dir=args.weights, tta=args.tta, precision=args.precision)
         if args.scales:
-            pred.labels = predict_scales(cine, args.scales, args.weights, args.precision)
+            pred.labels = predict_scales(cine, args.scales, pred.lv_centre_voxel, args.weights, args.precision)
         t_total += time.time() - t0
         sp = cine.geometry.spacing
         row = {"patient": p, "group": cine.group}

@@ -39,6 +39,7 @@ def main() -> None:
 
     from conftest import Harness
     from deepstrain.phantom import PhantomParams, generate_phantom
+    from deepstrain.qc import middle_slice
     from DeepStrainSlicerLib import render
 
     t0 = time.perf_counter()
@@ -86,7 +87,7 @@ def main() -> None:
     vol = browser.GetProxyNode(h.params.ref("CineSequence"))
     r = render.SliceViewRenderer(h.scene, h.app_logic, (512, 512))
     r.show(vol.GetID())
-    r.align_to_volume(vol, render.mid_slice(ph.labels[analysis.ed]))
+    r.align_to_volume(vol, middle_slice(ph.labels[analysis.ed]))
     r.render()
     t0 = time.perf_counter()
     for f in order:

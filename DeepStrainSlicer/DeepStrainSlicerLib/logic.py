@@ -35,18 +35,13 @@ import vtk
 
 import slicer
 from deepstrain.cine import Cine
+from deepstrain.qc import COMPONENT_COLORS, VOLUME_COLORS
 
 from . import mrml, polarmap
 
 COMPONENTS = ("radial", "circumferential", "longitudinal")
-COMPONENT_COLORS = {
-    "radial": (0.85, 0.20, 0.20),
-    "circumferential": (0.20, 0.40, 0.85),
-    "longitudinal": (0.15, 0.60, 0.25),
-}
 VOLUME_COLUMNS = {"lv": "LV volume (ml)", "myo": "myocardium volume (ml)", "rv": "RV volume (ml)"}
 """Curve-table columns of the volume curves (keys of ``Analysis.volume_curves``)."""
-VOLUME_COLORS = {"lv": (0.85, 0.25, 0.25), "myo": (0.25, 0.60, 0.30), "rv": (0.25, 0.45, 0.85)}
 POLAR_VIEW_TAG = "DeepStrainPolarMap"
 PLOT_VIEW_TAG = "DeepStrainPlot"
 LAYOUT_ID = 9601
@@ -845,8 +840,9 @@ class DeepStrainLogic:
         state, made = self._cache.get("network_motion"), self._cache.get("motion_made_with")
         want = bool(params.refine_motion)
         rerun: str | None = None  # what running the networks again gave, for the provenance
+        remade = None  # the motion made while checking the networks run again, when it is the one wanted
         if state is None and "network_motion_unavailable" not in self._cache:
-            state, rerun = self._network_motion_again(params, cine, labels, disp, want, progress)
+            state, remade, rerun = self._network_motion_again(params, cine, labels, disp, want, progress)
             if state is not None:
                 made = (not want, None)  # the motion is made again below, whatever it was made with
                 self._cache.update(network_motion=state, run_labels=state.labels, motion_made_with=made)
@@ -855,7 +851,9 @@ class DeepStrainLogic:
         rerun = rerun or self._cache.get("network_motion_unavailable")
         new_motion = state is not None and made is not None and (
             made[0] != want or (want and not np.array_equal(made[1], labels)))
-        if new_motion:
+        if new_motion and remade is not None:
+            disp = remade
+        elif new_motion:
             from deepstrain.refinement import motion_for_labels
 
             progress(0.6, "refining the motion with the edited segmentation" if want else "motion network's field")
@@ -883,35 +881,41 @@ class DeepStrainLogic:
 
     def _network_motion_again(self, params: Parameters, cine: Cine, labels: np.ndarray, disp: np.ndarray,
                               want: bool, progress: ProgressCallback):
-        """(the networks' raw motion, "yes, ...") by running them again as the scene's report records,
-        when the stored motion came from them and refining is wanted now or was done then; else
-        (None, "no: why not") for the provenance, or (None, None) when nothing is needed.
-        The networks run again must reproduce the stored motion on the frames not edited by hand
-        (:func:`deepstrain.refinement.reproduces`), else the stored motion is kept."""
+        """(the networks' raw motion, the motion wanted now or None, "yes, ...") by running them again
+        as the scene's report records, when the stored motion came from them and refining is wanted
+        now or was done then; else (None, None, "no: why not") for the provenance, or (None, None,
+        None) when nothing is needed. The networks run again must reproduce the stored motion on the
+        frames not edited by hand (:func:`deepstrain.refinement.reproduces`), else the stored motion
+        is kept. The motion made for that check (with the current labels) is returned when it is
+        made the way wanted now, so it is not made twice."""
         try:
             prov = self.report(params).get("provenance") or {}
         except ValueError:
-            return None, None
-        if prov.get("motion") != "networks" or not (want or prov.get("motion_refined_with_segmentation")):
-            return None, None
+            return None, None, None
+        refined = bool(prov.get("motion_refined_with_segmentation"))
+        if prov.get("motion") != "networks" or not (want or refined):
+            return None, None, None
         try:
             self.require_torch()
         except RuntimeError:
-            return None, "no: PyTorch is not installed"
+            return None, None, "no: PyTorch is not installed"
         from deepstrain.analyze import network_motion_again
-        from deepstrain.refinement import reproduces
+        from deepstrain.refinement import motion_for_labels, reproduces
 
         try:
             state = network_motion_again(cine, prov, weights_dir=params.weights_dir or None,
                                          progress=lambda f, m: progress(0.05 + 0.5 * f, f"running the networks again: {m}"))
         except (ValueError, OSError) as exc:  # deepstrain.errors.InputError is a ValueError
-            return None, f"no: {exc}"
-        same, mm = reproduces(state, disp, labels, refined=bool(prov.get("motion_refined_with_segmentation")))
+            return None, None, f"no: {exc}"
+        progress(0.6, "checking the motion of the networks run again")
+        fresh = motion_for_labels(state, labels, refine=refined)
+        same, mm = reproduces(state, disp, labels, refined=refined, motion=fresh)
         if not same:
             where = "every frame was edited" if math.isnan(mm) else f"{mm:.3g} mm apart"
-            return None, ("no: run again, the networks did not reproduce the stored motion on the frames not "
-                          f"edited ({where}: other weights, input or arithmetic)")
-        return state, f"yes, after the scene was loaded: they reproduced the stored motion to {mm:.2g} mm"
+            return None, None, ("no: run again, the networks did not reproduce the stored motion on the frames "
+                                f"not edited ({where}: other weights, input or arithmetic)")
+        return (state, fresh if refined == want else None,
+                f"yes, after the scene was loaded: they reproduced the stored motion to {mm:.2g} mm")
 
     def _provenance_after_edit(self, params: Parameters, labels: np.ndarray,
                                made: tuple[bool, np.ndarray] | None = None, rerun: str | None = None) -> dict:

@@ -16,6 +16,7 @@ import vtk
 from vtk.util import numpy_support
 
 import slicer
+from deepstrain.qc import middle_slice
 
 SLICE_DISPLAYABLE_MANAGERS = (
     "vtkMRMLSegmentationsDisplayableManager2D",
@@ -179,21 +180,6 @@ class SliceViewRenderer:
 
 
 # --------------------------------------------------------------------------- study pictures
-def mid_slice(labels_ed: np.ndarray) -> int:
-    """Middle slice of the ED myocardium (label 2); the middle of the volume if there is none.
-
-    Between two middle slices, the one with more myocardium (then more LV cavity), so that the
-    choice does not depend on the order in which the slices are stored (a scene saved and loaded
-    again may hold them reversed)."""
-    k = np.nonzero((labels_ed == 2).any(axis=(1, 2)))[0]
-    n = labels_ed.shape[0]
-    lo, hi = ((int(k[0]) + int(k[-1])) // 2, (int(k[0]) + int(k[-1]) + 1) // 2) if k.size else ((n - 1) // 2, n // 2)
-    if lo == hi:
-        return lo
-    score = [(int((labels_ed[i] == 2).sum()), int((labels_ed[i] == 3).sum())) for i in (lo, hi)]
-    return hi if score[1] > score[0] else lo
-
-
 def render_slice(logic, params, frame: int, size: tuple[int, int] = (512, 512), slice_index: int | None = None,
                  app_logic=None) -> np.ndarray:
     """The cine at ``frame`` with the segmentation and glyph overlays as set in ``params``."""
@@ -207,7 +193,7 @@ def render_slice(logic, params, frame: int, size: tuple[int, int] = (512, 512), 
 
         geometry = mrml.geometry_of_volume(vol)
         lab_ed = mrml.segmentation_to_labels(seg, geometry, tuple(int(d) for d in vol.GetImageData().GetDimensions()[::-1]))
-        slice_index = mid_slice(lab_ed)
+        slice_index = middle_slice(lab_ed)
         heart = np.nonzero(lab_ed[slice_index] > 0)
         if heart[0].size:
             j0, j1, i0, i1 = heart[0].min(), heart[0].max(), heart[1].min(), heart[1].max()

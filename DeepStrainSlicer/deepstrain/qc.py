@@ -28,13 +28,35 @@ from .pipeline import Analysis
 
 MARGIN_MM = 15.0
 """Margin (mm) around the heart's bounding box in the image panels."""
+COMPONENT_COLORS = {"radial": (0.85, 0.20, 0.20), "circumferential": (0.20, 0.40, 0.85),
+                    "longitudinal": (0.15, 0.60, 0.25)}
+"""Colour of each strain component in every picture (also the Slicer module's charts)."""
+VOLUME_COLORS = {"lv": (0.85, 0.25, 0.25), "myo": (0.25, 0.60, 0.30), "rv": (0.25, 0.45, 0.85)}
+"""Colour of each volume curve (keys of ``Analysis.volume_curves``)."""
+VOLUME_NAMES = {"lv": "LV", "myo": "myocardium", "rv": "RV"}
 CONTOURS = ((3, (0.9, 0.15, 0.15), "LV cavity"), ((2, 3), (0.15, 0.75, 0.25), "epicardium"),
             (1, (0.2, 0.45, 0.95), "RV cavity"))
 
 
+def middle_slice(labels_ed: np.ndarray) -> int:
+    """Middle slice of the ED myocardium (label 2); the middle of the volume if there is none.
+
+    Between two middle slices, the one with more myocardium (then more LV cavity), so that the
+    choice does not depend on the order in which the slices are stored (a scene saved and loaded
+    again may hold them reversed). Used by every picture of a study (here and in Slicer exports)."""
+    k = np.nonzero((labels_ed == 2).any(axis=(1, 2)))[0]
+    n = labels_ed.shape[0]
+    lo, hi = ((int(k[0]) + int(k[-1])) // 2, (int(k[0]) + int(k[-1]) + 1) // 2) if k.size else ((n - 1) // 2, n // 2)
+    if lo == hi:
+        return lo
+    score = [(int((labels_ed[i] == 2).sum()), int((labels_ed[i] == 3).sum())) for i in (lo, hi)]
+    return hi if score[1] > score[0] else lo
+
+
 def qc_slices(analysis: Analysis) -> list[tuple[str, int]]:
-    """(name, slice index) of the basal, middle and apical slices shown: the first, middle and last
-    slice with ED myocardium, ordered base -> apex along the cardiac frame's long axis."""
+    """(name, slice index) of the basal, middle and apical slices shown: the first and last slice
+    with ED myocardium, ordered base -> apex along the cardiac frame's long axis, and
+    :func:`middle_slice`."""
     lab = analysis.labels[analysis.ed]
     k = np.nonzero((lab == 2).any(axis=(1, 2)))[0]
     if k.size == 0:
@@ -45,8 +67,7 @@ def qc_slices(analysis: Analysis) -> list[tuple[str, int]]:
         along = float(analysis.frame.long_axis @ (g.direction[:, 0] * g.spacing[0]))
         if along < 0:  # increasing slice index goes towards the base
             first, last = last, first
-    mid = (first + last) // 2
-    return [("basal", first), ("mid", mid), ("apical", last)]
+    return [("basal", first), ("mid", middle_slice(lab)), ("apical", last)]
 
 
 def _heart_box(analysis: Analysis) -> tuple[slice, slice]:
@@ -117,9 +138,8 @@ def qc_figure(analysis: Analysis, path: str | os.PathLike) -> Path:
     xlabel = "time (ms)"
     if not np.all(np.isfinite(t)):
         t, xlabel = np.arange(rep["frames"]["count"], dtype=float), "frame"
-    colours = {"radial": (0.85, 0.2, 0.2), "circumferential": (0.2, 0.4, 0.85), "longitudinal": (0.15, 0.6, 0.25)}
     ax = fig.add_subplot(grid[0, 3:5])
-    for comp, colour in colours.items():
+    for comp, colour in COMPONENT_COLORS.items():
         v = (rep.get("global_strain") or {}).get(f"{comp}_percent")
         if v is not None:
             ax.plot(t, [np.nan if a is None else a for a in v], "o-", ms=3, color=colour, label=comp)
@@ -130,9 +150,8 @@ def qc_figure(analysis: Analysis, path: str | os.PathLike) -> Path:
     else:
         ax.text(0.5, 0.5, "strain not computed (see warnings)", transform=ax.transAxes, ha="center")
     ax2 = fig.add_subplot(grid[1, 3:5], sharex=ax)
-    for key, colour, name in (("lv", (0.85, 0.25, 0.25), "LV"), ("myo", (0.25, 0.6, 0.3), "myocardium"),
-                              ("rv", (0.25, 0.45, 0.85), "RV")):
-        ax2.plot(t, analysis.volume_curves[key], "o-", ms=3, color=colour, label=name)
+    for key, colour in VOLUME_COLORS.items():
+        ax2.plot(t, analysis.volume_curves[key], "o-", ms=3, color=colour, label=VOLUME_NAMES[key])
     ax2.set_ylabel("volume (ml)")
     ax2.set_ylim(bottom=0)
     ax2.set_xlabel(xlabel)

@@ -217,7 +217,7 @@ other weights give differences of tenths of a millimetre."""
 
 
 def reproduces(state: NetworkMotion, displacement: np.ndarray, labels: np.ndarray, *, refined: bool,
-               tol_mm: float = REPRODUCTION_TOLERANCE_MM) -> tuple[bool, float]:
+               tol_mm: float = REPRODUCTION_TOLERANCE_MM, motion: np.ndarray | None = None) -> tuple[bool, float]:
     """Whether ``state`` (the networks run again) reproduces a stored ``displacement`` ``(T, 3, Z, Y, X)``
     (RAS mm) that was made from the networks' field, refined or not (``refined``).
 
@@ -226,13 +226,15 @@ def reproduces(state: NetworkMotion, displacement: np.ndarray, labels: np.ndarra
     independent of the others, so those frames must agree. Returns (the median over those frames of
     the largest difference is within ``tol_mm``, that median in mm); (False, nan) when every frame
     other than ED was edited. The median, not the maximum: a frame edited, refined and then restored
-    to the networks' labels by hand still carries its earlier motion.
+    to the networks' labels by hand still carries its earlier motion. ``motion``: the field already
+    made from ``state`` with :func:`motion_for_labels` (any labels, the same ``refined``), to
+    compare instead of making it again (only its frames not edited are read).
     """
     displacement = np.asarray(displacement)
     frames = [f for f in range(displacement.shape[0]) if f != state.ed and f not in set(state.edited_frames(labels))]
     if not frames:
         return False, float("nan")
-    fresh = motion_for_labels(state, state.labels, refine=refined)
+    fresh = motion_for_labels(state, state.labels, refine=refined) if motion is None else motion
     worst = [float(np.abs(fresh[f] - displacement[f]).max()) for f in frames]
     median = float(np.median(worst))
     return median <= tol_mm, median
