@@ -46,6 +46,9 @@ class DeepStrainSlicer(ScriptedLoadableModule):
             "'Place the anterior RV insertion point' orients the AHA segments by a point you click "
             "(where the RV's anterior wall meets the septum) instead of the RV contours, at the next Recompute. "
             "The plot view offers strain, strain-rate and volume charts. "
+            "'Automatic checks' lists what looks wrong in the segmentation (an open myocardium, a "
+            "mid-ventricular ES slice without cavity, apex not covered, misaligned slices, ED/ES frames, EF "
+            "out of range); click a finding to show its frame and slice, correct, and Recompute checks again. "
             "'Test-time flips' segments each slice 4 times (slower). "
             "'Weights' may name another weights folder (with its manifest.json); the report records which "
             "weights were used. On studies from outside ACDC, check the most basal slice at end-systole "
@@ -110,6 +113,7 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.exportButton.connect("clicked()", self.on_export)
         self.ui.editButton.connect("clicked()", self.on_edit_segmentation)
         self.ui.rvInsertionButton.connect("clicked()", self.on_place_rv_insertion)
+        self.ui.qualityList.connect("currentRowChanged(int)", self.on_finding)
         self._register_layout()
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self._on_scene_closed)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self._on_scene_closed)
@@ -151,6 +155,7 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             ui.glyphScaleSpin.value = p.glyph_scale_percent
             ui.exportFolderEdit.currentPath = p.export_folder
             has_study = p.ref("Browser") is not None
+            self._show_findings()
             for b in (ui.recomputeButton, ui.exportButton, ui.layoutButton, ui.editButton, ui.rvInsertionButton):
                 b.enabled = has_study
         finally:
@@ -252,8 +257,25 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     note += "; motion as stored, not refined again (see the report's provenance)"
                 self.ui.statusLabel.text = (f"recomputed: LV EDV {v['lv_edv_ml']:.1f} ml, "
                                             f"EF {v['lv_ef_percent']:.1f} %{note}")
+                self._show_findings()
         finally:
             self._busy(False)
+
+    def _show_findings(self):
+        """List the automatic checks' findings (click one: its frame and slice are shown)."""
+        findings = self.logic.quality_findings(self.params)
+        self.ui.qualityList.clear()
+        for f in findings:
+            self.ui.qualityList.addItem(f"{f['check']}: {f['message']}")
+        self.ui.qualityLabel.text = (f"Automatic checks: {len(findings)} finding(s); click one to show it"
+                                     if findings else "Automatic checks: no finding")
+
+    def on_finding(self, row):
+        if row < 0 or self._updating:
+            return
+        with slicer.util.tryWithErrorDisplay("Cannot show this finding.", waitCursor=True):
+            f = self.logic.go_to_finding(self.params, row)
+            self.ui.statusLabel.text = f"showing: {f['message']}"
 
     def on_edit_segmentation(self):
         """Open Segment Editor on the segmentation proxy (edits are saved into the sequence)."""

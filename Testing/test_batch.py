@@ -124,6 +124,17 @@ def test_serial_batch_records_failures_and_resumes(tmp_path: Path) -> None:
     assert {r["id"]: r["seconds"] for r in rows2}["patient003"] == ok["seconds"]  # kept from batch.json
 
 
+def test_summary_row_names_the_quality_checks_that_fired() -> None:
+    study = batch.Study(id="p1", path=Path("p1"), kind="nifti")
+    rep = batch_fakes.fake_report("p1")
+    rep["quality"] = [{"check": "open_myocardium", "message": "a"}, {"check": "open_myocardium", "message": "b"},
+                      {"check": "ef_outside_range", "message": "c"}]
+    assert batch.summary_row(study, rep, status="ok")["quality"] == "open_myocardium;ef_outside_range"
+    rep["quality"] = []
+    assert batch.summary_row(study, rep, status="ok")["quality"] == ""
+    assert "quality" in batch.SUMMARY_COLUMNS
+
+
 def test_pool_gives_the_same_table_as_serial(tmp_path: Path) -> None:
     root = batch_fakes.make_cohort(tmp_path / "in", GROUPS, with_others=False)
     a = batch.run_batch(root, tmp_path / "a", study_fn=batch_fakes.fake_study, progress=None, figures=False)

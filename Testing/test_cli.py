@@ -61,14 +61,19 @@ def _run(args: list[str], capsys) -> tuple[int, str]:
 
 def test_analyze_with_given_labels_and_motion_writes_all_outputs(study, tmp_path, capsys):
     out = tmp_path / "out"
-    code, err = _run(["analyze", str(study["cine"]), "--segmentation", str(study["labels"]),
-                      "--displacement", str(study["disp"]), "--ed", "0", "--es", "2",
-                      "--out", str(out), "--quiet"], capsys)
-    assert code == 0, err
+    code = main(["analyze", str(study["cine"]), "--segmentation", str(study["labels"]),
+                 "--displacement", str(study["disp"]), "--ed", "0", "--es", "2", "--out", str(out), "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
     assert sorted(p.name for p in out.iterdir()) == [
         "displacement.nii.gz", "report.json", "segmentation.nii.gz", "strain.csv"]
+    printed = captured.out
     rep = json.loads((out / "report.json").read_text())
     assert rep["frames"]["count"] == 5
+    # the automatic checks run and are printed (one line per finding, or 'no finding')
+    assert isinstance(rep["quality"], list)
+    assert "quality checks:" in printed
+    assert all(f"- {q['check']}: {q['message']}" in printed for q in rep["quality"])
     assert rep["ess"]["radial"] == pytest.approx(0.0, abs=1e-6)  # zero motion, zero strain
     seg = nib.load(str(out / "segmentation.nii.gz"))
     np.testing.assert_allclose(seg.affine, nib.load(str(study["cine"])).affine)

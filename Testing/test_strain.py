@@ -131,12 +131,42 @@ def test_cardiac_frame_axis_and_orientation(flip):
     true_l = heart.rotation[:, 2]
     angle = np.degrees(np.arccos(np.clip(fr.long_axis @ true_l, -1, 1)))
     assert angle < 2.0, angle  # base -> apex and close to the true axis
-    assert fr.axis_source == "centres" and fr.orientation_rule == "cavity area"
+    assert fr.axis_source == "centres" and fr.orientation_rule == "RV area"
+    # without the RV the cavity area decides, the same way
+    fr2 = cardiac_frame(np.where(lab == 1, 0, lab), geo)
+    assert fr2.orientation_rule == "cavity area" and fr2.long_axis @ fr.long_axis > 0.999
     # per-slice centres: one per slice with LV, on the true axis within a voxel
     lv_slices = np.nonzero(np.any((lab == 2) | (lab == 3), axis=(1, 2)))[0]
     assert np.all(np.isfinite(fr.centers[lv_slices]))
     off = heart.to_heart(fr.centers[lv_slices])[:, :2]
     assert np.abs(off).max() < 1.5
+
+
+def _dilated_truncated_lv(n_slices: int = 8) -> np.ndarray:
+    """Slices base (0) -> apex: a dilated LV whose cavity grows towards the last slice (the stack stops
+    before the apex, like ACDC patient047) and an RV that shrinks from the base and ends."""
+    yy, xx = np.mgrid[:64, :64]
+    lab = np.zeros((n_slices, 64, 64), np.uint8)
+    for k in range(n_slices):
+        r_cav = 12.0 + 0.4 * k
+        d = np.hypot(yy - 32, xx - 36)
+        lab[k][d < r_cav + 4] = 2
+        lab[k][d < r_cav] = 3
+        rv_r = 10.0 * (1 - k / (n_slices - 2))
+        if rv_r > 0:
+            lab[k][(np.hypot(yy - 32, xx - 12) < rv_r) & (lab[k] == 0)] = 1
+    return lab
+
+
+def test_base_and_apex_from_the_rv_when_the_cavity_grows_towards_the_apex():
+    lab = _dilated_truncated_lv()
+    geo = Geometry(spacing=(10.0, 1.5, 1.5))
+    fr = cardiac_frame(lab, geo)
+    assert fr.orientation_rule == "RV area"
+    assert fr.long_axis @ geo.direction[:, 0] > 0.99  # base at slice 0, apex towards the last slice
+    # the cavity-area rule alone gets this heart upside down (why the RV comes first)
+    fr_cav = cardiac_frame(np.where(lab == 1, 0, lab), geo)
+    assert fr_cav.orientation_rule == "cavity area" and fr_cav.long_axis @ geo.direction[:, 0] < -0.99
 
 
 def test_cardiac_frame_with_two_slices_falls_back_to_slice_normal():

@@ -454,6 +454,25 @@ class DeepStrainLogic:
             raise ValueError("no analysis in this scene yet")
         return json.loads(node.GetText())
 
+    def quality_findings(self, params: Parameters) -> list[dict]:
+        """The automatic checks' findings of the current analysis (the report's ``quality``,
+        :mod:`deepstrain.quality`); empty without an analysis. Recompute checks the edited labels again."""
+        return list(self.report(params).get("quality") or []) if params.ref("ReportText") is not None else []
+
+    def go_to_finding(self, params: Parameters, index: int) -> dict:
+        """Show finding ``index``: the cine at its frame, and every slice view moved (along its normal)
+        to the finding's first point (RAS mm). Returns the finding."""
+        findings = self.quality_findings(params)
+        if not 0 <= index < len(findings):
+            raise ValueError(f"finding {index} outside 0..{len(findings) - 1}")
+        finding = findings[index]
+        if finding.get("frame") is not None:
+            self.go_to_frame(params, int(finding["frame"]))
+        if finding.get("points_ras"):
+            r, a, s = (float(v) for v in finding["points_ras"][0])
+            slicer.vtkMRMLSliceNode.JumpAllSlices(self.scene, r, a, s)
+        return finding
+
     @staticmethod
     def _x_values(report: dict) -> tuple[np.ndarray, str]:
         t = np.array([np.nan if v is None else v for v in report["frames"]["times_ms"]], dtype=float)

@@ -55,9 +55,11 @@ VOLUME_KEYS = (
 )  # fmt: skip
 PEAK_KEYS = tuple(f"{p}_{c}" for p in ("ess", "srs", "sre") for c in COMPONENTS)
 AHA_KEYS = tuple(f"aha_{c}_{s}" for c in ("radial", "circumferential") for s in range(1, 18))
-SUMMARY_COLUMNS = ("id", "group", "status", "error", "seconds", "input") + VOLUME_KEYS + PEAK_KEYS + AHA_KEYS
-"""Columns of ``summary.csv``: volumes in ml / g / %, ESS in %, SRs and SRe in 1/s, AHA values
-(segment mean at ES) in %. Empty cell = not available."""
+SUMMARY_COLUMNS = ("id", "group", "status", "error", "seconds", "input", "quality") + VOLUME_KEYS + PEAK_KEYS + AHA_KEYS
+"""Columns of ``summary.csv``: ``quality`` = the names of the automatic checks that fired
+(:mod:`deepstrain.quality`; ``;``-separated, empty = none; the messages are in the study's
+report.json), volumes in ml / g / %, ESS in %, SRs and SRe in 1/s, AHA values (segment mean at ES)
+in %. Empty cell = not available."""
 
 SUMMARY_NAME = "summary.csv"
 SETTINGS_NAME = "settings.json"
@@ -235,6 +237,7 @@ def summary_row(
     row.update(id=study.id, group=study.group or "", status=status, error=error, input=str(study.path),
                seconds="" if seconds is None else f"{seconds:.2f}")
     if report:
+        row["quality"] = ";".join(dict.fromkeys(str(q.get("check")) for q in report.get("quality") or []))
         vol = report.get("volumetrics") or {}
         for k in VOLUME_KEYS:
             row[k] = _fmt(vol.get(k))

@@ -151,6 +151,11 @@ def _print_summary(rep: dict, out: Path) -> None:
     print(f"{rep.get('study', 'study')}: EDV {f(vol.get('lv_edv_ml'), 'ml')}, ESV {f(vol.get('lv_esv_ml'), 'ml')}, "
           f"EF {f(vol.get('lv_ef_percent'), '%')}, LV mass {f(vol.get('lv_mass_g'), 'g')}")
     print(f"ESS radial {f(ess.get('radial'), '%')}, circumferential {f(ess.get('circumferential'), '%')}")
+    findings = rep.get("quality") or []
+    print("quality checks: no finding" if not findings else
+          f"quality checks: {len(findings)} finding(s), look before trusting the numbers:")
+    for q in findings:
+        print(f"  - {q['check']}: {q['message']}")
     print(f"written to {out}")
 
 

@@ -24,7 +24,7 @@ from .errors import InputError
 from .report import json_safe
 from .outputs import atomic_output_dir
 
-NON_METRIC = {"id", "group", "status", "error", "seconds", "input"}
+NON_METRIC = {"id", "group", "status", "error", "seconds", "input", "quality"}
 TABLE_COLUMNS = ("metric", "n", "mean_a", "mean_b", "bias", "sd_diff", "loa_low", "loa_high", "icc",
                  "icc_ci_low", "icc_ci_high", "relative_change_percent", "abs_relative_change_percent")
 

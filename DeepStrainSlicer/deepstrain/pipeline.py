@@ -3,7 +3,8 @@
 This is the part of the analysis after segmentation and motion estimation: what
 ``deepstrain analyze --segmentation --displacement`` and the Slicer module's "Recompute after
 manual correction" call. :func:`compute` validates its inputs and raises
-:class:`deepstrain.errors.InputError` (naming ``cine.source`` or the study) on bad ones.
+:class:`deepstrain.errors.InputError` (naming ``cine.source`` or the study) on bad ones. It also
+runs the automatic checks of the labels (:mod:`deepstrain.quality`; report key ``quality``).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import numpy as np
 from . import aha as aha_mod
 from .cine import Cine
 from .errors import InputError
+from .quality import check_segmentation
 from .report import build_report, write_report
 from .strain import (
     COMPONENTS,
@@ -131,6 +133,7 @@ def compute(
     vol_curves = label_volumes_ml(lab, cine.geometry)
     ed_i = _frame_index(cine, "ED", ed if ed is not None else cine.ed, n)
     es_i = _frame_index(cine, "ES", es if es is not None else cine.es, n)
+    ed_given, es_given = ed_i is not None, es_i is not None
     if ed_i is None or es_i is None:
         try:
             f_ed, f_es = find_ed_es(vol_curves["lv"])
@@ -208,6 +211,9 @@ def compute(
         warnings=warnings,
     )
     report["aha_reference"] = aha_reference
+    findings = check_segmentation(lab, cine.geometry, ed_i, es_i, frame=frame, lv_volume_ml=vol_curves["lv"],
+                                  ef_percent=vol["lv_ef_percent"], ed_given=ed_given, es_given=es_given)
+    report["quality"] = [f.as_dict() for f in findings]
     return Analysis(
         cine=cine,
         labels=lab,

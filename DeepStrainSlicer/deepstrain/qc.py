@@ -126,11 +126,15 @@ def qc_figure(analysis: Analysis, path: str | os.PathLike) -> Path:
     for i, (_, colour, name) in enumerate(CONTOURS):
         legend.plot([], [], color=colour, lw=2, label=name)
     legend.legend(loc="upper left", ncol=3, fontsize=9, frameon=False)
-    notes = [textwrap.fill(f"- {w}", width=110, subsequent_indent="  ", max_lines=3, placeholder=" ...")
-             for w in (rep.get("warnings") or [])]
-    if len(notes) > 5:
-        notes = notes[:5] + [f"- and {len(notes) - 5} more (report.json)"]
-    text = "\n".join(["warnings:"] + notes) if notes else "no warnings"
+    def wrapped(items: list[str], limit: int) -> list[str]:
+        lines = [textwrap.fill(f"- {w}", width=110, subsequent_indent="  ", max_lines=3, placeholder=" ...")
+                 for w in items]
+        return lines[:limit] + ([f"- and {len(lines) - limit} more (report.json)"] if len(lines) > limit else [])
+
+    findings = wrapped([f"{q['check']}: {q['message']}" for q in rep.get("quality") or []], 3)
+    notes = wrapped(list(rep.get("warnings") or []), 3)
+    text = "\n".join((["quality checks:"] + findings if findings else ["quality checks: no finding"])
+                     + (["warnings:"] + notes if notes else ["no warnings"]))
     legend.text(0.0, 0.75, text, va="top", fontsize=8, transform=legend.transAxes)
 
     # curves

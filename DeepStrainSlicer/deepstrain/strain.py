@@ -106,6 +106,9 @@ class CardiacFrame:
         return r, c, l_all
 
 
+RV_SLOPE_TIE = 0.05
+"""Base/apex from the RV area: slopes under this share of the mean RV area per slice spacing are a tie."""
+
 AXIS_OUTLIER_MM = 10.0
 """Slice centres farther than this from the first fitted long axis are left out of the second fit."""
 
@@ -138,12 +141,20 @@ def cardiac_frame(labels_ed: np.ndarray, geometry: Geometry) -> CardiacFrame:
       of the slice normal (a short-axis stack); otherwise the slice normal (array axis 0), with
       a warning.
     * Base -> apex orientation, first rule that decides:
-      1. ``"cavity area"``: least-squares slope of the LV cavity (label 3) area of each slice
+      1. ``"RV area"``: least-squares slope of the RV cavity (label 1) area of each slice with
+         LV against its position along the axis (slices without RV count as zero), when at
+         least two of them have RV; the apex is the end where the area is smaller (the RV
+         wraps the LV from the base and ends before its apex). A slope of less than
+         ``RV_SLOPE_TIE`` (5 %) of the mean area per slice spacing is a tie. On the manual ED
+         labels of the 100 ACDC training patients (base = slice 0 in every one) this rule is
+         right 100 times; rule 2 alone 99 (it fails on a dilated LV whose stack stops before
+         the apex, patient047, where the cavity grows towards the last slice).
+      2. ``"cavity area"``: least-squares slope of the LV cavity (label 3) area of each slice
          against its position along the axis, over slices with cavity; the apex is the end
          where the area is smaller (a slope of less than 1% of the mean area per slice
          spacing is a tie);
-      2. ``"apical cap"``: myocardium-only slices (the myocardium closes) on one end only;
-      3. ``"anatomical prior"``: the apex points left-anterior-inferior in RAS (with a warning).
+      3. ``"apical cap"``: myocardium-only slices (the myocardium closes) on one end only;
+      4. ``"anatomical prior"``: the apex points left-anterior-inferior in RAS (with a warning).
     """
     lab = np.asarray(labels_ed)
     if lab.ndim != 3:
@@ -155,6 +166,7 @@ def cardiac_frame(labels_ed: np.ndarray, geometry: Geometry) -> CardiacFrame:
     m = _index_to_world_linear(geometry)
     centers = np.full((nz, 3), np.nan)
     cav_area = np.zeros(nz)
+    rv_area = np.zeros(nz)
     myo_count = np.zeros(nz, dtype=np.int64)
     pixel_area = float(np.linalg.norm(np.cross(m[:, 1], m[:, 2])))
     for k in range(nz):
@@ -164,6 +176,7 @@ def cardiac_frame(labels_ed: np.ndarray, geometry: Geometry) -> CardiacFrame:
         idx_mean = np.array([k, jj.mean(), ii.mean()])
         centers[k] = geometry.origin + m @ idx_mean
         cav_area[k] = np.count_nonzero(lab[k] == 3) * pixel_area
+        rv_area[k] = np.count_nonzero(lab[k] == 1) * pixel_area
         myo_count[k] = np.count_nonzero(lab[k] == 2)
     has_lv = np.all(np.isfinite(centers), axis=1)
     ks = np.nonzero(has_lv)[0]
@@ -193,14 +206,23 @@ def cardiac_frame(labels_ed: np.ndarray, geometry: Geometry) -> CardiacFrame:
     s = (pts - axis_point) @ l_vec
     rule = ""
     sign = 0.0
+    step = float(geometry.spacing[0])
+    rv = rv_area[ks]
+    if np.count_nonzero(rv) >= 2:
+        ds = s - s.mean()
+        denom = float(ds @ ds)
+        if denom > 0:
+            slope = float(ds @ (rv - rv.mean())) / denom
+            if abs(slope) * step > RV_SLOPE_TIE * float(rv.mean()):
+                sign = -1.0 if slope > 0 else 1.0  # apex where the RV is smaller
+                rule = "RV area"
     with_cav = cav_area[ks] > 0
-    if np.count_nonzero(with_cav) >= 2:
+    if not rule and np.count_nonzero(with_cav) >= 2:
         sc, ac = s[with_cav], cav_area[ks][with_cav]
         ds = sc - sc.mean()
         denom = float(ds @ ds)
         if denom > 0:
             slope = float(ds @ (ac - ac.mean())) / denom
-            step = float(geometry.spacing[0])
             if abs(slope) * step > 0.01 * float(ac.mean()):
                 sign = -1.0 if slope > 0 else 1.0  # apex where the area is smaller
                 rule = "cavity area"

@@ -379,3 +379,42 @@ def test_rv_insertion_point_orients_the_aha_segments_at_recompute(study):
     node_id = node.GetID()
     h.logic.run(cine, p, labels, disp)
     assert h.scene.GetNodeByID(node_id) is None and p.ref("RvInsertion") is None
+
+
+def test_quality_findings_follow_edits_and_show_their_frame_and_slice(study):
+    """An ES slice whose myocardium is cut open by hand: Recompute reports it, and going to the finding
+    shows that frame and moves the slice views onto that slice."""
+    h, cine, labels, disp, analysis = study
+    p = h.params
+    assert h.logic.quality_findings(p) == [] and analysis.report["quality"] == []
+    es = analysis.es
+    lab = labels[es]
+    ks = [k for k in range(lab.shape[0]) if (lab[k] == 3).any()]
+    k = ks[len(ks) // 2]
+    cut = lab == 2
+    cols = np.nonzero(cut[k].any(axis=0))[0]
+    cut[k][:, : (cols.min() + cols.max()) // 2] = False  # the myocardium keeps only one half on slice k
+    cut[:k] |= lab[:k] == 2
+    cut[k + 1:] |= lab[k + 1:] == 2
+    browser = p.ref("Browser")
+    browser.SetSelectedItemNumber(es)
+    mrml.set_segment_mask(browser.GetProxyNode(p.ref("SegmentationSequence")), "lv_myocardium", cut, cine.geometry)
+    h.logic.recompute(p)
+    findings = h.logic.quality_findings(p)
+    assert [(f["check"], f["frame"], f["slices"]) for f in findings] == [("open_myocardium", es, [k])]
+    red = h.scene.AddNewNodeByClass("vtkMRMLSliceNode")
+    red.SetLayoutName("Red")
+    red.SetOrientationToAxial()
+    browser.SetSelectedItemNumber(analysis.ed)
+    assert h.logic.go_to_finding(p, 0) == findings[0]
+    assert h.logic.current_frame(p) == es
+    point = np.array(findings[0]["points_ras"][0])
+    m = vtk.vtkMatrix4x4()
+    m.DeepCopy(red.GetSliceToRAS())
+    normal = np.array([m.GetElement(i, 2) for i in range(3)])
+    origin = np.array([m.GetElement(i, 3) for i in range(3)])
+    assert abs((point - origin) @ normal) < 1e-6  # the view now cuts through the finding's point
+    idx = np.linalg.solve(cine.geometry.index_to_world[:3, :3], point - cine.geometry.origin)
+    assert abs(idx[0] - k) < 1e-3  # and that point is on the flagged slice (stored to 0.01 mm)
+    with pytest.raises(ValueError):
+        h.logic.go_to_finding(p, 1)

@@ -1,0 +1,262 @@
+"""Automatic plausibility checks of a study's segmentation: what to look at before trusting the numbers.
+
+Each check looks for one pattern that manual contours of the ACDC training set (100 patients, ED
+and ES) almost never show but a failed segmentation or a poor acquisition does. A finding is a
+prompt to look (in Slicer: the named frame and slices), not a verdict; the numbers are still
+computed. How often each check fires on the manual labels and on the networks' segmentations is
+measured by ``benchmarks/quality_checks.py`` (figures in the README).
+
+Conventions: frames and slices are 0-based array indices (frame axis 0, slice axis 0 of
+``(Z, Y, X)``), as everywhere in :mod:`deepstrain`. Base and apex come from the cardiac frame of
+the ED labels (:func:`deepstrain.strain.cardiac_frame`); checks that need them are skipped
+without one. The checks:
+
+``open_myocardium``
+    At ED or ES, on a slice with LV cavity other than the most basal one (where the outflow tract
+    legitimately opens the ring), more than :data:`OPEN_BORDER_FRACTION` of the cavity's border
+    (pixel edges between a cavity pixel and a non-cavity pixel, 4-neighbours) touches background
+    or RV instead of myocardium.
+``cavity_missing_at_es``
+    A mid-ventricular slice (the middle third of the ED cavity's extent along the long axis, as
+    for the AHA levels) has LV cavity at ED and none at ES. Basal and apical slices are not
+    checked: the base descends 1-2 slices at ES and ACDC's annotators then drew no cavity there,
+    and an apical cavity may close at ES (hypertrophy); on the manual labels both happen often.
+``apex_not_covered``
+    At ED, the stack's last slice on the apex side still has an LV cavity of at least
+    :data:`APEX_CAVITY_AREA_FRACTION` of the largest slice cavity: the stack may stop short of
+    the apex, so EDV, ESV and mass miss a part of the ventricle.
+``slice_misalignment``
+    At ED, the LV centre of a slice with cavity (not the most basal or apical one) lies more than
+    :data:`MISALIGNMENT_MM` from the long axis fitted through the slice centres (typically a
+    breath-hold at another depth); volumes and, more so, strain across that slice suffer.
+``ed_es_frames``
+    For a cine of at least 3 frames whose ED / ES came from the input (header, ``--ed`` /
+    ``--es``, Info.cfg) rather than from the volume curve: another frame's LV cavity is more than
+    :data:`FRAME_VOLUME_TOLERANCE` larger than ED's (smaller than ES's).
+``ef_outside_range``
+    LV EF above :data:`EF_HIGH_PERCENT` (above the normal range by a margin; with a small ES
+    cavity it usually means trabeculae or papillary muscles were left out of the ES cavity, or the
+    basal ES slice) or below :data:`EF_LOW_PERCENT` (ED and ES frames swapped or wrong).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Sequence
+
+import numpy as np
+
+from .cine import Geometry
+from .strain import CardiacFrame
+
+OPEN_BORDER_FRACTION = 0.10
+"""Largest share of an LV cavity's border that may touch background or RV (not the most basal slice)."""
+APEX_CAVITY_AREA_FRACTION = 0.5
+"""An ED cavity on the stack's apical end slice at least this share of the largest one: apex not covered."""
+MISALIGNMENT_MM = 10.0
+"""Largest distance (mm) of a slice's LV centre from the fitted long axis (as :data:`deepstrain.strain.AXIS_OUTLIER_MM`)."""
+FRAME_VOLUME_TOLERANCE = 0.05
+"""A frame whose LV cavity exceeds ED's (falls below ES's) by more than this share questions the given frame."""
+EF_HIGH_PERCENT = 80.0
+EF_LOW_PERCENT = 5.0
+
+CHECKS = ("open_myocardium", "cavity_missing_at_es", "apex_not_covered", "slice_misalignment", "ed_es_frames",
+          "ef_outside_range")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One check that fired: its name (one of :data:`CHECKS`), where, and a sentence for the user.
+
+    ``points_ras``: one world point (RAS mm) per slice in ``slices``, where to look: the slice's LV
+    centre at ED, else the middle of the slice (what the Slicer module jumps the views to).
+    """
+
+    check: str
+    message: str
+    frame: int | None = None
+    slices: tuple[int, ...] = ()
+    points_ras: tuple[tuple[float, float, float], ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"check": self.check, "frame": self.frame, "slices": list(self.slices),
+                "points_ras": [[round(float(v), 2) for v in p] for p in self.points_ras], "message": self.message}
+
+
+def _slices_text(slices: Sequence[int]) -> str:
+    return ("slice " if len(slices) == 1 else "slices ") + ", ".join(str(k) for k in slices)
+
+
+def slice_positions_mm(n_slices: int, geometry: Geometry, frame: CardiacFrame) -> np.ndarray:
+    """Position (mm) of each of ``n_slices`` slices along the cardiac long axis (base -> apex); ``(Z,)``."""
+    first_voxels = np.zeros((n_slices, 3))
+    first_voxels[:, 0] = np.arange(n_slices)
+    world = first_voxels @ geometry.index_to_world[:3, :3].T + geometry.origin
+    return world @ frame.long_axis
+
+
+def open_border_fraction(labels2d: np.ndarray) -> float | None:
+    """Share of the LV cavity's border (4-neighbour pixel edges) that touches labels other than myocardium.
+
+    Pixels outside the image count as background. None when the slice has no cavity.
+    """
+    lab = np.pad(np.asarray(labels2d), 1, constant_values=0)
+    cav = lab == 3
+    if not cav.any():
+        return None
+    total = opened = 0
+    for axis in (0, 1):
+        for shift in (1, -1):
+            nb = np.roll(lab, shift, axis=axis)
+            edge = cav & (nb != 3)
+            total += int(np.count_nonzero(edge))
+            opened += int(np.count_nonzero(edge & (nb != 2)))
+    return opened / total if total else 0.0
+
+
+def _cavity_slices(labels3d: np.ndarray) -> np.ndarray:
+    return np.nonzero((labels3d == 3).reshape(labels3d.shape[0], -1).any(axis=1))[0]
+
+
+def _basal_apical(ks: np.ndarray, pos: np.ndarray) -> tuple[int, int]:
+    """The most basal and most apical of slices ``ks`` (``pos``: position along base -> apex)."""
+    return int(ks[np.argmin(pos[ks])]), int(ks[np.argmax(pos[ks])])
+
+
+def check_open_myocardium(labels: np.ndarray, frames: dict[str, int], pos: np.ndarray) -> list[Finding]:
+    """``open_myocardium`` for each named frame (``{"ED": ed, "ES": es}``) of ``labels`` ``(T, Z, Y, X)``."""
+    out = []
+    for name, f in frames.items():
+        ks = _cavity_slices(labels[f])
+        if ks.size < 2:
+            continue
+        basal, _ = _basal_apical(ks, pos)
+        bad, worst = [], 0.0
+        for k in ks:
+            if k == basal:
+                continue
+            frac = open_border_fraction(labels[f, k])
+            if frac is not None and frac > OPEN_BORDER_FRACTION:
+                bad.append(int(k))
+                worst = max(worst, frac)
+        if bad:
+            out.append(Finding("open_myocardium", f"frame {f} ({name}), {_slices_text(bad)}: the myocardium does not "
+                               f"surround the LV cavity (up to {100 * worst:.0f} % of the cavity border touches "
+                               "background or RV); check the contours there", f, tuple(bad)))
+    return out
+
+
+def check_cavity_missing_at_es(labels: np.ndarray, ed: int, es: int, pos: np.ndarray) -> list[Finding]:
+    """``cavity_missing_at_es`` (see the module docstring)."""
+    has_ed = (labels[ed] == 3).reshape(labels.shape[1], -1).any(axis=1)
+    has_es = (labels[es] == 3).reshape(labels.shape[1], -1).any(axis=1)
+    ks = np.nonzero(has_ed)[0]
+    if ks.size < 3:
+        return []
+    s_base, s_apex = float(pos[ks].min()), float(pos[ks].max())
+    level = (pos - s_base) / (s_apex - s_base)
+    bad = [int(k) for k in ks if 1 / 3 <= level[k] < 2 / 3 and not has_es[k]]
+    if not bad:
+        return []
+    return [Finding("cavity_missing_at_es", f"frame {es} (ES), {_slices_text(bad)}: no LV cavity on this "
+                    "mid-ventricular slice, though there is one at ED; if the cavity was missed, ESV is "
+                    "under-estimated and EF over-estimated", es, tuple(bad))]
+
+
+def check_apex_coverage(labels_ed: np.ndarray, ed: int, pos: np.ndarray) -> list[Finding]:
+    """``apex_not_covered`` (see the module docstring)."""
+    area = (labels_ed == 3).reshape(labels_ed.shape[0], -1).sum(axis=1)
+    if area.max() == 0 or labels_ed.shape[0] < 2:
+        return []
+    end = int(np.argmax(pos))  # the stack's last slice towards the apex
+    if area[end] < APEX_CAVITY_AREA_FRACTION * area.max():
+        return []
+    return [Finding("apex_not_covered", f"frame {ed} (ED), slice {end}: the stack's most apical slice still has "
+                    f"{100 * area[end] / area.max():.0f} % of the largest LV cavity cross-section; the stack may "
+                    "stop short of the apex (EDV, ESV and mass too small)", ed, (end,))]
+
+
+def check_slice_alignment(labels_ed: np.ndarray, ed: int, frame: CardiacFrame, pos: np.ndarray) -> list[Finding]:
+    """``slice_misalignment`` (see the module docstring)."""
+    ks = _cavity_slices(labels_ed)
+    ok = np.all(np.isfinite(frame.centers), axis=1)
+    ks = np.array([k for k in ks if ok[k]], dtype=int)
+    if ks.size < 3:
+        return []
+    basal, apical = _basal_apical(ks, pos)
+    bad, worst = [], 0.0
+    for k in ks:
+        if k in (basal, apical):
+            continue
+        d = frame.centers[k] - frame.axis_point
+        dist = float(np.linalg.norm(d - (d @ frame.long_axis) * frame.long_axis))
+        if dist > MISALIGNMENT_MM:
+            bad.append(int(k))
+            worst = max(worst, dist)
+    if not bad:
+        return []
+    return [Finding("slice_misalignment", f"frame {ed} (ED), {_slices_text(bad)}: the LV centre lies up to "
+                    f"{worst:.0f} mm from the long axis through the other slices (a breath-hold at another "
+                    "depth?); volumes and strain across these slices are less reliable", ed, tuple(bad))]
+
+
+def check_ed_es_frames(lv_volume_ml: np.ndarray, ed: int | None, es: int | None) -> list[Finding]:
+    """``ed_es_frames`` for the frames given by the input (None: found from ``lv_volume_ml`` ``(T,)``, not checked)."""
+    v = np.asarray(lv_volume_ml, dtype=np.float64)
+    if v.size < 3:
+        return []
+    out = []
+    f_max, f_min = int(np.argmax(v)), int(np.argmin(v))
+    if ed is not None and v[f_max] > (1 + FRAME_VOLUME_TOLERANCE) * v[ed]:
+        out.append(Finding("ed_es_frames", f"frame {f_max} has a larger LV cavity ({v[f_max]:.1f} ml) than the given "
+                           f"ED frame {ed} ({v[ed]:.1f} ml); check which frame is end-diastole", ed, ()))
+    if es is not None and v[f_min] < (1 - FRAME_VOLUME_TOLERANCE) * v[es]:
+        out.append(Finding("ed_es_frames", f"frame {f_min} has a smaller LV cavity ({v[f_min]:.1f} ml) than the "
+                           f"given ES frame {es} ({v[es]:.1f} ml); check which frame is end-systole", es, ()))
+    return out
+
+
+def check_ef(ef_percent: float | None) -> list[Finding]:
+    """``ef_outside_range`` (see the module docstring)."""
+    if ef_percent is None or not np.isfinite(ef_percent):
+        return []
+    if ef_percent > EF_HIGH_PERCENT:
+        return [Finding("ef_outside_range", f"LV EF {ef_percent:.1f} % is above {EF_HIGH_PERCENT:.0f} %: check that "
+                        "the ES cavity includes trabeculae and papillary muscles, and the basal ES slice")]
+    if ef_percent < EF_LOW_PERCENT:
+        return [Finding("ef_outside_range", f"LV EF {ef_percent:.1f} % is below {EF_LOW_PERCENT:.0f} %: check the "
+                        "ED and ES frames and their contours")]
+    return []
+
+
+def check_segmentation(labels: np.ndarray, geometry: Geometry, ed: int, es: int, *,
+                       frame: CardiacFrame | None, lv_volume_ml: np.ndarray, ef_percent: float | None,
+                       ed_given: bool = False, es_given: bool = False) -> list[Finding]:
+    """All checks of :data:`CHECKS` on ``labels`` ``(T, Z, Y, X)`` (ACDC values), in that order.
+
+    ``frame``: the cardiac frame of the ED labels (None: the checks that need base and apex are
+    skipped). ``lv_volume_ml``: the LV cavity volume of every frame. ``ed_given`` / ``es_given``:
+    that frame came from the input (not from the volume curve), so ``ed_es_frames`` checks it.
+    """
+    lab = np.asarray(labels)
+    found: list[Finding] = []
+    if frame is not None:
+        pos = slice_positions_mm(lab.shape[1], geometry, frame)
+        found += check_open_myocardium(lab, {"ED": ed, "ES": es}, pos)
+        found += check_cavity_missing_at_es(lab, ed, es, pos)
+        found += check_apex_coverage(lab[ed], ed, pos)
+        found += check_slice_alignment(lab[ed], ed, frame, pos)
+    found += check_ed_es_frames(lv_volume_ml, ed if ed_given else None, es if es_given else None)
+    found += check_ef(ef_percent)
+    return [replace(f, points_ras=tuple(_look_at(k, lab.shape[1:], geometry, frame) for k in f.slices))
+            for f in found]
+
+
+def _look_at(k: int, shape3d: tuple[int, ...], geometry: Geometry,
+             frame: CardiacFrame | None) -> tuple[float, float, float]:
+    """World point (RAS mm) to show for slice ``k``: its LV centre at ED, else the slice's middle voxel."""
+    if frame is not None and np.all(np.isfinite(frame.centers[k])):
+        p = frame.centers[k]
+    else:
+        idx = np.array([k, (shape3d[1] - 1) / 2.0, (shape3d[2] - 1) / 2.0])
+        p = geometry.index_to_world[:3, :3] @ idx + geometry.origin
+    return (float(p[0]), float(p[1]), float(p[2]))

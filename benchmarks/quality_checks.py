@@ -1,0 +1,149 @@
+"""How often the automatic quality checks (:mod:`deepstrain.quality`) fire, and whether they point at real errors.
+
+1. **Manual labels**, all 100 ACDC training patients (ED and ES): every check on the expert
+   contours. A check that fires here fires on good contours (a false alarm, or a real trait of
+   the acquisition such as a misaligned slice).
+2. **The networks' segmentation** of the 20 validation patients (``predict`` as
+   ``deepstrain analyze`` runs it, without motion): the checks per patient, and the patients'
+   errors against the manual labels (LV EF error, Dice of LV cavity and myocardium at ES), for
+   flagged and unflagged patients.
+3. **Outside ACDC**: the UK Biobank demo subject (folder as it is) and the Sunnybrook DICOM cine,
+   where the ES volume is known to be under-estimated (see ``external_validation.py``).
+
+The checks run through :func:`deepstrain.pipeline.compute` (labels only), i.e. exactly as in
+``report.json``. Usage: python benchmarks/quality_checks.py [--data ../shared/data] [--threads 2]
+[--patients N]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    s = int(a.sum()) + int(b.sum())
+    return 2.0 * int((a & b).sum()) / s if s else 1.0
+
+
+def _findings(cine, labels: np.ndarray, ed: int, es: int) -> tuple[list[dict], dict]:
+    from deepstrain import pipeline
+
+    analysis = pipeline.compute(cine, labels, None, ed=ed, es=es)
+    return analysis.report["quality"], analysis.report["volumetrics"]
+
+
+def _two_frame(cine, labels_ed: np.ndarray, labels_es: np.ndarray):
+    """The ED and ES frames of an ACDC cine as a two-frame cine (ED 0, ES 1) and its labels."""
+    from dataclasses import replace
+
+    data = cine.data[[cine.ed, cine.es]]
+    two = replace(cine, data=data, times_ms=np.full(2, np.nan), ed=0, es=1, frame_numbers=np.arange(2),
+                  frame_files=None, labels={})
+    return two, np.stack([labels_ed, labels_es]).astype(np.uint8)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=Path(os.environ.get("DEEPSTRAIN_DATA", ROOT.parent / "shared" / "data")))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--patients", type=int, default=0, help="only the first N patients of each list (a quick look)")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from deepstrain import io
+    from deepstrain.inference import predict
+    from deepstrain.quality import CHECKS
+    from deepstrain.training.data import VALIDATION_PATIENTS
+
+    torch.set_num_threads(args.threads)
+    acdc = args.data / "acdc" / "training"
+    if not acdc.is_dir():
+        raise SystemExit(f"{acdc}: ACDC training folder not found (use --data)")
+    every = sorted(p.name for p in acdc.glob("patient*") if p.is_dir())
+    val = list(VALIDATION_PATIENTS)
+    if args.patients:
+        every, val = every[: args.patients], val[: args.patients]
+
+    def load(name: str):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return io.load_cine(acdc / name)
+
+    # 1. manual labels
+    manual, any_flag = Counter(), 0
+    print(f"1. manual labels, {len(every)} ACDC patients (ED and ES):")
+    for name in every:
+        cine = load(name)
+        two, lab = _two_frame(cine, cine.labels[cine.ed], cine.labels[cine.es])
+        found, _ = _findings(two, lab, 0, 1)
+        for c in sorted({f["check"] for f in found}):
+            manual[c] += 1
+        any_flag += bool(found)
+        for f in found:
+            print(f"   {name}: {f['check']}: {f['message']}")
+    print("   patients flagged per check: " + ", ".join(f"{c} {manual[c]}" for c in CHECKS)
+          + f"; by any check: {any_flag} of {len(every)}")
+
+    # 2. the networks' segmentation of the validation patients
+    print(f"\n2. networks' segmentation, {len(val)} validation patients:")
+    rows, t0 = [], time.time()
+    for name in val:
+        cine = load(name)
+        pred = predict(cine, with_motion=False)
+        two, lab = _two_frame(cine, pred.labels[cine.ed], pred.labels[cine.es])
+        found, vol = _findings(two, lab, 0, 1)
+        _, gt = _two_frame(cine, cine.labels[cine.ed], cine.labels[cine.es])
+        _, vol_gt = _findings(two, gt, 0, 1)
+        err = vol["lv_ef_percent"] - vol_gt["lv_ef_percent"]
+        row = {"patient": name, "checks": sorted({f["check"] for f in found}), "ef_error": err,
+               "dice_lv_es": _dice(lab[1] == 3, gt[1] == 3), "dice_myo_es": _dice(lab[1] == 2, gt[1] == 2)}
+        rows.append(row)
+        print(f"   {name}: EF error {err:+5.1f} points, Dice ES LV {row['dice_lv_es']:.3f} myo "
+              f"{row['dice_myo_es']:.3f}; {', '.join(row['checks']) or 'no finding'}")
+        for f in found:
+            print(f"      {f['message']}")
+    flagged = [r for r in rows if r["checks"]]
+    clean = [r for r in rows if not r["checks"]]
+
+    def mean(rs, key, f=lambda x: x):
+        return float(np.mean([f(r[key]) for r in rs])) if rs else float("nan")
+
+    print(f"   {len(flagged)} of {len(rows)} patients flagged ({time.time() - t0:.1f} s for the {len(rows)} "
+          "segmentations and checks)")
+    print(f"   flagged:   mean |EF error| {mean(flagged, 'ef_error', abs):.2f} points, Dice ES LV "
+          f"{mean(flagged, 'dice_lv_es'):.3f}, myo {mean(flagged, 'dice_myo_es'):.3f}")
+    print(f"   unflagged: mean |EF error| {mean(clean, 'ef_error', abs):.2f} points, Dice ES LV "
+          f"{mean(clean, 'dice_lv_es'):.3f}, myo {mean(clean, 'dice_myo_es'):.3f}")
+    big = [r for r in rows if abs(r["ef_error"]) > 5.0]
+    print(f"   patients with |EF error| > 5 points: {len(big)}, of which flagged: {sum(1 for r in big if r['checks'])}")
+
+    # 3. outside ACDC
+    print("\n3. outside ACDC (networks' segmentation):")
+    for label, path in (("UK Biobank demo subject", args.data / "ukbb_demo" / "1"),
+                        ("Sunnybrook SCD0000101", args.data / "sunnybrook" / "SCD0000101")):
+        if not path.exists():
+            print(f"   {label}: {path} not found, skipped")
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cine = io.load_cine(path)
+        pred = predict(cine, with_motion=False)
+        found, vol = _findings(cine, pred.labels, None, None)
+        print(f"   {label}: EF {vol['lv_ef_percent']:.1f} %; {len(found)} finding(s)")
+        for f in found:
+            print(f"      {f['check']}: {f['message']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
