@@ -127,6 +127,42 @@ def main(argv: list[str] | None = None) -> int:
     big = [r for r in rows if abs(r["ef_error"]) > 5.0]
     print(f"   patients with |EF error| > 5 points: {len(big)}, of which flagged: {sum(1 for r in big if r['checks'])}")
 
+    # 4 (printed after 3). full cycles, ED / ES given as the ACDC Info.cfg says
+    def full_cycles() -> None:
+        import json
+
+        folder = args.data / "acdc_cine_crop"
+        if not (folder / "crops.json").is_file():
+            print(f"   {folder}: not found, skipped")
+            return
+        crops = json.loads((folder / "crops.json").read_text())
+        names = sorted(crops)[: args.patients or None]
+        fired = Counter()
+        for name in names:
+            files = sorted((folder / name).glob("*.nii.gz"))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                cine = io.load_cine(files[0], spacing=tuple(crops[name]["true_spacing_mm"][::-1]))
+            pred = predict(cine, with_motion=False)
+            ed, es = int(crops[name]["ED"]) - 1, int(crops[name]["ES"]) - 1
+            found, vol = _findings(cine, pred.labels, ed, es)
+            lv = pred.labels.reshape(pred.labels.shape[0], -1)
+            vols = (lv == 3).sum(axis=1)
+            # what the crop really cut off at the apex: the manual ED cavity on the dropped slices
+            full = load(name)
+            cav = (full.labels[full.ed] == 3).reshape(full.shape3d[0], -1).sum(axis=1)
+            kept_end = int(crops[name]["crop_offset_in_original_frame_xyz"][2]) + int(crops[name]["shape_4d"][2])
+            cut = 100.0 * cav[kept_end:].sum() / cav.sum()
+            print(f"   {name}: {cine.n_frames} frames, given ED {ed} / ES {es}, largest / smallest predicted LV "
+                  f"cavity at frames {int(vols.argmax())} / {int(vols.argmin())}; the crop cut off {cut:.1f} % of "
+                  f"the manual ED LV cavity at the apex; {', '.join(f['check'] for f in found) or 'no finding'}")
+            for f in found:
+                print(f"      {f['message']}")
+            for c in {f["check"] for f in found}:
+                fired[c] += 1
+        print(f"   {len(names)} cycles; patients flagged per check: "
+              + (", ".join(f"{c} {n}" for c, n in sorted(fired.items())) or "none"))
+
     # 3. outside ACDC
     print("\n3. outside ACDC (networks' segmentation):")
     for label, path in (("UK Biobank demo subject", args.data / "ukbb_demo" / "1"),
@@ -142,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"   {label}: EF {vol['lv_ef_percent']:.1f} %; {len(found)} finding(s)")
         for f in found:
             print(f"      {f['check']}: {f['message']}")
+    print("\n4. full ACDC cycles (acdc_cine_crop: the heart's crop, base and apex slices cut off), networks' "
+          "segmentation of every frame, ED / ES as given by ACDC:")
+    full_cycles()
     return 0
 
 
