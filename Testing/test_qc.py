@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
+from deepstrain import qc
 from deepstrain.pipeline import compute
 from deepstrain.qc import CONTOURS, qc_figure, qc_slices
 from test_pipeline import _cine, _study
@@ -54,3 +56,42 @@ def test_volumes_only_study_still_gets_a_picture(tmp_path):
     analysis = compute(_cine(geo, labels), labels, None)
     path = qc_figure(analysis, tmp_path / "qc.png")
     assert Image.open(path).size == (1500, 900)
+
+
+@pytest.mark.parametrize("rows_dir, cols_dir, expected", [
+    ((0, -1, 0), (-1, 0, 0), (False, False, False)),  # rows towards posterior, columns to the patient's left
+    ((0, 1, 0), (-1, 0, 0), (False, True, False)),    # rows towards anterior: upside down
+    ((0, -1, 0), (1, 0, 0), (False, False, True)),    # columns to the patient's right: mirrored
+    ((-1, 0, 0), (0, -1, 0), (True, False, False)),   # rows and columns swapped
+])
+def test_display_view_of_simple_grids(rows_dir, cols_dir, expected):
+    direction = np.column_stack([np.cross(rows_dir, cols_dir), rows_dir, cols_dir]).astype(float)
+    assert qc.display_view(direction) == expected
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_displayed_slices_have_the_patient_left_right_and_anterior_up(seed):
+    """Oblique short-axis-like grids, stored in any of the 8 orders: the picture's right column lies
+    more to the patient's left than its left column, its top row more anterior than its bottom row."""
+    rng = np.random.default_rng(seed)
+    base = _short_axis_orientation(rng)
+    for transpose in (False, True):
+        for fr in (1, -1):
+            for fc in (1, -1):
+                e_row, e_col = (base[:, 2], base[:, 1]) if transpose else (base[:, 1], base[:, 2])
+                direction = np.column_stack([base[:, 0], fr * e_row, fc * e_col])
+                k_row, k_col = np.mgrid[:9, :7]
+                world = k_row[..., None] * direction[:, 1] + k_col[..., None] * direction[:, 2]
+                shown = qc.to_display(world, qc.display_view(direction))
+                assert (shown[:, -1] @ np.array([-1.0, 0, 0])).mean() > (shown[:, 0] @ np.array([-1.0, 0, 0])).mean()
+                assert (shown[0] @ np.array([0, 1.0, 0])).mean() > (shown[-1] @ np.array([0, 1.0, 0])).mean()
+
+
+def _short_axis_orientation(rng) -> np.ndarray:
+    """A short-axis-like orientation: slice normal near the LV long axis (left, anterior, inferior), jittered."""
+    n = np.array([-0.6, 0.5, -0.6]) + 0.15 * rng.standard_normal(3)
+    n /= np.linalg.norm(n)
+    a = np.cross(n, [0.0, 0.0, 1.0])
+    a /= np.linalg.norm(a)
+    b = np.cross(n, a)
+    return np.column_stack([n, a, b])

@@ -8,7 +8,9 @@ Layout (``qc.png``, 1500 x 900 pixels):
 * left, two rows (ED, ES) x three columns (a basal, the middle and an apical slice of the ED
   myocardium): the cine cropped to the heart (labels at ED and ES, plus :data:`MARGIN_MM`), with
   the contours of the LV cavity (red), the epicardium (green: myocardium and cavity) and the RV
-  cavity (blue). Slices are shown as stored (array rows down, columns right), with their pixel
+  cavity (blue). Slices are shown in the radiological convention, as near as quarter turns and
+  flips of the stored slice allow (:func:`display_view`): the patient's left on the right of the
+  picture and anterior up, whatever order the file stores rows and columns in; with their pixel
   aspect; the grey scale is fixed over the cine (1st to 99.5th percentile). Basal and apical
   follow the long axis of the cardiac frame (base -> apex) when there is one, else the slice order;
 * right: global strain curves, LV / myocardium / RV volume curves (ED and ES marked), and the AHA
@@ -82,6 +84,44 @@ def _heart_box(analysis: Analysis) -> tuple[slice, slice]:
             slice(max(int(cols.min()) - mc, 0), min(int(cols.max()) + mc + 1, nx)))
 
 
+_PATIENT_LEFT = np.array([-1.0, 0.0, 0.0])  # RAS
+_ANTERIOR = np.array([0.0, 1.0, 0.0])
+_SUPERIOR = np.array([0.0, 0.0, 1.0])
+
+
+def display_view(direction: np.ndarray) -> tuple[bool, bool, bool]:
+    """How to turn a stored slice (rows, columns) for the radiological convention.
+
+    ``direction``: the 3x3 RAS direction matrix (columns: slice, row, column axes). Returns
+    ``(transpose, flip_rows, flip_cols)``, applied in that order by :func:`to_display`: of the 8
+    quarter turns and flips, the one whose picture-right is closest to the patient's left and
+    picture-up closest to anterior (superior breaks ties). Deterministic.
+    """
+    e_row, e_col = np.asarray(direction, dtype=np.float64)[:, 1], np.asarray(direction, dtype=np.float64)[:, 2]
+    best, best_score = (False, False, False), -np.inf
+    for transpose in (False, True):
+        down0, right0 = (e_col, e_row) if transpose else (e_row, e_col)
+        for flip_rows in (False, True):
+            for flip_cols in (False, True):
+                up = down0 if flip_rows else -down0
+                right = -right0 if flip_cols else right0
+                score = right @ _PATIENT_LEFT + up @ _ANTERIOR + 1e-3 * (up @ _SUPERIOR)
+                if score > best_score + 1e-12:
+                    best, best_score = (transpose, flip_rows, flip_cols), score
+    return best
+
+
+def to_display(slice2d: np.ndarray, view: tuple[bool, bool, bool]) -> np.ndarray:
+    """``slice2d`` (rows, columns) turned as :func:`display_view` says."""
+    transpose, flip_rows, flip_cols = view
+    a = np.swapaxes(slice2d, 0, 1) if transpose else slice2d  # trailing axes (e.g. RGB) stay
+    if flip_rows:
+        a = a[::-1]
+    if flip_cols:
+        a = a[:, ::-1]
+    return a
+
+
 def _fmt(v, unit: str, digits: int = 1) -> str:
     return "n/a" if v is None else f"{v:.{digits}f} {unit}".strip()
 
@@ -107,13 +147,15 @@ def qc_figure(analysis: Analysis, path: str | os.PathLike) -> Path:
     lo, hi = (float(v) for v in np.percentile(sample, [1.0, 99.5]))
     rows, cols = _heart_box(analysis)
     sp = cine.geometry.spacing
+    view = display_view(cine.geometry.direction)
+    aspect = sp[2] / sp[1] if view[0] else sp[1] / sp[2]  # height / width of a displayed pixel
     for r, (phase, frame) in enumerate((("ED", ed), ("ES", es))):
         for c, (name, z) in enumerate(qc_slices(analysis)):
             ax = fig.add_subplot(grid[r, c])
-            img = data[frame, z, rows, cols]
-            ax.imshow(img, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, aspect=sp[1] / sp[2],
+            img = to_display(data[frame, z, rows, cols], view)
+            ax.imshow(img, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, aspect=aspect,
                       interpolation="nearest")
-            lab = analysis.labels[frame, z, rows, cols]
+            lab = to_display(analysis.labels[frame, z, rows, cols], view)
             for value, colour, _ in CONTOURS:
                 mask = np.isin(lab, value).astype(float)
                 if mask.any() and not mask.all():
