@@ -252,3 +252,26 @@ def test_cli_batch_exit_codes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, c
     # a weights folder without a manifest is refused before anything is written
     assert cli.main(["batch", str(root), "--out", str(tmp_path / "o5"), "--weights", str(empty)]) == 2
     assert "manifest" in capsys.readouterr().err and not (tmp_path / "o5").exists()
+
+
+def test_cli_batch_lists_the_studies_with_quality_findings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys) -> None:
+    from deepstrain.outputs import atomic_output_dir
+
+    root = batch_fakes.make_cohort(tmp_path / "in", {"patient001": "NOR", "patient002": "DCM"}, with_others=False)
+
+    def flagged(input_path: str, out_dir: str, **kw: object) -> dict:
+        rep = batch_fakes.fake_report(input_path)
+        rep["quality"] = ([{"check": "open_myocardium", "message": "m"}, {"check": "ef_outside_range", "message": "e"}]
+                          if "patient001" in input_path else [])
+        with atomic_output_dir(out_dir) as tmp:
+            (tmp / "report.json").write_text(json.dumps(rep))
+        return rep
+
+    monkeypatch.setattr(batch, "analyze_study", flagged)
+    assert cli.main(["batch", str(root), "--out", str(tmp_path / "o"), "--no-figures", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "quality checks: 1 of 2 studies have findings" in out
+    assert "  patient001: open_myocardium, ef_outside_range" in out and "patient002:" not in out
+    assert {r["id"]: r["quality"] for r in _rows(tmp_path / "o" / "summary.csv")} == {
+        "patient001": "open_myocardium;ef_outside_range", "patient002": ""}

@@ -220,6 +220,12 @@ def _cmd_batch(args: argparse.Namespace) -> int:
                                         "refine_motion": args.refine_motion, "qc": args.qc})
     print(f"{len(res.rows)} studies: {res.n_ok} analysed, {res.n_skipped} already done, {res.n_failed} failed "
           f"in {res.seconds:.1f} s; table {res.out_dir / batch.SUMMARY_NAME}")
+    flagged = [r for r in res.rows if r["status"] == "ok" and r.get("quality")]
+    if flagged:
+        print(f"quality checks: {len(flagged)} of {sum(r['status'] == 'ok' for r in res.rows)} studies have findings "
+              "(column 'quality' of the table; the messages are in each study's report.json):")
+        for r in flagged:
+            print(f"  {r['id']}: {r['quality'].replace(';', ', ')}")
     for r in res.rows:
         if r["status"] != "ok":
             print(f"  failed {r['id']}: {r['error']}")
