@@ -163,3 +163,16 @@ def test_console_script_exit_status(study, tmp_path):
                            "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "missing" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_version_names_the_package_and_the_shipped_weights(capsys):
+    from deepstrain import __version__
+    from deepstrain.weights import read_manifest
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert f"deepstrain {__version__}" in text
+    for name, m in read_manifest()["models"].items():
+        assert f"{name} {m['date']} sha256 {m['sha256'][:12]}" in " ".join(text.split())

@@ -323,11 +323,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- main
+def _version_text() -> str:
+    from . import __version__
+    from .errors import InputError
+    from .weights import read_manifest
+
+    try:
+        models = read_manifest()["models"]
+        weights = "; ".join(f"{name} {m.get('date', '?')} sha256 {m['sha256'][:12]}" for name, m in sorted(models.items()))
+    except (InputError, KeyError, TypeError) as exc:  # the version line must not fail; say why
+        weights = f"shipped weights unreadable ({exc})"
+    return f"deepstrain {__version__} (weights: {weights})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="deepstrain",
         description="DeepStrain: segmentation, motion, myocardial strain and volumes from cine MRI.",
     )
+    parser.add_argument("--version", action="version", version=_version_text(),
+                        help="the package version and the shipped weights (training date, sha256)")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_phantom(sub)
     _add_analyze(sub)
