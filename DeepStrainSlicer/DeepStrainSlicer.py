@@ -265,9 +265,13 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _show_findings(self):
         """List the automatic checks' findings (click one: its frame and slice are shown)."""
         findings = self.logic.quality_findings(self.params)
-        self.ui.qualityList.clear()
-        for f in findings:
-            self.ui.qualityList.addItem(f"{f['check']}: {f['message']}")
+        was_updating, self._updating = self._updating, True  # filling the list must not jump the views
+        try:
+            self.ui.qualityList.clear()
+            for f in findings:
+                self.ui.qualityList.addItem(f"{f['check']}: {f['message']}")
+        finally:
+            self._updating = was_updating
         self.ui.qualityLabel.text = (f"Automatic checks: {len(findings)} finding(s); click one to show it"
                                      if findings else "Automatic checks: no finding")
 

@@ -110,7 +110,8 @@ def test_slice_misalignment_and_where_to_look():
 
 def test_ed_es_frames_only_when_given():
     lab = _study()[[1, 0, 2]]  # the given 'ED' (frame 0) is not the largest cavity
-    assert _names(_check(lab, ed=0, es=2)) == ["ed_es_frames"]
+    found = _check(lab, ed=0, es=2)
+    assert _names(found) == ["ed_es_frames"] and found[0].frame == 1  # the frame to look at
     assert _check(lab, ed=0, es=2, ed_given=False) == []
 
 

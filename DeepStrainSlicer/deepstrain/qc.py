@@ -168,6 +168,7 @@ def qc_figure(analysis: Analysis, path: str | os.PathLike) -> Path:
     for i, (_, colour, name) in enumerate(CONTOURS):
         legend.plot([], [], color=colour, lw=2, label=name)
     legend.legend(loc="upper left", ncol=3, fontsize=9, frameon=False)
+
     def wrapped(items: list[str], limit: int) -> list[str]:
         lines = [textwrap.fill(f"- {w}", width=110, subsequent_indent="  ", max_lines=3, placeholder=" ...")
                  for w in items]

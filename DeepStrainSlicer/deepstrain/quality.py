@@ -52,7 +52,7 @@ from .cine import Geometry
 from .strain import CardiacFrame
 
 OPEN_BORDER_FRACTION = 0.10
-"""Largest share of an LV cavity's border that may touch background or RV (not the most basal slice)."""
+"""Largest share of an LV cavity's border that may touch background or RV (most basal and apical cavity slices not checked)."""
 APEX_CAVITY_AREA_FRACTION = 0.5
 """An ED cavity on the stack's apical end slice at least this share of the largest one: apex not covered."""
 MISALIGNMENT_MM = 10.0
@@ -203,7 +203,9 @@ def check_slice_alignment(labels_ed: np.ndarray, ed: int, frame: CardiacFrame, p
 
 
 def check_ed_es_frames(lv_volume_ml: np.ndarray, ed: int | None, es: int | None) -> list[Finding]:
-    """``ed_es_frames`` for the frames given by the input (None: found from ``lv_volume_ml`` ``(T,)``, not checked)."""
+    """``ed_es_frames`` for the frames given by the input (None: found from ``lv_volume_ml`` ``(T,)``, not checked).
+
+    A finding's ``frame`` is the frame to look at: the one with the larger (smaller) cavity."""
     v = np.asarray(lv_volume_ml, dtype=np.float64)
     if v.size < 3:
         return []
@@ -211,10 +213,10 @@ def check_ed_es_frames(lv_volume_ml: np.ndarray, ed: int | None, es: int | None)
     f_max, f_min = int(np.argmax(v)), int(np.argmin(v))
     if ed is not None and v[f_max] > (1 + FRAME_VOLUME_TOLERANCE) * v[ed]:
         out.append(Finding("ed_es_frames", f"frame {f_max} has a larger LV cavity ({v[f_max]:.1f} ml) than the given "
-                           f"ED frame {ed} ({v[ed]:.1f} ml); check which frame is end-diastole", ed, ()))
+                           f"ED frame {ed} ({v[ed]:.1f} ml); check which frame is end-diastole", f_max, ()))
     if es is not None and v[f_min] < (1 - FRAME_VOLUME_TOLERANCE) * v[es]:
         out.append(Finding("ed_es_frames", f"frame {f_min} has a smaller LV cavity ({v[f_min]:.1f} ml) than the "
-                           f"given ES frame {es} ({v[es]:.1f} ml); check which frame is end-systole", es, ()))
+                           f"given ES frame {es} ({v[es]:.1f} ml); check which frame is end-systole", f_min, ()))
     return out
 
 
