@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator
 
 import colorsys
 import contextlib
+import hashlib
 
 import numpy as np
 import vtk
@@ -146,6 +147,7 @@ class Parameters:
     export_folder = _Param(str, "")
     analysis_ed = _Param(int, -1)
     analysis_es = _Param(int, -1)
+    results_labels_sha256 = _Param(str, "")  # the labels the shown results were computed from (export checks it)
     study_nodes = _Param(list, [])  # IDs of every node made for the current study
 
     ROLES = (
@@ -434,6 +436,7 @@ class DeepStrainLogic:
     # ----------------------------------------------------------------- results: tables, plots, polar map
     def _update_results(self, analysis, params: Parameters) -> None:
         params.analysis_ed, params.analysis_es = analysis.ed, analysis.es
+        params.results_labels_sha256 = labels_digest(analysis.labels)
         report = analysis.report
         self._update_curve_tables(report, params, analysis.volume_curves)
         self._update_charts(params)
@@ -977,13 +980,18 @@ class DeepStrainLogic:
     # ----------------------------------------------------------------- export
     def export(self, params: Parameters, folder: str | os.PathLike, renderer_factory=None,
                now: _dt.datetime | None = None) -> list[Path]:
-        """Write PNG pictures (slice view at ED and ES with overlays, curves, polar map) and the report
-        (JSON + CSV) into a new sub-folder ``<study>_<YYYYmmdd-HHMMSS>`` of ``folder``.
+        """Write PNG pictures (slice view at ED and ES with overlays, curves, polar map, and the
+        one-page QC picture of :mod:`deepstrain.qc`) and the report (JSON + CSV) into a new
+        sub-folder ``<study>_<YYYYmmdd-HHMMSS>`` of ``folder``.
 
         File names carry the study name and the time stamp; an existing folder is never reused or
         overwritten (a ``-2``, ``-3``... suffix is added). All or nothing: on error nothing is left.
+        Refused when the segmentation was edited after the results were computed (press Recompute
+        first), so that the pictures and the tables always describe the same contours.
         """
         from deepstrain.outputs import atomic_output_dir
+        from deepstrain.pipeline import compute
+        from deepstrain.qc import qc_figure
         from deepstrain.report import write_report
 
         from . import render
@@ -999,10 +1007,19 @@ class DeepStrainLogic:
             out = folder / f"{stem}-{k}"
             k += 1
         report = self.report(params)
+        cine, labels, disp = self.study_arrays(params)
+        if params.results_labels_sha256 and labels_digest(labels) != params.results_labels_sha256:
+            raise ValueError("the segmentation was edited after the results were computed: press Recompute "
+                             "before exporting, so that the pictures and the tables describe the same contours")
+        # the QC page from the contours shown, with the report as computed (its numbers and provenance)
+        analysis = compute(cine, labels, disp, ed=report["frames"]["ed"], es=report["frames"]["es"],
+                           rv_insertion_ras=self.rv_insertion_point(params))
+        analysis.report = report
         written: list[str] = []
         with atomic_output_dir(out) as tmp:
             for name, path in render.export_pictures(self, params, tmp, stem, renderer_factory).items():
                 written.append(path.name)
+            written.append(qc_figure(analysis, tmp / f"{stem}_qc.png").name)
             j, c = write_report(report, tmp, volume_curves=self._volume_curves(params))
             for p, name in ((j, f"{stem}_report.json"), (c, f"{stem}_strain.csv")):
                 os.replace(p, tmp / name)
@@ -1021,6 +1038,11 @@ class DeepStrainLogic:
 
 
 # --------------------------------------------------------------------------- helpers
+def labels_digest(labels: np.ndarray) -> str:
+    """sha256 of a label array (uint8, C order): which contours a set of results was computed from."""
+    return hashlib.sha256(np.ascontiguousarray(labels, dtype=np.uint8).tobytes()).hexdigest()
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "study"
 

@@ -79,7 +79,8 @@ def _heart_box(analysis: Analysis) -> tuple[slice, slice]:
     ny, nx = lab.shape[-2:]
     if rows.size == 0:
         return slice(0, ny), slice(0, nx)
-    mr, mc = (int(np.ceil(MARGIN_MM / s)) for s in g.spacing[1:])
+    # (a spacing read back from a file as 1.4999999 must not add a pixel: the same picture after a reload)
+    mr, mc = (int(np.ceil(MARGIN_MM / s - 1e-6)) for s in g.spacing[1:])
     return (slice(max(int(rows.min()) - mr, 0), min(int(rows.max()) + mr + 1, ny)),
             slice(max(int(cols.min()) - mc, 0), min(int(cols.max()) + mc + 1, nx)))
 

@@ -136,7 +136,8 @@ def test_export_writes_all_files_and_never_overwrites(study, output_dir, tmp_pat
     names = sorted(f.name for f in first)
     stem = f"{h.params.study_name}_20260102-030405"
     assert names == sorted([f"{stem}_slice_ED_frame{analysis.ed}.png", f"{stem}_slice_ES_frame{analysis.es}.png",
-                            f"{stem}_curves.png", f"{stem}_polar_map.png", f"{stem}_report.json", f"{stem}_strain.csv"])
+                            f"{stem}_curves.png", f"{stem}_polar_map.png", f"{stem}_qc.png", f"{stem}_report.json",
+                            f"{stem}_strain.csv"])
     assert all(f.stat().st_size > 1000 for f in first if f.suffix == ".png")
     mtimes = {f: f.stat().st_mtime_ns for f in first}
     second = h.logic.export(h.params, tmp_path, now=when)  # same second: a new folder, old files untouched
@@ -151,3 +152,26 @@ def test_export_writes_all_files_and_never_overwrites(study, output_dir, tmp_pat
     dest = output_dir / "slicer" / "export"
     shutil.rmtree(dest, ignore_errors=True)
     shutil.copytree(first[0].parent, dest)
+
+
+def test_export_is_refused_after_an_edit_until_recompute(study, tmp_path):
+    """Pictures and tables must describe the same contours: an edit not yet recomputed stops the export
+    (nothing written); after Recompute the export goes through, and its QC page shows the edited contours."""
+    from DeepStrainSlicerLib import mrml
+
+    h, analysis = study
+    p = h.params
+    browser = p.ref("Browser")
+    browser.SetSelectedItemNumber(analysis.ed)
+    cine = h.logic._cache["cine"]
+    lab = analysis.labels[analysis.ed]
+    grown = (lab == 3) | ((lab == 2) & (np.roll(lab, 1, axis=2) == 3))  # one voxel of myocardium to the cavity
+    mrml.set_segment_mask(browser.GetProxyNode(p.ref("SegmentationSequence")), "lv_cavity", grown, cine.geometry)
+    mrml.set_segment_mask(browser.GetProxyNode(p.ref("SegmentationSequence")), "lv_myocardium",
+                          (lab == 2) & ~grown, cine.geometry)
+    with pytest.raises(ValueError, match="press Recompute"):
+        h.logic.export(p, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    h.logic.recompute(p)
+    files = h.logic.export(p, tmp_path)
+    assert any(f.name.endswith("_qc.png") for f in files)
