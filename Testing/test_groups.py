@@ -108,3 +108,27 @@ def test_batch_writes_figures_at_the_end(tmp_path: Path) -> None:
     assert res.exit_code == 0
     assert (tmp_path / "out" / "figures" / "polar_radial.png").is_file()
     assert any(f.endswith("groups.json") for f in res.figures)
+
+
+def test_studies_with_quality_findings_can_be_left_out(tmp_path: Path, capsys) -> None:
+    out, reports = _batch_dir(tmp_path)
+    rep = json.loads((out / "patient003" / "report.json").read_text())
+    rep["quality"] = [{"check": "open_myocardium", "message": "m", "frame": 0, "slices": [3], "points_ras": []}]
+    (out / "patient003" / "report.json").write_text(json.dumps(rep))
+    groups.make_group_figures(out)
+    st = json.loads((out / "figures" / "groups.json").read_text())
+    assert "patient003" in st["groups"]["NOR"]["ids"]  # kept unless asked
+    assert st["notes"]["excluded_by_quality"] == {"checks": [], "studies": {}}
+    assert cli.main(["groups", str(out), "--exclude-quality", "ef_outside_range"]) == 0
+    assert "patient003" in json.loads((out / "figures" / "groups.json").read_text())["groups"]["NOR"]["ids"]
+    capsys.readouterr()
+    assert cli.main(["groups", str(out), "--exclude-quality", "open_myocardium"]) == 0
+    st = json.loads((out / "figures" / "groups.json").read_text())
+    assert st["groups"]["NOR"]["ids"] == ["patient004", "patient005"]
+    assert st["notes"]["excluded_by_quality"]["studies"] == {"patient003": ["open_myocardium"]}
+    assert "patient003: open_myocardium" in capsys.readouterr().out
+    assert cli.main(["groups", str(out), "--exclude-quality", "any", "--out", str(tmp_path / "f")]) == 0
+    with pytest.raises(SystemExit):
+        cli.main(["groups", str(out), "--exclude-quality", "not_a_check"])
+    with pytest.raises(ValueError, match="unknown quality checks"):
+        groups.make_group_figures(out, exclude_checks=("not_a_check",))

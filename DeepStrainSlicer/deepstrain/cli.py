@@ -238,14 +238,27 @@ def _add_groups(sub: argparse._SubParsersAction) -> None:
     p.add_argument("batch_dir", type=Path, help="output folder of 'deepstrain batch'")
     p.add_argument("--groups", type=Path, metavar="CSV", help="CSV with columns id,group (overrides the table's)")
     p.add_argument("--out", type=Path, help="figure folder (default BATCH_DIR/figures, replaced)")
+    from .quality import CHECKS
+
+    p.add_argument("--exclude-quality", nargs="+", metavar="CHECK", default=[], choices=[*CHECKS, "any"],
+                   help="leave out the studies with a finding of these automatic quality checks ('any': any "
+                        f"finding; checks: {', '.join(CHECKS)}); groups.json lists them")
 
 
 def _cmd_groups(args: argparse.Namespace) -> int:
+    import json
+
     from .groups import make_group_figures
 
-    made = make_group_figures(args.batch_dir, out_dir=args.out, groups_csv=args.groups)
+    made = make_group_figures(args.batch_dir, out_dir=args.out, groups_csv=args.groups,
+                              exclude_checks=args.exclude_quality)
     for f in made:
         print(f)
+    if args.exclude_quality:
+        gj = next(f for f in made if f.name == "groups.json")
+        left_out = json.loads(gj.read_text())["notes"]["excluded_by_quality"]["studies"]
+        print(f"left out by the quality checks: {len(left_out)} studies"
+              + "".join(f"\n  {i}: {', '.join(c)}" for i, c in left_out.items()))
     return 0
 
 

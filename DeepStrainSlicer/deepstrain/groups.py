@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -233,11 +233,15 @@ def make_group_figures(
     out_dir: str | os.PathLike | None = None,
     groups_csv: str | os.PathLike | None = None,
     n_points: int = 50,
+    exclude_checks: Sequence[str] = (),
 ) -> list[Path]:
     """Write the group figures and ``groups.json`` of a batch folder; returns the files written.
 
     ``out_dir`` (default ``batch_dir/figures``) is replaced atomically; an existing ``out_dir``
-    must be empty or a previous figure folder (holding ``groups.json``).
+    must be empty or a previous figure folder (holding ``groups.json``). ``exclude_checks``: leave
+    out the studies whose report has a finding of one of these quality checks
+    (:data:`deepstrain.quality.CHECKS`; ``"any"``: any finding); ``groups.json`` lists them under
+    ``notes.excluded_by_quality``.
     """
     from .batch import SUMMARY_NAME, load_report, read_groups_csv, read_summary
 
@@ -246,16 +250,27 @@ def make_group_figures(
     groups = {r["id"]: (r.get("group") or None) for r in rows}
     if groups_csv is not None:
         groups.update(read_groups_csv(groups_csv))
-    reports = {}
+    from .quality import CHECKS
+
+    unknown = sorted(set(exclude_checks) - set(CHECKS) - {"any"})
+    if unknown:
+        raise ValueError(f"unknown quality checks {unknown}; known: {', '.join(CHECKS)} or 'any'")
+    reports, excluded = {}, {}
     for r in rows:
         if r.get("status", "ok") != "ok":
             continue
         rep = load_report(batch_dir / r["id"])
         if rep is None:
             raise InputError(batch_dir / r["id"] / "report.json", "missing or not a valid report")
+        fired = sorted({str(q.get("check")) for q in rep.get("quality") or []})
+        hit = fired if "any" in exclude_checks else [c for c in fired if c in exclude_checks]
+        if hit:
+            excluded[r["id"]] = hit
+            continue
         reports[r["id"]] = rep
     if not reports:
-        raise InputError(batch_dir / SUMMARY_NAME, "no successfully analysed study to plot")
+        raise InputError(batch_dir / SUMMARY_NAME, "no successfully analysed study to plot"
+                         + (f" ({len(excluded)} left out by the quality checks)" if excluded else ""))
     out = Path(out_dir) if out_dir is not None else batch_dir / "figures"
     if out.is_dir() and any(out.iterdir()) and not (out / "groups.json").is_file():
         raise InputError(out, "folder exists, is not empty and is not a previous figure folder")
@@ -267,6 +282,7 @@ def make_group_figures(
         "min_cycle_frames": MIN_CYCLE_FRAMES,
         "studies_without_curves": n_short,
         "sd": "sample SD (n - 1); 0 for one study",
+        "excluded_by_quality": {"checks": sorted(exclude_checks), "studies": excluded},
     }
     written: list[str] = []
     with atomic_output_dir(out, overwrite=True) as tmp:
