@@ -40,8 +40,8 @@ def _study(n_slices: int = 9, squeeze: float = 0.72) -> np.ndarray:
 def _check(lab: np.ndarray, ed: int = 0, es: int = 2, ed_given: bool = True, es_given: bool = True):
     frame = cardiac_frame(lab[ed], GEO)
     vol = volumetrics(lab, GEO, ed, es)
-    return quality.check_segmentation(lab, GEO, ed, es, frame=frame, lv_volume_ml=label_volumes_ml(lab, GEO)["lv"],
-                                      ef_percent=vol["lv_ef_percent"], ed_given=ed_given, es_given=es_given)
+    return quality.check_study(lab, GEO, ed, es, frame=frame, lv_volume_ml=label_volumes_ml(lab, GEO)["lv"],
+                               ef_percent=vol["lv_ef_percent"], ed_given=ed_given, es_given=es_given)
 
 
 def _names(findings) -> list[str]:
@@ -129,6 +129,41 @@ def test_report_carries_the_findings():
     q = pipeline.compute(cine, lab, None).report["quality"]
     assert [d["check"] for d in q] == ["cavity_missing_at_es"]
     assert q[0]["slices"] == [3] and len(q[0]["points_ras"]) == 1 and "mid-ventricular" in q[0]["message"]
+
+
+def test_pull_back_labels_follows_a_translation_in_world_mm():
+    geo = Geometry(spacing=(8.0, 1.5, 2.0), direction=np.array([[0.0, 1, 0], [0, 0, 1], [1, 0, 0]]))
+    lab = np.zeros((3, 10, 12), np.uint8)
+    lab[1, 4:6, 5:8] = 2
+    u = np.zeros((3, 3, 10, 12))
+    u[:, ...] = (geo.direction @ np.array([0.0, 3.0, -4.0]))[:, None, None, None]  # +2 rows, -2 columns
+    pulled = quality.pull_back_labels(lab, u, geo)
+    expected = np.zeros_like(lab)
+    expected[1, 2:4, 7:10] = 2  # X + u(X) lands on the labelled voxels from 2 rows up and 2 columns right
+    np.testing.assert_array_equal(pulled, expected)
+
+
+@pytest.fixture(scope="module")
+def small_phantom():
+    from deepstrain.phantom import PhantomParams, generate_phantom
+
+    return generate_phantom(PhantomParams(n_frames=5, matrix_size=64, n_slices=6, pv_samples=1, seed=0))
+
+
+def test_motion_mismatch_fires_for_a_wrong_convention_not_for_the_true_motion(small_phantom):
+    ph = small_phantom
+    cine, lab, disp = ph.cine, ph.labels, ph.displacement.astype(np.float32)
+    ed, es = cine.ed, cine.es
+    true, none = quality.motion_overlap(lab, disp, cine.geometry, ed, es)
+    assert true > 0.9 and true > none
+    assert quality.check_motion(lab, disp, cine.geometry, ed, es) == []
+    lps = disp.copy()
+    lps[:, :2] *= -1  # LPS components given as RAS
+    found = quality.check_motion(lab, lps, cine.geometry, ed, es)
+    assert _names(found) == ["motion_mismatch"] and found[0].frame == es
+    report = pipeline.compute(cine, lab, lps).report["quality"]
+    assert "motion_mismatch" in [q["check"] for q in report]
+    assert "motion_mismatch" not in [q["check"] for q in pipeline.compute(cine, lab, disp).report["quality"]]
 
 
 def test_manual_acdc_labels(shared_data):

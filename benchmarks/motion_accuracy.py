@@ -37,13 +37,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from deepstrain import pipeline
 from deepstrain import preprocess as pp
 from deepstrain.cine import Cine, Geometry
 from deepstrain.networks.motion import OUTPUT_SMOOTHING_MM, estimate_motion, load_model
 from deepstrain.networks.precision import PRECISIONS
+from deepstrain.quality import pull_back_labels
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL_SEEDS = (9000, 9001, 9002, 9003, 9004)
@@ -136,13 +136,6 @@ def baseline_displacement(images: np.ndarray, geo: Geometry, ed: int, cache: Pat
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.savez(cache, disp=disp, time_s=dt)
     return disp, dt
-
-
-def pull_back_labels(labels: np.ndarray, disp_ras: np.ndarray, geo: Geometry) -> np.ndarray:
-    """``labels(X + u(X))`` (nearest) on the ED grid; ``disp_ras`` (3,Z,Y,X) mm RAS."""
-    arr_mm = np.einsum("ij,izyx->jzyx", geo.direction, disp_ras)
-    idx = np.indices(labels.shape).astype(np.float64) + arr_mm / geo.spacing.reshape(3, 1, 1, 1)
-    return ndimage.map_coordinates(labels, idx, order=0, mode="nearest")
 
 
 def dice(a: np.ndarray, b: np.ndarray, k: int) -> float:

@@ -4,14 +4,21 @@
    contours. A check that fires here fires on good contours (a false alarm, or a real trait of
    the acquisition such as a misaligned slice).
 2. **The networks' segmentation** of the 20 validation patients (``predict`` as
-   ``deepstrain analyze`` runs it, without motion): the checks per patient, and the patients'
-   errors against the manual labels (LV EF error, Dice of LV cavity and myocardium at ES), for
-   flagged and unflagged patients.
+   ``deepstrain analyze`` runs it, without motion), then of the 80 training patients: the checks
+   per patient, and the patients' errors against the manual labels (LV EF error, Dice of LV
+   cavity and myocardium at ES), for flagged and unflagged patients; and how often the ring of
+   the most apical cavity slice (not checked) is open.
 3. **Outside ACDC**: the UK Biobank demo subject (folder as it is) and the Sunnybrook DICOM cine,
    where the ES volume is known to be under-estimated (see ``external_validation.py``).
+4. **Full ACDC cycles** (``acdc_cine_crop``), with ED / ES given: ``ed_es_frames`` and
+   ``apex_not_covered`` (the crops cut apical slices; how much of the manual ED cavity they cut is
+   printed).
+5. **Motion** (``motion_mismatch``) on the 20 validation patients, analysed as ``deepstrain
+   analyze`` does (motion refined), with the motion network's field alone (``--no-refine-motion``),
+   and with the refined motion given in a wrong convention (LPS components as RAS).
 
-The checks run through :func:`deepstrain.pipeline.compute` (labels only), i.e. exactly as in
-``report.json``. Usage: python benchmarks/quality_checks.py [--data ../shared/data] [--threads 2]
+Sections 1-4 run the checks through :func:`deepstrain.pipeline.compute` with labels only, i.e.
+exactly as in ``report.json``. Usage: python benchmarks/quality_checks.py [--data ../shared/data] [--threads 2]
 [--patients N]
 """
 from __future__ import annotations
@@ -62,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from deepstrain import io
     from deepstrain.inference import predict
-    from deepstrain.quality import CHECKS, OPEN_BORDER_FRACTION, open_border_fraction, slice_positions_mm
+    from deepstrain.analyze import analyze_cine
+    from deepstrain.refinement import motion_for_labels
+    from deepstrain.quality import (CHECKS, OPEN_BORDER_FRACTION, check_motion, motion_overlap, open_border_fraction,
+                                    slice_positions_mm)
     from deepstrain.strain import cardiac_frame
     from deepstrain.training.data import TRAINING_PATIENTS, VALIDATION_PATIENTS
 
@@ -203,6 +213,27 @@ def main(argv: list[str] | None = None) -> int:
     print("\n4. full ACDC cycles (acdc_cine_crop: the heart's crop, base and apex slices cut off), networks' "
           "segmentation of every frame, ED / ES as given by ACDC:")
     full_cycles()
+    print("\n5. motion_mismatch on the validation patients: the motion deepstrain analyze makes (refined), the "
+          "motion network's field alone (--no-refine-motion), and the refined motion given in the wrong convention "
+          "(LPS components read as RAS):")
+    fired = Counter()
+    for name in val:
+        cine = load(name)
+        a = analyze_cine(cine, keep_network_motion=True)
+        fields = {"refined": a.displacement,
+                  "network alone": motion_for_labels(a.network_motion, a.labels, refine=False)}
+        fields["LPS mistake"] = a.displacement.copy()
+        fields["LPS mistake"][:, :2] *= -1
+        parts = []
+        for kind, u in fields.items():
+            d_motion, d_none = motion_overlap(a.labels, u, cine.geometry, a.ed, a.es)
+            hit = bool(check_motion(a.labels, u, cine.geometry, a.ed, a.es))
+            fired[kind] += hit
+            parts.append(f"{kind} {d_motion:.3f}{' (fires)' if hit else ''}")
+        print(f"   {name}: myocardium Dice at ES pulled back to ED: without motion {d_none:.3f}; " + ", ".join(parts))
+    print("   motion_mismatch fires on " + ", ".join(f"{n} of {len(val)} ({k})" for k, n in
+                                                 ((k, fired[k]) for k in ("refined", "network alone", "LPS mistake"))))
+
     return 0
 
 

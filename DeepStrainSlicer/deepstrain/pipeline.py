@@ -17,7 +17,7 @@ import numpy as np
 from . import aha as aha_mod
 from .cine import Cine
 from .errors import InputError
-from .quality import check_segmentation
+from .quality import check_study
 from .report import build_report, write_report
 from .strain import (
     COMPONENTS,
@@ -211,8 +211,8 @@ def compute(
         warnings=warnings,
     )
     report["aha_reference"] = aha_reference
-    findings = check_segmentation(lab, cine.geometry, ed_i, es_i, frame=frame, lv_volume_ml=vol_curves["lv"],
-                                  ef_percent=vol["lv_ef_percent"], ed_given=ed_given, es_given=es_given)
+    findings = check_study(lab, cine.geometry, ed_i, es_i, frame=frame, lv_volume_ml=vol_curves["lv"],
+                           ef_percent=vol["lv_ef_percent"], ed_given=ed_given, es_given=es_given, displacement=disp)
     report["quality"] = [f.as_dict() for f in findings]
     return Analysis(
         cine=cine,

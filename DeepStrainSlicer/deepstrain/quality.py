@@ -1,7 +1,7 @@
-"""Automatic plausibility checks of a study's segmentation: what to look at before trusting the numbers.
+"""Automatic plausibility checks of a study's segmentation and motion: what to look at before trusting the numbers.
 
 Each check looks for one pattern that manual contours of the ACDC training set (100 patients, ED
-and ES) almost never show but a failed segmentation or a poor acquisition does. A finding is a
+and ES) almost never show but a failed segmentation, a poor acquisition or a wrong motion field does. A finding is a
 prompt to look (in Slicer: the named frame and slices), not a verdict; the numbers are still
 computed. How often each check fires on the manual labels and on the networks' segmentations is
 measured by ``benchmarks/quality_checks.py`` (figures in the README).
@@ -40,6 +40,13 @@ without one. The checks:
     LV EF above :data:`EF_HIGH_PERCENT` (above the normal range by a margin; with a small ES
     cavity it usually means trabeculae or papillary muscles were left out of the ES cavity, or the
     basal ES slice) or below :data:`EF_LOW_PERCENT` (ED and ES frames swapped or wrong).
+``motion_mismatch``
+    With a displacement: the ES labels pulled back to ED along the motion
+    (:func:`pull_back_labels`, ``labels_ES(X + u(X))``) overlap the ED myocardium (Dice) less than
+    the ES labels do without any motion, or less than :data:`MOTION_DICE_MIN`. A motion that
+    follows the heart carries the ES myocardium back onto the ED one; one in another convention
+    (LPS instead of RAS components, voxels instead of mm, from ES instead of from ED) or from a
+    failed tracker does not, and every strain value rests on it.
 """
 from __future__ import annotations
 
@@ -61,9 +68,11 @@ FRAME_VOLUME_TOLERANCE = 0.05
 """A frame whose LV cavity exceeds ED's (falls below ES's) by more than this share questions the given frame."""
 EF_HIGH_PERCENT = 80.0
 EF_LOW_PERCENT = 5.0
+MOTION_DICE_MIN = 0.7
+"""Least myocardium Dice between the ED labels and the ES labels pulled back to ED along the motion."""
 
 CHECKS = ("open_myocardium", "cavity_missing_at_es", "apex_not_covered", "slice_misalignment", "ed_es_frames",
-          "ef_outside_range")
+          "ef_outside_range", "motion_mismatch")
 
 
 @dataclass(frozen=True)
@@ -233,14 +242,56 @@ def check_ef(ef_percent: float | None) -> list[Finding]:
     return []
 
 
-def check_segmentation(labels: np.ndarray, geometry: Geometry, ed: int, es: int, *,
-                       frame: CardiacFrame | None, lv_volume_ml: np.ndarray, ef_percent: float | None,
-                       ed_given: bool = False, es_given: bool = False) -> list[Finding]:
+def pull_back_labels(labels3d: np.ndarray, displacement3d: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """``labels3d(X + u(X))`` on the ED grid (nearest neighbour; beyond the grid: the nearest edge voxel).
+
+    ``labels3d`` ``(Z, Y, X)`` of one frame; ``displacement3d`` ``(3, Z, Y, X)`` mm, RAS components,
+    Lagrangian from ED (as everywhere in :mod:`deepstrain`).
+    """
+    from scipy import ndimage
+
+    to_index = np.linalg.inv(geometry.index_to_world[:3, :3])
+    offset = np.einsum("ij,jzyx->izyx", to_index, np.asarray(displacement3d, dtype=np.float64))
+    idx = np.indices(labels3d.shape, dtype=np.float64) + offset
+    return ndimage.map_coordinates(np.asarray(labels3d), idx, order=0, mode="nearest")
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    s = int(a.sum()) + int(b.sum())
+    return 2.0 * int((a & b).sum()) / s if s else 1.0
+
+
+def motion_overlap(labels: np.ndarray, displacement: np.ndarray, geometry: Geometry, ed: int,
+                   frame: int) -> tuple[float, float]:
+    """Myocardium Dice against the ED labels of ``frame``'s labels pulled back along the motion, and without motion."""
+    myo_ed = labels[ed] == 2
+    pulled = pull_back_labels(labels[frame], displacement[frame], geometry) == 2
+    return _dice(pulled, myo_ed), _dice(labels[frame] == 2, myo_ed)
+
+
+def check_motion(labels: np.ndarray, displacement: np.ndarray, geometry: Geometry, ed: int, es: int) -> list[Finding]:
+    """``motion_mismatch`` (see the module docstring)."""
+    if not (labels[ed] == 2).any() or not (labels[es] == 2).any():
+        return []
+    with_motion, without = motion_overlap(labels, displacement, geometry, ed, es)
+    if with_motion >= max(without, MOTION_DICE_MIN):
+        return []
+    return [Finding("motion_mismatch", f"frame {es} (ES): the motion does not carry the ES myocardium back onto "
+                    f"the ED myocardium (Dice {with_motion:.2f} along the motion, {without:.2f} without any "
+                    "motion); check the displacement's convention (RAS mm, from ED) or the tracking; the strain "
+                    "values rest on it", es)]
+
+
+def check_study(labels: np.ndarray, geometry: Geometry, ed: int, es: int, *,
+                frame: CardiacFrame | None, lv_volume_ml: np.ndarray, ef_percent: float | None,
+                ed_given: bool = False, es_given: bool = False,
+                displacement: np.ndarray | None = None) -> list[Finding]:
     """All checks of :data:`CHECKS` on ``labels`` ``(T, Z, Y, X)`` (ACDC values), in that order.
 
     ``frame``: the cardiac frame of the ED labels (None: the checks that need base and apex are
     skipped). ``lv_volume_ml``: the LV cavity volume of every frame. ``ed_given`` / ``es_given``:
     that frame came from the input (not from the volume curve), so ``ed_es_frames`` checks it.
+    ``displacement`` ``(T, 3, Z, Y, X)`` (mm, RAS, from ED): ``motion_mismatch`` checks it.
     """
     lab = np.asarray(labels)
     found: list[Finding] = []
@@ -252,6 +303,8 @@ def check_segmentation(labels: np.ndarray, geometry: Geometry, ed: int, es: int,
         found += check_slice_alignment(lab[ed], ed, frame, pos)
     found += check_ed_es_frames(lv_volume_ml, ed if ed_given else None, es if es_given else None)
     found += check_ef(ef_percent)
+    if displacement is not None:
+        found += check_motion(lab, displacement, geometry, ed, es)
     return [replace(f, points_ras=tuple(_look_at(k, lab.shape[1:], geometry, frame) for k in f.slices))
             for f in found]
 
