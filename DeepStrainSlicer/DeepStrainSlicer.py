@@ -49,7 +49,7 @@ class DeepStrainSlicer(ScriptedLoadableModule):
             "The plot view offers strain, strain-rate and volume charts. "
             "'Automatic checks' lists what looks wrong in the segmentation (an open myocardium, a "
             "mid-ventricular ES slice without cavity, apex not covered, misaligned slices, ED/ES frames, EF "
-            "out of range, a motion that does not follow the contours); click a finding to show its frame and slice, correct, and Recompute checks again. "
+            "out of range, a motion that does not follow the contours, a strain of implausible sign); click a finding to show its frame and slice, correct, and Recompute checks again. "
             "'Test-time flips' segments each slice 4 times (slower). "
             "'Weights' may name another weights folder (with its manifest.json); the report records which "
             "weights were used. On studies from outside ACDC, check the most basal slice at end-systole "

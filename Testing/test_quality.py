@@ -186,3 +186,11 @@ def test_manual_acdc_labels(shared_data):
 @pytest.mark.parametrize("check", quality.CHECKS)
 def test_every_check_is_documented(check):
     assert f"``{check}``" in quality.__doc__
+
+
+def test_strain_sign():
+    assert quality.check_strain_signs({"radial": 40.0, "circumferential": -15.0, "longitudinal": -5.0}) == []
+    assert quality.check_strain_signs(None) == [] and quality.check_strain_signs({"radial": None}) == []
+    found = quality.check_strain_signs({"radial": -2.0, "circumferential": 1.0, "longitudinal": 3.0})
+    assert _names(found) == ["strain_sign"] * 3
+    assert "radial" in found[0].message and "short-axis stack" in found[2].message

@@ -8,16 +8,18 @@
    per patient, and the patients' errors against the manual labels (LV EF error, Dice of LV
    cavity and myocardium at ES), for flagged and unflagged patients; and how often the ring of
    the most apical cavity slice (not checked) is open.
-3. **Outside ACDC**: the UK Biobank demo subject (folder as it is) and the Sunnybrook DICOM cine,
-   where the ES volume is known to be under-estimated (see ``external_validation.py``).
+3. **Outside ACDC**: the whole ``deepstrain analyze`` of the UK Biobank demo subject (folder as it
+   is) and the Sunnybrook DICOM cine, where the ES volume is known to be under-estimated (see
+   ``external_validation.py``).
 4. **Full ACDC cycles** (``acdc_cine_crop``), with ED / ES given: ``ed_es_frames`` and
    ``apex_not_covered`` (the crops cut apical slices; how much of the manual ED cavity they cut is
    printed).
-5. **Motion** (``motion_mismatch``) on the 20 validation patients, analysed as ``deepstrain
-   analyze`` does (motion refined), with the motion network's field alone (``--no-refine-motion``),
-   and with the refined motion given in a wrong convention (LPS components as RAS).
+5. **Motion** (``motion_mismatch``, ``strain_sign``) on the 20 validation patients, analysed as
+   ``deepstrain analyze`` does (motion refined), with the motion network's field alone
+   (``--no-refine-motion``), and with the refined motion given in a wrong convention (LPS
+   components as RAS).
 
-Sections 1-4 run the checks through :func:`deepstrain.pipeline.compute` with labels only, i.e.
+Sections 1, 2 and 4 run the checks through :func:`deepstrain.pipeline.compute` with labels only, i.e.
 exactly as in ``report.json``. Usage: python benchmarks/quality_checks.py [--data ../shared/data] [--threads 2]
 [--patients N]
 """
@@ -196,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
               + (", ".join(f"{c} {n}" for c, n in sorted(fired.items())) or "none"))
 
     # 3. outside ACDC
-    print("\n3. outside ACDC (networks' segmentation):")
+    print("\n3. outside ACDC (the whole deepstrain analyze: networks' segmentation and motion):")
     for label, path in (("UK Biobank demo subject", args.data / "ukbb_demo" / "1"),
                         ("Sunnybrook SCD0000101", args.data / "sunnybrook" / "SCD0000101")):
         if not path.exists():
@@ -205,9 +207,9 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             cine = io.load_cine(path)
-        pred = predict(cine, with_motion=False)
-        found, vol = _findings(cine, pred.labels, None, None)
-        print(f"   {label}: EF {vol['lv_ef_percent']:.1f} %; {len(found)} finding(s)")
+        a = analyze_cine(cine)
+        found, vol = a.report["quality"], a.report["volumetrics"]
+        print(f"   {label}: EF {vol['lv_ef_percent']:.1f} %, ESS {a.report['ess']}; {len(found)} finding(s)")
         for f in found:
             print(f"      {f['check']}: {f['message']}")
     print("\n4. full ACDC cycles (acdc_cine_crop: the heart's crop, base and apex slices cut off), networks' "
@@ -230,9 +232,14 @@ def main(argv: list[str] | None = None) -> int:
             hit = bool(check_motion(a.labels, u, cine.geometry, a.ed, a.es))
             fired[kind] += hit
             parts.append(f"{kind} {d_motion:.3f}{' (fires)' if hit else ''}")
-        print(f"   {name}: myocardium Dice at ES pulled back to ED: without motion {d_none:.3f}; " + ", ".join(parts))
+        signs = [q["message"].split(" end-systolic")[0].replace("global ", "") for q in a.report["quality"]
+                 if q["check"] == "strain_sign"]
+        fired["strain_sign"] += bool(signs)
+        print(f"   {name}: myocardium Dice at ES pulled back to ED: without motion {d_none:.3f}; " + ", ".join(parts)
+              + (f"; strain_sign: {', '.join(signs)}" if signs else ""))
     print("   motion_mismatch fires on " + ", ".join(f"{n} of {len(val)} ({k})" for k, n in
                                                  ((k, fired[k]) for k in ("refined", "network alone", "LPS mistake"))))
+    print(f"   strain_sign fires on {fired['strain_sign']} of {len(val)} analyses")
 
     return 0
 

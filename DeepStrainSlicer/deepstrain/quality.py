@@ -47,6 +47,11 @@ without one. The checks:
     follows the heart carries the ES myocardium back onto the ED one; one in another convention
     (LPS instead of RAS components, voxels instead of mm, from ES instead of from ED) or from a
     failed tracker does not, and every strain value rests on it.
+``strain_sign``
+    A global end-systolic strain with the sign no contracting heart gives: radial not above zero,
+    circumferential or longitudinal not below zero. Circumferential and radial strain keep their
+    signs even in severe dysfunction; a positive longitudinal strain from a short-axis stack
+    usually means the through-plane motion, which thick slices hardly show, was not captured.
 """
 from __future__ import annotations
 
@@ -72,7 +77,8 @@ MOTION_DICE_MIN = 0.7
 """Least myocardium Dice between the ED labels and the ES labels pulled back to ED along the motion."""
 
 CHECKS = ("open_myocardium", "cavity_missing_at_es", "apex_not_covered", "slice_misalignment", "ed_es_frames",
-          "ef_outside_range", "motion_mismatch")
+          "ef_outside_range", "motion_mismatch", "strain_sign")
+_CONTRACTION_SIGN = {"radial": 1.0, "circumferential": -1.0, "longitudinal": -1.0}
 
 
 @dataclass(frozen=True)
@@ -282,16 +288,33 @@ def check_motion(labels: np.ndarray, displacement: np.ndarray, geometry: Geometr
                     "values rest on it", es)]
 
 
+def check_strain_signs(ess_percent: dict[str, float | None] | None) -> list[Finding]:
+    """``strain_sign`` on the global end-systolic strains (percent; None: not computed)."""
+    out = []
+    for comp, sign in _CONTRACTION_SIGN.items():
+        v = None if ess_percent is None else ess_percent.get(comp)
+        if v is not None and np.isfinite(v) and sign * v <= 0:
+            expected = "positive (thickening)" if sign > 0 else "negative (shortening)"
+            note = (" Longitudinal strain from a short-axis stack rests on the through-plane motion, which "
+                    "thick slices hardly show; do not read it for this study." if comp == "longitudinal" else
+                    " Check the motion and the ED / ES frames.")
+            out.append(Finding("strain_sign", f"global {comp} end-systolic strain is {v:+.1f} %; a contracting "
+                               f"heart gives a {expected} value.{note}"))
+    return out
+
+
 def check_study(labels: np.ndarray, geometry: Geometry, ed: int, es: int, *,
                 frame: CardiacFrame | None, lv_volume_ml: np.ndarray, ef_percent: float | None,
                 ed_given: bool = False, es_given: bool = False,
-                displacement: np.ndarray | None = None) -> list[Finding]:
+                displacement: np.ndarray | None = None,
+                ess_percent: dict[str, float | None] | None = None) -> list[Finding]:
     """All checks of :data:`CHECKS` on ``labels`` ``(T, Z, Y, X)`` (ACDC values), in that order.
 
     ``frame``: the cardiac frame of the ED labels (None: the checks that need base and apex are
     skipped). ``lv_volume_ml``: the LV cavity volume of every frame. ``ed_given`` / ``es_given``:
     that frame came from the input (not from the volume curve), so ``ed_es_frames`` checks it.
-    ``displacement`` ``(T, 3, Z, Y, X)`` (mm, RAS, from ED): ``motion_mismatch`` checks it.
+    ``displacement`` ``(T, 3, Z, Y, X)`` (mm, RAS, from ED): ``motion_mismatch`` checks it;
+    ``ess_percent``: the global end-systolic strains, for ``strain_sign``.
     """
     lab = np.asarray(labels)
     found: list[Finding] = []
@@ -305,6 +328,7 @@ def check_study(labels: np.ndarray, geometry: Geometry, ed: int, es: int, *,
     found += check_ef(ef_percent)
     if displacement is not None:
         found += check_motion(lab, displacement, geometry, ed, es)
+    found += check_strain_signs(ess_percent)
     return [replace(f, points_ras=tuple(_look_at(k, lab.shape[1:], geometry, frame) for k in f.slices))
             for f in found]
 
