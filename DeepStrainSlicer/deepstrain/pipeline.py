@@ -4,7 +4,8 @@ This is the part of the analysis after segmentation and motion estimation: what
 ``deepstrain analyze --segmentation --displacement`` and the Slicer module's "Recompute after
 manual correction" call. :func:`compute` validates its inputs and raises
 :class:`deepstrain.errors.InputError` (naming ``cine.source`` or the study) on bad ones. It also
-runs the automatic checks of the labels (:mod:`deepstrain.quality`; report key ``quality``).
+runs the automatic checks of the labels and the motion (:mod:`deepstrain.quality`; report key
+``quality``).
 """
 from __future__ import annotations
 
