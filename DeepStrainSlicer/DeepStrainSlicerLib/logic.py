@@ -830,7 +830,7 @@ class DeepStrainLogic:
         cine = mrml.sequence_to_cine(params.ref("CineSequence"), params.study_name)
         disp_seq = params.ref("DisplacementSequence")
         if disp_seq is not None and disp_seq.GetNumberOfDataNodes():
-            _, grid = mrml.grid_transform_displacement(disp_seq.GetNthDataNode(0))
+            grid = mrml.grid_transform_geometry(disp_seq.GetNthDataNode(0))
             try:
                 axes = reversed_axes(cine.geometry, grid, cine.shape3d)
             except ValueError as exc:

@@ -329,17 +329,26 @@ def new_grid_transform(displacement: np.ndarray, geometry: Geometry, name: str =
     return node
 
 
-def grid_transform_displacement(node: slicer.vtkMRMLTransformNode) -> tuple[np.ndarray, Geometry]:
-    """The (3, Z, Y, X) to-parent displacement grid of a grid transform node and its grid geometry."""
+def _to_parent_grid(node: slicer.vtkMRMLTransformNode):
     tr = node.GetTransformToParent()
     if tr is None or not hasattr(tr, "GetDisplacementGrid"):
         raise ValueError(f"'{node.GetName()}' is not a to-parent grid transform")
+    return tr
+
+
+def grid_transform_geometry(node: slicer.vtkMRMLTransformNode) -> Geometry:
+    """The grid geometry of a grid transform node (without reading its displacement values)."""
+    tr = _to_parent_grid(node)
     img = tr.GetDisplacementGrid()
-    a = np.moveaxis(array_from_image(img), -1, 0).astype(np.float32)
     d = tr.GetGridDirectionMatrix()
     direction = np.array([[d.GetElement(r, c) for c in range(3)] for r in range(3)])[:, [2, 1, 0]]
-    geom = Geometry(np.array(img.GetSpacing())[[2, 1, 0]], np.array(img.GetOrigin()), direction)
-    return a, geom
+    return Geometry(np.array(img.GetSpacing())[[2, 1, 0]], np.array(img.GetOrigin()), direction)
+
+
+def grid_transform_displacement(node: slicer.vtkMRMLTransformNode) -> tuple[np.ndarray, Geometry]:
+    """The (3, Z, Y, X) to-parent displacement grid of a grid transform node and its grid geometry."""
+    img = _to_parent_grid(node).GetDisplacementGrid()
+    return np.moveaxis(array_from_image(img), -1, 0).astype(np.float32), grid_transform_geometry(node)
 
 
 def displacement_to_transform_sequence(scene: slicer.vtkMRMLScene, displacement: np.ndarray, geometry: Geometry,
