@@ -36,11 +36,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = int(a.sum()) + int(b.sum())
-    return 2.0 * int((a & b).sum()) / s if s else 1.0
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from segmentation_accuracy import dice as _dice  # noqa: E402
 
 
 def _findings(cine, labels: np.ndarray, ed: int, es: int) -> tuple[list[dict], dict]:

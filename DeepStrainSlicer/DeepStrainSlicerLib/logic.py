@@ -36,7 +36,7 @@ import vtk
 
 import slicer
 from deepstrain.cine import Cine
-from deepstrain.qc import COMPONENT_COLORS, VOLUME_COLORS
+from deepstrain.qc import COMPONENT_COLORS, VOLUME_COLORS, time_axis
 
 from . import mrml, polarmap
 
@@ -476,16 +476,9 @@ class DeepStrainLogic:
             slicer.vtkMRMLSliceNode.JumpAllSlices(self.scene, r, a, s)
         return finding
 
-    @staticmethod
-    def _x_values(report: dict) -> tuple[np.ndarray, str]:
-        t = np.array([np.nan if v is None else v for v in report["frames"]["times_ms"]], dtype=float)
-        if np.all(np.isfinite(t)):
-            return t, "time (ms)"
-        return np.arange(report["frames"]["count"], dtype=float), "frame"
-
     def _update_curve_tables(self, report: dict, params: Parameters, volume_curves: dict[str, np.ndarray]) -> None:
         n = report["frames"]["count"]
-        x, _ = self._x_values(report)
+        x, _ = time_axis(report)
         cols: dict[str, np.ndarray] = {"frame": np.arange(n, dtype=float), "time": x}
         for c in COMPONENTS:
             v = report["global_strain"][f"{c}_percent"]
@@ -518,7 +511,7 @@ class DeepStrainLogic:
     def _update_charts(self, params: Parameters) -> None:
         report = self.report(params) if params.ref("ReportText") else None
         table, mt = params.ref("CurveTable"), params.ref("MarkerTable")
-        _, xlabel = self._x_values(report) if report else (None, "time (ms)")
+        _, xlabel = time_axis(report) if report else (None, "time (ms)")
         curves = {  # chart role: (y axis, marker range column, name, [(series, table column, colour)])
             "StrainChart": ("strain (%)", "strain range", "global strain",
                             [(f"{c} strain", f"{c} strain (%)", COMPONENT_COLORS[c]) for c in COMPONENTS]),

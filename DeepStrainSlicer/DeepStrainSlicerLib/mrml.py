@@ -220,7 +220,6 @@ def labels_to_segmentation(labels: np.ndarray, geometry: Geometry, name: str = "
     return node
 
 
-
 def set_segment_mask(seg_node: slicer.vtkMRMLSegmentationNode, segment_id: str, mask: np.ndarray,
                      geometry: Geometry) -> None:
     """Replace the voxels of one segment by ``mask`` ``(Z, Y, X)`` on ``geometry`` (what a Segment
@@ -230,6 +229,7 @@ def set_segment_mask(seg_node: slicer.vtkMRMLSegmentationNode, segment_id: str, 
     img.SetImageToWorldMatrix(ijk_to_ras(geometry))
     slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
         img, seg_node, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+
 
 def _segment_mask(seg_node: slicer.vtkMRMLSegmentationNode, segment_id: str, geometry: Geometry,
                   shape: tuple[int, int, int]) -> np.ndarray:
@@ -336,19 +336,22 @@ def _to_parent_grid(node: slicer.vtkMRMLTransformNode):
     return tr
 
 
-def grid_transform_geometry(node: slicer.vtkMRMLTransformNode) -> Geometry:
-    """The grid geometry of a grid transform node (without reading its displacement values)."""
-    tr = _to_parent_grid(node)
+def _grid_geometry(tr) -> Geometry:
     img = tr.GetDisplacementGrid()
     d = tr.GetGridDirectionMatrix()
     direction = np.array([[d.GetElement(r, c) for c in range(3)] for r in range(3)])[:, [2, 1, 0]]
     return Geometry(np.array(img.GetSpacing())[[2, 1, 0]], np.array(img.GetOrigin()), direction)
 
 
+def grid_transform_geometry(node: slicer.vtkMRMLTransformNode) -> Geometry:
+    """The grid geometry of a grid transform node (without reading its displacement values)."""
+    return _grid_geometry(_to_parent_grid(node))
+
+
 def grid_transform_displacement(node: slicer.vtkMRMLTransformNode) -> tuple[np.ndarray, Geometry]:
     """The (3, Z, Y, X) to-parent displacement grid of a grid transform node and its grid geometry."""
-    img = _to_parent_grid(node).GetDisplacementGrid()
-    return np.moveaxis(array_from_image(img), -1, 0).astype(np.float32), grid_transform_geometry(node)
+    tr = _to_parent_grid(node)
+    return np.moveaxis(array_from_image(tr.GetDisplacementGrid()), -1, 0).astype(np.float32), _grid_geometry(tr)
 
 
 def displacement_to_transform_sequence(scene: slicer.vtkMRMLScene, displacement: np.ndarray, geometry: Geometry,

@@ -216,13 +216,9 @@ def render_curves(report: dict, volume_curves: dict[str, np.ndarray] | None = No
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from .logic import COMPONENT_COLORS, COMPONENTS, VOLUME_COLORS, VOLUME_COLUMNS
+    from deepstrain.qc import mark_ed_es, plot_components, plot_volumes, time_axis
 
-    n = report["frames"]["count"]
-    t = np.array([np.nan if v is None else v for v in report["frames"]["times_ms"]], dtype=float)
-    xlabel = "time (ms)"
-    if not np.all(np.isfinite(t)):
-        t, xlabel = np.arange(n, dtype=float), "frame"
+    t, xlabel = time_axis(report)
     ed, es = report["frames"]["ed"], report["frames"]["es"]
     rows = 2 if volume_curves is None else 3
     fig = Figure(figsize=(size_px[0] / 100, size_px[1] * rows / 200), dpi=100)
@@ -230,33 +226,18 @@ def render_curves(report: dict, volume_curves: dict[str, np.ndarray] | None = No
     axes = fig.subplots(rows, 1, sharex=True)
     for ax, key, suffix, ylabel in ((axes[0], "global_strain", "percent", "strain (%)"),
                                     (axes[1], "global_strain_rate", "per_s", "strain rate (1/s)")):
-        for c in COMPONENTS:
-            v = report[key][f"{c}_{suffix}"]
-            if v is None:
-                continue
-            y = np.array([np.nan if a is None else a for a in v], dtype=float)
-            ax.plot(t, y, "o-", color=COMPONENT_COLORS[c], label=c, markersize=3)
-        for f, name, ls in ((ed, "ED", "--"), (es, "ES", ":")):
-            ax.axvline(t[f], color="black", linestyle=ls, linewidth=1.2)
-            ax.text(t[f], 1.0, f" {name}", transform=ax.get_xaxis_transform(), va="top", fontsize=9)
+        drawn = plot_components(ax, t, report[key], suffix)
+        mark_ed_es(ax, t, ed, es)
         ax.axhline(0.0, color="0.6", linewidth=0.8)
         ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        if not ax.lines or all(len(line.get_xdata()) == 0 for line in ax.lines):
+        if not drawn:
             ax.text(0.5, 0.5, "not available (no frame timing)", transform=ax.transAxes, ha="center")
     axes[0].legend(loc="best", fontsize=9, framealpha=0.8)
     axes[0].set_title(f"{report.get('study', '')} global strain".strip())
     if volume_curves is not None:
-        ax = axes[2]
-        for key, column in VOLUME_COLUMNS.items():
-            ax.plot(t, np.asarray(volume_curves[key], dtype=float), "o-", color=VOLUME_COLORS[key],
-                    label=column.split(" (")[0], markersize=3)
-        for f, ls in ((ed, "--"), (es, ":")):
-            ax.axvline(t[f], color="black", linestyle=ls, linewidth=1.2)
-        ax.set_ylabel("volume (ml)")
-        ax.set_ylim(bottom=0.0)
-        ax.grid(alpha=0.3)
-        ax.legend(loc="best", fontsize=9, framealpha=0.8)
+        plot_volumes(axes[2], t, volume_curves)
+        mark_ed_es(axes[2], t, ed, es, names=False)
+        axes[2].legend(loc="best", fontsize=9, framealpha=0.8)
     axes[-1].set_xlabel(xlabel)
     fig.tight_layout()
     fig.canvas.draw()

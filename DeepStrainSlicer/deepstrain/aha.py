@@ -19,8 +19,9 @@ Definitions follow ``notes/strain_spec.md``; the details decided here:
   not split by the sub-degree error of the fitted long axis.
 * A user may instead give the anterior RV insertion point (RAS mm): ``s_dir`` is then its
   direction from the LV centre turned 60 degrees towards the septum (it sits at phi = -60,
-  the anterior / anteroseptal boundary), for when the RV contours are wrong or absent. Segment 17 (apex) = every myocardium voxel in a slice with no cavity whose LV
-  centre is more apical than the centre of the most apical cavity slice.
+  the anterior / anteroseptal boundary), for when the RV contours are wrong or absent.
+* Segment 17 (apex) = every myocardium voxel in a slice with no cavity whose LV centre is more
+  apical than the centre of the most apical cavity slice.
 """
 from __future__ import annotations
 

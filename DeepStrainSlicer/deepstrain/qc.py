@@ -40,6 +40,43 @@ CONTOURS = ((3, (0.9, 0.15, 0.15), "LV cavity"), ((2, 3), (0.15, 0.75, 0.25), "e
             (1, (0.2, 0.45, 0.95), "RV cavity"))
 
 
+def time_axis(report: dict) -> tuple[np.ndarray, str]:
+    """The frame times (ms) of a report and their axis label; frame numbers when the input has no timing."""
+    t = np.array([np.nan if v is None else v for v in report["frames"]["times_ms"]], dtype=float)
+    if np.all(np.isfinite(t)):
+        return t, "time (ms)"
+    return np.arange(report["frames"]["count"], dtype=float), "frame"
+
+
+def plot_components(ax, t: np.ndarray, values: dict, unit_suffix: str) -> int:
+    """Plot the global curve of each strain component (``values[f"{comp}_{unit_suffix}"]``, a list
+    with None for missing frames, or None) in its colour; returns how many were drawn."""
+    drawn = 0
+    for comp, colour in COMPONENT_COLORS.items():
+        v = (values or {}).get(f"{comp}_{unit_suffix}")
+        if v is not None:
+            ax.plot(t, [np.nan if a is None else a for a in v], "o-", ms=3, color=colour, label=comp)
+            drawn += 1
+    return drawn
+
+
+def plot_volumes(ax, t: np.ndarray, volume_curves: dict[str, np.ndarray]) -> None:
+    """Plot the LV, myocardium and RV volume curves (ml) in their colours, from zero up."""
+    for key, colour in VOLUME_COLORS.items():
+        ax.plot(t, np.asarray(volume_curves[key], dtype=float), "o-", ms=3, color=colour, label=VOLUME_NAMES[key])
+    ax.set_ylabel("volume (ml)")
+    ax.set_ylim(bottom=0.0)
+
+
+def mark_ed_es(ax, t: np.ndarray, ed: int, es: int, names: bool = True) -> None:
+    """ED (dashed) and ES (dotted) lines, optionally named at the top, and a light grid."""
+    for f, name, ls in ((ed, "ED", "--"), (es, "ES", ":")):
+        ax.axvline(t[f], color="black", ls=ls, lw=1.2)
+        if names:
+            ax.text(t[f], 1.0, f" {name}", transform=ax.get_xaxis_transform(), va="top", fontsize=8)
+    ax.grid(alpha=0.3)
+
+
 def middle_slice(labels_ed: np.ndarray) -> int:
     """Middle slice of the ED myocardium (label 2); the middle of the volume if there is none.
 
@@ -182,34 +219,20 @@ def qc_figure(analysis: Analysis, path: str | os.PathLike) -> Path:
     legend.text(0.0, 0.75, text, va="top", fontsize=8, transform=legend.transAxes)
 
     # curves
-    t = np.array([np.nan if v is None else v for v in rep["frames"]["times_ms"]], dtype=float)
-    xlabel = "time (ms)"
-    if not np.all(np.isfinite(t)):
-        t, xlabel = np.arange(rep["frames"]["count"], dtype=float), "frame"
+    t, xlabel = time_axis(rep)
     ax = fig.add_subplot(grid[0, 3:5])
-    for comp, colour in COMPONENT_COLORS.items():
-        v = (rep.get("global_strain") or {}).get(f"{comp}_percent")
-        if v is not None:
-            ax.plot(t, [np.nan if a is None else a for a in v], "o-", ms=3, color=colour, label=comp)
     ax.set_ylabel("global strain (%)")
     ax.axhline(0, color="0.6", lw=0.8)
-    if len(ax.lines) > 1:
+    if plot_components(ax, t, rep.get("global_strain"), "percent"):
         ax.legend(fontsize=8, loc="best")
     else:
         ax.text(0.5, 0.5, "strain not computed (see warnings)", transform=ax.transAxes, ha="center")
     ax2 = fig.add_subplot(grid[1, 3:5], sharex=ax)
-    for key, colour in VOLUME_COLORS.items():
-        ax2.plot(t, analysis.volume_curves[key], "o-", ms=3, color=colour, label=VOLUME_NAMES[key])
-    ax2.set_ylabel("volume (ml)")
-    ax2.set_ylim(bottom=0)
+    plot_volumes(ax2, t, analysis.volume_curves)
     ax2.set_xlabel(xlabel)
     ax2.legend(fontsize=8, loc="best")
-    for a in (ax, ax2):
-        for f, ls in ((ed, "--"), (es, ":")):
-            a.axvline(t[f], color="black", ls=ls, lw=1)
-        a.grid(alpha=0.3)
-    ax.text(t[ed], 1.0, " ED", transform=ax.get_xaxis_transform(), va="top", fontsize=8)
-    ax.text(t[es], 1.0, " ES", transform=ax.get_xaxis_transform(), va="top", fontsize=8)
+    mark_ed_es(ax, t, ed, es)
+    mark_ed_es(ax2, t, ed, es, names=False)
 
     # polar maps at ES
     cmap = colormaps["RdBu_r"]
