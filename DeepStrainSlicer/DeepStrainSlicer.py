@@ -49,8 +49,10 @@ class DeepStrainSlicer(ScriptedLoadableModule):
             "The plot view offers strain, strain-rate and volume charts. "
             "'Automatic checks' lists what looks wrong in the segmentation and motion (an open myocardium, "
             "a mid-ventricular ES slice without cavity, apex not covered, misaligned slices, ED/ES frames, "
-            "EF out of range, a motion that does not follow the contours, a strain of implausible sign); "
+            "EF out of range, a heart of implausible size, a motion that does not follow the contours, a strain of implausible sign); "
             "click a finding to show its frame and slice, correct, and Recompute checks again. "
+            "Under it, 'Warnings' says what the input lacked (frame timing, a voxel size that looks lost) and "
+            "what could therefore not be computed. "
             "'Test-time flips' segments each slice 4 times (slower). "
             "'Weights' may name another weights folder (with its manifest.json); the report records which "
             "weights were used. On studies from outside ACDC, check the most basal slice at end-systole "
@@ -264,7 +266,7 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._busy(False)
 
     def _show_findings(self):
-        """List the automatic checks' findings (click one: its frame and slice are shown)."""
+        """List the automatic checks' findings (click one: its frame and slice are shown) and the analysis's warnings."""
         findings = self.logic.quality_findings(self.params)
         was_updating, self._updating = self._updating, True  # filling the list must not jump the views
         try:
@@ -275,6 +277,9 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._updating = was_updating
         self.ui.qualityLabel.text = (f"Automatic checks: {len(findings)} finding(s); click one to show it"
                                      if findings else "Automatic checks: no finding")
+        notes = self.logic.analysis_warnings(self.params)
+        self.ui.warningsLabel.text = "Warnings:\n" + "\n".join(f"- {w}" for w in notes) if notes else ""
+        self.ui.warningsLabel.visible = bool(notes)
 
     def on_finding(self, row):
         if row < 0 or self._updating:

@@ -176,3 +176,20 @@ def test_version_names_the_package_and_the_shipped_weights(capsys):
     assert f"deepstrain {__version__}" in text
     for name, m in read_manifest()["models"].items():
         assert f"{name} {m['date']} sha256 {m['sha256'][:12]}" in " ".join(text.split())
+
+
+def test_the_tools_warnings_show_as_one_line_each(study, tmp_path, capsys):
+    """A file without frame timing: the warning reads 'deepstrain: warning: <file>: ...', without Python's source line."""
+    img = nib.load(str(study["cine"]))
+    untimed = nib.Nifti1Image(np.asarray(img.dataobj), img.affine)
+    untimed.header.set_zooms((1.5, 1.5, 8.0, 1.0))
+    untimed.header.set_xyzt_units("mm", "unknown")
+    study["cine"] = tmp_path / "untimed.nii.gz"
+    nib.save(untimed, str(study["cine"]))
+    code, err = _run(["analyze", str(study["cine"]), "--segmentation", str(study["labels"]), "--displacement",
+                      str(study["disp"]), "--ed", "0", "--es", "2", "--out", str(tmp_path / "out"), "--quiet"], capsys)
+    assert code == 0, err
+    lines = [ln for ln in err.splitlines() if "warning" in ln.lower()]
+    assert lines and all(ln.startswith("deepstrain: warning: ") for ln in lines)
+    assert any(str(study["cine"]) in ln and "--heart-rate" in ln for ln in lines)
+    assert "io.load_cine(" not in err and "DeepStrainWarning" not in err

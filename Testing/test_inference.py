@@ -101,5 +101,15 @@ def test_off_centre_heart_and_flipped_axis(cine):
 def test_no_heart_is_a_clear_error():
     blank = Cine(data=np.zeros((2, 4, 64, 64), np.float32), geometry=Geometry((8.0, 1.5, 1.5)),
                  times_ms=np.full(2, np.nan), source="blank.nii.gz")
-    with pytest.raises(InputError, match="blank.nii.gz.*no left ventricle"):
+    with pytest.raises(InputError, match="blank.nii.gz.*no left ventricle") as info:
         predict(blank, with_motion=False)
+    assert "--spacing" not in str(info.value)
+
+
+def test_a_lost_voxel_size_is_named_when_no_heart_is_found(cine):
+    """A real study whose header lost its spacing (1 x 1 x 1 mm): the heart looks 1.5 times too large
+    to the networks. When they then find no LV, the error says the spacing is the likely cause."""
+    lost = Cine(data=cine.data[:1].copy(), geometry=Geometry((1.0, 1.0, 1.0)), times_ms=np.full(1, np.nan),
+                source="lost.nii.gz")
+    with pytest.raises(InputError, match=r"lost.nii.gz: no left ventricle.*1 x 1 x 1 mm.*--spacing"):
+        predict(lost, with_motion=False)

@@ -37,11 +37,13 @@ def _study(n_slices: int = 9, squeeze: float = 0.72) -> np.ndarray:
     return lab
 
 
-def _check(lab: np.ndarray, ed: int = 0, es: int = 2, ed_given: bool = True, es_given: bool = True):
-    frame = cardiac_frame(lab[ed], GEO)
-    vol = volumetrics(lab, GEO, ed, es)
-    return quality.check_study(lab, GEO, ed, es, frame=frame, lv_volume_ml=label_volumes_ml(lab, GEO)["lv"],
-                               ef_percent=vol["lv_ef_percent"], ed_given=ed_given, es_given=es_given)
+def _check(lab: np.ndarray, ed: int = 0, es: int = 2, ed_given: bool = True, es_given: bool = True,
+           geo: Geometry = GEO):
+    frame = cardiac_frame(lab[ed], geo)
+    vol = volumetrics(lab, geo, ed, es)
+    return quality.check_study(lab, geo, ed, es, frame=frame, lv_volume_ml=label_volumes_ml(lab, geo)["lv"],
+                               ef_percent=vol["lv_ef_percent"], lv_mass_g=vol["lv_mass_g"], ed_given=ed_given,
+                               es_given=es_given)
 
 
 def _names(findings) -> list[str]:
@@ -186,6 +188,22 @@ def test_manual_acdc_labels(shared_data):
 @pytest.mark.parametrize("check", quality.CHECKS)
 def test_every_check_is_documented(check):
     assert f"``{check}``" in quality.__doc__
+
+
+def test_heart_size_points_at_a_lost_voxel_size():
+    lab = _study()
+    vol = volumetrics(lab, GEO, 0, 2)
+    assert quality.HEART_EDV_ML[0] < vol["lv_edv_ml"] < quality.HEART_EDV_ML[1]  # the clean study is adult-sized
+    lost = Geometry(spacing=(1.0, 1.0, 1.0), origin=GEO.origin)
+    found = [f for f in _check(lab, geo=lost) if f.check == "heart_size"]
+    assert len(found) == 1 and "LV EDV" in found[0].message and "LV mass" in found[0].message
+    assert "--spacing" in found[0].message
+    big = Geometry(spacing=(30.0, 3.0, 3.0), origin=GEO.origin)
+    found = [f for f in _check(lab, geo=big) if f.check == "heart_size"]
+    assert len(found) == 1 and "30 x 3 x 3 mm" in found[0].message and "--spacing" not in found[0].message
+    assert _names(quality.check_heart_size(0.0, 0.0, GEO)) == ["heart_size"]
+    assert "no LV cavity" in quality.check_heart_size(0.0, 0.0, GEO)[0].message
+    assert quality.check_heart_size(150.0, None, GEO) == []
 
 
 def test_strain_sign():

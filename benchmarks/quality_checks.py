@@ -13,7 +13,8 @@
    ``external_validation.py``).
 4. **Full ACDC cycles** (``acdc_cine_crop``), with ED / ES given: ``ed_es_frames`` and
    ``apex_not_covered`` (the crops cut apical slices; how much of the manual ED cavity they cut is
-   printed).
+   printed); then the three files whose header lost the spacing, analysed as they are (without
+   the true spacing): ``heart_size``.
 5. **Motion** (``motion_mismatch``, ``strain_sign``) on the 20 validation patients, analysed as
    ``deepstrain analyze`` does (motion refined), with the motion network's field alone
    (``--no-refine-motion``), and with the refined motion given in a wrong convention (LPS
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from deepstrain import io
+    from deepstrain.errors import InputError
     from deepstrain.inference import predict
     from deepstrain.analyze import analyze_cine
     from deepstrain.refinement import motion_for_labels
@@ -193,6 +195,28 @@ def main(argv: list[str] | None = None) -> int:
                 fired[c] += 1
         print(f"   {len(names)} cycles; patients flagged per check: "
               + (", ".join(f"{c} {n}" for c, n in sorted(fired.items())) or "none"))
+        # the files whose header lost the spacing, analysed as they are (no --spacing): heart_size should fire
+        lost = [n for n in names if np.allclose(crops[n]["header_zooms"][:3], 1.0)]
+        hits = 0
+        for name in lost:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                cine = io.load_cine(sorted((folder / name).glob("*.nii.gz"))[0])
+            try:
+                pred = predict(cine, with_motion=False)
+            except InputError as exc:  # no LV at the wrong scale: the error must name the spacing
+                names_spacing = "--spacing" in str(exc)
+                hits += names_spacing
+                print(f"   {name} without --spacing (header 1 x 1 x 1 mm): refused: {exc.problem}; "
+                      f"{'names' if names_spacing else 'does NOT name'} the spacing")
+                continue
+            found, vol = _findings(cine, pred.labels, int(crops[name]["ED"]) - 1, int(crops[name]["ES"]) - 1)
+            sizes = [f["message"] for f in found if f["check"] == "heart_size"]
+            hits += bool(sizes)
+            print(f"   {name} without --spacing (header 1 x 1 x 1 mm): EDV {vol['lv_edv_ml']:.1f} ml, mass "
+                  f"{vol['lv_mass_g']:.1f} g; heart_size {'fires' if sizes else 'does not fire'}")
+        print(f"   spacing lost in the header, analysed without --spacing: heart_size fires, or the analysis is "
+              f"refused with an error that names the spacing, on {hits} of {len(lost)}")
 
     # 3. outside ACDC
     print("\n3. outside ACDC (the whole deepstrain analyze: networks' segmentation and motion):")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 from .errors import InputError
@@ -375,11 +376,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = globals()[f"_cmd_{args.command}"]
-    try:
-        return int(handler(args) or 0)
-    except InputError as exc:
-        print(f"deepstrain: error: {exc}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():  # restores the previous warning display on the way out
+        warnings.showwarning = _show_warning
+        try:
+            return int(handler(args) or 0)
+        except InputError as exc:
+            print(f"deepstrain: error: {exc}", file=sys.stderr)
+            return 2
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """The tool's own warnings (:class:`deepstrain.io.DeepStrainWarning`) as one ``deepstrain: warning:`` line
+    each, without Python's source line; any other warning as Python shows it."""
+    from .io import DeepStrainWarning
+
+    if issubclass(category, DeepStrainWarning):
+        print(f"deepstrain: warning: {message}", file=file or sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 if __name__ == "__main__":  # pragma: no cover

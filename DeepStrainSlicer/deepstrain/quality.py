@@ -40,6 +40,12 @@ without one. The checks:
     LV EF above :data:`EF_HIGH_PERCENT` (above the normal range by a margin; with a small ES
     cavity it usually means trabeculae or papillary muscles were left out of the ES cavity, or the
     basal ES slice) or below :data:`EF_LOW_PERCENT` (ED and ES frames swapped or wrong).
+``heart_size``
+    The LV end-diastolic volume or the LV mass lies outside the range of adult human hearts
+    (:data:`HEART_EDV_ML`, :data:`HEART_MASS_G`; the 100 ACDC patients span EDV 49-374 ml and
+    mass 34-272 g), or no LV cavity was found at ED. A wrong voxel size is the usual cause (a file
+    whose spacing was lost reads as 1 x 1 x 1 mm: volumes 20-30 times too small, and the networks
+    see the heart at the wrong scale); a failed segmentation is the other.
 ``motion_mismatch``
     With a displacement: the ES labels pulled back to ED along the motion
     (:func:`pull_back_labels`, ``labels_ES(X + u(X))``) overlap the ED myocardium (Dice) less than
@@ -73,11 +79,15 @@ FRAME_VOLUME_TOLERANCE = 0.05
 """A frame whose LV cavity exceeds ED's (falls below ES's) by more than this share questions the given frame."""
 EF_HIGH_PERCENT = 80.0
 EF_LOW_PERCENT = 5.0
+HEART_EDV_ML = (25.0, 600.0)
+"""Plausible range (ml) of an adult LV end-diastolic volume (``heart_size``)."""
+HEART_MASS_G = (25.0, 600.0)
+"""Plausible range (g) of an adult LV mass (``heart_size``)."""
 MOTION_DICE_MIN = 0.7
 """Least myocardium Dice between the ED labels and the ES labels pulled back to ED along the motion."""
 
 CHECKS = ("open_myocardium", "cavity_missing_at_es", "apex_not_covered", "slice_misalignment", "ed_es_frames",
-          "ef_outside_range", "motion_mismatch", "strain_sign")
+          "ef_outside_range", "heart_size", "motion_mismatch", "strain_sign")
 _CONTRACTION_SIGN = {"radial": 1.0, "circumferential": -1.0, "longitudinal": -1.0}
 
 
@@ -248,6 +258,26 @@ def check_ef(ef_percent: float | None) -> list[Finding]:
     return []
 
 
+def check_heart_size(edv_ml: float | None, mass_g: float | None, geometry: Geometry) -> list[Finding]:
+    """``heart_size`` (see the module docstring): LV EDV (ml) and mass (g) against the adult range."""
+    sp = " x ".join(f"{v:g}" for v in geometry.spacing)
+    if np.allclose(geometry.spacing, 1.0):
+        hint = (f"the voxel size is {sp} mm (slice, row, column), as in files whose spacing was lost: give the "
+                "true spacing (deepstrain analyze --spacing SLICE ROW COL)")
+    else:
+        hint = f"check the voxel size ({sp} mm: slice, row, column) and the segmentation"
+    if edv_ml is None or not np.isfinite(edv_ml) or edv_ml <= 0:
+        return [Finding("heart_size", f"no LV cavity found at ED; {hint}")]
+    out_of_range = []
+    if not HEART_EDV_ML[0] <= edv_ml <= HEART_EDV_ML[1]:
+        out_of_range.append(f"LV EDV {edv_ml:.1f} ml (expected {HEART_EDV_ML[0]:g}-{HEART_EDV_ML[1]:g} ml)")
+    if mass_g is not None and np.isfinite(mass_g) and not HEART_MASS_G[0] <= mass_g <= HEART_MASS_G[1]:
+        out_of_range.append(f"LV mass {mass_g:.1f} g (expected {HEART_MASS_G[0]:g}-{HEART_MASS_G[1]:g} g)")
+    if not out_of_range:
+        return []
+    return [Finding("heart_size", f"{' and '.join(out_of_range)}: outside the range of adult hearts; {hint}")]
+
+
 def pull_back_labels(labels3d: np.ndarray, displacement3d: np.ndarray, geometry: Geometry) -> np.ndarray:
     """``labels3d(X + u(X))`` on the ED grid (nearest neighbour; beyond the grid: the nearest edge voxel).
 
@@ -305,13 +335,14 @@ def check_strain_signs(ess_percent: dict[str, float | None] | None) -> list[Find
 
 def check_study(labels: np.ndarray, geometry: Geometry, ed: int, es: int, *,
                 frame: CardiacFrame | None, lv_volume_ml: np.ndarray, ef_percent: float | None,
-                ed_given: bool = False, es_given: bool = False,
+                lv_mass_g: float | None = None, ed_given: bool = False, es_given: bool = False,
                 displacement: np.ndarray | None = None,
                 ess_percent: dict[str, float | None] | None = None) -> list[Finding]:
     """All checks of :data:`CHECKS` on ``labels`` ``(T, Z, Y, X)`` (ACDC values), in that order.
 
     ``frame``: the cardiac frame of the ED labels (None: the checks that need base and apex are
-    skipped). ``lv_volume_ml``: the LV cavity volume of every frame. ``ed_given`` / ``es_given``:
+    skipped). ``lv_volume_ml``: the LV cavity volume of every frame; ``lv_mass_g``: the LV mass
+    (``heart_size`` checks it with the ED volume). ``ed_given`` / ``es_given``:
     that frame came from the input (not from the volume curve), so ``ed_es_frames`` checks it.
     ``displacement`` ``(T, 3, Z, Y, X)`` (mm, RAS, from ED): ``motion_mismatch`` checks it;
     ``ess_percent``: the global end-systolic strains, for ``strain_sign``.
@@ -326,6 +357,7 @@ def check_study(labels: np.ndarray, geometry: Geometry, ed: int, es: int, *,
         found += check_slice_alignment(lab[ed], ed, frame, pos)
     found += check_ed_es_frames(lv_volume_ml, ed if ed_given else None, es if es_given else None)
     found += check_ef(ef_percent)
+    found += check_heart_size(float(np.asarray(lv_volume_ml)[ed]), lv_mass_g, geometry)
     if displacement is not None:
         found += check_motion(lab, displacement, geometry, ed, es)
     found += check_strain_signs(ess_percent)

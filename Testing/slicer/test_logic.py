@@ -418,3 +418,18 @@ def test_quality_findings_follow_edits_and_show_their_frame_and_slice(study):
     assert abs(idx[0] - k) < 1e-3  # and that point is on the flagged slice (stored to 0.01 mm)
     with pytest.raises(ValueError):
         h.logic.go_to_finding(p, 1)
+
+
+def test_analysis_warnings_are_listed(harness, phantom):
+    """A cine without frame timing: the module's warnings list says why strain rates are missing; a timed one has none."""
+    from dataclasses import replace
+
+    cine, labels, disp = phantom
+    assert harness.logic.analysis_warnings(harness.params) == []  # no analysis yet
+    harness.logic.run(cine, harness.params, labels, disp)
+    assert harness.logic.analysis_warnings(harness.params) == []
+    untimed = replace(cine, times_ms=np.full(cine.n_frames, np.nan))
+    harness.logic.run(untimed, harness.params, labels, disp)
+    notes = harness.logic.analysis_warnings(harness.params)
+    assert notes == harness.logic.report(harness.params)["warnings"]
+    assert any("no frame timing" in w and "strain rates not computed" in w for w in notes)
