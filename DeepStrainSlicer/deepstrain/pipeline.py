@@ -213,8 +213,8 @@ def compute(
     )
     report["aha_reference"] = aha_reference
     findings = check_study(lab, cine.geometry, ed_i, es_i, frame=frame, lv_volume_ml=vol_curves["lv"],
-                           ef_percent=vol["lv_ef_percent"], lv_mass_g=vol["lv_mass_g"], ed_given=ed_given, es_given=es_given, displacement=disp,
-                           ess_percent=report["ess"])
+                           ef_percent=vol["lv_ef_percent"], lv_mass_g=vol["lv_mass_g"], ed_given=ed_given,
+                           es_given=es_given, displacement=disp, ess_percent=report["ess"])
     report["quality"] = [f.as_dict() for f in findings]
     return Analysis(
         cine=cine,

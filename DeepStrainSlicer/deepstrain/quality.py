@@ -44,8 +44,9 @@ without one. The checks:
     The LV end-diastolic volume or the LV mass lies outside the range of adult human hearts
     (:data:`HEART_EDV_ML`, :data:`HEART_MASS_G`; the 100 ACDC patients span EDV 49-374 ml and
     mass 34-272 g), or no LV cavity was found at ED. A wrong voxel size is the usual cause (a file
-    whose spacing was lost reads as 1 x 1 x 1 mm: volumes 20-30 times too small, and the networks
-    see the heart at the wrong scale); a failed segmentation is the other.
+    whose spacing was lost reads as 1 x 1 x 1 mm: volumes too small by the true voxel volume, about
+    20 times for 10 x 1.4 x 1.4 mm voxels, and the networks see the heart at the wrong scale); a
+    failed segmentation is the other.
 ``motion_mismatch``
     With a displacement: the ES labels pulled back to ED along the motion
     (:func:`pull_back_labels`, ``labels_ES(X + u(X))``) overlap the ED myocardium (Dice) less than
