@@ -13,7 +13,7 @@ from scipy import ndimage
 
 from deepstrain.cli import main as cli_main
 from deepstrain.errors import InputError
-from deepstrain.phantom import PhantomParams, generate_phantom, mirror, write_phantom
+from deepstrain.phantom import PhantomParams, generate_long_axis_phantom, generate_phantom, mirror, write_phantom
 
 SMALL = dict(n_frames=8, matrix_size=64, pixel_spacing_mm=2.0, lv_edv_ml=60.0)
 
@@ -234,3 +234,157 @@ def test_realism_within_real_range(shared_data):
         _, lo, hi = real[name]
         assert lo <= ph[name] <= hi, f"{name}: phantom {ph[name]:.3f}, real {lo:.3f}-{hi:.3f}"
     assert math.isfinite(ph["decorr_ed_es"])
+
+
+# --------------------------------------------------------------------------- short axis unchanged
+def _fingerprint(ph):
+    """Sums, sums of squares and a fixed projection of the cine and displacement, label counts and a
+    weighted label sum, and the reference ESS: any change of the arrays changes them."""
+    out = []
+    for a in (ph.cine.data, ph.displacement):
+        v = a.astype(np.float64).ravel()
+        w = np.cos(np.arange(v.size) * 0.618)
+        out += [v.sum(), (v * v).sum(), (v * w).sum()]
+    lab = ph.labels.ravel().astype(np.int64)
+    out += [int(np.bincount(lab, minlength=4)[1:] @ np.array([1, 1000, 1000000])), int((lab * (np.arange(lab.size) % 9973)).sum())]
+    return out + [ph.reference["ess"][k] for k in ("radial", "circumferential", "longitudinal")]
+
+
+def test_short_axis_phantom_matches_record(small):
+    # recorded from generate_phantom before the long-axis view shared its code (the refactor was
+    # also checked bit-identical against the old module for these, the default and other params);
+    # a tolerance instead of a hash so that last-bit differences of other CPUs' math do not fail
+    record = [110638394.92935601, 61781247764.144, 4546.989175029526, -378522.908947504, 2251307.9595672716,
+              32.50129637560128, 11947311779, 405494836, 47.84997833559869, -12.136384179744153, -10.65507946522519]  # fmt: skip
+    got = _fingerprint(small)
+    norms = [got[1] ** 0.5, got[4] ** 0.5]
+    np.testing.assert_allclose(got[:2], record[:2], rtol=1e-9)
+    assert abs(got[2] - record[2]) < 1e-9 * norms[0]
+    np.testing.assert_allclose(got[3:5], record[3:5], rtol=1e-9)
+    assert abs(got[5] - record[5]) < 1e-9 * norms[1]
+    assert got[6:8] == record[6:8]
+    np.testing.assert_allclose(got[8:], record[8:], rtol=1e-9)
+
+
+# --------------------------------------------------------------------------- long-axis view
+@pytest.fixture(scope="module")
+def small_la():
+    return generate_long_axis_phantom(PhantomParams(seed=1, **SMALL))
+
+
+def test_long_axis_layout_and_geometry(small, small_la):
+    la, t = small_la, small.cine.n_frames
+    _, z, y, x = la.cine.data.shape
+    assert z == 1 and la.cine.data.shape[0] == t and la.cine.data.dtype == np.float32
+    assert la.labels.shape == (t, 1, y, x) and la.labels.dtype == np.uint8
+    assert la.displacement.shape == (t, 3, 1, y, x) and la.displacement.dtype == np.float32
+    assert not la.displacement[0].any()
+    g, m = la.cine.geometry, la.motion
+    np.testing.assert_allclose(g.spacing, [8.0, 2.0, 2.0])  # slice_thickness_mm None: 8 mm
+    # the same heart in the same world as the short-axis phantom
+    np.testing.assert_array_equal(m.origin, small.motion.origin)
+    np.testing.assert_array_equal(m.axes, small.motion.axes)
+    e1, e2, l = m.axes.T
+    np.testing.assert_allclose(g.direction, np.stack([e2, l, e1], axis=1))
+    assert np.linalg.det(g.direction) == pytest.approx(1.0)
+    # pixel centres on the plane x2 = 0 through the LV axis, ~15 mm beyond the base and the apex
+    h = m.to_heart(g.world_points((1, y, x)))[0]
+    assert np.abs(h[..., 1]).max() < 1e-9
+    assert -15.0 - 2.0 <= h[0, 0, 2] <= -15.0 and m.shape.c_o + 15.0 <= h[-1, 0, 2] <= m.shape.c_o + 17.0
+    np.testing.assert_allclose(h[0, 1:, 0] - h[0, :-1, 0], 2.0)  # columns along +e1
+    assert la.cine.name == "phantom_seed1_la" and la.cine.source == "deepstrain.phantom"
+    assert la.cine.ed == 0 and la.cine.es == small.cine.es
+    np.testing.assert_array_equal(la.cine.times_ms, small.cine.times_ms)
+    assert sorted(la.cine.labels) == [0, la.cine.es]
+    np.testing.assert_array_equal(la.cine.labels[la.cine.es], la.labels[la.cine.es])
+    ref = la.reference
+    assert ref["view"] == "long_axis_4ch" and ref["ed"] == 0 and ref["es"] == la.cine.es
+    assert ref["times_ms"] == small.reference["frames"]["times_ms"]
+    sized = generate_long_axis_phantom(PhantomParams(seed=1, **SMALL), matrix_rows=40, matrix_cols=50)
+    assert sized.labels.shape == (t, 1, 40, 50) and (sized.labels[0] == 3).any()
+    with pytest.raises(ValueError, match="matrix_rows"):
+        generate_long_axis_phantom(PhantomParams(seed=1, **SMALL), matrix_rows=2)
+
+
+def test_long_axis_ed_labels_show_a_four_chamber_heart(small_la):
+    lab = small_la.labels[0, 0]
+    cav = lab == 3
+    rows, cols = np.nonzero(cav)
+    assert cav.sum() > 100
+    # every cavity pixel's neighbours to the sides and below are cavity or myocardium ...
+    for dj, di in ((0, -1), (0, 1), (1, 0)):
+        assert set(np.unique(lab[rows + dj, cols + di])) <= {2, 3}
+    # ... above it too, except the open base: the row above the top cavity row is background there
+    above = lab[rows - 1, cols]
+    assert set(np.unique(above)) <= {0, 3} and np.sum(above == 0) == np.sum(rows == rows.min())
+    # myocardium closes the apex below the cavity, on the LV axis column
+    axis_col = int(round(cols.mean()))
+    below = lab[rows.max() + 1 :, axis_col]
+    assert np.sum(below == 2) >= 3 and below[0] == 2
+    # myocardium on both sides of the base, the RV beside the LV on the +e1 (septal) side
+    top = lab[rows.min()]
+    assert top[: cols.min()].tolist().count(2) >= 3 and top[cols.max() + 1 :].tolist().count(2) >= 3
+    rv_rows, rv_cols = np.nonzero(lab == 1)
+    assert rv_cols.size > 20 and rv_cols.min() > cols.max()
+    assert rv_rows.min() >= rows.min() and rv_rows.max() < rows.max()
+
+
+def test_long_axis_cavity_shrinks_at_es(small_la):
+    lab, es = small_la.labels, small_la.cine.es
+    areas = [(lab[f] == 3).sum() for f in range(lab.shape[0])]
+    assert areas[es] < 0.7 * areas[0] and int(np.argmin(areas)) == es
+    assert (lab[es] == 1).any() and (lab[es] == 2).any()
+
+
+def test_long_axis_displacement_follows_the_motion(small_la):
+    la, es = small_la, small_la.cine.es
+    g, m, lab = la.cine.geometry, la.motion, la.labels
+    centres = g.world_points(lab.shape[1:])
+    myo = lab[0] == 2
+    x = centres[myo]
+    for f in range(la.cine.n_frames):
+        moved = x + np.moveaxis(la.displacement[f], 0, -1)[myo]
+        np.testing.assert_allclose(moved, m.forward(x, f), atol=1e-4)
+    disp_es = np.moveaxis(la.displacement[es], 0, -1)
+    assert np.linalg.norm(disp_es[myo], axis=-1).max() > 5.0
+    # the twist carries tissue through the plane (along e2)
+    assert np.abs(disp_es[myo] @ m.axes[:, 1]).max() > 0.5
+    # labels and displacement agree: moved ED myocardium centres land in (1-pixel dilated) myocardium
+    inv = np.linalg.inv(g.index_to_world)
+
+    def landing(f, sign):
+        pts = x + sign * np.moveaxis(la.displacement[f], 0, -1)[myo]
+        ij = np.round((np.c_[pts, np.ones(len(pts))] @ inv.T)[:, 1:3]).astype(int)
+        target = ndimage.binary_dilation(lab[f, 0] == 2, np.ones((3, 3), bool))
+        return target[ij[:, 0], ij[:, 1]].mean()
+
+    assert min(landing(f, 1.0) for f in range(1, la.cine.n_frames)) >= 0.97
+    assert landing(es, -1.0) < 0.8  # negative control: backwards misses
+
+
+def test_long_axis_lies_in_the_short_axis_world(small, small_la):
+    from deepstrain.strain import cardiac_frame
+
+    frame = cardiac_frame(small.labels[0], small.cine.geometry)
+    g = small_la.cine.geometry
+    world = g.world_points(small_la.labels.shape[1:])
+    centroid = world[small_la.labels[0] == 3].mean(axis=0)
+    d = centroid - frame.axis_point
+    d -= (d @ frame.long_axis) * frame.long_axis
+    assert np.linalg.norm(d) < small.cine.geometry.spacing[1]  # on the short-axis LV axis, within a pixel
+    assert abs(frame.long_axis @ g.direction[:, 1]) > math.cos(math.radians(3))  # rows run along it
+    # the long-axis cavity lies in the short-axis cavity (nearest short-axis voxel)
+    sg = small.cine.geometry
+    pts = world[small_la.labels[0] == 3]
+    idx = np.round((np.c_[pts, np.ones(len(pts))] @ np.linalg.inv(sg.index_to_world).T)[:, :3]).astype(int)
+    assert np.all((idx >= 0) & (idx < np.array(small.labels.shape[1:])))
+    assert (small.labels[0][tuple(idx.T)] == 3).mean() > 0.9
+
+
+def test_long_axis_deterministic(small_la):
+    again = generate_long_axis_phantom(PhantomParams(seed=1, **SMALL))
+    np.testing.assert_array_equal(small_la.cine.data, again.cine.data)
+    np.testing.assert_array_equal(small_la.labels, again.labels)
+    np.testing.assert_array_equal(small_la.displacement, again.displacement)
+    other = generate_long_axis_phantom(PhantomParams(seed=2, **SMALL))
+    assert not np.array_equal(small_la.cine.data, other.cine.data)

@@ -35,6 +35,9 @@ inverse-mapped positions (intensity averaged over the slice thickness: partial v
 static coil-bias field, an in-plane blur and Rician noise. The displacement field is
 ``phi_t(X) - X`` at the ED voxel centres. The reference strain uses the analytic map's
 deformation gradient (central differences, h = 1e-3 mm, on the analytic function).
+
+:func:`generate_long_axis_phantom` renders the same heart (same params: same anatomy, motion and
+world position) on one 4-chamber-like long-axis plane instead of the short-axis stack.
 """
 from __future__ import annotations
 
@@ -525,7 +528,8 @@ class _Anatomy:
 class Phantom:
     """A generated phantom: the cine, its labels ``(T, Z, Y, X)`` uint8 (ACDC values), the exact
     displacement ``(T, 3, Z, Y, X)`` float32 (mm, RAS, Lagrangian from the ED voxel centres) and the
-    reference report (``reference.json`` keys of ``strain_spec.md``)."""
+    reference report (``reference.json`` keys of ``strain_spec.md``; a smaller dict for the long-axis
+    view of :func:`generate_long_axis_phantom`)."""
 
     cine: Cine
     labels: np.ndarray
@@ -570,68 +574,199 @@ def _rician(img: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarr
     return np.hypot(re, im)
 
 
-def generate_phantom(params: PhantomParams | None = None) -> Phantom:
-    """Generate a phantom (deterministic for given ``params``, including ``params.seed``)."""
-    p = params if params is not None else PhantomParams()
+@dataclass
+class _Heart:
+    """What both views share, drawn from ``params.seed`` in this order: the short-axis grid, the
+    motion and the ED anatomy (its textures span the short-axis field of view, so a long-axis
+    view of the same params shows the same tissue); ``rng`` then serves the acquisition."""
+
+    rng: np.random.Generator
+    motion: PhantomMotion
+    anatomy: _Anatomy
+    sa_geometry: Geometry
+    slice_z: np.ndarray  # mm along l of the short-axis slice centres
+    sa_plane: np.ndarray  # heart coordinates of the short-axis in-plane grid (m, m, 3)
+    sa_thickness: float  # mm
+
+
+def _heart(p: PhantomParams) -> _Heart:
     rng = np.random.default_rng(p.seed)
     shape = _shape(p)
     geom, axes, base, zs = _grid(p, shape)
     times = np.arange(p.n_frames) * (p.rr_ms / p.n_frames)
     motion = PhantomMotion(p, shape, base, axes, times)
-    m, n_z, ns = p.matrix_size, len(zs), p.pv_samples
     # heart coordinates of the in-plane grid (identical for every slice: the slices are normal to l)
-    world0 = geom.world_points((1, m, m))[0]
-    h_plane = motion.to_heart(world0)
+    h_plane = motion.to_heart(geom.world_points((1, p.matrix_size, p.matrix_size))[0])
     thick = p.slice_thickness_mm if p.slice_thickness_mm is not None else p.slice_spacing_mm
-    offsets = ((np.arange(ns) + 0.5) / ns - 0.5) * thick
     lo = np.array([h_plane[..., 0].min(), h_plane[..., 1].min(), zs[0] - thick - 30.0])
     hi = np.array([h_plane[..., 0].max(), h_plane[..., 1].max(), zs[-1] + thick + 30.0])
     anatomy = _Anatomy(p, shape, rng, lo, hi)
-    # points farther than the motion's reach from the LV axis never move: render them once
-    r_plane = np.hypot(h_plane[..., 0], h_plane[..., 1])
-    moving = r_plane < shape.r_w + shape.d_w
-    pts = np.empty((n_z, ns, m, m, 3))
-    pts[..., 0] = h_plane[..., 0]
-    pts[..., 1] = h_plane[..., 1]
-    pts[..., 2] = (zs[:, None] + offsets[None, :])[:, :, None, None]
-    images = np.empty((p.n_frames, n_z, m, m), dtype=np.float64)
-    labels = np.empty((p.n_frames, n_z, m, m), dtype=np.uint8)
-    static_lab, static_img = anatomy(pts[:, :, ~moving])
+    return _Heart(rng, motion, anatomy, geom, zs, h_plane, thick)
+
+
+def _pv_offsets(p: PhantomParams, thickness_mm: float) -> np.ndarray:
+    """Positions (mm) of the ``pv_samples`` sub-samples across a slice of ``thickness_mm``."""
+    ns = p.pv_samples
+    return ((np.arange(ns) + 0.5) / ns - 0.5) * thickness_mm
+
+
+def _render(heart: _Heart, pts: np.ndarray, moving: np.ndarray, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """Noise-free images (float64, partial volume: mean over the sub-samples) and labels (those of
+    the central sub-sample), ``(T, Z, Y, X)``, of the heart-coordinate points ``pts`` ``(Z, S, Y, X,
+    3)`` (S sub-samples across each slice). Pixels where ``moving`` ``(Y, X)`` is False lie beyond
+    the motion's reach for every sub-sample: they are rendered once."""
+    n_z, ns = pts.shape[:2]
+    images = np.empty((n_frames, n_z) + moving.shape, dtype=np.float64)
+    labels = np.empty((n_frames, n_z) + moving.shape, dtype=np.uint8)
+    static_lab, static_img = heart.anatomy(pts[:, :, ~moving])
     images[:, :, ~moving] = static_img.mean(axis=1)[None]
     labels[:, :, ~moving] = static_lab[:, ns // 2][None]
     pts_moving = pts[:, :, moving]
-    for f in range(p.n_frames):
-        lab, img = anatomy(motion.inverse_heart(pts_moving, f))
+    for f in range(n_frames):
+        lab, img = heart.anatomy(heart.motion.inverse_heart(pts_moving, f))
         images[f][:, moving] = img.mean(axis=1)
         labels[f][:, moving] = lab[:, ns // 2]
-    # static coil sensitivity (smooth, low order in-plane), in-plane blur, Rician noise
-    u = np.linspace(-1.0, 1.0, m)
-    vv, uu = np.meshgrid(u, u, indexing="ij")
+    return images, labels
+
+
+def _acquire(images: np.ndarray, p: PhantomParams, rng: np.random.Generator) -> np.ndarray:
+    """Static coil sensitivity (smooth, low order in-plane), in-plane blur and Rician noise applied
+    to noise-free ``(T, Z, Y, X)`` images (LV blood = 1); float32 in ``BLOOD_SIGNAL`` units."""
+    vv, uu = np.meshgrid(np.linspace(-1.0, 1.0, images.shape[2]), np.linspace(-1.0, 1.0, images.shape[3]), indexing="ij")
     coef = rng.normal(size=5)
     field2d = coef[0] * uu + coef[1] * vv + coef[2] * uu * vv + coef[3] * (uu**2 - 1 / 3) + coef[4] * (vv**2 - 1 / 3)
     field2d /= max(float(field2d.std()), 1e-12)
     images *= (1.0 + p.bias * field2d)[None, None] * BLOOD_SIGNAL
     if p.blur_px > 0:
         images = ndimage.gaussian_filter(images, sigma=(0, 0, p.blur_px, p.blur_px), mode="nearest")
-    images = _rician(images, p.noise * BLOOD_SIGNAL, rng).astype(np.float32)
-    # exact displacement at the ED voxel centres
-    centres = geom.world_points((n_z, m, m))
-    disp = np.empty((p.n_frames, 3, n_z, m, m), dtype=np.float32)
-    for f in range(p.n_frames):
+    return _rician(images, p.noise * BLOOD_SIGNAL, rng).astype(np.float32)
+
+
+def _exact_displacement(motion: PhantomMotion, geom: Geometry, shape3d: tuple[int, int, int]) -> np.ndarray:
+    """``phi_f(X) - X`` at the ED voxel centres, ``(T, 3, Z, Y, X)`` float32 (mm, RAS); frame 0 zero."""
+    centres = geom.world_points(shape3d)
+    disp = np.empty((len(motion.times_ms), 3) + tuple(shape3d), dtype=np.float32)
+    for f in range(len(motion.times_ms)):
         disp[f] = np.moveaxis(motion.forward(centres, f) - centres, -1, 0)
     disp[0] = 0.0
-    es = int(np.argmax(motion.p))
+    return disp
+
+
+def _view(heart: _Heart, p: PhantomParams, pts: np.ndarray, moving: np.ndarray, geom: Geometry, name: str) -> tuple[Cine, np.ndarray, np.ndarray]:
+    """Cine, labels and exact displacement of the view whose voxel sub-samples are ``pts`` (heart
+    coordinates, see :func:`_render`) on the grid ``geom``."""
+    images, labels = _render(heart, pts, moving, p.n_frames)
+    images = _acquire(images, p, heart.rng)
+    disp = _exact_displacement(heart.motion, geom, (pts.shape[0],) + moving.shape)
+    es = int(np.argmax(heart.motion.p))
     cine = Cine(
         data=images,
         geometry=geom,
-        times_ms=times,
-        name=f"phantom_seed{p.seed}",
+        times_ms=heart.motion.times_ms.copy(),
+        name=name,
         source="deepstrain.phantom",
         ed=0,
         es=es,
         labels={0: labels[0].copy(), es: labels[es].copy()},
     )
-    reference = _reference(p, motion, anatomy, geom, labels[0], es)
+    return cine, labels, disp
+
+
+def generate_phantom(params: PhantomParams | None = None) -> Phantom:
+    """Generate a phantom (deterministic for given ``params``, including ``params.seed``)."""
+    p = params if params is not None else PhantomParams()
+    heart = _heart(p)
+    geom, zs, h_plane, motion = heart.sa_geometry, heart.slice_z, heart.sa_plane, heart.motion
+    m, n_z, ns = p.matrix_size, len(zs), p.pv_samples
+    offsets = _pv_offsets(p, heart.sa_thickness)
+    # points farther than the motion's reach from the LV axis never move: render them once
+    moving = np.hypot(h_plane[..., 0], h_plane[..., 1]) < motion.shape.r_w + motion.shape.d_w
+    pts = np.empty((n_z, ns, m, m, 3))
+    pts[..., 0] = h_plane[..., 0]
+    pts[..., 1] = h_plane[..., 1]
+    pts[..., 2] = (zs[:, None] + offsets[None, :])[:, :, None, None]
+    cine, labels, disp = _view(heart, p, pts, moving, geom, f"phantom_seed{p.seed}")
+    reference = _reference(p, motion, heart.anatomy, geom, labels[0], cine.es)
+    return Phantom(cine=cine, labels=labels, displacement=disp, reference=reference, params=p, motion=motion)
+
+
+LONG_AXIS_THICKNESS_MM = 8.0
+"""Slice thickness of the long-axis view when ``params.slice_thickness_mm`` is None."""
+LONG_AXIS_MARGIN_MM = 15.0
+"""Margin of the default long-axis field of view around the LV (base plane, epicardial apex,
+lateral wall) and the RV."""
+
+
+def _long_axis_extent(heart: _Heart) -> tuple[float, float, float, float]:
+    """Default long-axis field of view in heart coordinates: ``(z_top, z_bottom, x1_lo, x1_hi)``
+    mm: base plane to epicardial apex along l, LV lateral epicardium to the RV free wall along
+    e1, each with ``LONG_AXIS_MARGIN_MM`` around."""
+    s, mg = heart.motion.shape, LONG_AXIS_MARGIN_MM
+    z = np.linspace(0.0, s.z_rv, 200)
+    d, b1, _ = heart.anatomy.rv_ellipse(z)
+    rv_outer = float(np.max(d + b1)) + 3.0  # the RV wall is 3 mm thick
+    return -mg, s.c_o + mg, -s.a_o - mg, max(rv_outer, s.a_o) + mg
+
+
+def generate_long_axis_phantom(params: PhantomParams | None = None, *, matrix_rows: int | None = None, matrix_cols: int | None = None) -> Phantom:
+    """The same heart as :func:`generate_phantom` (same ``params``: same anatomy, motion and world
+    position) on one long-axis plane: a 4-chamber-like view through the LV axis.
+
+    The plane holds the LV long axis ``l`` and the septal direction ``e1`` (``x2 = 0`` in heart
+    coordinates), so it shows the LV horseshoe with the RV beside it. Arrays are ``(T, 1, Y, X)``:
+    rows run along ``l`` (base at the top, apex below), columns along ``e1`` (the RV on the
+    high-column side), pixels ``params.pixel_spacing_mm``. The slice is
+    ``params.slice_thickness_mm`` thick along ``e2`` (``LONG_AXIS_THICKNESS_MM`` = 8 mm when None),
+    averaged over ``params.pv_samples`` sub-samples (partial volume); labels are those of the plane
+    itself. ``Geometry.direction`` columns are ``(e2, l, e1)``, a cyclic permutation of the
+    right-handed heart frame ``(e1, e2, l)``: right-handed (determinant +1). By default the matrix
+    covers the base plane to the epicardial apex and the LV lateral wall to the RV free wall, each
+    with ``LONG_AXIS_MARGIN_MM`` (15 mm) around; ``matrix_rows`` / ``matrix_cols`` set the matrix
+    instead, centred on that field of view. Coil bias, blur and Rician noise as in
+    :func:`generate_phantom`. ``displacement`` is exact (``(T, 3, 1, Y, X)``, RAS mm, Lagrangian
+    from the ED pixel centres; twist moves tissue through the plane, so it has a component along
+    ``e2``). ``reference`` holds only ``"view"`` (``"long_axis_4ch"``), ``"ed"``, ``"es"``,
+    ``"times_ms"`` and ``"phantom"`` (params, slice thickness, the heart's axes, contraction
+    profile); strain references are left to the caller (from the exact displacement or ``motion``).
+    """
+    p = params if params is not None else PhantomParams()
+    for name, value in (("matrix_rows", matrix_rows), ("matrix_cols", matrix_cols)):
+        if value is not None and not 8 <= value <= 1024:
+            raise ValueError(f"{name} must be within 8 - 1024")
+    heart = _heart(p)
+    motion, sp = heart.motion, p.pixel_spacing_mm
+    z_top, z_bottom, x1_lo, x1_hi = _long_axis_extent(heart)
+    n_rows = matrix_rows if matrix_rows is not None else int(math.ceil((z_bottom - z_top) / sp)) + 1
+    n_cols = matrix_cols if matrix_cols is not None else int(math.ceil((x1_hi - x1_lo) / sp)) + 1
+    z0 = (z_top + z_bottom) / 2 - sp * (n_rows - 1) / 2
+    x0 = (x1_lo + x1_hi) / 2 - sp * (n_cols - 1) / 2
+    e1, e2, l = motion.axes[:, 0], motion.axes[:, 1], motion.axes[:, 2]
+    thick = p.slice_thickness_mm if p.slice_thickness_mm is not None else LONG_AXIS_THICKNESS_MM
+    geom = Geometry(spacing=(thick, sp, sp), origin=motion.origin + z0 * l + x0 * e1, direction=np.stack([e2, l, e1], axis=1))
+    offsets = _pv_offsets(p, thick)
+    zz, xx = np.meshgrid(z0 + sp * np.arange(n_rows), x0 + sp * np.arange(n_cols), indexing="ij")
+    pts = np.empty((1, offsets.size, n_rows, n_cols, 3))
+    pts[..., 0] = xx
+    pts[..., 1] = offsets[:, None, None]
+    pts[..., 2] = zz
+    reach = motion.shape.r_w + motion.shape.d_w
+    moving = np.hypot(xx, np.min(np.abs(offsets))) < reach  # the sub-sample nearest the axis decides
+    cine, labels, disp = _view(heart, p, pts, moving, geom, f"phantom_seed{p.seed}_la")
+    reference = {
+        "view": "long_axis_4ch",
+        "ed": 0,
+        "es": cine.es,
+        "times_ms": motion.times_ms.tolist(),
+        "phantom": {
+            "params": asdict(p),
+            "seed": p.seed,
+            "slice_thickness_mm": thick,
+            "long_axis_ras": l.tolist(),
+            "septal_direction_ras": e1.tolist(),
+            "base_centre_ras": motion.origin.tolist(),
+            "contraction_profile": motion.p.tolist(),
+        },
+    }
     return Phantom(cine=cine, labels=labels, displacement=disp, reference=reference, params=p, motion=motion)
 
 
