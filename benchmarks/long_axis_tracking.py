@@ -99,17 +99,6 @@ def demons_field(cine) -> np.ndarray:
     return np.einsum("ij,tjzyx->tizyx", np.asarray(cine.geometry.direction), u).astype(np.float32)
 
 
-def pulled_back_dice(labels: np.ndarray, u_rc_px: np.ndarray, ed: int, label: int = 2) -> list[float]:
-    """Per frame: Dice of ``label`` at ED and in the frame's labels sampled at X + u(X)."""
-    rr, cc = np.meshgrid(*(np.arange(n) for n in labels.shape[1:]), indexing="ij")
-    a = labels[ed] == label
-    out = []
-    for f in range(labels.shape[0]):
-        b = ndimage.map_coordinates(labels[f], [rr + u_rc_px[f, 0], cc + u_rc_px[f, 1]], order=0, mode="nearest") == label
-        out.append(2.0 * (a & b).sum() / max(a.sum() + b.sum(), 1))
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("DEEPSTRAIN_DATA", ROOT.parent / "shared" / "data")))
@@ -173,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"   {la.parent}: not found, skipped")
         return 0
     from deepstrain import io
+    from deepstrain.quality import motion_overlap
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -187,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{seg_file}: shape {seg_acdc.shape} does not match the cine's {cine.data[:, 0].shape}")
     fields = {"network": network_field(cine, seg_acdc[0], model), "demons": demons_field(cine),
               "none": np.zeros((cine.n_frames, 3, 1) + seg_acdc.shape[1:], np.float32)}
-    for k in trackers:
-        d = pulled_back_dice(seg_acdc, in_plane_px(fields[k], cine.geometry), 0)
+    for k in trackers:  # the check motion_mismatch's overlap, frame by frame
+        d = [motion_overlap(seg_acdc[:, None], fields[k], cine.geometry, 0, f)[0] for f in range(cine.n_frames)]
         print(f"   {k:8s} myocardium Dice, frames pulled back to ED: mean {np.mean(d):.3f}, min {np.min(d):.3f}")
     return 0
 

@@ -610,6 +610,12 @@ def _pv_offsets(p: PhantomParams, thickness_mm: float) -> np.ndarray:
     return ((np.arange(ns) + 0.5) / ns - 0.5) * thickness_mm
 
 
+def _within_reach(motion: PhantomMotion, x1: np.ndarray, x2: np.ndarray | float) -> np.ndarray:
+    """True where the heart-coordinate point (x1, x2) lies within the motion's reach of the LV axis
+    (farther points never move: :func:`_render` renders them once)."""
+    return np.hypot(x1, x2) < motion.shape.r_w + motion.shape.d_w
+
+
 def _render(heart: _Heart, pts: np.ndarray, moving: np.ndarray, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
     """Noise-free images (float64, partial volume: mean over the sub-samples) and labels (those of
     the central sub-sample), ``(T, Z, Y, X)``, of the heart-coordinate points ``pts`` ``(Z, S, Y, X,
@@ -680,7 +686,7 @@ def generate_phantom(params: PhantomParams | None = None) -> Phantom:
     m, n_z, ns = p.matrix_size, len(zs), p.pv_samples
     offsets = _pv_offsets(p, heart.sa_thickness)
     # points farther than the motion's reach from the LV axis never move: render them once
-    moving = np.hypot(h_plane[..., 0], h_plane[..., 1]) < motion.shape.r_w + motion.shape.d_w
+    moving = _within_reach(motion, h_plane[..., 0], h_plane[..., 1])
     pts = np.empty((n_z, ns, m, m, 3))
     pts[..., 0] = h_plane[..., 0]
     pts[..., 1] = h_plane[..., 1]
@@ -749,8 +755,7 @@ def generate_long_axis_phantom(params: PhantomParams | None = None, *, matrix_ro
     pts[..., 0] = xx
     pts[..., 1] = offsets[:, None, None]
     pts[..., 2] = zz
-    reach = motion.shape.r_w + motion.shape.d_w
-    moving = np.hypot(xx, np.min(np.abs(offsets))) < reach  # the sub-sample nearest the axis decides
+    moving = _within_reach(motion, xx, np.min(np.abs(offsets)))  # the sub-sample nearest the axis decides
     cine, labels, disp = _view(heart, p, pts, moving, geom, f"phantom_seed{p.seed}_la")
     reference = {
         "view": "long_axis_4ch",
