@@ -460,12 +460,16 @@ class DeepStrainLogic:
     def quality_findings(self, params: Parameters) -> list[dict]:
         """The automatic checks' findings of the current analysis (the report's ``quality``,
         :mod:`deepstrain.quality`); empty without an analysis. Recompute checks the edited labels again."""
-        return list(self.report(params).get("quality") or []) if params.ref("ReportText") is not None else []
+        return self._report_list(params, "quality")
 
     def analysis_warnings(self, params: Parameters) -> list[str]:
         """The current analysis's warnings (the report's ``warnings``: what the input lacked, such as frame
         timing or a voxel size that looks lost, and what could not be computed); empty without an analysis."""
-        return [str(w) for w in self.report(params).get("warnings") or []] if params.ref("ReportText") is not None else []
+        return [str(w) for w in self._report_list(params, "warnings")]
+
+    def _report_list(self, params: Parameters, key: str) -> list:
+        """The report's list ``key``; empty without an analysis."""
+        return list(self.report(params).get(key) or []) if params.ref("ReportText") is not None else []
 
     def go_to_finding(self, params: Parameters, index: int) -> dict:
         """Show finding ``index``: the cine at its frame, and every slice view moved (along its normal)

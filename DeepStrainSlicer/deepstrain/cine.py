@@ -20,6 +20,7 @@ Conventions (used by every module of the package):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 
@@ -85,6 +86,15 @@ class Geometry:
 
     def copy(self) -> "Geometry":
         return Geometry(self.spacing.copy(), self.origin.copy(), self.direction.copy())
+
+
+def lost_spacing_hint(spacing: Sequence[float]) -> str | None:
+    """The end of a message when the voxel size reads 1 x 1 x 1 mm (a spacing lost when a file was
+    re-saved; the networks and all volumes need the true one), else None."""
+    if not np.allclose(np.asarray(spacing, dtype=np.float64), 1.0):
+        return None
+    return ("the voxel size reads 1 x 1 x 1 mm, as in files whose spacing was lost: give the true spacing "
+            "(deepstrain analyze --spacing SLICE ROW COL)")
 
 
 def reversed_axes(src: Geometry, dst: Geometry, shape: tuple[int, int, int], tol_mm: float = 1e-3) -> tuple[int, ...]:

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .cine import Cine
+from .cine import Cine, lost_spacing_hint
 from .errors import InputError
 from .networks.blocks import fuse_batchnorm
 from .networks.centring import CENTRING_SPACING_MM, build_centring_net, lv_centre_from_probability, lv_probability
@@ -138,11 +138,9 @@ def find_lv_centre(norm_frame: np.ndarray, spacing: np.ndarray, *, weights_dir: 
     prob = lv_probability(_network("centring", weights_dir), crop_image(norm_frame, tf))
     c = lv_centre_from_probability(prob)
     if c is None:
-        problem = "no left ventricle found in the image (is this a short-axis cardiac cine?)"
-        if np.allclose(spacing, 1.0):  # the networks work in mm: a lost voxel size shows them the wrong scale
-            problem += ("; its voxel size reads 1 x 1 x 1 mm, as in files whose spacing was lost: give the true "
-                        "spacing (deepstrain analyze --spacing SLICE ROW COL)")
-        raise InputError(source, problem)
+        hint = lost_spacing_hint(spacing)  # the networks work in mm: a lost voxel size shows them the wrong scale
+        raise InputError(source, "no left ventricle found in the image (is this a short-axis cardiac cine?)"
+                                 + (f"; {hint}" if hint else ""))
     r0, c0 = tf.crop_to_input(np.array(c[0]), np.array(c[1]))
     # refine with the segmentation network on a crop centred there
     t0 = crop_transform(norm_frame.shape, spacing, (float(r0), float(c0)))

@@ -67,7 +67,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .cine import Geometry
+from .cine import Geometry, lost_spacing_hint
 from .strain import CardiacFrame
 
 OPEN_BORDER_FRACTION = 0.10
@@ -262,11 +262,7 @@ def check_ef(ef_percent: float | None) -> list[Finding]:
 def check_heart_size(edv_ml: float | None, mass_g: float | None, geometry: Geometry) -> list[Finding]:
     """``heart_size`` (see the module docstring): LV EDV (ml) and mass (g) against the adult range."""
     sp = " x ".join(f"{v:g}" for v in geometry.spacing)
-    if np.allclose(geometry.spacing, 1.0):
-        hint = (f"the voxel size is {sp} mm (slice, row, column), as in files whose spacing was lost: give the "
-                "true spacing (deepstrain analyze --spacing SLICE ROW COL)")
-    else:
-        hint = f"check the voxel size ({sp} mm: slice, row, column) and the segmentation"
+    hint = lost_spacing_hint(geometry.spacing) or f"check the voxel size ({sp} mm: slice, row, column) and the segmentation"
     if edv_ml is None or not np.isfinite(edv_ml) or edv_ml <= 0:
         return [Finding("heart_size", f"no LV cavity found at ED; {hint}")]
     out_of_range = []
