@@ -12,7 +12,7 @@ from deepstrain.report import build_report, write_report
 
 KEYS = {
     "study", "frames", "volumetrics", "global_strain", "global_strain_rate", "ess", "srs", "sre",
-    "aha", "aha_curves", "conventions", "warnings",
+    "aha", "aha_curves", "rotation", "twist", "conventions", "warnings",
 }
 VOL = {
     "lv_edv_ml": 120.123456, "lv_esv_ml": 50.0, "lv_sv_ml": 70.123456, "lv_ef_percent": 58.4,
@@ -42,6 +42,8 @@ def test_keys_and_json_safety():
     for k in ("ess", "srs", "sre"):
         assert set(r[k]) == {"radial", "circumferential", "longitudinal"}
     assert set(r["aha"]["radial_percent"]) == {str(s) for s in range(1, 18)}
+    assert set(r["rotation"]) == {"basal_deg", "mid_deg", "apical_deg"}
+    assert set(r["twist"]) >= {"twist_deg", "es_twist_deg", "es_torsion_deg_per_cm"}
     text = json.dumps(r, allow_nan=False)  # no NaN anywhere
     back = json.loads(text)
     assert back["global_strain"]["longitudinal_percent"] == [0.0, -5.0, None]
@@ -77,7 +79,7 @@ def test_write_report_files_and_no_overwrite(tmp_path):
     assert header[:8] == ["frame", "time_ms", "global_radial_percent", "global_circumferential_percent",
                           "global_longitudinal_percent", "radial_rate_per_s", "circumferential_rate_per_s",
                           "longitudinal_rate_per_s"]
-    assert header[-1] == "aha_longitudinal_17" and len(header) == 8 + 3 + 51
+    assert header[-1] == "aha_longitudinal_17" and len(header) == 8 + 3 + 5 + 51  # volumes, rotation + twist, AHA
     before = jp.read_text()
     with pytest.raises(InputError, match="exists"):
         write_report(r, tmp_path)

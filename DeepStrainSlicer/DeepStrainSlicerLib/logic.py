@@ -43,6 +43,11 @@ from . import mrml, polarmap
 COMPONENTS = ("radial", "circumferential", "longitudinal")
 VOLUME_COLUMNS = {"lv": "LV volume (ml)", "myo": "myocardium volume (ml)", "rv": "RV volume (ml)"}
 """Curve-table columns of the volume curves (keys of ``Analysis.volume_curves``)."""
+ROTATION_COLUMNS = {"basal_deg": ("basal rotation (deg)", (0.55, 0.35, 0.75)),
+                    "mid_deg": ("mid rotation (deg)", (0.95, 0.55, 0.10)),
+                    "apical_deg": ("apical rotation (deg)", (0.10, 0.65, 0.70)),
+                    "twist_deg": ("twist (deg)", (0.15, 0.15, 0.15))}
+"""Curve-table columns and chart colours of the rotation curves (report keys ``rotation`` and ``twist``)."""
 POLAR_VIEW_TAG = "DeepStrainPolarMap"
 PLOT_VIEW_TAG = "DeepStrainPlot"
 LAYOUT_ID = 9601
@@ -152,7 +157,8 @@ class Parameters:
 
     ROLES = (
         "InputSequence", "Browser", "CineSequence", "SegmentationSequence", "DisplacementSequence",
-        "GlyphSequence", "CurveTable", "MarkerTable", "StrainChart", "RateChart", "VolumeChart", "PolarModel",
+        "GlyphSequence", "CurveTable", "MarkerTable", "StrainChart", "RateChart", "VolumeChart",
+        "RotationChart", "PolarModel",
         "PolarLabels", "PolarHighlight", "PolarColors", "AhaSegmentation", "ReportText", "PolarView",
         "RvInsertion",
     )
@@ -497,6 +503,10 @@ class DeepStrainLogic:
             cols[f"{c} strain rate (1/s)"] = np.array([np.nan if a is None else a for a in (v or [None] * n)], dtype=float)
         for key, column in VOLUME_COLUMNS.items():  # kept in the scene: exports after a reload have them
             cols[column] = np.asarray(volume_curves[key], dtype=float)
+        rotation = {**(report.get("rotation") or {}), "twist_deg": (report.get("twist") or {}).get("twist_deg")}
+        for key, (column, _) in ROTATION_COLUMNS.items():
+            v = rotation.get(key)
+            cols[column] = np.array([np.nan if a is None else a for a in (v or [None] * n)], dtype=float)
         table = params.ref("CurveTable")
         if table is None:
             table = self.scene.AddNewNodeByClass("vtkMRMLTableNode", f"{params.study_name} strain curves")
@@ -506,10 +516,11 @@ class DeepStrainLogic:
         strain_vals = np.concatenate([cols[f"{c} strain (%)"] for c in COMPONENTS])
         rate_vals = np.concatenate([cols[f"{c} strain rate (1/s)"] for c in COMPONENTS])
         volume_vals = np.concatenate([cols[c] for c in VOLUME_COLUMNS.values()] + [np.zeros(1)])
+        rotation_vals = np.concatenate([cols[c] for c, _ in ROTATION_COLUMNS.values()])
         markers = {
             "ED time": np.array([x[ed], x[ed]]), "ES time": np.array([x[es], x[es]]),
             "strain range": _padded_range(strain_vals), "rate range": _padded_range(rate_vals),
-            "volume range": _padded_range(volume_vals),
+            "volume range": _padded_range(volume_vals), "rotation range": _padded_range(rotation_vals),
         }
         mt = params.ref("MarkerTable")
         if mt is None:
@@ -528,6 +539,8 @@ class DeepStrainLogic:
                           [(f"{c} strain rate", f"{c} strain rate (1/s)", COMPONENT_COLORS[c]) for c in COMPONENTS]),
             "VolumeChart": ("volume (ml)", "volume range", "volumes",
                             [(col.split(" (")[0], col, VOLUME_COLORS[k]) for k, col in VOLUME_COLUMNS.items()]),
+            "RotationChart": ("rotation (deg), counter-clockwise from the apex", "rotation range", "LV rotation and twist",
+                              [(col.split(" (")[0], col, color) for col, color in ROTATION_COLUMNS.values()]),
         }
         for role, (ylabel, range_col, title, series) in curves.items():
             suffix = title.replace("global ", "")

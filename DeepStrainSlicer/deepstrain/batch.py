@@ -54,11 +54,14 @@ VOLUME_KEYS = (
     "rv_edv_ml", "rv_esv_ml", "rv_ef_percent",
 )  # fmt: skip
 PEAK_KEYS = tuple(f"{p}_{c}" for p in ("ess", "srs", "sre") for c in COMPONENTS)
+TWIST_SUMMARY_KEYS = ("es_twist_deg", "peak_systolic_twist_deg", "es_torsion_deg_per_cm", "peak_untwisting_rate_deg_per_s")
 AHA_KEYS = tuple(f"aha_{c}_{s}" for c in ("radial", "circumferential") for s in range(1, 18))
-SUMMARY_COLUMNS = ("id", "group", "status", "error", "seconds", "input", "quality") + VOLUME_KEYS + PEAK_KEYS + AHA_KEYS
+SUMMARY_COLUMNS = (("id", "group", "status", "error", "seconds", "input", "quality") + VOLUME_KEYS + PEAK_KEYS
+                   + TWIST_SUMMARY_KEYS + AHA_KEYS)
 """Columns of ``summary.csv``: ``quality`` = the names of the automatic checks that fired
 (:mod:`deepstrain.quality`; ``;``-separated, empty = none; the messages are in the study's
-report.json), volumes in ml / g / %, ESS in %, SRs and SRe in 1/s, AHA values (segment mean at ES)
+report.json), volumes in ml / g / %, ESS in %, SRs and SRe in 1/s, twist in deg, torsion in
+deg/cm, untwisting rate in deg/s (:mod:`deepstrain.rotation`), AHA values (segment mean at ES)
 in %. Empty cell = not available."""
 
 SUMMARY_NAME = "summary.csv"
@@ -245,6 +248,9 @@ def summary_row(
             vals = report.get(p) or {}
             for c in COMPONENTS:
                 row[f"{p}_{c}"] = _fmt(vals.get(c))
+        twist = report.get("twist") or {}
+        for k in TWIST_SUMMARY_KEYS:
+            row[k] = _fmt(twist.get(k))
         aha = report.get("aha") or {}
         for c in ("radial", "circumferential"):
             segs = aha.get(f"{c}_percent") or {}

@@ -17,6 +17,7 @@ from .outputs import atomic_output_dir
 HEADLINE = [
     ("volumetrics", "lv_edv_ml"), ("volumetrics", "lv_esv_ml"), ("volumetrics", "lv_ef_percent"),
     ("volumetrics", "lv_mass_g"), ("ess", "radial"), ("ess", "circumferential"), ("ess", "longitudinal"),
+    ("twist", "es_twist_deg"),
 ]
 
 

@@ -75,7 +75,10 @@ CONVENTIONS = (
     "c = l x r. Radial positive = thickening; circumferential and longitudinal negative = shortening. "
     "Global = mean over ED myocardium voxels (label 2, frame 0). Strain rate = numpy.gradient of the "
     "global strain (fraction) over frame times in s. AHA angle phi = atan2((l x s).r, s.r) with s the "
-    "bisector of the RV insertion points (anterior negative); thirds from the ED label-3 extent along l."
+    "bisector of the RV insertion points (anterior negative); thirds from the ED label-3 extent along l. "
+    "Rotation of the basal (AHA 1-6), mid (7-12) and apical (13-16) levels in degrees from the analytic "
+    "twist step, positive counter-clockwise viewed from the apex; twist = apical - basal rotation; "
+    "torsion = twist / distance along l between the levels' ED centroids, deg/cm."
 )
 
 
@@ -836,6 +839,44 @@ def _aha_segments(theta_deg: np.ndarray, z: np.ndarray, cavity_z: np.ndarray) ->
     return seg
 
 
+_ROTATION_LEVELS = {"basal": (1, 6), "mid": (7, 12), "apical": (13, 16)}  # kept apart from deepstrain.rotation: the reference must not share the engine's code
+
+
+def _reference_rotation(motion: PhantomMotion, x: np.ndarray, seg: np.ndarray, n_frames: int, es: int) -> dict:
+    """Exact rotation (deg) of each AHA level about l, and the twist, from the analytic twist step.
+
+    A point's rotation is the twist step's angle ``tau(z) omega(r)`` (the radial and longitudinal
+    steps do not turn it); a level's is the mean over its ED myocardium voxels weighted by
+    ``r r_t`` (ED and current distance from the axis), the weighting of a least-squares rotation.
+    Positive = counter-clockwise viewed from the apex (right-handed about l, base to apex).
+    """
+    hx = motion.to_heart(x)
+    r = np.hypot(hx[:, 0], hx[:, 1])
+    hand = float(np.sign(np.linalg.det(motion.axes)))  # a mirrored heart turns the other way in the world
+    curves: dict[str, list[float] | None] = {}
+    for name, (lo, hi) in _ROTATION_LEVELS.items():
+        sel = (seg >= lo) & (seg <= hi)
+        if not sel.any():
+            curves[f"{name}_deg"] = None
+            continue
+        vals = [0.0]
+        for f in range(1, n_frames):
+            rt = np.hypot(*motion.forward_heart(hx[sel], f)[:, :2].T)
+            w, _ = motion._window(rt)
+            ang = np.degrees(motion._twist(hx[sel, 2], f) * w)
+            vals.append(hand * float(np.average(ang, weights=r[sel] * rt)))
+        curves[f"{name}_deg"] = vals
+    out: dict = {"rotation": curves, "twist": {"twist_deg": None, "es_twist_deg": None, "es_torsion_deg_per_cm": None}}
+    if curves["basal_deg"] is not None and curves["apical_deg"] is not None:
+        twist = np.array(curves["apical_deg"]) - np.array(curves["basal_deg"])
+        z_b = hx[(seg >= 1) & (seg <= 6), 2].mean()
+        z_a = hx[(seg >= 13) & (seg <= 16), 2].mean()
+        out["twist"] = {"twist_deg": twist.tolist(), "es_twist_deg": float(twist[es]),
+                        "es_torsion_deg_per_cm": float(twist[es] / (abs(z_a - z_b) / 10.0)),
+                        "level_separation_mm": float(abs(z_a - z_b))}
+    return out
+
+
 def _reference(p: PhantomParams, motion: PhantomMotion, anatomy: _Anatomy, geom: Geometry, labels_ed: np.ndarray, es: int) -> dict:
     s = motion.shape
     times = motion.times_ms
@@ -889,6 +930,7 @@ def _reference(p: PhantomParams, motion: PhantomMotion, anatomy: _Anatomy, geom:
         "sre": {k: _extreme(v[es + 1 : n_early + 1]) for k, v in rates.items()},
         "aha": aha,
         "aha_curves": aha_curves,
+        **_reference_rotation(motion, x, seg, T, es),
         "conventions": {"text": CONVENTIONS},
         "phantom": {
             "params": asdict(p),

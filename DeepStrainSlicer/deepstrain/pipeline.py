@@ -20,6 +20,7 @@ from .cine import Cine
 from .errors import InputError
 from .quality import check_study
 from .report import build_report, write_report
+from .rotation import level_rotations, level_separation_mm, twist_summary
 from .strain import (
     COMPONENTS,
     CardiacFrame,
@@ -167,7 +168,7 @@ def compute(
         "septum_from": "RV contact of the ED labels" if rv_insertion_ras is None else "given anterior RV insertion point",
         "rv_insertion_ras": None if rv_insertion_ras is None else [round(float(v), 3) for v in rv_insertion_ras]}
 
-    comps = curves = rates = peaks = aha_c = None
+    comps = curves = rates = peaks = aha_c = rotations = twist = None
     if disp is not None:
         if frame is None or not myo.any():
             raise InputError(_where(cine), f"no LV myocardium (label 2) in the ED labels (frame {ed_i}): strain needs it")
@@ -195,6 +196,9 @@ def compute(
         if segments is not None:
             ids = segments[myo]
             aha_c = {c: aha_mod.segment_curves(comps[c], ids) for c in COMPONENTS}
+            rotations = level_rotations(disp, cine.geometry, frame, segments)
+            twist = twist_summary(rotations, level_separation_mm(cine.geometry, frame, segments),
+                                  cine.times_ms if rates is not None else None, ed_i, es_i)
     else:
         warnings.append("no displacement given: volumes only, strain not computed")
 
@@ -209,6 +213,8 @@ def compute(
         rates=rates,
         peaks=peaks,
         aha_curves=aha_c,
+        rotations=rotations,
+        twist=twist,
         warnings=warnings,
     )
     report["aha_reference"] = aha_reference

@@ -15,9 +15,15 @@ from typing import Any, Mapping
 import numpy as np
 
 from .errors import InputError
+from .rotation import LEVELS
 from .strain import COMPONENTS
 
 DECIMALS = 4
+
+ROTATION_LEVELS = tuple(LEVELS)
+TWIST_CURVES = ("twist_deg", "twist_rate_deg_per_s")
+TWIST_KEYS = TWIST_CURVES + ("es_twist_deg", "peak_systolic_twist_deg", "es_torsion_deg_per_cm",
+                             "peak_untwisting_rate_deg_per_s", "level_separation_mm")
 
 CONVENTIONS = (
     "Strain is the Lagrangian Green-Lagrange strain E = (F^T F - I)/2 relative to end-diastole (ED), "
@@ -29,7 +35,12 @@ CONVENTIONS = (
     "Strain rate = time derivative of the global strain (as a fraction) in 1/s (central differences "
     "on the frame times; null without timing or with fewer than 3 frames). ESS = global strain at "
     "ES (percent); SRs / SRe = signed strain rate of largest magnitude in systole (ED..ES) / early "
-    "diastole (first half of the frames after ES). AHA 17 segments: signed angle from the septal "
+    "diastole (first half of the frames after ES). Rotation of the basal (AHA 1-6), mid (7-12) and "
+    "apical (13-16) myocardium about l in degrees (least-squares rotation of the level's ED voxels, "
+    "each slice's translation removed), positive = counter-clockwise viewed from the apex; twist = "
+    "apical - basal rotation (deg), twist rate in deg/s; torsion = ES twist / distance along l between "
+    "the basal and apical levels' ED centroids (deg/cm); peak untwisting rate = twist rate of largest "
+    "magnitude in early diastole. AHA 17 segments: signed angle from the septal "
     "direction (bisector of the RV insertion points), anterior at negative angles when viewed with "
     "l base to apex; aha = segment mean at ES. Volumes in ml by voxel counting (LV = LV cavity, "
     "RV = RV cavity), LV mass in g = ED myocardium volume x 1.05 g/ml, EF in percent. "
@@ -75,13 +86,17 @@ def build_report(
     rates: Mapping[str, np.ndarray] | None = None,
     peaks: Mapping[str, Mapping[str, float | None]] | None = None,
     aha_curves: Mapping[str, Mapping[int, np.ndarray | None]] | None = None,
+    rotations: Mapping[str, np.ndarray | None] | None = None,
+    twist: Mapping[str, Any] | None = None,
     warnings: list[str] | None = None,
 ) -> dict[str, Any]:
     """Assemble the JSON-safe report dict.
 
     ``curves`` and ``rates``: ``{"radial", "circumferential", "longitudinal"}`` -> ``(T,)``
     (percent; 1/s); ``peaks`` as returned by :func:`deepstrain.strain.peak_values`;
-    ``aha_curves``: component -> ``{1..17: (T,) or None}``. Missing parts become ``null``.
+    ``aha_curves``: component -> ``{1..17: (T,) or None}``; ``rotations`` and ``twist`` as
+    returned by :func:`deepstrain.rotation.level_rotations` and
+    :func:`deepstrain.rotation.twist_summary`. Missing parts become ``null``.
     """
     times = np.asarray(times_ms, dtype=np.float64).reshape(-1)
     if times.size != n_frames:
@@ -116,6 +131,9 @@ def build_report(
         "sre": peak("sre"),
         "aha": aha_es,
         "aha_curves": aha_cur,
+        "rotation": {f"{lv}_deg": (None if rotations is None else _list(rotations.get(lv))) for lv in ROTATION_LEVELS},
+        "twist": {k: (_list(twist.get(k)) if k in TWIST_CURVES else _num(twist.get(k))) if twist is not None else None
+                  for k in TWIST_KEYS},
         "conventions": CONVENTIONS,
         "warnings": [str(w) for w in (warnings or [])],
     }
@@ -134,6 +152,7 @@ def write_report(
 
     ``strain.csv`` has one row per frame: frame, time_ms, global strain (percent), strain rates
     (1/s), the volumes when ``volume_curves`` (``{"lv", "myo", "rv"}`` -> ``(T,)`` ml) is given,
+    the level rotations ``rotation_<level>_deg``, ``twist_deg`` and ``twist_rate_deg_per_s``,
     then ``aha_<component>_<segment>`` (percent). Refuses to replace existing files.
     """
     out = Path(out_dir)
@@ -161,6 +180,12 @@ def write_report(
             if len(vals) != n:
                 raise ValueError(f"volume curve {key!r} has {len(vals)} values for {n} frames")
             columns.append((f"{key}_volume_ml", vals))
+    rotation = report.get("rotation") or {}
+    for lv in ROTATION_LEVELS:
+        columns.append((f"rotation_{lv}_deg", rotation.get(f"{lv}_deg") or empty))
+    twist = report.get("twist") or {}
+    for key in TWIST_CURVES:
+        columns.append((key, twist.get(key) or empty))
     for c in COMPONENTS:
         for s in range(1, 18):
             columns.append((f"aha_{c}_{s}", report["aha_curves"][f"{c}_percent"][str(s)] or empty))

@@ -315,18 +315,24 @@ def global_curves(components: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def strain_rate(curve_percent: np.ndarray, times_ms: np.ndarray) -> np.ndarray | None:
-    """Strain rate (1/s) of a strain curve given in percent at ``times_ms``.
+def time_derivative(values: np.ndarray, times_ms: np.ndarray) -> np.ndarray | None:
+    """Derivative per second of a curve ``(T,)`` sampled at ``times_ms``.
 
-    Central differences on the frame times (``numpy.gradient``; one-sided at the ends) of the
-    curve as a fraction. Returns ``None`` when the timing is unknown (any NaN), there are fewer
-    than 3 frames, or the times do not strictly increase.
+    Central differences on the frame times (``numpy.gradient``; one-sided at the ends). Returns
+    ``None`` when the timing is unknown (any NaN), there are fewer than 3 frames, or the times do
+    not strictly increase.
     """
-    y = np.asarray(curve_percent, dtype=np.float64) / 100.0
+    y = np.asarray(values, dtype=np.float64)
     t = np.asarray(times_ms, dtype=np.float64).reshape(-1) / 1000.0
     if y.shape != t.shape or y.size < 3 or not np.all(np.isfinite(t)) or np.any(np.diff(t) <= 0):
         return None
     return np.gradient(y, t)
+
+
+def strain_rate(curve_percent: np.ndarray, times_ms: np.ndarray) -> np.ndarray | None:
+    """Strain rate (1/s) of a strain curve given in percent: :func:`time_derivative` of the curve
+    as a fraction (``None`` in the same cases)."""
+    return time_derivative(np.asarray(curve_percent, dtype=np.float64) / 100.0, times_ms)
 
 
 def systole_frames(ed: int, es: int, n_frames: int) -> np.ndarray:
@@ -346,7 +352,8 @@ def early_diastole_frames(ed: int, es: int, n_frames: int) -> np.ndarray:
     return (es + k) % n_frames
 
 
-def _signed_peak(values: np.ndarray, frames: np.ndarray) -> float | None:
+def signed_peak(values: np.ndarray, frames: np.ndarray) -> float | None:
+    """The value of largest magnitude among ``values[frames]`` (ties: the earlier frame); None for no frames."""
     if frames.size == 0:
         return None
     v = values[frames]
@@ -373,6 +380,6 @@ def peak_values(
             out["srs"][name] = None
             out["sre"][name] = None
         else:
-            out["srs"][name] = _signed_peak(np.asarray(rate), systole_frames(ed, es, n))
-            out["sre"][name] = _signed_peak(np.asarray(rate), early_diastole_frames(ed, es, n))
+            out["srs"][name] = signed_peak(np.asarray(rate), systole_frames(ed, es, n))
+            out["sre"][name] = signed_peak(np.asarray(rate), early_diastole_frames(ed, es, n))
     return out

@@ -87,6 +87,13 @@ def test_curves_tables_and_charts(study):
     assert p.ref("VolumeChart").GetYAxisTitle() == "volume (ml)"
     names = [s.GetName() for s in h.logic.chart_series(p, "VolumeChart")]
     assert names[:3] == ["LV volume", "myocardium volume", "RV volume"] and len(names) == 5
+    # rotation per level and twist (deg), from the report
+    np.testing.assert_allclose(dlogic._column(table, "twist (deg)"), analysis.report["twist"]["twist_deg"], atol=1e-6)
+    np.testing.assert_allclose(dlogic._column(table, "apical rotation (deg)"),
+                               analysis.report["rotation"]["apical_deg"], atol=1e-6)
+    assert p.ref("RotationChart").GetYAxisTitle().startswith("rotation (deg)")
+    names = [s.GetName() for s in h.logic.chart_series(p, "RotationChart")]
+    assert names[:4] == ["basal rotation", "mid rotation", "apical rotation", "twist"] and len(names) == 6
     lv_series = h.logic.chart_series(p, "VolumeChart")[0]
     assert h.logic.on_plot_point_clicked(p, lv_series.GetID(), analysis.es) == analysis.es
     assert [s for s in h.logic.chart_series(p) if s.GetAttribute("DeepStrain.marker") == "ED"]
