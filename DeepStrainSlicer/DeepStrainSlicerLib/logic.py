@@ -497,16 +497,16 @@ class DeepStrainLogic:
         cols: dict[str, np.ndarray] = {"frame": np.arange(n, dtype=float), "time": x}
         for c in COMPONENTS:
             v = report["global_strain"][f"{c}_percent"]
-            cols[f"{c} strain (%)"] = np.array([np.nan if a is None else a for a in (v or [None] * n)], dtype=float)
+            cols[f"{c} strain (%)"] = _curve(v, n)
         for c in COMPONENTS:
             v = report["global_strain_rate"][f"{c}_per_s"]
-            cols[f"{c} strain rate (1/s)"] = np.array([np.nan if a is None else a for a in (v or [None] * n)], dtype=float)
+            cols[f"{c} strain rate (1/s)"] = _curve(v, n)
         for key, column in VOLUME_COLUMNS.items():  # kept in the scene: exports after a reload have them
             cols[column] = np.asarray(volume_curves[key], dtype=float)
         rotation = {**(report.get("rotation") or {}), "twist_deg": (report.get("twist") or {}).get("twist_deg")}
         for key, (column, _) in ROTATION_COLUMNS.items():
             v = rotation.get(key)
-            cols[column] = np.array([np.nan if a is None else a for a in (v or [None] * n)], dtype=float)
+            cols[column] = _curve(v, n)
         table = params.ref("CurveTable")
         if table is None:
             table = self.scene.AddNewNodeByClass("vtkMRMLTableNode", f"{params.study_name} strain curves")
@@ -1060,6 +1060,11 @@ def labels_digest(labels: np.ndarray) -> str:
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "study"
+
+
+def _curve(values: list | None, n: int) -> np.ndarray:
+    """A report curve (list with nulls, or null) as ``n`` floats, NaN where missing."""
+    return np.array([np.nan if a is None else a for a in (values or [None] * n)], dtype=float)
 
 
 def _padded_range(values: np.ndarray) -> np.ndarray:

@@ -164,8 +164,7 @@ def _cavity_extent(lab: np.ndarray, geometry: Geometry, l_vec: np.ndarray) -> tu
     kk, jj, ii = np.nonzero(lab == 3)
     if kk.size == 0:
         raise ValueError("no LV cavity (label 3) at ED: the AHA levels are undefined")
-    m = geometry.direction * geometry.spacing[None, :]
-    s = (geometry.origin + np.stack([kk, jj, ii], axis=1).astype(np.float64) @ m.T) @ l_vec
+    s = geometry.voxel_points(kk, jj, ii) @ l_vec
     return float(s.min()), float(s.max())
 
 
@@ -214,8 +213,7 @@ def aha_segments(
         s_dir = septal_direction_from_insertion(rv_insertion_ras, frame)
 
     kk, jj, ii = np.nonzero(myo)
-    m = geometry.direction * geometry.spacing[None, :]
-    pts = geometry.origin + np.stack([kk, jj, ii], axis=1).astype(np.float64) @ m.T
+    pts = geometry.voxel_points(kk, jj, ii)
     s = pts @ l_vec
     # f >= 1/3 (2/3) within LEVEL_TOLERANCE_MM counts as mid (apical): see the module docstring
     tol = LEVEL_TOLERANCE_MM / (s_apex - s_base)

@@ -50,6 +50,11 @@ class Geometry:
         m[:3, 3] = self.origin
         return m
 
+    def voxel_points(self, kk: np.ndarray, jj: np.ndarray, ii: np.ndarray) -> np.ndarray:
+        """RAS coordinates (mm) ``(N, 3)`` of the voxel centres at array indices ``(kk, jj, ii)``."""
+        idx = np.stack([kk, jj, ii], axis=1).astype(np.float64)
+        return self.origin + idx @ (self.direction * self.spacing[None, :]).T
+
     def world_points(self, shape: tuple[int, int, int]) -> np.ndarray:
         """RAS coordinates (mm) of every voxel centre, shape ``(Z, Y, X, 3)``."""
         k, j, i = np.meshgrid(*(np.arange(n, dtype=np.float64) for n in shape), indexing="ij")

@@ -20,7 +20,6 @@ from .strain import COMPONENTS
 
 DECIMALS = 4
 
-ROTATION_LEVELS = tuple(LEVELS)
 TWIST_CURVES = ("twist_deg", "twist_rate_deg_per_s")
 TWIST_KEYS = TWIST_CURVES + ("es_twist_deg", "peak_systolic_twist_deg", "es_torsion_deg_per_cm",
                              "peak_untwisting_rate_deg_per_s", "level_separation_mm")
@@ -131,9 +130,8 @@ def build_report(
         "sre": peak("sre"),
         "aha": aha_es,
         "aha_curves": aha_cur,
-        "rotation": {f"{lv}_deg": (None if rotations is None else _list(rotations.get(lv))) for lv in ROTATION_LEVELS},
-        "twist": {k: (_list(twist.get(k)) if k in TWIST_CURVES else _num(twist.get(k))) if twist is not None else None
-                  for k in TWIST_KEYS},
+        "rotation": {f"{lv}_deg": _list((rotations or {}).get(lv)) for lv in LEVELS},
+        "twist": {k: (_list if k in TWIST_CURVES else _num)((twist or {}).get(k)) for k in TWIST_KEYS},
         "conventions": CONVENTIONS,
         "warnings": [str(w) for w in (warnings or [])],
     }
@@ -181,7 +179,7 @@ def write_report(
                 raise ValueError(f"volume curve {key!r} has {len(vals)} values for {n} frames")
             columns.append((f"{key}_volume_ml", vals))
     rotation = report.get("rotation") or {}
-    for lv in ROTATION_LEVELS:
+    for lv in LEVELS:
         columns.append((f"rotation_{lv}_deg", rotation.get(f"{lv}_deg") or empty))
     twist = report.get("twist") or {}
     for key in TWIST_CURVES:

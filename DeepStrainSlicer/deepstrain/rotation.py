@@ -39,11 +39,6 @@ MIN_LEVEL_VOXELS = 20
 """A level with fewer ED myocardium voxels has no rotation (``None``)."""
 
 
-def _world_points(geometry: Geometry, kk: np.ndarray, jj: np.ndarray, ii: np.ndarray) -> np.ndarray:
-    m = geometry.direction * geometry.spacing[None, :]
-    return geometry.origin + np.stack([kk, jj, ii], axis=1).astype(np.float64) @ m.T
-
-
 def level_rotations(displacement: np.ndarray, geometry: Geometry, frame: CardiacFrame,
                     segments: np.ndarray) -> dict[str, np.ndarray | None]:
     """Rotation (deg, ``(T,)``) of each level in :data:`LEVELS` (see the module docstring).
@@ -59,7 +54,7 @@ def level_rotations(displacement: np.ndarray, geometry: Geometry, frame: Cardiac
         if kk.size < MIN_LEVEL_VOXELS:
             out[name] = None
             continue
-        x_ed = _world_points(geometry, kk, jj, ii)
+        x_ed = geometry.voxel_points(kk, jj, ii)
         u = np.asarray(displacement[:, :, kk, jj, ii], dtype=np.float64).transpose(0, 2, 1)  # (T, N, 3)
         x_t = x_ed[None] + u
         a = np.empty_like(x_ed)
@@ -85,7 +80,7 @@ def level_separation_mm(geometry: Geometry, frame: CardiacFrame, segments: np.nd
         kk, jj, ii = np.nonzero((seg >= lo) & (seg <= hi))
         if kk.size < MIN_LEVEL_VOXELS:
             return None
-        centres.append(_world_points(geometry, kk, jj, ii).mean(axis=0))
+        centres.append(geometry.voxel_points(kk, jj, ii).mean(axis=0))
     return float(abs((centres[1] - centres[0]) @ np.asarray(frame.long_axis, dtype=np.float64)))
 
 
