@@ -57,6 +57,9 @@ class DeepStrainSlicer(ScriptedLoadableModule):
             "click a finding to show its frame and slice, correct, and Recompute checks again. "
             "Under it, 'Warnings' says what the input lacked (frame timing, a voxel size that looks lost) and "
             "what could therefore not be computed. "
+            "'Height' and 'Weight' (from the file when it has them: an ACDC Info.cfg, the DICOM header) add "
+            "volumes and LV mass indexed to the body surface area (Mosteller); with a heart rate (DICOM "
+            "HeartRate, or the field above) the report also gives the cardiac output and index. "
             "'Test-time flips' segments each slice 4 times (slower). "
             "'Weights' may name another weights folder (with its manifest.json); the report records which "
             "weights were used. On studies from outside ACDC, check the most basal slice at end-systole "
@@ -100,7 +103,7 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.inputSequenceSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._from_gui)
         for w in (self.ui.spacingEdit,):
             w.connect("editingFinished()", self._from_gui)
-        for w in (self.ui.heartRateSpin, self.ui.rrSpin, self.ui.glyphScaleSpin):
+        for w in (self.ui.heartRateSpin, self.ui.rrSpin, self.ui.heightSpin, self.ui.weightSpin, self.ui.glyphScaleSpin):
             w.connect("valueChanged(double)", self._from_gui)
         for w in (self.ui.edSpin, self.ui.esSpin):
             w.connect("valueChanged(int)", self._from_gui)
@@ -150,6 +153,8 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             ui.spacingEdit.text = p.spacing
             ui.heartRateSpin.value = p.heart_rate_bpm
             ui.rrSpin.value = p.rr_ms
+            ui.heightSpin.value = p.height_cm
+            ui.weightSpin.value = p.weight_kg
             ui.edSpin.value = p.ed
             ui.esSpin.value = p.es
             ui.runModeCombo.currentText = p.run_mode
@@ -178,6 +183,8 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p.spacing = ui.spacingEdit.text
         p.heart_rate_bpm = ui.heartRateSpin.value
         p.rr_ms = ui.rrSpin.value
+        p.height_cm = ui.heightSpin.value
+        p.weight_kg = ui.weightSpin.value
         p.ed = ui.edSpin.value
         p.es = ui.esSpin.value
         p.run_mode = ui.runModeCombo.currentText

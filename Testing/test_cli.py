@@ -59,6 +59,26 @@ def _run(args: list[str], capsys) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
+def test_analyze_body_size_options(study, tmp_path, capsys):
+    """--height/--weight index the volumes (printed and in the report); an implausible value is refused
+    before anything is written."""
+    base = ["analyze", str(study["cine"]), "--segmentation", str(study["labels"]), "--displacement",
+            str(study["disp"]), "--ed", "0", "--es", "2", "--quiet"]
+    out = tmp_path / "out"
+    assert main(base + ["--out", str(out), "--height", "180", "--weight", "80"]) == 0
+    printed = capsys.readouterr().out
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["subject"]["bsa_m2"] == 2.0 and rep["subject"]["sources"] == {"height_cm": "--height", "weight_kg": "--weight"}
+    edvi = rep["volumetrics"]["lv_edvi_ml_per_m2"]
+    assert edvi == pytest.approx(rep["volumetrics"]["lv_edv_ml"] / 2.0, abs=1e-3)
+    assert f"indexed to BSA 2.00 m2: EDVi {edvi:.1f} ml/m2" in printed
+    bad = tmp_path / "bad"
+    assert main(base + ["--out", str(bad), "--height", "1.8", "--weight", "80"]) != 0
+    err = capsys.readouterr().err
+    assert "height 1.8 cm is not plausible" in err and str(study["cine"]) in err
+    assert not bad.exists()
+
+
 def test_analyze_with_given_labels_and_motion_writes_all_outputs(study, tmp_path, capsys):
     out = tmp_path / "out"
     code = main(["analyze", str(study["cine"]), "--segmentation", str(study["labels"]),
@@ -66,7 +86,7 @@ def test_analyze_with_given_labels_and_motion_writes_all_outputs(study, tmp_path
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert sorted(p.name for p in out.iterdir()) == [
-        "displacement.nii.gz", "report.json", "segmentation.nii.gz", "strain.csv"]
+        "displacement.nii.gz", "report.json", "results.csv", "segmentation.nii.gz", "strain.csv"]
     printed = captured.out
     rep = json.loads((out / "report.json").read_text())
     assert rep["frames"]["count"] == 5

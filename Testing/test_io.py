@@ -356,6 +356,19 @@ def test_acdc_patient001_folder(shared_data, tmp_path):
     with pytest.raises(InputError, match="not among the frames"):
         quiet_load(folder, es=5)
 
+    # body size from Info.cfg (Height: 184.0, Weight: 95.0), replaced by the overrides
+    assert (cine.subject.height_cm, cine.subject.weight_kg, cine.subject.heart_rate_bpm) == (184.0, 95.0, None)
+    assert cine.subject.sources["height_cm"].endswith("Info.cfg Height (cm)")
+    over = quiet_load(folder, height_cm=170, weight_kg=70.5, heart_rate_bpm=60)
+    assert (over.subject.height_cm, over.subject.weight_kg, over.subject.heart_rate_bpm) == (170.0, 70.5, 60.0)
+    assert over.subject.sources == {"height_cm": "--height", "weight_kg": "--weight", "heart_rate_bpm": "--heart-rate"}
+    assert quiet_load(folder, rr_ms=800).subject.heart_rate_bpm == pytest.approx(75.0)
+    with pytest.raises(InputError, match="height 1.84 cm is not plausible") as e:
+        quiet_load(folder, height_cm=1.84)  # metres given for cm
+    assert "patient001" in str(e.value)
+    with pytest.raises(InputError, match="weight"):
+        quiet_load(folder, weight_kg=0)
+
     # a label map written on the frame's header reads exactly like the input frame
     out = save_frame_labels(cine.labels[0], cine.frame_files[0], tmp_path / "patient001_frame01_seg.nii.gz")
     a, b = nib.load(cine.frame_files[0]), nib.load(str(out))
@@ -480,6 +493,54 @@ def _edited_copies(src: Path, names, dst: Path, edit, prefix: str = "") -> None:
             ds = pydicom.dcmread(str(src / f"{n}.dcm"), force=True)
             edit(ds, n)
             ds.save_as(str(dst / f"{prefix}{n}.dcm"))
+
+
+def test_acdc_implausible_body_size_is_ignored_with_a_warning(shared_data, tmp_path):
+    src = shared_data / "acdc" / "training" / "patient001"
+    folder = tmp_path / "patient001"
+    folder.mkdir()
+    for f in src.glob("patient001_frame01*.nii.gz"):
+        (folder / f.name).write_bytes(f.read_bytes())
+    (folder / "patient001_frame12.nii.gz").write_bytes((src / "patient001_frame12.nii.gz").read_bytes())
+    (folder / "Info.cfg").write_text("ED: 1\nES: 12\nGroup: DCM\nHeight: 1.84\nNbFrame: 30\nWeight: heavy\n")
+    with pytest.warns(DeepStrainWarning) as record:
+        cine = load_cine(folder)
+    messages = [str(w.message) for w in record]
+    assert any("Height (cm): height 1.84 cm is not plausible" in m and "--height" in m and "Info.cfg" in m
+               for m in messages)
+    assert any("Weight is not a number" in m for m in messages)
+    assert cine.subject.height_cm is None and cine.subject.weight_kg is None and cine.subject.sources == {}
+    assert any("not plausible" in w for w in cine.warnings)
+
+
+def test_dicom_subject_tags(shared_data, tmp_path):
+    """Sunnybrook has HeartRate (about 80) and no PatientSize/Weight; edited copies carry them."""
+    src = shared_data / "sunnybrook" / "SCD0000101"
+    names = [z * 20 + t + 1 for z in range(2) for t in range(3)]
+    _copy_dicoms(src, tmp_path / "plain", names)
+    plain = quiet_load(tmp_path / "plain")
+    assert plain.subject.height_cm is None and plain.subject.weight_kg is None
+    assert 75 <= plain.subject.heart_rate_bpm <= 85 and plain.subject.sources["heart_rate_bpm"].endswith("HeartRate")
+
+    def body(ds, n):
+        ds.PatientSize, ds.PatientWeight = "1.75", "68"
+        del ds.HeartRate  # the RR interval (NominalInterval, ms) then gives the heart rate
+        ds.NominalInterval = "800"
+
+    _edited_copies(src, names, tmp_path / "body", body)
+    cine = quiet_load(tmp_path / "body")
+    assert cine.subject.height_cm == pytest.approx(175.0) and cine.subject.weight_kg == pytest.approx(68.0)
+    assert cine.subject.heart_rate_bpm == pytest.approx(75.0)
+    assert "NominalInterval" in cine.subject.sources["heart_rate_bpm"]
+
+    def in_cm(ds, n):
+        ds.PatientSize = "175"  # entered in cm where DICOM wants m
+
+    _edited_copies(src, names, tmp_path / "cm", in_cm)
+    with pytest.warns(DeepStrainWarning, match=r"PatientSize \(m\): height 17500 cm is not plausible.*--height"):
+        cine = load_cine(tmp_path / "cm")
+    assert cine.subject.height_cm is None
+    assert quiet_load(tmp_path / "cm", height_cm=175).subject.height_cm == 175.0
 
 
 def test_dicom_inconsistent_series(shared_data, tmp_path):

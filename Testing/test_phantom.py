@@ -256,8 +256,13 @@ def _fingerprint(ph):
 def test_short_axis_phantom_matches_record(small):
     # recorded from generate_phantom before the long-axis view shared its code (the refactor was
     # also checked bit-identical against the old module for these, the default and other params);
-    # a tolerance instead of a hash so that last-bit differences of other CPUs' math do not fail
-    record = [110638394.92935601, 61781247764.144, 4546.989175029526, -378522.908947504, 2251307.9595672716,
+    # a tolerance instead of a hash so that last-bit differences of other CPUs' math do not fail.
+    # The image part (first three values) was recorded again on 2026-11-22: on another CPU the
+    # textures' grid size (an extent of exactly 42 steps for these params) came out one larger,
+    # which redrew every texture value; the grid size now has a tolerance (labels, displacement
+    # and reference strain unchanged; the demo, benchmark and training phantoms are not affected:
+    # their extents are 0.07-0.4 step away from whole numbers)
+    record = [110554856.77862716, 60291943265.11617, 10397.45499586864, -378522.908947504, 2251307.9595672716,
               32.50129637560128, 11947311779, 405494836, 47.84997833559869, -12.136384179744153, -10.65507946522519]  # fmt: skip
     got = _fingerprint(small)
     norms = [got[1] ** 0.5, got[4] ** 0.5]

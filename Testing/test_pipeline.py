@@ -82,7 +82,7 @@ def test_labels_only_gives_volumes_and_null_strain(tmp_path):
     assert a.segments is not None  # segments come from the labels alone
     assert r["volumetrics"]["lv_edv_ml"] > r["volumetrics"]["lv_esv_ml"] > 0
     assert any("no displacement" in w for w in r["warnings"])
-    jp, cp = a.write(tmp_path)
+    jp, cp, _ = a.write(tmp_path)
     assert json.loads(jp.read_text())["volumetrics"] == r["volumetrics"]
     assert "lv_volume_ml" in cp.read_text().splitlines()[0]
 

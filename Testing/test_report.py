@@ -1,4 +1,4 @@
-"""report.json / strain.csv: exact keys, JSON-safe nulls, rounding, no overwriting."""
+"""report.json / strain.csv / results.csv: exact keys, JSON-safe nulls, rounding, no overwriting."""
 from __future__ import annotations
 
 import csv
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from deepstrain.errors import InputError
-from deepstrain.report import build_report, write_report
+from deepstrain.report import build_report, scalar_results, write_report
 
 KEYS = {
-    "study", "frames", "volumetrics", "global_strain", "global_strain_rate", "ess", "srs", "sre",
+    "study", "frames", "volumetrics", "subject", "global_strain", "global_strain_rate", "ess", "srs", "sre",
     "aha", "aha_curves", "rotation", "twist", "conventions", "warnings",
 }
 VOL = {
@@ -29,7 +29,9 @@ def _full():
              "sre": {k: None for k in curves}}
     aha = {k: {s: (v + s if s != 17 else None) for s in range(1, 18)} for k, v in curves.items()}
     return build_report(study="s1", n_frames=3, ed=0, es=2, times_ms=t, volumetrics=VOL, curves=curves,
-                        rates=rates, peaks=peaks, aha_curves=aha, warnings=["w1"])
+                        rates=rates, peaks=peaks, aha_curves=aha, warnings=["w1"],
+                        subject={"height_cm": 180.0, "weight_kg": 80.0, "bsa_m2": 2.0, "heart_rate_bpm": None,
+                                 "sources": {"height_cm": "Info.cfg Height (cm)", "weight_kg": "--weight"}})
 
 
 def test_keys_and_json_safety():
@@ -44,6 +46,9 @@ def test_keys_and_json_safety():
     assert set(r["aha"]["radial_percent"]) == {str(s) for s in range(1, 18)}
     assert set(r["rotation"]) == {"basal_deg", "mid_deg", "apical_deg"}
     assert set(r["twist"]) >= {"twist_deg", "es_twist_deg", "es_torsion_deg_per_cm"}
+    assert set(r["subject"]) == {"height_cm", "weight_kg", "bsa_m2", "heart_rate_bpm", "bsa_formula", "sources"}
+    assert r["subject"]["heart_rate_bpm"] is None and r["subject"]["sources"]["weight_kg"] == "--weight"
+    assert "Mosteller" in r["subject"]["bsa_formula"]
     text = json.dumps(r, allow_nan=False)  # no NaN anywhere
     back = json.loads(text)
     assert back["global_strain"]["longitudinal_percent"] == [0.0, -5.0, None]
@@ -60,13 +65,14 @@ def test_volumes_only_report_has_null_strain():
     assert r["frames"]["times_ms"] == [None, None]
     assert r["global_strain"]["radial_percent"] is None and r["global_strain_rate"]["radial_per_s"] is None
     assert r["ess"]["radial"] is None and r["aha"]["longitudinal_percent"]["5"] is None
+    assert r["subject"]["height_cm"] is None and r["subject"]["sources"] == {}
     json.dumps(r, allow_nan=False)
 
 
 def test_write_report_files_and_no_overwrite(tmp_path):
     r = _full()
     vols = {"lv": np.array([120.0, 90.0, 50.0]), "myo": np.array([100.0, 100.0, 100.0]), "rv": np.array([80.0, 60.0, 40.0])}
-    jp, cp = write_report(r, tmp_path, volume_curves=vols)
+    jp, cp, rp = write_report(r, tmp_path, volume_curves=vols)
     assert json.loads(jp.read_text()) == json.loads(json.dumps(r))
     rows = list(csv.DictReader(cp.open()))
     assert len(rows) == 3
@@ -80,9 +86,29 @@ def test_write_report_files_and_no_overwrite(tmp_path):
                           "global_longitudinal_percent", "radial_rate_per_s", "circumferential_rate_per_s",
                           "longitudinal_rate_per_s"]
     assert header[-1] == "aha_longitudinal_17" and len(header) == 8 + 3 + 5 + 51  # volumes, rotation + twist, AHA
+    results = {row["quantity"]: row for row in csv.DictReader(rp.open())}
+    assert results["lv_edv"]["value"] == "120.1235" and results["lv_edv"]["unit"] == "ml"
+    assert results["bsa"]["value"] == "2.0" and results["bsa"]["unit"] == "m2"
+    assert results["heart_rate"]["value"] == "" and results["rv_ef"]["value"] == ""
+    assert results["ess_radial"]["value"] == "40.0" and results["srs_circumferential"]["unit"] == "1/s"
+    assert "es_torsion" in results and results["es_torsion"]["unit"] == "deg/cm"
     before = jp.read_text()
     with pytest.raises(InputError, match="exists"):
         write_report(r, tmp_path)
     assert jp.read_text() == before
     with pytest.raises(InputError):
         write_report(r, tmp_path / "missing")
+
+
+def test_scalar_results_units_and_order():
+    r = _full()
+    rows = scalar_results(r)
+    names = [q for q, _, _ in rows]
+    assert names[:4] == ["height", "weight", "bsa", "heart_rate"]  # subject first, then the volumes
+    assert names.index("lv_edv") < names.index("ess_radial") < names.index("sre_longitudinal") < names.index("es_twist")
+    units = {q: u for q, _, u in rows}
+    assert units["height"] == "cm" and units["lv_ef"] == "%" and units["lv_mass"] == "g"
+    assert len(names) == len(set(names)) and all(u for u in units.values())
+    r2 = dict(r, volumetrics={**VOL, "lv_mass_index_g_per_m2": 55.0, "lv_cardiac_index_l_per_min_per_m2": None})
+    units = {q: u for q, _, u in scalar_results(r2)}
+    assert units["lv_mass_index"] == "g/m2" and units["lv_cardiac_index"] == "l/min/m2"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from deepstrain.cine import Geometry
-from deepstrain.volumetrics import find_ed_es, label_volumes_ml, volumetrics, voxel_volume_ml
+from deepstrain.volumetrics import INDEXED, body_surface_area, find_ed_es, label_volumes_ml, volumetrics, voxel_volume_ml
 
 
 def _labels():
@@ -62,6 +62,32 @@ def test_volumetrics_values():
     assert volumetrics(lab, geo, 0, 1)["rv_ef_percent"] is None
     with pytest.raises(ValueError):
         volumetrics(lab, geo, 0, 3)
+
+
+def test_body_surface_area_mosteller():
+    # Mosteller's own worked value: 180 cm, 80 kg -> sqrt(14400 / 3600) = 2.0 m^2
+    assert body_surface_area(180.0, 80.0) == pytest.approx(2.0)
+    assert body_surface_area(164.0, 59.0) == pytest.approx(np.sqrt(164 * 59 / 3600))
+    assert body_surface_area(None, 80.0) is None and body_surface_area(180.0, None) is None
+    with pytest.raises(ValueError, match="positive"):
+        body_surface_area(0.0, 80.0)
+
+
+def test_indexed_volumes_and_cardiac_output():
+    geo = Geometry((10.0, 2.0, 1.5))
+    plain = volumetrics(_labels(), geo, ed=0, es=1)
+    assert all(plain[k] is None for k in INDEXED) and plain["lv_cardiac_output_l_per_min"] is None
+    assert plain["rv_sv_ml"] == pytest.approx((40 - 60) * 0.03)
+    v = volumetrics(_labels(), geo, ed=0, es=1, bsa_m2=1.6, heart_rate_bpm=75.0)
+    for key, of in INDEXED.items():
+        assert v[key] == pytest.approx(plain[of] / 1.6), key
+    assert v["lv_cardiac_output_l_per_min"] == pytest.approx(28 * 0.03 * 75 / 1000)
+    assert v["lv_cardiac_index_l_per_min_per_m2"] == pytest.approx(28 * 0.03 * 75 / 1000 / 1.6)
+    hr_only = volumetrics(_labels(), geo, ed=0, es=1, heart_rate_bpm=60.0)
+    assert hr_only["lv_cardiac_output_l_per_min"] == pytest.approx(28 * 0.03 * 60 / 1000)
+    assert hr_only["lv_cardiac_index_l_per_min_per_m2"] is None
+    with pytest.raises(ValueError, match="bsa_m2"):
+        volumetrics(_labels(), geo, 0, 1, bsa_m2=0.0)
 
 
 def _independent_acdc_volumes(path):

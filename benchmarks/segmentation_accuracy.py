@@ -13,7 +13,13 @@ no motion) labels the ED and ES frames. Against the manual labels it prints:
   95th percentiles of boundary-to-boundary distances, and the maximum;
 * the in-plane distance (mm) between the crop centre and the manual LV centroid (labels 2+3, ED);
 * bias (mean of predicted - manual) and SD of the differences of LV EDV, ESV (ml), EF (%),
-  LV mass (g, myocardium at ED x 1.05 g/ml) and RV EDV (ml).
+  LV mass (g, myocardium at ED x 1.05 g/ml) and RV EDV (ml);
+* the same for the volumes indexed to the body surface area (Mosteller, from ``Info.cfg``'s
+  height and weight, through :func:`deepstrain.volumetrics.volumetrics`), and how often the
+  volumetric thresholds that define ACDC's groups (Bernard et al. 2018: DCM: LV EDVi > 100 ml/m^2
+  and LV EF < 40 %; HCM: LV mass index > 110 g/m^2 (the wall-thickness part is not checked here);
+  RV: RV EDVi > 110 ml/m^2 or RV EF < 40 %; EF < 40 %, part of MINF and DCM) give the same
+  answer from the network's labels as from the manual ones.
 
 Usage: python benchmarks/segmentation_accuracy.py [--data ../shared/data] [--patients N] [--split training]
        [--coarsen-mm MM] [--tta] [--scales MM ...] [--record]
@@ -34,11 +40,23 @@ import numpy as np
 from scipy import ndimage
 
 from deepstrain.networks.precision import PRECISIONS
+from deepstrain.volumetrics import body_surface_area, volumetrics
 
 ROOT = Path(__file__).resolve().parents[1]
 STRUCTURES = {"rv": 1, "myo": 2, "lv": 3}
 TARGETS = {("lv", "ED"): 0.96, ("lv", "ES"): 0.93, ("myo", "ED"): 0.90, ("myo", "ES"): 0.91,
            ("rv", "ED"): 0.93, ("rv", "ES"): 0.87}
+
+
+INDEXED_SHOWN = ("lv_edvi_ml_per_m2", "lv_esvi_ml_per_m2", "lv_mass_index_g_per_m2", "rv_edvi_ml_per_m2",
+                 "rv_esvi_ml_per_m2")
+CRITERIA = {
+    "DCM: LV EDVi > 100 and LV EF < 40": lambda v: v["lv_edvi_ml_per_m2"] > 100 and v["lv_ef_percent"] < 40,
+    "HCM: LV mass index > 110": lambda v: v["lv_mass_index_g_per_m2"] > 110,
+    "RV: RV EDVi > 110 or RV EF < 40": lambda v: (v["rv_edvi_ml_per_m2"] > 110
+                                                  or (v["rv_ef_percent"] is not None and v["rv_ef_percent"] < 40)),
+    "LV EF < 40": lambda v: v["lv_ef_percent"] < 40,
+}
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -196,6 +214,13 @@ def main(argv: list[str] | None = None) -> int:
         cg = clinical(cine.labels[cine.ed], cine.labels[cine.es], sp)
         for k in cp:
             row[f"{k}_pred"], row[f"{k}_manual"] = cp[k], cg[k]
+        bsa = body_surface_area(cine.subject.height_cm, cine.subject.weight_kg)
+        for who, lab in (("pred", pred.labels), ("manual", np.stack([cine.labels[cine.ed], cine.labels[cine.es]]))):
+            v = volumetrics(lab[[cine.ed, cine.es]] if who == "pred" else lab, cine.geometry, 0, 1, bsa_m2=bsa)
+            for k in INDEXED_SHOWN:
+                row[f"{k}_{who}"] = v[k]
+            for name, rule in CRITERIA.items():
+                row[f"crit_{name}_{who}"] = bool(rule(v))
         rows.append(row)
         print(f"{p} ({row['group']}): Dice ED lv {row['dice_lv_ED']:.3f} myo {row['dice_myo_ED']:.3f} "
               f"rv {row['dice_rv_ED']:.3f} | ES lv {row['dice_lv_ES']:.3f} myo {row['dice_myo_ES']:.3f} "
@@ -230,6 +255,26 @@ def main(argv: list[str] | None = None) -> int:
         summary["clinical"][k] = {"bias": float(np.mean(diff)), "sd": float(np.std(diff, ddof=1)) if len(diff) > 1 else 0.0}
         print(f"{k:14s} {man:11.1f} {np.mean(diff):7.2f} {summary['clinical'][k]['sd']:7.2f}")
     print("targets: EF bias within 1 point, SD < 3.5")
+    print(f"\nindexed to the body surface area (Mosteller; Info.cfg height and weight)\n"
+          f"{'measure':24s} {'manual mean':>11s} {'bias':>7s} {'SD':>7s}")
+    summary["indexed"] = {}
+    for k in INDEXED_SHOWN:
+        diff = np.array([r[f"{k}_pred"] - r[f"{k}_manual"] for r in rows])
+        man = np.mean([r[f"{k}_manual"] for r in rows])
+        summary["indexed"][k] = {"bias": float(np.mean(diff)), "sd": float(np.std(diff, ddof=1)) if len(diff) > 1 else 0.0}
+        print(f"{k:24s} {man:11.1f} {np.mean(diff):7.2f} {summary['indexed'][k]['sd']:7.2f}")
+    groups = sorted({str(r["group"]) for r in rows})
+    print(f"\nACDC's volumetric group thresholds, patients meeting each (manual / network labels) per group, "
+          f"and agreement\n{'criterion':34s} " + " ".join(f"{g:>9s}" for g in groups) + f" {'agree':>7s}")
+    summary["criteria_agreement"] = {}
+    for name in CRITERIA:
+        cells = []
+        for g in groups:
+            sel = [r for r in rows if r["group"] == g]
+            cells.append(f"{sum(r[f'crit_{name}_manual'] for r in sel)}/{sum(r[f'crit_{name}_pred'] for r in sel)}")
+        agree = sum(r[f"crit_{name}_manual"] == r[f"crit_{name}_pred"] for r in rows)
+        summary["criteria_agreement"][name] = agree / len(rows)
+        print(f"{name:34s} " + " ".join(f"{c:>9s}" for c in cells) + f" {agree:>3d}/{len(rows)}")
     if args.speed:
         summary["speed"] = speed_comparison()
     if args.record:

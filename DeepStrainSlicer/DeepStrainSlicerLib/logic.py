@@ -35,7 +35,7 @@ import numpy as np
 import vtk
 
 import slicer
-from deepstrain.cine import Cine
+from deepstrain.cine import Cine, Subject, subject_value_problem
 from deepstrain.qc import COMPONENT_COLORS, VOLUME_COLORS, time_axis
 
 from . import mrml, polarmap
@@ -129,13 +129,18 @@ class Parameters:
     """Typed view of the module's ``vtkMRMLScriptedModuleNode`` (saved with the scene).
 
     Frames are 0-based; -1 means "automatic" for ED/ES. Spacing "" means "from the file";
-    otherwise "slice,row,col" in mm. ``heart_rate_bpm``/``rr_ms`` 0 means "from the file".
+    otherwise "slice,row,col" in mm. ``heart_rate_bpm``/``rr_ms``/``height_cm``/``weight_kg`` 0
+    means "from the file". ``subject`` is the subject of the shown analysis (height, weight, heart
+    rate and their sources; Recompute uses it again).
     """
 
     input_path = _Param(str, "")
     spacing = _Param(str, "")
     heart_rate_bpm = _Param(float, 0.0)
     rr_ms = _Param(float, 0.0)
+    height_cm = _Param(float, 0.0)
+    weight_kg = _Param(float, 0.0)
+    subject = _Param(dict, {})
     ed = _Param(int, -1)
     es = _Param(int, -1)
     run_mode = _Param(str, "networks")  # "networks" or "given"
@@ -160,7 +165,7 @@ class Parameters:
         "GlyphSequence", "CurveTable", "MarkerTable", "StrainChart", "RateChart", "VolumeChart",
         "RotationChart", "PolarModel",
         "PolarLabels", "PolarHighlight", "PolarColors", "AhaSegmentation", "ReportText", "PolarView",
-        "RvInsertion",
+        "RvInsertion", "ResultsTable",
     )
 
     def __init__(self, node: slicer.vtkMRMLScriptedModuleNode) -> None:
@@ -259,6 +264,8 @@ class DeepStrainLogic:
             rr_ms=params.rr_ms or None,
             ed=None if params.ed < 0 else params.ed,
             es=None if params.es < 0 else params.es,
+            height_cm=params.height_cm or None,
+            weight_kg=params.weight_kg or None,
         )
 
     @staticmethod
@@ -276,6 +283,9 @@ class DeepStrainLogic:
             rr = params.rr_ms
         if rr is not None:
             cine.times_ms = np.arange(cine.n_frames) * rr / cine.n_frames
+            cine.subject.heart_rate_bpm = 60000.0 / rr
+            cine.subject.sources["heart_rate_bpm"] = "module field"
+        body_size_fields(cine, params)
         cine.ed = None if params.ed < 0 else params.ed
         cine.es = None if params.es < 0 else params.es
         return cine
@@ -309,6 +319,7 @@ class DeepStrainLogic:
                                     weights_dir=params.weights_dir or None, refine_motion=params.refine_motion,
                                     keep_network_motion=True)
             self._remove_study_nodes(params)
+            params.subject = cine.subject.as_dict()
             before = node_ids(self.scene)
             self._build_nodes(cine, analysis, params, progress)
             params.study_nodes = sorted(node_ids(self.scene) - before)
@@ -445,6 +456,7 @@ class DeepStrainLogic:
         params.results_labels_sha256 = labels_digest(analysis.labels)
         report = analysis.report
         self._update_curve_tables(report, params, analysis.volume_curves)
+        self._update_results_table(report, params)
         self._update_charts(params)
         self._update_aha_segmentation(analysis, params)
         self._update_report_text(report, params)
@@ -527,6 +539,42 @@ class DeepStrainLogic:
             mt = self.scene.AddNewNodeByClass("vtkMRMLTableNode", f"{params.study_name} ED ES markers")
             params.set_ref("MarkerTable", mt)
         _fill_table(mt, markers)
+
+    def _update_results_table(self, report: dict, params: Parameters) -> None:
+        """The single-number results (volumes, indexed volumes, subject, ESS, SRs, SRe, twist) as a
+        table node with the columns quantity, value and unit (empty value: not computed)."""
+        from deepstrain.report import scalar_results
+
+        table = params.ref("ResultsTable")
+        if table is None:
+            table = self.scene.AddNewNodeByClass("vtkMRMLTableNode", f"{params.study_name} results")
+            params.set_ref("ResultsTable", table)
+        rows = scalar_results(report)
+        t = vtk.vtkTable()
+        cols = (vtk.vtkStringArray(), vtk.vtkDoubleArray(), vtk.vtkStringArray())
+        for arr, name in zip(cols, ("quantity", "value", "unit")):
+            arr.SetName(name)
+            arr.SetNumberOfValues(len(rows))
+            t.AddColumn(arr)
+        for i, (name, value, unit) in enumerate(rows):
+            cols[0].SetValue(i, name)
+            cols[1].SetValue(i, math.nan if value is None else float(value))
+            cols[2].SetValue(i, unit)
+        table.SetAndObserveTable(t)
+        table.Modified()
+
+    def results(self, params: Parameters) -> dict[str, tuple[float | None, str]]:
+        """``quantity -> (value, unit)`` from the results table (None: not computed)."""
+        table = params.ref("ResultsTable")
+        if table is None:
+            return {}
+        t = table.GetTable()
+        q, v, u = (t.GetColumnByName(n) for n in ("quantity", "value", "unit"))
+        out = {}
+        for i in range(t.GetNumberOfRows()):
+            x = v.GetValue(i)
+            out[q.GetValue(i)] = (None if math.isnan(x) else x, u.GetValue(i))
+        return out
 
     def _update_charts(self, params: Parameters) -> None:
         report = self.report(params) if params.ref("ReportText") else None
@@ -843,6 +891,7 @@ class DeepStrainLogic:
         from deepstrain.cine import reversed_axes
 
         cine = mrml.sequence_to_cine(params.ref("CineSequence"), params.study_name)
+        cine.subject = Subject.from_dict(params.subject)
         disp_seq = params.ref("DisplacementSequence")
         if disp_seq is not None and disp_seq.GetNumberOfDataNodes():
             grid = mrml.grid_transform_geometry(disp_seq.GetNthDataNode(0))
@@ -874,6 +923,7 @@ class DeepStrainLogic:
 
         progress(0.0, "reading segmentation")
         cine, labels, disp = self.study_arrays(params)
+        body_size_fields(cine, params)  # height and weight entered after Run count too
         state, made = self._cache.get("network_motion"), self._cache.get("motion_made_with")
         want = bool(params.refine_motion)
         rerun: str | None = None  # what running the networks again gave, for the provenance
@@ -898,6 +948,7 @@ class DeepStrainLogic:
         progress(0.7, "computing strain")
         analysis = compute(cine, labels, disp, ed=params.analysis_ed, es=params.analysis_es,
                            rv_insertion_ras=self.rv_insertion_point(params))
+        params.subject = cine.subject.as_dict()
         if new_motion:
             made = (want, labels)
         analysis.report["provenance"] = self._provenance_after_edit(params, labels, made if state is not None else None,
@@ -1035,8 +1086,8 @@ class DeepStrainLogic:
             for name, path in render.export_pictures(self, params, tmp, stem, renderer_factory).items():
                 written.append(path.name)
             written.append(qc_figure(analysis, tmp / f"{stem}_qc.png").name)
-            j, c = write_report(report, tmp, volume_curves=self._volume_curves(params))
-            for p, name in ((j, f"{stem}_report.json"), (c, f"{stem}_strain.csv")):
+            j, c, r = write_report(report, tmp, volume_curves=self._volume_curves(params))
+            for p, name in ((j, f"{stem}_report.json"), (c, f"{stem}_strain.csv"), (r, f"{stem}_results.csv")):
                 os.replace(p, tmp / name)
                 written.append(name)
         return [out / n for n in written]
@@ -1053,6 +1104,17 @@ class DeepStrainLogic:
 
 
 # --------------------------------------------------------------------------- helpers
+def body_size_fields(cine: Cine, params: Parameters) -> None:
+    """The module's height and weight fields (0 = not given) onto ``cine.subject``."""
+    for name in ("height_cm", "weight_kg"):
+        value = getattr(params, name)
+        if value:
+            if problem := subject_value_problem(name, value):
+                raise ValueError(problem)
+            setattr(cine.subject, name, float(value))
+            cine.subject.sources[name] = "module field"
+
+
 def labels_digest(labels: np.ndarray) -> str:
     """sha256 of a label array (uint8, C order): which contours a set of results was computed from."""
     return hashlib.sha256(np.ascontiguousarray(labels, dtype=np.uint8).tobytes()).hexdigest()

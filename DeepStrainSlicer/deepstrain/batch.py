@@ -51,12 +51,17 @@ StudyFn = Callable[..., Any]
 COMPONENTS = ("radial", "circumferential", "longitudinal")
 VOLUME_KEYS = (
     "lv_edv_ml", "lv_esv_ml", "lv_sv_ml", "lv_ef_percent", "lv_mass_g",
-    "rv_edv_ml", "rv_esv_ml", "rv_ef_percent",
+    "rv_edv_ml", "rv_esv_ml", "rv_sv_ml", "rv_ef_percent",
+    "lv_edvi_ml_per_m2", "lv_esvi_ml_per_m2", "lv_svi_ml_per_m2", "lv_mass_index_g_per_m2",
+    "rv_edvi_ml_per_m2", "rv_esvi_ml_per_m2", "rv_svi_ml_per_m2",
+    "lv_cardiac_output_l_per_min", "lv_cardiac_index_l_per_min_per_m2",
 )  # fmt: skip
+SUBJECT_SUMMARY_KEYS = ("height_cm", "weight_kg", "bsa_m2", "heart_rate_bpm")
 PEAK_KEYS = tuple(f"{p}_{c}" for p in ("ess", "srs", "sre") for c in COMPONENTS)
 TWIST_SUMMARY_KEYS = ("es_twist_deg", "peak_systolic_twist_deg", "es_torsion_deg_per_cm", "peak_untwisting_rate_deg_per_s")
 AHA_KEYS = tuple(f"aha_{c}_{s}" for c in ("radial", "circumferential") for s in range(1, 18))
-SUMMARY_COLUMNS = (("id", "group", "status", "error", "seconds", "input", "quality") + VOLUME_KEYS + PEAK_KEYS
+SUMMARY_COLUMNS = (("id", "group", "status", "error", "seconds", "input", "quality") + SUBJECT_SUMMARY_KEYS
+                   + VOLUME_KEYS + PEAK_KEYS
                    + TWIST_SUMMARY_KEYS + AHA_KEYS)
 """Columns of ``summary.csv``: ``quality`` = the names of the automatic checks that fired
 (:mod:`deepstrain.quality`; ``;``-separated, empty = none; the messages are in the study's
@@ -241,6 +246,9 @@ def summary_row(
                seconds="" if seconds is None else f"{seconds:.2f}")
     if report:
         row["quality"] = ";".join(dict.fromkeys(str(q.get("check")) for q in report.get("quality") or []))
+        subject = report.get("subject") or {}
+        for k in SUBJECT_SUMMARY_KEYS:
+            row[k] = _fmt(subject.get(k))
         vol = report.get("volumetrics") or {}
         for k in VOLUME_KEYS:
             row[k] = _fmt(vol.get(k))

@@ -123,6 +123,42 @@ def reversed_axes(src: Geometry, dst: Geometry, shape: tuple[int, int, int], tol
     return tuple(axes)
 
 
+PLAUSIBLE_SUBJECT = {"height_cm": (40.0, 250.0), "weight_kg": (2.0, 350.0), "heart_rate_bpm": (20.0, 300.0)}
+"""Ranges outside which a subject value is refused (given by the user) or ignored (read from a header)."""
+
+
+def subject_value_problem(name: str, value: float | None) -> str | None:
+    """Why ``value`` is not a plausible ``name`` (a key of :data:`PLAUSIBLE_SUBJECT`), or None."""
+    if value is None:
+        return None
+    lo, hi = PLAUSIBLE_SUBJECT[name]
+    unit = name.rsplit("_", 1)[1]
+    if not np.isfinite(value) or not lo <= value <= hi:
+        return f"{name.rsplit('_', 1)[0].replace('_', ' ')} {value:g} {unit} is not plausible ({lo:g} to {hi:g} {unit})"
+    return None
+
+
+@dataclass
+class Subject:
+    """What the input (or the user) says about the person: body size for indexing volumes to the
+    body surface area, heart rate for cardiac output. ``None`` = unknown. ``sources`` names where
+    each known value came from (a file and its field, or the command line)."""
+
+    height_cm: float | None = None
+    weight_kg: float | None = None
+    heart_rate_bpm: float | None = None
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"height_cm": self.height_cm, "weight_kg": self.weight_kg, "heart_rate_bpm": self.heart_rate_bpm,
+                "sources": dict(self.sources)}
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "Subject":
+        d = d or {}
+        return cls(d.get("height_cm"), d.get("weight_kg"), d.get("heart_rate_bpm"), dict(d.get("sources") or {}))
+
+
 @dataclass
 class Cine:
     """A cine study: image frames, geometry, timing and what the input said about ED/ES."""
@@ -141,6 +177,8 @@ class Cine:
     labels: dict[int, np.ndarray] = field(default_factory=dict)
     """Manual label maps shipped with the input, by frame index into ``data``."""
     group: str | None = None
+    subject: Subject = field(default_factory=Subject)
+    """Height, weight and heart rate when the input or the user gave them (indexed volumes, cardiac output)."""
     warnings: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:

@@ -93,6 +93,9 @@ def _add_study_options(p: argparse.ArgumentParser) -> None:
     t = g.add_mutually_exclusive_group()
     t.add_argument("--heart-rate", type=float, metavar="BPM", help="heart rate: frame times = frame x RR / frames")
     t.add_argument("--rr-ms", type=float, metavar="MS", help="RR interval in ms (instead of --heart-rate)")
+    g.add_argument("--height", type=float, metavar="CM", help="the subject's height in cm (with --weight: volumes "
+                   "indexed to the body surface area; default: from an ACDC Info.cfg or the DICOM header)")
+    g.add_argument("--weight", type=float, metavar="KG", help="the subject's weight in kg (see --height)")
     g.add_argument("--ed", type=int, help="end-diastolic frame, 0-based (default: from the input, else largest LV)")
     g.add_argument("--es", type=int, help="end-systolic frame, 0-based (default: from the input, else smallest LV)")
 
@@ -151,6 +154,14 @@ def _print_summary(rep: dict, out: Path) -> None:
 
     print(f"{rep.get('study', 'study')}: EDV {f(vol.get('lv_edv_ml'), 'ml')}, ESV {f(vol.get('lv_esv_ml'), 'ml')}, "
           f"EF {f(vol.get('lv_ef_percent'), '%')}, LV mass {f(vol.get('lv_mass_g'), 'g')}")
+    subject = rep.get("subject") or {}
+    if subject.get("bsa_m2") is not None:
+        print(f"indexed to BSA {subject['bsa_m2']:.2f} m2: EDVi {f(vol.get('lv_edvi_ml_per_m2'), 'ml/m2')}, "
+              f"ESVi {f(vol.get('lv_esvi_ml_per_m2'), 'ml/m2')}, LV mass index {f(vol.get('lv_mass_index_g_per_m2'), 'g/m2')}, "
+              f"RV EDVi {f(vol.get('rv_edvi_ml_per_m2'), 'ml/m2')}")
+    if vol.get("lv_cardiac_output_l_per_min") is not None:
+        print(f"cardiac output {f(vol.get('lv_cardiac_output_l_per_min'), 'l/min')} at "
+              f"{subject.get('heart_rate_bpm', 0):.0f} bpm")
     print(f"ESS radial {f(ess.get('radial'), '%')}, circumferential {f(ess.get('circumferential'), '%')}")
     findings = rep.get("quality") or []
     print("quality checks: no finding" if not findings else
@@ -168,7 +179,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         segmentation=args.segmentation, displacement=args.displacement,
         spacing=tuple(args.spacing) if args.spacing else None,
         heart_rate_bpm=args.heart_rate, rr_ms=args.rr_ms, ed=args.ed, es=args.es,
-        overwrite=args.overwrite, progress=_ProgressLine(args.quiet), tta=args.tta,
+        height_cm=args.height, weight_kg=args.weight, overwrite=args.overwrite, progress=_ProgressLine(args.quiet), tta=args.tta,
         precision=args.precision, weights_dir=args.weights, refine_motion=args.refine_motion, qc=args.qc,
         rv_insertion_ras=tuple(args.rv_insertion) if args.rv_insertion else None,
     )

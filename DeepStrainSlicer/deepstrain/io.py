@@ -66,6 +66,15 @@ Inputs understood by :func:`load_cine` (array conventions: :mod:`deepstrain.cine
     from the per-frame functional groups, or the shared ones; frames without trigger times are
     ordered by their order in the file. Enhanced and single-frame files can form one series.
 
+* **Subject** (``cine.subject``: height, weight, heart rate; for volumes indexed to the body
+  surface area and the cardiac output): ACDC ``Info.cfg`` ``Height`` (cm) and ``Weight`` (kg);
+  DICOM ``PatientSize`` (m), ``PatientWeight`` (kg) and ``HeartRate`` (beats/min; else
+  ``60000 / NominalInterval`` ms), each the median over the series' images; NIfTI files carry
+  none. A header value outside :data:`deepstrain.cine.PLAUSIBLE_SUBJECT` is ignored with a
+  warning (a height entered in cm where DICOM wants m, a zero weight); ``height_cm``,
+  ``weight_kg`` and ``heart_rate_bpm`` / ``rr_ms`` replace what the input says, and an
+  implausible one is an error.
+
 * Overrides: ``spacing`` = ``(slice, row, col)`` mm replaces the input's spacing;
   ``heart_rate_bpm`` or ``rr_ms`` (not both) sets ``times_ms = frame_number * RR / N`` with
   ``N`` the number of frames in the cycle (``NbFrame`` for ACDC, else the number of frames)
@@ -107,7 +116,7 @@ from typing import Sequence
 import nibabel as nib
 import numpy as np
 
-from .cine import Cine, Geometry
+from .cine import Cine, Geometry, Subject, subject_value_problem
 from .errors import InputError
 
 __all__ = [
@@ -282,18 +291,25 @@ def load_cine(
     rr_ms: float | None = None,
     ed: int | None = None,
     es: int | None = None,
+    height_cm: float | None = None,
+    weight_kg: float | None = None,
 ) -> Cine:
     """Load a cine from a 4D NIfTI file, an ACDC patient folder or a DICOM cine folder.
 
     ``spacing`` ``(slice, row, col)`` in mm replaces the input's voxel size; ``heart_rate_bpm``
-    (beats/min) or ``rr_ms`` (ms) sets ``times_ms = frame_number * RR / frames_per_cycle``;
-    ``ed``/``es`` are 0-based frame numbers in the cardiac cycle. See the module docstring for
-    the layouts. Raises :class:`InputError` for unusable input; problems that do not stop the
-    analysis are warned (:class:`DeepStrainWarning`) and kept in ``cine.warnings``.
+    (beats/min) or ``rr_ms`` (ms) sets ``times_ms = frame_number * RR / frames_per_cycle`` and
+    the subject's heart rate; ``ed``/``es`` are 0-based frame numbers in the cardiac cycle;
+    ``height_cm`` / ``weight_kg`` replace the subject's height and weight from the input. See
+    the module docstring for the layouts. Raises :class:`InputError` for unusable input;
+    problems that do not stop the analysis are warned (:class:`DeepStrainWarning`) and kept in
+    ``cine.warnings``.
     """
     path = Path(path)
     if not path.exists():
         raise InputError(path, "file or folder not found")
+    for name, value in (("height_cm", height_cm), ("weight_kg", weight_kg)):
+        if value is not None and (problem := subject_value_problem(name, float(value))):
+            raise InputError(path, f"--{name.split('_')[0]}: {problem}")
     if spacing is not None:
         spacing_arr = np.asarray(spacing, dtype=np.float64).reshape(-1)
         if spacing_arr.shape != (3,) or not np.all(np.isfinite(spacing_arr)) or np.any(spacing_arr <= 0):
@@ -341,6 +357,12 @@ def load_cine(
         cine.times_ms = np.asarray(cine.frame_numbers, dtype=np.float64) * rr / n_cycle
         # the timing warnings of the input no longer apply
         messages[:] = [m for m in messages if "--heart-rate" not in m]
+        cine.subject.heart_rate_bpm = 60000.0 / rr
+        cine.subject.sources["heart_rate_bpm"] = "--heart-rate" if heart_rate_bpm is not None else "--rr-ms"
+    for name, value in (("height_cm", height_cm), ("weight_kg", weight_kg)):
+        if value is not None:
+            setattr(cine.subject, name, float(value))
+            cine.subject.sources[name] = f"--{name.split('_')[0]}"
 
     for attr, value in (("ed", ed), ("es", es)):
         if value is None:
@@ -406,6 +428,55 @@ def _cfg_int(cfg_path: Path, info: dict[str, str], key: str) -> int | None:
     if value != int(value) or value < 1:
         raise InputError(cfg_path, f"{key} must be a positive whole number (1-based), got {info[key]!r}")
     return int(value)
+
+
+def _header_subject(where: Path, values: dict[str, tuple[float | None, str]], messages: list[str]) -> Subject:
+    """A :class:`Subject` from header values ``name -> (value, field description)``; implausible ones
+    are left out with a warning naming the file and the field."""
+    subject = Subject()
+    for name, (value, source) in values.items():
+        if value is None:
+            continue
+        if problem := subject_value_problem(name, value):
+            flag = {"height_cm": "--height", "weight_kg": "--weight", "heart_rate_bpm": "--heart-rate"}[name]
+            _warn(messages, f"{where}: {source}: {problem}; ignored (give {flag})")
+            continue
+        setattr(subject, name, float(value))
+        subject.sources[name] = f"{where} {source}"
+    return subject
+
+
+def _cfg_float(cfg_path: Path, info: dict[str, str], key: str, messages: list[str]) -> float | None:
+    if key not in info:
+        return None
+    try:
+        return float(info[key])
+    except ValueError:
+        _warn(messages, f"{cfg_path}: {key} is not a number: {info[key]!r}; ignored")
+        return None
+
+
+def _dicom_subject(folder: Path, dsets: list, messages: list[str]) -> Subject:
+    """Height, weight and heart rate of a DICOM series (the median of each tag over its images)."""
+    def median(key: str) -> float | None:
+        xs = []
+        for ds in dsets:
+            try:
+                x = float(ds.get(key))
+            except (TypeError, ValueError):
+                continue
+            if np.isfinite(x) and x > 0:
+                xs.append(x)
+        return float(np.median(xs)) if xs else None
+
+    size_m, hr, rr = median("PatientSize"), median("HeartRate"), median("NominalInterval")
+    if hr is None and rr is not None:
+        hr_value = (60000.0 / rr, "NominalInterval (RR, ms)")
+    else:
+        hr_value = (hr, "HeartRate")
+    return _header_subject(folder, {"height_cm": (None if size_m is None else 100.0 * size_m, "PatientSize (m)"),
+                                    "weight_kg": (median("PatientWeight"), "PatientWeight (kg)"),
+                                    "heart_rate_bpm": hr_value}, messages)
 
 
 def _load_acdc_labels(path: Path, shape3d: tuple[int, int, int], geom: Geometry) -> np.ndarray:
@@ -523,7 +594,10 @@ def _load_acdc_folder(folder: Path, messages: list[str]) -> tuple[Cine, bool, in
             raise InputError(cfg, f"{key} frame {one_based} (1-based) is not among the images of the folder")
     cine = Cine(data=data, geometry=geom, times_ms=times, name=folder.name, source=str(folder),
                 ed=idx_of[ed_1 - 1], es=idx_of[es_1 - 1], frame_numbers=frame_numbers,
-                frame_files=frame_files, group=group)
+                frame_files=frame_files, group=group,
+                subject=_header_subject(cfg, {"height_cm": (_cfg_float(cfg, info, "Height", messages), "Height (cm)"),
+                                              "weight_kg": (_cfg_float(cfg, info, "Weight", messages), "Weight (kg)")},
+                                        messages))
     for k in sorted(gts):
         if k - 1 not in idx_of:
             _warn(messages, f"{gts[k]}: frame {k} has labels but is not among the loaded frames; ignored")
@@ -683,7 +757,8 @@ def _enhanced_frames(f: Path, ds: object) -> list:
             if key in src:
                 setattr(fr, key, src.get(key))
         fr.InstanceNumber = i + 1
-        for key in ("SeriesInstanceUID", "SeriesDescription"):
+        for key in ("SeriesInstanceUID", "SeriesDescription", "PatientSize", "PatientWeight", "HeartRate",
+                    "NominalInterval"):
             if key in ds:
                 setattr(fr, key, ds.get(key))
         setattr(fr, FRAME_INDEX_ATTR, i)
@@ -834,7 +909,8 @@ def _assemble_dicom_series(folder: Path, items: list[tuple[Path, object]], messa
     else:
         times = np.array([[recs[i][2] for i in m] for m in per_slice]).mean(axis=0)
     name = folder.stem if folder.is_file() else folder.name
-    return Cine(data=data, geometry=geom, times_ms=times, name=name, source=str(folder))
+    return Cine(data=data, geometry=geom, times_ms=times, name=name, source=str(folder),
+                subject=_dicom_subject(folder, [r[4] for r in recs], messages))
 
 
 # =========================================================================== labels / displacement

@@ -451,7 +451,9 @@ class _Texture:
     def __init__(self, rng: np.random.Generator, lo: np.ndarray, hi: np.ndarray, step_mm: float, sigma_mm: float) -> None:
         self.lo = np.asarray(lo, dtype=np.float64)
         self.step = step_mm
-        n = np.ceil((np.asarray(hi) - self.lo) / step_mm).astype(int) + 2
+        # the extent is often a whole number of steps: the tolerance keeps the grid size (and so every
+        # random number drawn for it) the same on every CPU, whose last bits may differ
+        n = np.ceil((np.asarray(hi) - self.lo) / step_mm - 1e-6).astype(int) + 2
         g = ndimage.gaussian_filter(rng.normal(size=tuple(n)), sigma_mm / step_mm, mode="wrap")
         self.grid = ((g - g.mean()) / g.std()).astype(np.float32)
 

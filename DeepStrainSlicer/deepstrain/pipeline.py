@@ -30,7 +30,7 @@ from .strain import (
     strain_components,
     strain_rate,
 )
-from .volumetrics import find_ed_es, label_volumes_ml, volumetrics
+from .volumetrics import body_surface_area, find_ed_es, label_volumes_ml, volumetrics
 
 ED_DISPLACEMENT_TOLERANCE_MM = 0.01
 """The displacement at the ED frame must be zero (it is the reference): largest |u| allowed there."""
@@ -62,8 +62,8 @@ class Analysis:
     """The networks' raw motion (:class:`deepstrain.refinement.NetworkMotion`) when
     :func:`deepstrain.analyze.analyze_cine` was asked to keep it; never written."""
 
-    def write(self, out_dir: str | Path) -> tuple[Path, Path]:
-        """Write report.json and strain.csv (with the volume curves) into the existing ``out_dir``."""
+    def write(self, out_dir: str | Path) -> tuple[Path, Path, Path]:
+        """Write report.json, strain.csv (with the volume curves) and results.csv into the existing ``out_dir``."""
         return write_report(self.report, out_dir, volume_curves=self.volume_curves)
 
 
@@ -145,7 +145,9 @@ def compute(
         es_i = f_es if es_i is None else es_i
     if ed_i == es_i:
         raise InputError(_where(cine), f"ED and ES are the same frame ({ed_i})")
-    vol = volumetrics(lab, cine.geometry, ed_i, es_i)
+    subject = cine.subject
+    bsa = body_surface_area(subject.height_cm, subject.weight_kg)
+    vol = volumetrics(lab, cine.geometry, ed_i, es_i, bsa_m2=bsa, heart_rate_bpm=subject.heart_rate_bpm)
 
     lab_ed = lab[ed_i]
     frame: CardiacFrame | None = None
@@ -209,6 +211,7 @@ def compute(
         es=es_i,
         times_ms=cine.times_ms,
         volumetrics=vol,
+        subject={**subject.as_dict(), "bsa_m2": bsa},
         curves=curves,
         rates=rates,
         peaks=peaks,

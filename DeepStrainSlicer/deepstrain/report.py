@@ -17,12 +17,15 @@ import numpy as np
 from .errors import InputError
 from .rotation import LEVELS
 from .strain import COMPONENTS
+from .volumetrics import BSA_FORMULA
 
 DECIMALS = 4
 
 TWIST_CURVES = ("twist_deg", "twist_rate_deg_per_s")
 TWIST_KEYS = TWIST_CURVES + ("es_twist_deg", "peak_systolic_twist_deg", "es_torsion_deg_per_cm",
                              "peak_untwisting_rate_deg_per_s", "level_separation_mm")
+
+SUBJECT_KEYS = ("height_cm", "weight_kg", "bsa_m2", "heart_rate_bpm")
 
 CONVENTIONS = (
     "Strain is the Lagrangian Green-Lagrange strain E = (F^T F - I)/2 relative to end-diastole (ED), "
@@ -42,7 +45,9 @@ CONVENTIONS = (
     "magnitude in early diastole. AHA 17 segments: signed angle from the septal "
     "direction (bisector of the RV insertion points), anterior at negative angles when viewed with "
     "l base to apex; aha = segment mean at ES. Volumes in ml by voxel counting (LV = LV cavity, "
-    "RV = RV cavity), LV mass in g = ED myocardium volume x 1.05 g/ml, EF in percent. "
+    "RV = RV cavity), LV mass in g = ED myocardium volume x 1.05 g/ml, EF in percent; indexed values "
+    "(ml/m^2, g/m^2) divide by the body surface area (Mosteller) of the subject's height and weight, "
+    "cardiac output (l/min) = LV stroke volume x heart rate, null where these are unknown. "
     "Frames are 0-based; times in ms after the R wave."
 )
 
@@ -81,6 +86,7 @@ def build_report(
     es: int,
     times_ms: np.ndarray,
     volumetrics: Mapping[str, float | None],
+    subject: Mapping[str, Any] | None = None,
     curves: Mapping[str, np.ndarray] | None = None,
     rates: Mapping[str, np.ndarray] | None = None,
     peaks: Mapping[str, Mapping[str, float | None]] | None = None,
@@ -95,8 +101,11 @@ def build_report(
     (percent; 1/s); ``peaks`` as returned by :func:`deepstrain.strain.peak_values`;
     ``aha_curves``: component -> ``{1..17: (T,) or None}``; ``rotations`` and ``twist`` as
     returned by :func:`deepstrain.rotation.level_rotations` and
-    :func:`deepstrain.rotation.twist_summary`. Missing parts become ``null``.
+    :func:`deepstrain.rotation.twist_summary`; ``subject``: ``height_cm``, ``weight_kg``,
+    ``heart_rate_bpm``, ``bsa_m2`` and ``sources`` (where each came from). Missing parts become
+    ``null``.
     """
+    subj = dict(subject or {})
     times = np.asarray(times_ms, dtype=np.float64).reshape(-1)
     if times.size != n_frames:
         raise ValueError("times_ms needs one value per frame")
@@ -119,6 +128,8 @@ def build_report(
         "study": str(study),
         "frames": {"count": int(n_frames), "ed": int(ed), "es": int(es), "times_ms": _list(times)},
         "volumetrics": {k: _num(v) for k, v in volumetrics.items()},
+        "subject": {**{k: _num(subj.get(k)) for k in SUBJECT_KEYS}, "bsa_formula": BSA_FORMULA,
+                    "sources": {str(k): str(v) for k, v in (subj.get("sources") or {}).items()}},
         "global_strain": {
             f"{c}_percent": (None if curves is None else _list(curves.get(c))) for c in COMPONENTS
         },
@@ -137,6 +148,40 @@ def build_report(
     }
 
 
+_UNITS = (("_l_per_min_per_m2", "l/min/m2"), ("_ml_per_m2", "ml/m2"), ("_g_per_m2", "g/m2"),
+          ("_l_per_min", "l/min"), ("_deg_per_cm", "deg/cm"), ("_deg_per_s", "deg/s"), ("_per_s", "1/s"),
+          ("_percent", "%"), ("_ml", "ml"), ("_g", "g"), ("_cm", "cm"), ("_kg", "kg"), ("_m2", "m2"),
+          ("_bpm", "beats/min"), ("_deg", "deg"), ("_mm", "mm"))
+
+
+def _split_unit(key: str) -> tuple[str, str]:
+    for suffix, unit in _UNITS:
+        if key.endswith(suffix):
+            return key[: -len(suffix)], unit
+    return key, ""
+
+
+def scalar_results(report: Mapping[str, Any]) -> list[tuple[str, float | None, str]]:
+    """The report's single-number results as ``(quantity, value, unit)`` rows, in a fixed order:
+    subject, volumes, ESS, SRs, SRe, twist (None where not computed)."""
+    rows: list[tuple[str, float | None, str]] = []
+    for block in ("subject", "volumetrics"):
+        for key, value in (report.get(block) or {}).items():
+            if isinstance(value, (int, float)) or (value is None and key not in ("sources",)):
+                name, unit = _split_unit(key)
+                if unit:
+                    rows.append((name, value, unit))
+    for peak, unit in (("ess", "%"), ("srs", "1/s"), ("sre", "1/s")):
+        vals = report.get(peak) or {}
+        rows.extend((f"{peak}_{c}", vals.get(c), unit) for c in COMPONENTS)
+    twist = report.get("twist") or {}
+    for key in TWIST_KEYS:
+        if key not in TWIST_CURVES:
+            name, unit = _split_unit(key)
+            rows.append((name, twist.get(key), unit))
+    return rows
+
+
 def _cell(v: float | None) -> str:
     return "" if v is None else repr(v)
 
@@ -145,8 +190,11 @@ def write_report(
     report: Mapping[str, Any],
     out_dir: str | os.PathLike,
     volume_curves: Mapping[str, np.ndarray] | None = None,
-) -> tuple[Path, Path]:
-    """Write ``report.json`` and ``strain.csv`` into the existing folder ``out_dir``.
+) -> tuple[Path, Path, Path]:
+    """Write ``report.json``, ``strain.csv`` and ``results.csv`` into the existing folder ``out_dir``.
+
+    ``results.csv``: the single-number results of :func:`scalar_results`, one per row, with the
+    columns quantity, value (empty: not computed) and unit.
 
     ``strain.csv`` has one row per frame: frame, time_ms, global strain (percent), strain rates
     (1/s), the volumes when ``volume_curves`` (``{"lv", "myo", "rv"}`` -> ``(T,)`` ml) is given,
@@ -156,8 +204,8 @@ def write_report(
     out = Path(out_dir)
     if not out.is_dir():
         raise InputError(out, "output folder does not exist")
-    json_path, csv_path = out / "report.json", out / "strain.csv"
-    for p in (json_path, csv_path):
+    json_path, csv_path, results_path = out / "report.json", out / "strain.csv", out / "results.csv"
+    for p in (json_path, csv_path, results_path):
         if p.exists():
             raise InputError(p, "file exists; refusing to overwrite it")
     text = json.dumps(report, indent=2, allow_nan=False)
@@ -195,4 +243,9 @@ def write_report(
         w.writerow([name for name, _ in columns])
         for i in range(n):
             w.writerow([str(vals[i]) if name == "frame" else _cell(vals[i]) for name, vals in columns])
-    return json_path, csv_path
+    with open(results_path, "x", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["quantity", "value", "unit"])
+        for name, value, unit in scalar_results(report):
+            w.writerow([name, _cell(value), unit])
+    return json_path, csv_path, results_path

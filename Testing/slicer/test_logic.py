@@ -319,6 +319,41 @@ def test_cine_from_loaded_sequence_with_overrides(harness, phantom):
     assert (c.ed, c.es) == (0, 3)
 
 
+def test_body_size_gives_indexed_volumes_and_a_results_table(harness, phantom):
+    """Height and weight fields index the volumes (Mosteller BSA); the results table lists every
+    single-number result with its unit; fields changed after Run count at Recompute, also after the
+    in-memory state is gone (the subject is kept in the parameter node)."""
+    cine, labels, disp = phantom
+    seq = mrml.cine_to_sequence(harness.scene, cine, "loaded 4D")
+    p = harness.params
+    p.height_cm, p.weight_kg, p.heart_rate_bpm = 180.0, 80.0, 60.0
+    c = harness.logic.cine_from_sequence(seq, p)
+    assert (c.subject.height_cm, c.subject.weight_kg, c.subject.heart_rate_bpm) == (180.0, 80.0, 60.0)
+    assert set(c.subject.sources.values()) == {"module field"}
+    a = harness.logic.run(c, p, labels, disp)
+    vol = a.report["volumetrics"]
+    assert a.report["subject"]["bsa_m2"] == pytest.approx(2.0)
+    assert vol["lv_edvi_ml_per_m2"] == pytest.approx(vol["lv_edv_ml"] / 2.0, abs=1e-3)
+    assert vol["lv_cardiac_output_l_per_min"] == pytest.approx(vol["lv_sv_ml"] * 60 / 1000, abs=1e-3)
+    res = harness.logic.results(p)
+    assert res["bsa"] == (pytest.approx(2.0), "m2") and res["lv_edv"][1] == "ml"
+    assert res["lv_mass_index"] == (pytest.approx(vol["lv_mass_g"] / 2.0, abs=1e-3), "g/m2")
+    assert res["ess_circumferential"][0] == pytest.approx(a.report["ess"]["circumferential"])
+    assert res["ess_circumferential"][1] == "%"
+    assert p.ref("ResultsTable").GetID() in p.study_nodes  # removed with the study
+    p.weight_kg = 125.0  # corrected after Run
+    new = harness.logic.recompute(p)
+    assert new.report["subject"]["bsa_m2"] == pytest.approx(2.5)
+    assert harness.logic.results(p)["lv_edvi"][0] == pytest.approx(vol["lv_edv_ml"] / 2.5, abs=1e-3)
+    harness.logic._cache = {}  # as after a scene reload: the subject comes from the parameter node
+    p.height_cm = p.weight_kg = 0.0
+    again = harness.logic.recompute(p)
+    assert again.report["subject"]["bsa_m2"] == pytest.approx(2.5) and again.report["subject"]["heart_rate_bpm"] == 60.0
+    p.weight_kg = 900.0
+    with pytest.raises(ValueError, match="weight 900 kg is not plausible"):
+        harness.logic.recompute(p)
+
+
 def test_weights_folder_without_manifest_is_refused_and_leaves_no_nodes(harness, phantom, tmp_path):
     cine, labels, disp = phantom
     before = harness.node_ids()
