@@ -309,7 +309,7 @@ def load_cine(
         raise InputError(path, "file or folder not found")
     for name, value in (("height_cm", height_cm), ("weight_kg", weight_kg)):
         if value is not None and (problem := subject_value_problem(name, float(value))):
-            raise InputError(path, f"--{name.split('_')[0]}: {problem}")
+            raise InputError(path, f"{_SUBJECT_FLAGS[name]}: {problem}")
     if spacing is not None:
         spacing_arr = np.asarray(spacing, dtype=np.float64).reshape(-1)
         if spacing_arr.shape != (3,) or not np.all(np.isfinite(spacing_arr)) or np.any(spacing_arr <= 0):
@@ -362,7 +362,7 @@ def load_cine(
     for name, value in (("height_cm", height_cm), ("weight_kg", weight_kg)):
         if value is not None:
             setattr(cine.subject, name, float(value))
-            cine.subject.sources[name] = f"--{name.split('_')[0]}"
+            cine.subject.sources[name] = _SUBJECT_FLAGS[name]
 
     for attr, value in (("ed", ed), ("es", es)):
         if value is None:
@@ -430,6 +430,9 @@ def _cfg_int(cfg_path: Path, info: dict[str, str], key: str) -> int | None:
     return int(value)
 
 
+_SUBJECT_FLAGS = {"height_cm": "--height", "weight_kg": "--weight", "heart_rate_bpm": "--heart-rate"}
+
+
 def _header_subject(where: Path, values: dict[str, tuple[float | None, str]], messages: list[str]) -> Subject:
     """A :class:`Subject` from header values ``name -> (value, field description)``; implausible ones
     are left out with a warning naming the file and the field."""
@@ -438,8 +441,7 @@ def _header_subject(where: Path, values: dict[str, tuple[float | None, str]], me
         if value is None:
             continue
         if problem := subject_value_problem(name, value):
-            flag = {"height_cm": "--height", "weight_kg": "--weight", "heart_rate_bpm": "--heart-rate"}[name]
-            _warn(messages, f"{where}: {source}: {problem}; ignored (give {flag})")
+            _warn(messages, f"{where}: {source}: {problem}; ignored (give {_SUBJECT_FLAGS[name]})")
             continue
         setattr(subject, name, float(value))
         subject.sources[name] = f"{where} {source}"

@@ -167,7 +167,7 @@ def scalar_results(report: Mapping[str, Any]) -> list[tuple[str, float | None, s
     rows: list[tuple[str, float | None, str]] = []
     for block in ("subject", "volumetrics"):
         for key, value in (report.get(block) or {}).items():
-            if isinstance(value, (int, float)) or (value is None and key not in ("sources",)):
+            if value is None or isinstance(value, (int, float)):  # not the formula text or the sources
                 name, unit = _split_unit(key)
                 if unit:
                     rows.append((name, value, unit))
