@@ -59,6 +59,19 @@ CRITERIA = {
 }
 
 
+def bias_table(rows: list[dict], keys: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """Print and return the bias (mean of predicted - manual) and SD of the differences of ``keys``."""
+    width = max(len(k) for k in keys) + 2
+    print(f"{'measure':{width}s} {'manual mean':>11s} {'bias':>7s} {'SD':>7s}")
+    out = {}
+    for k in keys:
+        diff = np.array([r[f"{k}_pred"] - r[f"{k}_manual"] for r in rows])
+        man = np.mean([r[f"{k}_manual"] for r in rows])
+        out[k] = {"bias": float(np.mean(diff)), "sd": float(np.std(diff, ddof=1)) if len(diff) > 1 else 0.0}
+        print(f"{k:{width}s} {man:11.1f} {out[k]['bias']:7.2f} {out[k]['sd']:7.2f}")
+    return out
+
+
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     s = a.sum() + b.sum()
     return float(2 * (a & b).sum() / s) if s else float("nan")
@@ -215,8 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         for k in cp:
             row[f"{k}_pred"], row[f"{k}_manual"] = cp[k], cg[k]
         bsa = body_surface_area(cine.subject.height_cm, cine.subject.weight_kg)
-        for who, lab in (("pred", pred.labels), ("manual", np.stack([cine.labels[cine.ed], cine.labels[cine.es]]))):
-            v = volumetrics(lab[[cine.ed, cine.es]] if who == "pred" else lab, cine.geometry, 0, 1, bsa_m2=bsa)
+        for who, ed_es in (("pred", pred.labels[[cine.ed, cine.es]]), ("manual", np.stack([cine.labels[cine.ed], cine.labels[cine.es]]))):
+            v = volumetrics(ed_es, cine.geometry, 0, 1, bsa_m2=bsa)
             for k in INDEXED_SHOWN:
                 row[f"{k}_{who}"] = v[k]
             for name, rule in CRITERIA.items():
@@ -248,21 +261,11 @@ def main(argv: list[str] | None = None) -> int:
             d, h95, hmx = m(f"dice_{s}_{ph}"), m(f"hd95_{s}_{ph}"), m(f"hdmax_{s}_{ph}")
             summary["dice"][f"{s}_{ph}"], summary["hd95_mm"][f"{s}_{ph}"], summary["hdmax_mm"][f"{s}_{ph}"] = d, h95, hmx
             print(f"{s:10s} {ph:5s} {d:6.3f} {TARGETS[(s, ph)]:7.2f} {h95:8.1f} {hmx:9.1f}")
-    print(f"\n{'measure':14s} {'manual mean':>11s} {'bias':>7s} {'SD':>7s}")
-    for k in ("lv_edv_ml", "lv_esv_ml", "lv_ef_percent", "lv_mass_g", "rv_edv_ml"):
-        diff = np.array([r[f"{k}_pred"] - r[f"{k}_manual"] for r in rows])
-        man = np.mean([r[f"{k}_manual"] for r in rows])
-        summary["clinical"][k] = {"bias": float(np.mean(diff)), "sd": float(np.std(diff, ddof=1)) if len(diff) > 1 else 0.0}
-        print(f"{k:14s} {man:11.1f} {np.mean(diff):7.2f} {summary['clinical'][k]['sd']:7.2f}")
+    print()
+    summary["clinical"] = bias_table(rows, ("lv_edv_ml", "lv_esv_ml", "lv_ef_percent", "lv_mass_g", "rv_edv_ml"))
     print("targets: EF bias within 1 point, SD < 3.5")
-    print(f"\nindexed to the body surface area (Mosteller; Info.cfg height and weight)\n"
-          f"{'measure':24s} {'manual mean':>11s} {'bias':>7s} {'SD':>7s}")
-    summary["indexed"] = {}
-    for k in INDEXED_SHOWN:
-        diff = np.array([r[f"{k}_pred"] - r[f"{k}_manual"] for r in rows])
-        man = np.mean([r[f"{k}_manual"] for r in rows])
-        summary["indexed"][k] = {"bias": float(np.mean(diff)), "sd": float(np.std(diff, ddof=1)) if len(diff) > 1 else 0.0}
-        print(f"{k:24s} {man:11.1f} {np.mean(diff):7.2f} {summary['indexed'][k]['sd']:7.2f}")
+    print("\nindexed to the body surface area (Mosteller; Info.cfg height and weight)")
+    summary["indexed"] = bias_table(rows, INDEXED_SHOWN)
     groups = sorted({str(r["group"]) for r in rows})
     print(f"\nACDC's volumetric group thresholds, patients meeting each (manual / network labels) per group, "
           f"and agreement\n{'criterion':34s} " + " ".join(f"{g:>9s}" for g in groups) + f" {'agree':>7s}")

@@ -35,7 +35,7 @@ import numpy as np
 import vtk
 
 import slicer
-from deepstrain.cine import Cine, Subject, subject_value_problem
+from deepstrain.cine import Cine, Subject
 from deepstrain.qc import COMPONENT_COLORS, VOLUME_COLORS, time_axis
 
 from . import mrml, polarmap
@@ -283,8 +283,7 @@ class DeepStrainLogic:
             rr = params.rr_ms
         if rr is not None:
             cine.times_ms = np.arange(cine.n_frames) * rr / cine.n_frames
-            cine.subject.heart_rate_bpm = 60000.0 / rr
-            cine.subject.sources["heart_rate_bpm"] = "module field"
+            cine.subject.given("heart_rate_bpm", 60000.0 / rr, "module field")
         body_size_fields(cine, params)
         cine.ed = None if params.ed < 0 else params.ed
         cine.es = None if params.es < 0 else params.es
@@ -1107,12 +1106,8 @@ class DeepStrainLogic:
 def body_size_fields(cine: Cine, params: Parameters) -> None:
     """The module's height and weight fields (0 = not given) onto ``cine.subject``."""
     for name in ("height_cm", "weight_kg"):
-        value = getattr(params, name)
-        if value:
-            if problem := subject_value_problem(name, value):
-                raise ValueError(problem)
-            setattr(cine.subject, name, float(value))
-            cine.subject.sources[name] = "module field"
+        if value := getattr(params, name):
+            cine.subject.given(name, value, "module field")
 
 
 def labels_digest(labels: np.ndarray) -> str:

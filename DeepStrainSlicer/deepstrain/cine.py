@@ -149,6 +149,14 @@ class Subject:
     heart_rate_bpm: float | None = None
     sources: dict[str, str] = field(default_factory=dict)
 
+    def given(self, name: str, value: float, source: str) -> None:
+        """Set ``name`` (``height_cm``, ``weight_kg`` or ``heart_rate_bpm``) to a value the user gave,
+        recording ``source``; ``ValueError`` when it is not plausible."""
+        if problem := subject_value_problem(name, float(value)):
+            raise ValueError(problem)
+        setattr(self, name, float(value))
+        self.sources[name] = source
+
     def as_dict(self) -> dict:
         return {"height_cm": self.height_cm, "weight_kg": self.weight_kg, "heart_rate_bpm": self.heart_rate_bpm,
                 "sources": dict(self.sources)}

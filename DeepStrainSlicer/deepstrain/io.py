@@ -318,8 +318,8 @@ def load_cine(
         raise InputError(path, "give either the heart rate or the RR interval, not both")
     rr = None
     if heart_rate_bpm is not None:
-        if not np.isfinite(heart_rate_bpm) or not 20 <= heart_rate_bpm <= 300:
-            raise InputError(path, f"heart rate {heart_rate_bpm} bpm is not plausible (20 to 300)")
+        if problem := subject_value_problem("heart_rate_bpm", float(heart_rate_bpm)):
+            raise InputError(path, problem)
         rr = 60000.0 / float(heart_rate_bpm)
     if rr_ms is not None:
         if not np.isfinite(rr_ms) or not 200 <= rr_ms <= 3000:
@@ -357,12 +357,10 @@ def load_cine(
         cine.times_ms = np.asarray(cine.frame_numbers, dtype=np.float64) * rr / n_cycle
         # the timing warnings of the input no longer apply
         messages[:] = [m for m in messages if "--heart-rate" not in m]
-        cine.subject.heart_rate_bpm = 60000.0 / rr
-        cine.subject.sources["heart_rate_bpm"] = "--heart-rate" if heart_rate_bpm is not None else "--rr-ms"
+        cine.subject.given("heart_rate_bpm", 60000.0 / rr, "--heart-rate" if heart_rate_bpm is not None else "--rr-ms")
     for name, value in (("height_cm", height_cm), ("weight_kg", weight_kg)):
-        if value is not None:
-            setattr(cine.subject, name, float(value))
-            cine.subject.sources[name] = _SUBJECT_FLAGS[name]
+        if value is not None:  # checked above, before reading the input
+            cine.subject.given(name, value, _SUBJECT_FLAGS[name])
 
     for attr, value in (("ed", ed), ("es", es)):
         if value is None:
