@@ -180,6 +180,7 @@ def analyze_path(
     es: int | None = None,
     height_cm: float | None = None,
     weight_kg: float | None = None,
+    subject_source: str | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
     tta: bool = False,
@@ -194,12 +195,13 @@ def analyze_path(
     ``ed``/``es`` are 0-based frame indices; ``spacing`` is (slice, row, column) in mm; ``qc``:
     also write ``qc.png`` (:mod:`deepstrain.qc`); ``rv_insertion_ras``: the anterior RV insertion
     point (RAS mm) orienting the AHA segments instead of the RV contours; ``height_cm`` /
-    ``weight_kg``: the subject's body size (indexed volumes), replacing the input's.
+    ``weight_kg``: the subject's body size (indexed volumes), replacing the input's;
+    ``subject_source``: where height, weight and heart rate came from (report; default the flags).
     """
     if progress:
         progress(0.0, "loading")
     cine = io.load_cine(input_path, spacing=spacing, heart_rate_bpm=heart_rate_bpm, rr_ms=rr_ms, ed=ed, es=es,
-                        height_cm=height_cm, weight_kg=weight_kg)
+                        height_cm=height_cm, weight_kg=weight_kg, subject_source=subject_source)
     labels = io.load_labels(segmentation, cine) if segmentation is not None else None
     disp = io.load_displacement(displacement, cine) if displacement is not None else None
     point = None

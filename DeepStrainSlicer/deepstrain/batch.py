@@ -14,6 +14,12 @@
   folder under ``OUT/.tmp/`` which is renamed to ``OUT/<id>`` only when complete, so a killed run
   never leaves a half-written study. A study is **done** when ``OUT/<id>/report.json`` is valid;
   a re-run skips done studies and retries failed ones.
+* A **subjects table** (:func:`read_subjects_csv`: ``id`` and any of ``group``, ``height_cm``,
+  ``weight_kg``, ``heart_rate_bpm``) gives each study its group and replaces the input's body size
+  and heart rate, as the ``--height`` / ``--weight`` / ``--heart-rate`` options of one analysis do
+  (indexed volumes, cardiac output; a heart rate also sets the frame times). Its values are part of
+  the study's result: a done study whose report used other values is reported as failed, with its
+  folder kept, until the user removes that folder (never re-analysed or overwritten silently).
 * ``OUT/summary.csv`` (:data:`SUMMARY_COLUMNS`) is rewritten atomically (temp file +
   ``os.replace``) after every study: one row per study known to this run (done or finished).
 * Execution: one worker runs the studies in this process; ``workers > 1`` uses a
@@ -89,6 +95,9 @@ class Study:
     path: Path
     kind: str  # "acdc", "ukbb", "dicom" or "nifti"
     group: str | None = None
+    subject: dict[str, float] = field(default_factory=dict)
+    """Values of the subjects table (:data:`SUBJECT_COLUMNS`) replacing the input's."""
+    subject_source: str = ""
 
 
 def _nifti_stem(name: str) -> str | None:
@@ -124,39 +133,91 @@ def read_info_group(info_cfg: Path) -> str | None:
     return None
 
 
-def read_groups_csv(path: str | os.PathLike) -> dict[str, str]:
-    """``id -> group`` from a CSV with a header holding the columns ``id`` and ``group``."""
+SUBJECT_COLUMNS = ("height_cm", "weight_kg", "heart_rate_bpm")
+"""Per-study values a subjects table may give (cm, kg, beats/min); they replace the input's, as
+``--height`` / ``--weight`` / ``--heart-rate`` do for one study."""
+_UNITLESS = {"height": "height_cm", "weight": "weight_kg", "heart_rate": "heart_rate_bpm", "hr": "heart_rate_bpm"}
+
+
+@dataclass(frozen=True)
+class TableRow:
+    """What a subjects table says about one study."""
+
+    group: str | None
+    subject: dict[str, float]
+    source: str  # "<table> line N"
+
+
+def read_subjects_csv(path: str | os.PathLike) -> dict[str, TableRow]:
+    """``id -> TableRow`` from a CSV with a header: ``id`` and any of ``group``, ``height_cm``,
+    ``weight_kg``, ``heart_rate_bpm`` (other columns are ignored; an empty cell = not given).
+
+    Raises :class:`InputError` naming the file and line for a missing ``id`` column, a column
+    whose unit is not in its name (``height``, ``weight``...), an empty or repeated id, and a value
+    that is not a number or not plausible (:data:`deepstrain.cine.PLAUSIBLE_SUBJECT`).
+    """
+    from .cine import subject_value_problem
+
     path = Path(path)
     if not path.is_file():
-        raise InputError(path, "groups CSV not found")
+        raise InputError(path, "subjects CSV not found")
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         fields = {(name or "").strip().lower(): name for name in (reader.fieldnames or [])}
-        if "id" not in fields or "group" not in fields:
-            raise InputError(path, f"groups CSV needs a header with columns 'id' and 'group', got {reader.fieldnames}")
-        out: dict[str, str] = {}
+        if "id" not in fields:
+            raise InputError(path, f"subjects CSV needs a header with an 'id' column, got {reader.fieldnames}")
+        for bare, named in _UNITLESS.items():
+            if bare in fields:
+                raise InputError(path, f"column {fields[bare]!r}: name the unit in the header ({named!r})")
+        if not any(k in fields for k in ("group", *SUBJECT_COLUMNS)):
+            raise InputError(path, f"subjects CSV has none of the columns 'group', {', '.join(map(repr, SUBJECT_COLUMNS))}"
+                                   f": got {reader.fieldnames}")
+        out: dict[str, TableRow] = {}
         for line, row in enumerate(reader, start=2):
+            if None in row:
+                raise InputError(path, f"line {line}: more cells than header columns")
             sid = (row.get(fields["id"]) or "").strip()
-            grp = (row.get(fields["group"]) or "").strip()
             if not sid:
                 raise InputError(path, f"line {line}: empty id")
-            if sid in out and out[sid] != grp:
-                raise InputError(path, f"line {line}: id {sid!r} listed twice with different groups")
-            if grp:
-                out[sid] = grp
+            if sid in out:
+                raise InputError(path, f"line {line}: id {sid!r} listed twice")
+            subject: dict[str, float] = {}
+            for name in SUBJECT_COLUMNS:
+                text = (row.get(fields[name]) or "").strip() if name in fields else ""
+                if not text:
+                    continue
+                try:
+                    value = float(text)
+                except ValueError:
+                    raise InputError(path, f"line {line} ({sid}): {name} {text!r} is not a number") from None
+                if problem := subject_value_problem(name, value):
+                    raise InputError(path, f"line {line} ({sid}): {problem}")
+                subject[name] = value
+            group = (row.get(fields["group"]) or "").strip() if "group" in fields else ""
+            out[sid] = TableRow(group or None, subject, f"{path} line {line}")
     return out
+
+
+def read_groups_csv(path: str | os.PathLike) -> dict[str, str]:
+    """``id -> group`` of a subjects table (:func:`read_subjects_csv`); an :class:`InputError` when
+    no row gives a group."""
+    groups = {sid: row.group for sid, row in read_subjects_csv(path).items() if row.group}
+    if not groups:
+        raise InputError(path, "no row gives a group (needs a 'group' column with values)")
+    return groups
 
 
 def discover_studies(
     input_dir: str | os.PathLike,
     *,
-    groups: Mapping[str, str] | None = None,
+    table: Mapping[str, TableRow] | None = None,
     exclude: Iterable[str | os.PathLike] = (),
 ) -> list[Study]:
     """Studies under ``input_dir`` sorted by path (see the module docstring for the rules).
 
-    ``groups`` (id -> group) overrides the ``Group`` of ``Info.cfg``; ``exclude`` lists folders not
-    to search (the output folder). Raises :class:`InputError` if the folder is missing or two
+    ``table`` (:func:`read_subjects_csv`): its group overrides the ``Group`` of ``Info.cfg``, its
+    body size and heart rate go to the study; ``exclude`` lists folders not to search (the output
+    folder). Raises :class:`InputError` if the folder is missing or two
     studies get the same id.
     """
     root = Path(input_dir)
@@ -206,9 +267,11 @@ def discover_studies(
         if sid in seen:
             raise InputError(path, f"has the same study id {sid!r} as {seen[sid]}; rename one of them")
         seen[sid] = path
-        if groups and sid in groups:
-            grp = groups[sid]
-        studies.append(Study(sid, path, kind, grp))
+        row = (table or {}).get(sid)
+        if row is None:
+            studies.append(Study(sid, path, kind, grp))
+        else:
+            studies.append(Study(sid, path, kind, row.group or grp, dict(row.subject), row.source))
     return studies
 
 
@@ -344,9 +407,9 @@ def run_one(
     out = Path(out_dir)
     final = out / study.id
     t0 = time.perf_counter()
-    existing = load_report(final)
-    if existing is not None:
-        return summary_row(study, existing, status="ok", seconds=_recorded_seconds(final))
+    done = done_row(study, final)
+    if done is not None:
+        return done
     if final.exists():
         return summary_row(study, None, status="failed", seconds=0.0,
                            error=f"{final}: exists but holds no valid report.json; remove it to analyse this study")
@@ -359,7 +422,10 @@ def run_one(
         with warnings.catch_warnings():
             # the analysis keeps its warnings in report.json; printed here they would break the progress bar
             warnings.simplefilter("ignore")
-            fn(str(study.path), str(work), **dict(study_kwargs or {}))
+            kwargs = dict(study_kwargs or {})
+            if study.subject:  # the subjects table's values, as --height / --weight / --heart-rate
+                kwargs.update(study.subject, subject_source=f"subjects table {study.subject_source}")
+            fn(str(study.path), str(work), **kwargs)
         report = load_report(work)
         if report is None:
             raise RuntimeError(f"the study function wrote no valid report.json into {work}")
@@ -379,6 +445,32 @@ def run_one(
         return summary_row(study, None, status="failed", error=_one_line(exc), seconds=time.perf_counter() - t0)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def subject_mismatch(study: Study, report: Mapping) -> str | None:
+    """Why a finished study's report disagrees with the subjects table's values for it (None if it
+    does not): the table changed after the study was analysed."""
+    subject = report.get("subject") or {}
+    for name, value in study.subject.items():
+        old = subject.get(name)
+        if old is None or not math.isclose(float(old), value, rel_tol=1e-6, abs_tol=1e-6):
+            where = (subject.get("sources") or {}).get(name, "the input")
+            was = "without it" if old is None else f"with {old:g} (from {where})"
+            return f"{name} is {value:g} in the subjects table ({study.subject_source}) but the study was analysed {was}"
+    return None
+
+
+def done_row(study: Study, folder: Path) -> dict[str, str] | None:
+    """The summary row of a study already analysed into ``folder`` (None when it is not done): ``ok``,
+    or ``failed`` when the subjects table now gives other values than the analysis used (the folder is
+    kept; the message says to remove it to analyse the study again)."""
+    report = load_report(folder)
+    if report is None:
+        return None
+    if problem := subject_mismatch(study, report):
+        return summary_row(study, None, status="failed",
+                           error=f"{folder}: {problem}; remove {folder} to analyse it again with the table's values")
+    return summary_row(study, report, status="ok", seconds=_recorded_seconds(folder))
 
 
 def _recorded_seconds(folder: Path) -> float | None:
@@ -549,7 +641,7 @@ def run_batch(
     *,
     workers: int = 1,
     scheduler: str | None = None,
-    groups_csv: str | os.PathLike | None = None,
+    subjects_csv: str | os.PathLike | None = None,
     study_fn: StudyFn | None = None,
     study_kwargs: Mapping[str, Any] | None = None,
     threads: int | None = None,
@@ -575,17 +667,17 @@ def run_batch(
         raise InputError(out, "output path exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not ((out / SUMMARY_NAME).is_file() or (out / _LOCK_NAME).exists()):
         raise InputError(out, "output folder is not empty and is not a batch output folder (no summary.csv)")
-    groups = read_groups_csv(groups_csv) if groups_csv is not None else None
-    studies = discover_studies(input_dir, groups=groups, exclude=[out])
+    table = read_subjects_csv(subjects_csv) if subjects_csv is not None else None
+    studies = discover_studies(input_dir, table=table, exclude=[out])
     if limit is not None:
         studies = studies[: max(0, int(limit))]
     if not studies:
         raise InputError(input_dir, "no studies found (ACDC folders with Info.cfg, UK Biobank subject folders, "
                                     "4D NIfTI files or DICOM cine folders)")
-    if groups and progress is not None:
-        unknown = sorted(set(groups) - {s.id for s in studies})
+    if table and progress is not None:
+        unknown = sorted(set(table) - {s.id for s in studies})
         if unknown:
-            progress.write(f"note: {len(unknown)} id(s) of the groups CSV are not among the studies: "
+            progress.write(f"note: {len(unknown)} id(s) of the subjects CSV are not among the studies: "
                            f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}\n")
     settings = batch_settings(study_fn, study_kwargs)
     out.mkdir(parents=True, exist_ok=True)
@@ -594,12 +686,15 @@ def run_batch(
         shutil.rmtree(out / _TMP_NAME, ignore_errors=True)  # leftovers of a killed run
         rows: dict[str, dict[str, str]] = {}
         todo: list[Study] = []
+        stale: list[dict[str, str]] = []  # done, but the subjects table now disagrees
         for s in studies:
-            rep = load_report(out / s.id)
-            if rep is not None:
-                rows[s.id] = summary_row(s, rep, status="ok", seconds=_recorded_seconds(out / s.id))
-            else:
+            row = done_row(s, out / s.id)
+            if row is None:
                 todo.append(s)
+            elif row["status"] == "ok":
+                rows[s.id] = row
+            else:
+                stale.append(row)
         order = {s.id: i for i, s in enumerate(studies)}
         summary_path = out / SUMMARY_NAME
         bar = ProgressBar(len(studies), skipped=len(rows), stream=progress)
@@ -611,6 +706,8 @@ def run_batch(
 
         write_summary(sorted(rows.values(), key=lambda r: order[r["id"]]), summary_path)
         bar.start()
+        for row in stale:
+            record(row)
         if todo:
             if scheduler:
                 _run_dask(todo, out, scheduler, study_fn, study_kwargs, threads or 1, record)

@@ -293,13 +293,16 @@ def load_cine(
     es: int | None = None,
     height_cm: float | None = None,
     weight_kg: float | None = None,
+    subject_source: str | None = None,
 ) -> Cine:
     """Load a cine from a 4D NIfTI file, an ACDC patient folder or a DICOM cine folder.
 
     ``spacing`` ``(slice, row, col)`` in mm replaces the input's voxel size; ``heart_rate_bpm``
     (beats/min) or ``rr_ms`` (ms) sets ``times_ms = frame_number * RR / frames_per_cycle`` and
     the subject's heart rate; ``ed``/``es`` are 0-based frame numbers in the cardiac cycle;
-    ``height_cm`` / ``weight_kg`` replace the subject's height and weight from the input. See
+    ``height_cm`` / ``weight_kg`` replace the subject's height and weight from the input;
+    ``subject_source`` says where these three values came from, for the report (default: the
+    command-line flag, e.g. ``--height``). See
     the module docstring for the layouts. Raises :class:`InputError` for unusable input;
     problems that do not stop the analysis are warned (:class:`DeepStrainWarning`) and kept in
     ``cine.warnings``.
@@ -357,10 +360,11 @@ def load_cine(
         cine.times_ms = np.asarray(cine.frame_numbers, dtype=np.float64) * rr / n_cycle
         # the timing warnings of the input no longer apply
         messages[:] = [m for m in messages if "--heart-rate" not in m]
-        cine.subject.given("heart_rate_bpm", 60000.0 / rr, "--heart-rate" if heart_rate_bpm is not None else "--rr-ms")
+        cine.subject.given("heart_rate_bpm", 60000.0 / rr,
+                           subject_source or ("--heart-rate" if heart_rate_bpm is not None else "--rr-ms"))
     for name, value in (("height_cm", height_cm), ("weight_kg", weight_kg)):
         if value is not None:  # checked above, before reading the input
-            cine.subject.given(name, value, _SUBJECT_FLAGS[name])
+            cine.subject.given(name, value, subject_source or _SUBJECT_FLAGS[name])
 
     for attr, value in (("ed", ed), ("es", es)):
         if value is None:
