@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,7 +49,7 @@ def test_discovery_rules_and_groups(tmp_path: Path) -> None:
     # a groups CSV overrides Info.cfg and fills the others
     gcsv = tmp_path / "groups.csv"
     gcsv.write_text("id,group\npatient003,HCM\nmore__cine4d,NOR\n")
-    got = {s.id: s.group for s in batch.discover_studies(root, table=batch.read_subjects_csv(gcsv))}
+    got = {s.id: s.group for s in batch.discover_studies(root, table=batch.read_study_table(gcsv))}
     assert got["patient003"] == "HCM" and got["more__cine4d"] == "NOR" and got["more__dicomseries"] is None
     assert batch.read_groups_csv(gcsv) == {"patient003": "HCM", "more__cine4d": "NOR"}
     # same order every time
@@ -253,16 +254,16 @@ def test_cli_batch_exit_codes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, c
     # a weights folder without a manifest is refused before anything is written
     assert cli.main(["batch", str(root), "--out", str(tmp_path / "o5"), "--weights", str(empty)]) == 2
     assert "manifest" in capsys.readouterr().err and not (tmp_path / "o5").exists()
-    # a subjects table's values reach the study function, naming their line
+    # a study table's values reach the study function, naming their line
     scsv = tmp_path / "s.csv"
     scsv.write_text("id,height_cm,weight_kg\npatient001,180,80\n")
     calls.clear()
     assert cli.main(["batch", str(root), "--out", str(tmp_path / "o6"), "--limit", "1", "--no-figures",
-                     "--subjects", str(scsv)]) == 0
+                     "--table", str(scsv)]) == 0
     assert calls[0]["height_cm"] == 180 and calls[0]["weight_kg"] == 80
-    assert calls[0]["subject_source"] == f"subjects table {scsv} line 2"
+    assert calls[0]["given_source"] == f"study table {scsv} line 2"
     scsv.write_text("id,height_cm\npatient001,tall\n")
-    assert cli.main(["batch", str(root), "--out", str(tmp_path / "o7"), "--subjects", str(scsv)]) == 2
+    assert cli.main(["batch", str(root), "--out", str(tmp_path / "o7"), "--table", str(scsv)]) == 2
     assert "height_cm 'tall' is not a number" in capsys.readouterr().err and not (tmp_path / "o7").exists()
 
 
@@ -289,21 +290,27 @@ def test_cli_batch_lists_the_studies_with_quality_findings(tmp_path: Path, monke
         "patient001": "open_myocardium;ef_outside_range", "patient002": ""}
 
 
-def test_subjects_table_is_read_strictly(tmp_path: Path) -> None:
+def test_study_table_is_read_strictly(tmp_path: Path) -> None:
     """Values by id, empty cells not given; every problem names the file and the line."""
-    good = tmp_path / "subjects.csv"
-    good.write_text("ID,Group,height_cm,weight_kg,heart_rate_bpm,notes\n"
-                    "a,NOR,180,80,,x\nb,,165.5,,72,\nc,DCM,,,,\n")
-    table = batch.read_subjects_csv(good)
-    assert table["a"].group == "NOR" and table["a"].subject == {"height_cm": 180.0, "weight_kg": 80.0}
-    assert table["b"].group is None and table["b"].subject == {"height_cm": 165.5, "heart_rate_bpm": 72.0}
-    assert table["c"].subject == {} and table["b"].source == f"{good} line 3"
+    good = tmp_path / "studies.csv"
+    good.write_text("ID,Group,height_cm,weight_kg,heart_rate_bpm,notes,slice_mm,row_mm,col_mm\n"
+                    "a,NOR,180,80,,x,,,\nb,,165.5,,72,,10,1.64,1.64\nc,DCM,,,,,,,\n")
+    table = batch.read_study_table(good)
+    assert table["a"].group == "NOR" and table["a"].options == {"height_cm": 180.0, "weight_kg": 80.0}
+    assert table["b"].group is None and table["b"].source == f"{good} line 3"
+    assert table["b"].options == {"height_cm": 165.5, "heart_rate_bpm": 72.0, "spacing": (10.0, 1.64, 1.64)}
+    assert table["c"].options == {}
     cases = {
-        "id,height\na,180\n": "'height': name the unit in the header ('height_cm')",
-        "id,hr\na,60\n": "name the unit in the header ('heart_rate_bpm')",
+        "id,spacing\na,10\n": "'spacing': name the unit in the header (slice_mm, row_mm, col_mm)",
+        "id,slice_mm,row_mm,col_mm\na,10,1.5,\n": "line 2 (a): give all of slice_mm, row_mm, col_mm or none",
+        "id,slice_mm,row_mm,col_mm\na,10,0,1.5\n": "line 2 (a): the voxel spacing must be positive",
+        "id,slice_mm,row_mm,col_mm\na,nan,1,1.5\n": "line 2 (a): slice_mm 'nan' is not a finite number",
+        "id,height\na,180\n": "'height': name the unit in the header (height_cm)",
+        "id,hr\na,60\n": "name the unit in the header (heart_rate_bpm)",
         "id,weight_kg\na,80\na,81\n": "line 3: id 'a' listed twice",
         "id,weight_kg\na,eighty\n": "line 2 (a): weight_kg 'eighty' is not a number",
         "id,height_cm\na,1.8\n": "line 2 (a): height 1.8 cm is not plausible",
+        "id,height_cm\na,inf\n": "line 2 (a): height_cm 'inf' is not a finite number",
         "id,height_cm\n,180\n": "line 2: empty id",
         "id,height_cm\na,180,3\n": "line 2: more cells than header columns",
         "id,notes\na,x\n": "none of the columns",
@@ -313,17 +320,17 @@ def test_subjects_table_is_read_strictly(tmp_path: Path) -> None:
         bad = tmp_path / f"bad{i}.csv"
         bad.write_text(text)
         with pytest.raises(InputError) as err:
-            batch.read_subjects_csv(bad)
+            batch.read_study_table(bad)
         assert message in str(err.value) and str(bad) in str(err.value), str(err.value)
     no_group = tmp_path / "no_group.csv"
     no_group.write_text("id,weight_kg\na,80\n")
     with pytest.raises(InputError, match="no row gives a group"):
         batch.read_groups_csv(no_group)
     with pytest.raises(InputError, match="not found"):
-        batch.read_subjects_csv(tmp_path / "missing.csv")
+        batch.read_study_table(tmp_path / "missing.csv")
 
 
-def _small_nifti_study(folder: Path) -> dict[str, str]:
+def _small_nifti_study(folder: Path, zooms: tuple[float, float, float] = (1.5, 1.5, 8.0)) -> dict[str, str]:
     """A 4D cine without body size in its header, with labels and zero motion on its grid (no networks)."""
     import nibabel as nib
     import numpy as np
@@ -332,7 +339,7 @@ def _small_nifti_study(folder: Path) -> dict[str, str]:
     from deepstrain.io import save_displacement
 
     folder.mkdir(parents=True)
-    aff = np.diag([1.5, 1.5, 8.0, 1.0])
+    aff = np.diag([*zooms, 1.0])
     x, z, t = 24, 4, 5
     cine = np.random.default_rng(0).random((x, x, z, t)).astype(np.float32)
     yy, xx = np.mgrid[:x, :x]
@@ -343,7 +350,7 @@ def _small_nifti_study(folder: Path) -> dict[str, str]:
     labels[(np.abs(xx - 3) < 2) & (np.abs(yy - 12) < 5)] = 1
     for name, data in (("cine", cine), ("cine_seg", labels)):
         img = nib.Nifti1Image(data, aff)
-        img.header.set_zooms((1.5, 1.5, 8.0, 40.0))
+        img.header.set_zooms((*zooms, 40.0))
         img.header.set_xyzt_units("mm", "msec")
         nib.save(img, str(folder / f"{name}.nii.gz"))
     save_displacement(np.zeros((t, 3, z, x, x), np.float32), Geometry.from_nifti_affine(aff), folder / "disp.nii.gz")
@@ -351,20 +358,21 @@ def _small_nifti_study(folder: Path) -> dict[str, str]:
             "ed": 0, "es": 2}
 
 
-def test_subjects_table_indexes_a_cohort_and_a_changed_table_is_not_applied_silently(tmp_path: Path) -> None:
+def test_study_table_indexes_a_cohort_and_a_changed_table_is_not_applied_silently(tmp_path: Path) -> None:
     """The real analysis of a NIfTI study (no body size in its header) gets height, weight and heart rate
-    from the subjects table: indexed volumes and cardiac output in the report and the summary, with the
+    from the study table: indexed volumes and cardiac output in the report and the summary, with the
     table's line as their source. When the table changes later, the done study is reported failed and
-    left as it was until its folder is removed; then it is analysed with the new values."""
+    left as it was until its folder is removed; then it is analysed with the new values. A spacing in the
+    table replaces the header's (the volumes scale with the voxel volume)."""
     kw = _small_nifti_study(tmp_path / "in")
     table = tmp_path / "subjects.csv"
     table.write_text("id,group,height_cm,weight_kg,heart_rate_bpm\ncine,NOR,180,80,75\nsomeone_else,DCM,170,70,\n")
     out = tmp_path / "out"
     stream = io.StringIO()
-    res = batch.run_batch(tmp_path / "in", out, subjects_csv=table, study_kwargs=kw, progress=stream, figures=False)
-    assert res.exit_code == 0 and "1 id(s) of the subjects CSV are not among the studies: someone_else" in stream.getvalue()
+    res = batch.run_batch(tmp_path / "in", out, table_csv=table, study_kwargs=kw, progress=stream, figures=False)
+    assert res.exit_code == 0 and "1 id(s) of the study table are not among the studies: someone_else" in stream.getvalue()
     rep = json.loads((out / "cine" / "report.json").read_text())
-    source = f"subjects table {table} line 2"
+    source = f"study table {table} line 2"
     assert rep["subject"]["sources"] == {"height_cm": source, "weight_kg": source, "heart_rate_bpm": source}
     assert rep["subject"]["bsa_m2"] == pytest.approx(2.0) and rep["frames"]["times_ms"][1] == pytest.approx(800 / 5)
     vol = rep["volumetrics"]
@@ -375,17 +383,36 @@ def test_subjects_table_indexes_a_cohort_and_a_changed_table_is_not_applied_sile
     # the table changes: nothing is re-analysed or overwritten, the study is reported with the reason
     before = (out / "cine" / "report.json").read_bytes()
     table.write_text("id,height_cm,weight_kg\ncine,170,80\n")
-    res2 = batch.run_batch(tmp_path / "in", out, subjects_csv=table, study_kwargs=kw, progress=None, figures=False)
+    res2 = batch.run_batch(tmp_path / "in", out, table_csv=table, study_kwargs=kw, progress=None, figures=False)
     assert res2.exit_code == 1 and res2.n_failed == 1 and res2.n_skipped == 0
     err = _rows(out / "summary.csv")[0]["error"]
-    assert f"height_cm is 170 in the subjects table ({table} line 2) but the study was analysed with 180" in err
+    assert f"height_cm is 170 in the study table ({table} line 2) but the study was analysed with 180" in err
     assert f"remove {out / 'cine'}" in err and (out / "cine" / "report.json").read_bytes() == before
     # without a table (or with its values) the study is done as it was
     assert batch.run_batch(tmp_path / "in", out, study_kwargs=kw, progress=None, figures=False).n_skipped == 1
-    import shutil
 
     shutil.rmtree(out / "cine")
-    res3 = batch.run_batch(tmp_path / "in", out, subjects_csv=table, study_kwargs=kw, progress=None, figures=False)
+    res3 = batch.run_batch(tmp_path / "in", out, table_csv=table, study_kwargs=kw, progress=None, figures=False)
     assert res3.exit_code == 0 and res3.n_ok == 1
     rep3 = json.loads((out / "cine" / "report.json").read_text())
     assert rep3["subject"]["height_cm"] == 170 and rep3["subject"]["heart_rate_bpm"] is None
+    assert rep3["provenance"]["voxel_spacing_mm"] == [8.0, 1.5, 1.5] and rep3["provenance"]["voxel_spacing_source"] == "input"
+    # a spacing given by the table replaces the header's (here the header of the given labels and
+    # motion says the same, as load_labels demands)
+    kw2 = _small_nifti_study(tmp_path / "in2", zooms=(3.0, 3.0, 10.0))
+    (tmp_path / "in2" / "cine.nii.gz").unlink()
+    shutil.copy(tmp_path / "in" / "cine.nii.gz", tmp_path / "in2" / "cine.nii.gz")  # header: 1.5 x 1.5 x 8
+    table.write_text("id,height_cm,weight_kg,slice_mm,row_mm,col_mm\ncine,170,80,10,3,3\n")
+    out2 = tmp_path / "out2"
+    assert batch.run_batch(tmp_path / "in2", out2, table_csv=table, study_kwargs=kw2, progress=None, figures=False).n_ok == 1
+    rep4 = json.loads((out2 / "cine" / "report.json").read_text())
+    assert rep4["provenance"]["voxel_spacing_mm"] == [10.0, 3.0, 3.0]
+    assert rep4["provenance"]["voxel_spacing_source"] == f"study table {table} line 2"
+    assert rep4["volumetrics"]["lv_edv_ml"] == pytest.approx(rep3["volumetrics"]["lv_edv_ml"] * 90 / 18, rel=1e-6)
+    # ... and a done study analysed on another spacing is stale
+    study = batch.discover_studies(tmp_path / "in", table=batch.read_study_table(table))[0]
+    assert study.options["spacing"] == (10.0, 3.0, 3.0)
+    problem = batch.table_mismatch(study, rep3)
+    assert problem == (f"the voxel spacing (mm) is 10 x 3 x 3 in the study table ({table} line 2) but the study "
+                       "was analysed with 8 x 1.5 x 1.5 (from input)")
+    assert batch.table_mismatch(study, rep4) is None

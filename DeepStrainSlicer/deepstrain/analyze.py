@@ -180,7 +180,7 @@ def analyze_path(
     es: int | None = None,
     height_cm: float | None = None,
     weight_kg: float | None = None,
-    subject_source: str | None = None,
+    given_source: str | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
     tta: bool = False,
@@ -196,12 +196,14 @@ def analyze_path(
     also write ``qc.png`` (:mod:`deepstrain.qc`); ``rv_insertion_ras``: the anterior RV insertion
     point (RAS mm) orienting the AHA segments instead of the RV contours; ``height_cm`` /
     ``weight_kg``: the subject's body size (indexed volumes), replacing the input's;
-    ``subject_source``: where height, weight and heart rate came from (report; default the flags).
+    ``given_source``: where the given spacing, heart rate, height and weight came from, for the
+    report (default: the command-line flags). The report's ``provenance`` records the voxel
+    spacing used (``voxel_spacing_mm``, slice, row, column) and its source.
     """
     if progress:
         progress(0.0, "loading")
     cine = io.load_cine(input_path, spacing=spacing, heart_rate_bpm=heart_rate_bpm, rr_ms=rr_ms, ed=ed, es=es,
-                        height_cm=height_cm, weight_kg=weight_kg, subject_source=subject_source)
+                        height_cm=height_cm, weight_kg=weight_kg, given_source=given_source)
     labels = io.load_labels(segmentation, cine) if segmentation is not None else None
     disp = io.load_displacement(displacement, cine) if displacement is not None else None
     point = None
@@ -215,6 +217,9 @@ def analyze_path(
                             rv_insertion_ras=point)
     if progress and qc:
         progress(0.97, "quality-control picture")
+    analysis.report["provenance"].update(
+        voxel_spacing_mm=[float(v) for v in cine.geometry.spacing],
+        voxel_spacing_source="input" if spacing is None else (given_source or "--spacing"))
     write_analysis(analysis, out_dir, overwrite=overwrite, qc=qc)
     if progress:
         progress(1.0, "done")

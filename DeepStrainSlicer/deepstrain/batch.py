@@ -14,10 +14,11 @@
   folder under ``OUT/.tmp/`` which is renamed to ``OUT/<id>`` only when complete, so a killed run
   never leaves a half-written study. A study is **done** when ``OUT/<id>/report.json`` is valid;
   a re-run skips done studies and retries failed ones.
-* A **subjects table** (:func:`read_subjects_csv`: ``id`` and any of ``group``, ``height_cm``,
-  ``weight_kg``, ``heart_rate_bpm``) gives each study its group and replaces the input's body size
-  and heart rate, as the ``--height`` / ``--weight`` / ``--heart-rate`` options of one analysis do
-  (indexed volumes, cardiac output; a heart rate also sets the frame times). Its values are part of
+* A **study table** (:func:`read_study_table`: ``id`` and any of ``group``, ``height_cm``,
+  ``weight_kg``, ``heart_rate_bpm``, ``slice_mm``/``row_mm``/``col_mm``) gives each study its group
+  and replaces the input's body size, heart rate and voxel spacing, as the ``--height`` /
+  ``--weight`` / ``--heart-rate`` / ``--spacing`` options of one analysis do (indexed volumes,
+  cardiac output; a heart rate also sets the frame times; a spacing mends a header that lost it). Its values are part of
   the study's result: a done study whose report used other values is reported as failed, with its
   folder kept, until the user removes that folder (never re-analysed or overwritten silently).
 * ``OUT/summary.csv`` (:data:`SUMMARY_COLUMNS`) is rewritten atomically (temp file +
@@ -95,9 +96,9 @@ class Study:
     path: Path
     kind: str  # "acdc", "ukbb", "dicom" or "nifti"
     group: str | None = None
-    subject: dict[str, float] = field(default_factory=dict)
-    """Values of the subjects table (:data:`SUBJECT_COLUMNS`) replacing the input's."""
-    subject_source: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Analysis options from the study table (:class:`TableRow`), replacing the input's values."""
+    table_source: str = ""
 
 
 def _nifti_stem(name: str) -> str | None:
@@ -134,44 +135,66 @@ def read_info_group(info_cfg: Path) -> str | None:
 
 
 SUBJECT_COLUMNS = ("height_cm", "weight_kg", "heart_rate_bpm")
-"""Per-study values a subjects table may give (cm, kg, beats/min); they replace the input's, as
+"""Study-table columns that replace the input's body size and heart rate (cm, kg, beats/min), as
 ``--height`` / ``--weight`` / ``--heart-rate`` do for one study."""
-_UNITLESS = {"height": "height_cm", "weight": "weight_kg", "heart_rate": "heart_rate_bpm", "hr": "heart_rate_bpm"}
+SPACING_COLUMNS = ("slice_mm", "row_mm", "col_mm")
+"""Study-table columns that replace the input's voxel spacing (mm; all three or none), as
+``--spacing SLICE ROW COL`` does for one study (files whose header lost it)."""
+_UNITLESS = {"height": "height_cm", "weight": "weight_kg", "heart_rate": "heart_rate_bpm", "hr": "heart_rate_bpm",
+             "spacing": "slice_mm, row_mm, col_mm"}
 
 
 @dataclass(frozen=True)
 class TableRow:
-    """What a subjects table says about one study."""
+    """What a study table says about one study: its group, and keyword arguments of
+    :func:`deepstrain.analyze.analyze_path` (``height_cm``, ``weight_kg``, ``heart_rate_bpm``,
+    ``spacing``)."""
 
     group: str | None
-    subject: dict[str, float]
+    options: dict[str, Any]
     source: str  # "<table> line N"
 
 
-def read_subjects_csv(path: str | os.PathLike) -> dict[str, TableRow]:
-    """``id -> TableRow`` from a CSV with a header: ``id`` and any of ``group``, ``height_cm``,
-    ``weight_kg``, ``heart_rate_bpm`` (other columns are ignored; an empty cell = not given).
+def _table_number(path: Path, line: int, sid: str, name: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise InputError(path, f"line {line} ({sid}): {name} {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise InputError(path, f"line {line} ({sid}): {name} {text!r} is not a finite number")
+    return value
+
+
+def read_study_table(path: str | os.PathLike) -> dict[str, TableRow]:
+    """``id -> TableRow`` from a CSV with a header: ``id`` and any of ``group``,
+    :data:`SUBJECT_COLUMNS` and :data:`SPACING_COLUMNS` (other columns are ignored; an empty cell =
+    not given).
 
     Raises :class:`InputError` naming the file and line for a missing ``id`` column, a column
-    whose unit is not in its name (``height``, ``weight``...), an empty or repeated id, and a value
-    that is not a number or not plausible (:data:`deepstrain.cine.PLAUSIBLE_SUBJECT`).
+    whose unit is not in its name (``height``, ``weight``...), an empty or repeated id, a value
+    that is not a number or not plausible (:data:`deepstrain.cine.PLAUSIBLE_SUBJECT`; spacing
+    positive), and a spacing with only some of its three values.
     """
     from .cine import subject_value_problem
 
     path = Path(path)
     if not path.is_file():
-        raise InputError(path, "subjects CSV not found")
+        raise InputError(path, "study table not found")
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         fields = {(name or "").strip().lower(): name for name in (reader.fieldnames or [])}
         if "id" not in fields:
-            raise InputError(path, f"subjects CSV needs a header with an 'id' column, got {reader.fieldnames}")
+            raise InputError(path, f"study table needs a header with an 'id' column, got {reader.fieldnames}")
         for bare, named in _UNITLESS.items():
             if bare in fields:
-                raise InputError(path, f"column {fields[bare]!r}: name the unit in the header ({named!r})")
-        if not any(k in fields for k in ("group", *SUBJECT_COLUMNS)):
-            raise InputError(path, f"subjects CSV has none of the columns 'group', {', '.join(map(repr, SUBJECT_COLUMNS))}"
-                                   f": got {reader.fieldnames}")
+                raise InputError(path, f"column {fields[bare]!r}: name the unit in the header ({named})")
+        known = ("group", *SUBJECT_COLUMNS, *SPACING_COLUMNS)
+        if not any(k in fields for k in known):
+            raise InputError(path, f"study table has none of the columns {', '.join(known)}: got {reader.fieldnames}")
+
+        def cell(row: dict, name: str) -> str:
+            return (row.get(fields[name]) or "").strip() if name in fields else ""
+
         out: dict[str, TableRow] = {}
         for line, row in enumerate(reader, start=2):
             if None in row:
@@ -181,27 +204,29 @@ def read_subjects_csv(path: str | os.PathLike) -> dict[str, TableRow]:
                 raise InputError(path, f"line {line}: empty id")
             if sid in out:
                 raise InputError(path, f"line {line}: id {sid!r} listed twice")
-            subject: dict[str, float] = {}
+            options: dict[str, Any] = {}
             for name in SUBJECT_COLUMNS:
-                text = (row.get(fields[name]) or "").strip() if name in fields else ""
-                if not text:
-                    continue
-                try:
-                    value = float(text)
-                except ValueError:
-                    raise InputError(path, f"line {line} ({sid}): {name} {text!r} is not a number") from None
-                if problem := subject_value_problem(name, value):
-                    raise InputError(path, f"line {line} ({sid}): {problem}")
-                subject[name] = value
-            group = (row.get(fields["group"]) or "").strip() if "group" in fields else ""
-            out[sid] = TableRow(group or None, subject, f"{path} line {line}")
+                if text := cell(row, name):
+                    value = _table_number(path, line, sid, name, text)
+                    if problem := subject_value_problem(name, value):
+                        raise InputError(path, f"line {line} ({sid}): {problem}")
+                    options[name] = value
+            texts = [cell(row, name) for name in SPACING_COLUMNS]
+            if any(texts):
+                if not all(texts):
+                    raise InputError(path, f"line {line} ({sid}): give all of {', '.join(SPACING_COLUMNS)} or none")
+                spacing = tuple(_table_number(path, line, sid, n, t) for n, t in zip(SPACING_COLUMNS, texts))
+                if min(spacing) <= 0:
+                    raise InputError(path, f"line {line} ({sid}): the voxel spacing must be positive, got {spacing} mm")
+                options["spacing"] = spacing
+            out[sid] = TableRow(cell(row, "group") or None, options, f"{path} line {line}")
     return out
 
 
 def read_groups_csv(path: str | os.PathLike) -> dict[str, str]:
-    """``id -> group`` of a subjects table (:func:`read_subjects_csv`); an :class:`InputError` when
+    """``id -> group`` of a study table (:func:`read_study_table`); an :class:`InputError` when
     no row gives a group."""
-    groups = {sid: row.group for sid, row in read_subjects_csv(path).items() if row.group}
+    groups = {sid: row.group for sid, row in read_study_table(path).items() if row.group}
     if not groups:
         raise InputError(path, "no row gives a group (needs a 'group' column with values)")
     return groups
@@ -215,8 +240,8 @@ def discover_studies(
 ) -> list[Study]:
     """Studies under ``input_dir`` sorted by path (see the module docstring for the rules).
 
-    ``table`` (:func:`read_subjects_csv`): its group overrides the ``Group`` of ``Info.cfg``, its
-    body size and heart rate go to the study; ``exclude`` lists folders not to search (the output
+    ``table`` (:func:`read_study_table`): its group overrides the ``Group`` of ``Info.cfg``, its
+    analysis options (body size, heart rate, spacing) go to the study; ``exclude`` lists folders not to search (the output
     folder). Raises :class:`InputError` if the folder is missing or two
     studies get the same id.
     """
@@ -271,7 +296,7 @@ def discover_studies(
         if row is None:
             studies.append(Study(sid, path, kind, grp))
         else:
-            studies.append(Study(sid, path, kind, row.group or grp, dict(row.subject), row.source))
+            studies.append(Study(sid, path, kind, row.group or grp, dict(row.options), row.source))
     return studies
 
 
@@ -423,8 +448,8 @@ def run_one(
             # the analysis keeps its warnings in report.json; printed here they would break the progress bar
             warnings.simplefilter("ignore")
             kwargs = dict(study_kwargs or {})
-            if study.subject:  # the subjects table's values, as --height / --weight / --heart-rate
-                kwargs.update(study.subject, subject_source=f"subjects table {study.subject_source}")
+            if study.options:  # the study table's values, as --height / --weight / --heart-rate / --spacing
+                kwargs.update(study.options, given_source=f"study table {study.table_source}")
             fn(str(study.path), str(work), **kwargs)
         report = load_report(work)
         if report is None:
@@ -447,27 +472,37 @@ def run_one(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def subject_mismatch(study: Study, report: Mapping) -> str | None:
-    """Why a finished study's report disagrees with the subjects table's values for it (None if it
+def table_mismatch(study: Study, report: Mapping) -> str | None:
+    """Why a finished study's report disagrees with the study table's values for it (None if it
     does not): the table changed after the study was analysed."""
     subject = report.get("subject") or {}
-    for name, value in study.subject.items():
-        old = subject.get(name)
-        if old is None or not math.isclose(float(old), value, rel_tol=1e-6, abs_tol=1e-6):
-            where = (subject.get("sources") or {}).get(name, "the input")
-            was = "without it" if old is None else f"with {old:g} (from {where})"
-            return f"{name} is {value:g} in the subjects table ({study.subject_source}) but the study was analysed {was}"
+    prov = report.get("provenance") or {}
+    for name, value in study.options.items():
+        if name == "spacing":
+            what, where = "the voxel spacing (mm)", prov.get("voxel_spacing_source", "the input")
+            new, old = tuple(value), prov.get("voxel_spacing_mm")
+        else:
+            what, where = name, (subject.get("sources") or {}).get(name, "the input")
+            new, old = (value,), (None if subject.get(name) is None else [subject[name]])
+        same = old is not None and len(old) == len(new) and all(
+            math.isclose(float(o), v, rel_tol=1e-6, abs_tol=1e-9) for o, v in zip(old, new))
+        if not same:
+            def text(vals) -> str:
+                return " x ".join(f"{float(v):g}" for v in vals)
+
+            was = "without it" if old is None else f"with {text(old)} (from {where})"
+            return f"{what} is {text(new)} in the study table ({study.table_source}) but the study was analysed {was}"
     return None
 
 
 def done_row(study: Study, folder: Path) -> dict[str, str] | None:
     """The summary row of a study already analysed into ``folder`` (None when it is not done): ``ok``,
-    or ``failed`` when the subjects table now gives other values than the analysis used (the folder is
+    or ``failed`` when the study table now gives other values than the analysis used (the folder is
     kept; the message says to remove it to analyse the study again)."""
     report = load_report(folder)
     if report is None:
         return None
-    if problem := subject_mismatch(study, report):
+    if problem := table_mismatch(study, report):
         return summary_row(study, None, status="failed",
                            error=f"{folder}: {problem}; remove {folder} to analyse it again with the table's values")
     return summary_row(study, report, status="ok", seconds=_recorded_seconds(folder))
@@ -641,7 +676,7 @@ def run_batch(
     *,
     workers: int = 1,
     scheduler: str | None = None,
-    subjects_csv: str | os.PathLike | None = None,
+    table_csv: str | os.PathLike | None = None,
     study_fn: StudyFn | None = None,
     study_kwargs: Mapping[str, Any] | None = None,
     threads: int | None = None,
@@ -667,7 +702,7 @@ def run_batch(
         raise InputError(out, "output path exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not ((out / SUMMARY_NAME).is_file() or (out / _LOCK_NAME).exists()):
         raise InputError(out, "output folder is not empty and is not a batch output folder (no summary.csv)")
-    table = read_subjects_csv(subjects_csv) if subjects_csv is not None else None
+    table = read_study_table(table_csv) if table_csv is not None else None
     studies = discover_studies(input_dir, table=table, exclude=[out])
     if limit is not None:
         studies = studies[: max(0, int(limit))]
@@ -677,7 +712,7 @@ def run_batch(
     if table and progress is not None:
         unknown = sorted(set(table) - {s.id for s in studies})
         if unknown:
-            progress.write(f"note: {len(unknown)} id(s) of the subjects CSV are not among the studies: "
+            progress.write(f"note: {len(unknown)} id(s) of the study table are not among the studies: "
                            f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}\n")
     settings = batch_settings(study_fn, study_kwargs)
     out.mkdir(parents=True, exist_ok=True)
@@ -686,7 +721,7 @@ def run_batch(
         shutil.rmtree(out / _TMP_NAME, ignore_errors=True)  # leftovers of a killed run
         rows: dict[str, dict[str, str]] = {}
         todo: list[Study] = []
-        stale: list[dict[str, str]] = []  # done, but the subjects table now disagrees
+        stale: list[dict[str, str]] = []  # done, but the study table now disagrees
         for s in studies:
             row = done_row(s, out / s.id)
             if row is None:

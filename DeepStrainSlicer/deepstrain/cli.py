@@ -214,10 +214,11 @@ def _add_batch(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
     p.add_argument("--threads", type=int, help="torch threads per worker (default: cores // workers; 1 on Dask)")
     p.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler address (tcp://host:8786) to run on a cluster")
-    p.add_argument("--subjects", "--groups", dest="subjects", type=Path, metavar="CSV",
-                   help="CSV with a header: id and any of group (overrides Info.cfg Group), height_cm, weight_kg, "
-                        "heart_rate_bpm (replace the input's, as --height/--weight/--heart-rate do for one study); "
-                        "an empty cell keeps the input's value")
+    p.add_argument("--table", "--groups", dest="table", type=Path, metavar="CSV",
+                   help="study table: CSV with a header, id (as in summary.csv) and any of group (overrides Info.cfg "
+                        "Group), height_cm, weight_kg, heart_rate_bpm, slice_mm + row_mm + col_mm (replace the "
+                        "input's, as --height/--weight/--heart-rate/--spacing do for one study); an empty cell "
+                        "keeps the input's value")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N studies (sorted by path)")
     p.add_argument("--no-figures", action="store_true", help="do not write the group figures")
     _add_qc_option(p)
@@ -229,7 +230,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     from . import batch
 
     res = batch.run_batch(args.input, args.out, workers=args.workers, scheduler=args.scheduler,
-                          subjects_csv=args.subjects, threads=args.threads, limit=args.limit,
+                          table_csv=args.table, threads=args.threads, limit=args.limit,
                           progress=None if args.quiet else sys.stderr, figures=not args.no_figures,
                           study_kwargs={"tta": args.tta, "precision": args.precision, "weights_dir": args.weights,
                                         "refine_motion": args.refine_motion, "qc": args.qc})
@@ -252,7 +253,7 @@ def _add_groups(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("groups", help="group figures (strain curves, polar maps, ESS) of a batch output folder")
     p.add_argument("batch_dir", type=Path, help="output folder of 'deepstrain batch'")
     p.add_argument("--groups", type=Path, metavar="CSV",
-                   help="CSV with columns id and group, e.g. the subjects table of the batch (overrides the table's)")
+                   help="CSV with columns id and group, e.g. the batch's study table (overrides the summary's groups)")
     p.add_argument("--out", type=Path, help="figure folder (default BATCH_DIR/figures, replaced)")
     from .quality import CHECKS
 

@@ -293,7 +293,7 @@ def load_cine(
     es: int | None = None,
     height_cm: float | None = None,
     weight_kg: float | None = None,
-    subject_source: str | None = None,
+    given_source: str | None = None,
 ) -> Cine:
     """Load a cine from a 4D NIfTI file, an ACDC patient folder or a DICOM cine folder.
 
@@ -301,7 +301,7 @@ def load_cine(
     (beats/min) or ``rr_ms`` (ms) sets ``times_ms = frame_number * RR / frames_per_cycle`` and
     the subject's heart rate; ``ed``/``es`` are 0-based frame numbers in the cardiac cycle;
     ``height_cm`` / ``weight_kg`` replace the subject's height and weight from the input;
-    ``subject_source`` says where these three values came from, for the report (default: the
+    ``given_source`` says where these three values came from, for the report (default: the
     command-line flag, e.g. ``--height``). See
     the module docstring for the layouts. Raises :class:`InputError` for unusable input;
     problems that do not stop the analysis are warned (:class:`DeepStrainWarning`) and kept in
@@ -361,10 +361,10 @@ def load_cine(
         # the timing warnings of the input no longer apply
         messages[:] = [m for m in messages if "--heart-rate" not in m]
         cine.subject.given("heart_rate_bpm", 60000.0 / rr,
-                           subject_source or ("--heart-rate" if heart_rate_bpm is not None else "--rr-ms"))
+                           given_source or ("--heart-rate" if heart_rate_bpm is not None else "--rr-ms"))
     for name, value in (("height_cm", height_cm), ("weight_kg", weight_kg)):
         if value is not None:  # checked above, before reading the input
-            cine.subject.given(name, value, subject_source or _SUBJECT_FLAGS[name])
+            cine.subject.given(name, value, given_source or _SUBJECT_FLAGS[name])
 
     for attr, value in (("ed", ed), ("es", es)):
         if value is None:
