@@ -387,3 +387,32 @@ def test_long_axis_lies_in_the_short_axis_world(small, small_la):
     idx = np.round((np.c_[pts, np.ones(len(pts))] @ np.linalg.inv(sg.index_to_world).T)[:, :3]).astype(int)
     assert np.all((idx >= 0) & (idx < np.array(small.labels.shape[1:])))
     assert (small.labels[0][tuple(idx.T)] == 3).mean() > 0.9
+
+
+def test_delayed_lateral_wall():
+    """A delayed sector: ED is still the identity, the map stays invertible, only the radial step
+    is late there (so the exact septal-lateral delay of circumferential shortening is positive),
+    and without a delay the motion is unchanged."""
+    from deepstrain.pipeline import compute
+
+    params = dict(SMALL, n_frames=16, hypokinesis=0.0)
+    sync = generate_phantom(PhantomParams(seed=1, **params))
+    late = generate_phantom(PhantomParams(seed=1, delay_ms=150.0, **params))
+    assert not late.displacement[0].any()
+    m, g = late.motion, late.cine.geometry
+    x = g.world_points(late.cine.shape3d).reshape(-1, 3)
+    for f in (1, 5, 9):
+        assert np.abs(m.forward(m.inverse(x, f), f) - x).max() < 1e-6
+    theta = np.radians([-30.0, 150.0])  # anteroseptal, inferolateral (AHA angles: septum 0)
+    assert m.delay_theta_ms(theta)[0] < 10.0 and m.delay_theta_ms(theta)[1] == pytest.approx(150.0)
+    # early in systole the lateral wall has not started to contract, the septum has
+    f = 2
+    prof = m.radial_profile(theta, f)
+    assert prof[1] == 0.0 and prof[0] > 0.05
+    d_sync = compute(sync.cine, sync.labels, sync.displacement).report["dyssynchrony"]
+    d_late = compute(late.cine, late.labels, late.displacement).report["dyssynchrony"]
+    assert abs(d_sync["septal_lateral_delay_circumferential_ms"]) < 10
+    assert d_late["septal_lateral_delay_circumferential_ms"] > 50
+    assert d_late["cure"] < d_sync["cure"]
+    with pytest.raises(ValueError, match="delay_ms"):
+        PhantomParams(delay_ms=400.0)

@@ -12,7 +12,7 @@ from deepstrain.report import build_report, scalar_results, write_report
 
 KEYS = {
     "study", "frames", "volumetrics", "subject", "global_strain", "global_strain_rate", "ess", "srs", "sre",
-    "aha", "aha_curves", "rotation", "twist", "conventions", "warnings",
+    "aha", "aha_curves", "rotation", "twist", "dyssynchrony", "conventions", "warnings",
 }
 VOL = {
     "lv_edv_ml": 120.123456, "lv_esv_ml": 50.0, "lv_sv_ml": 70.123456, "lv_ef_percent": 58.4,
@@ -49,6 +49,8 @@ def test_keys_and_json_safety():
     assert set(r["subject"]) == {"height_cm", "weight_kg", "bsa_m2", "heart_rate_bpm", "bsa_formula", "sources"}
     assert r["subject"]["heart_rate_bpm"] is None and r["subject"]["sources"]["weight_kg"] == "--weight"
     assert "Mosteller" in r["subject"]["bsa_formula"]
+    assert r["dyssynchrony"]["cure"] is None and r["dyssynchrony"]["ttp_radial_ms"]["16"] is None
+    assert set(r["dyssynchrony"]["ttp_circumferential_ms"]) == {str(s) for s in range(1, 17)}
     text = json.dumps(r, allow_nan=False)  # no NaN anywhere
     back = json.loads(text)
     assert back["global_strain"]["longitudinal_percent"] == [0.0, -5.0, None]
@@ -106,8 +108,11 @@ def test_scalar_results_units_and_order():
     names = [q for q, _, _ in rows]
     assert names[:4] == ["height", "weight", "bsa", "heart_rate"]  # subject first, then the volumes
     assert names.index("lv_edv") < names.index("ess_radial") < names.index("sre_longitudinal") < names.index("es_twist")
+    assert names[-6:] == ["sd_ttp_radial", "sd_ttp_circumferential", "septal_lateral_delay_radial",
+                          "septal_lateral_delay_circumferential", "post_systolic_segments", "cure"]
     units = {q: u for q, _, u in rows}
     assert units["height"] == "cm" and units["lv_ef"] == "%" and units["lv_mass"] == "g"
+    assert units["sd_ttp_circumferential"] == "ms" and units["post_systolic_segments"] == "segments" and units["cure"] == "1"
     assert len(names) == len(set(names)) and all(u for u in units.values())
     r2 = dict(r, volumetrics={**VOL, "lv_mass_index_g_per_m2": 55.0, "lv_cardiac_index_l_per_min_per_m2": None})
     units = {q: u for q, _, u in scalar_results(r2)}

@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, TextIO
 
+from .dyssynchrony import KEYS as DYSSYNCHRONY_KEYS
 from .errors import InputError
 from .io import is_ukbb_folder, looks_like_dicom
 
@@ -67,13 +68,15 @@ SUBJECT_SUMMARY_KEYS = ("height_cm", "weight_kg", "bsa_m2", "heart_rate_bpm")
 PEAK_KEYS = tuple(f"{p}_{c}" for p in ("ess", "srs", "sre") for c in COMPONENTS)
 TWIST_SUMMARY_KEYS = ("es_twist_deg", "peak_systolic_twist_deg", "es_torsion_deg_per_cm", "peak_untwisting_rate_deg_per_s")
 AHA_KEYS = tuple(f"aha_{c}_{s}" for c in ("radial", "circumferential") for s in range(1, 18))
+DYSSYNCHRONY_SUMMARY_KEYS = DYSSYNCHRONY_KEYS
 SUMMARY_COLUMNS = (("id", "group", "status", "error", "seconds", "input", "quality") + SUBJECT_SUMMARY_KEYS
                    + VOLUME_KEYS + PEAK_KEYS
-                   + TWIST_SUMMARY_KEYS + AHA_KEYS)
+                   + TWIST_SUMMARY_KEYS + DYSSYNCHRONY_SUMMARY_KEYS + AHA_KEYS)
 """Columns of ``summary.csv``: ``quality`` = the names of the automatic checks that fired
 (:mod:`deepstrain.quality`; ``;``-separated, empty = none; the messages are in the study's
 report.json), volumes in ml / g / %, ESS in %, SRs and SRe in 1/s, twist in deg, torsion in
-deg/cm, untwisting rate in deg/s (:mod:`deepstrain.rotation`), AHA values (segment mean at ES)
+deg/cm, untwisting rate in deg/s (:mod:`deepstrain.rotation`), dyssynchrony in ms, segments and
+CURE (:mod:`deepstrain.dyssynchrony`), AHA values (segment mean at ES)
 in %. Empty cell = not available."""
 
 SUMMARY_NAME = "summary.csv"
@@ -347,6 +350,9 @@ def summary_row(
         twist = report.get("twist") or {}
         for k in TWIST_SUMMARY_KEYS:
             row[k] = _fmt(twist.get(k))
+        dys = report.get("dyssynchrony") or {}
+        for k in DYSSYNCHRONY_SUMMARY_KEYS:
+            row[k] = _fmt(dys.get(k))
         aha = report.get("aha") or {}
         for c in ("radial", "circumferential"):
             segs = aha.get(f"{c}_percent") or {}

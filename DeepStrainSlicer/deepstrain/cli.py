@@ -33,6 +33,8 @@ def _add_phantom(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--long-shortening", type=float, metavar="PCT", help="LV length shortening at ES (%%)")
     g.add_argument("--twist", type=float, metavar="DEG", help="apex minus base rotation at ES (deg)")
     g.add_argument("--hypokinesis", type=float, help="loss of contraction in the inferolateral sector (0-1)")
+    g.add_argument("--delay", type=float, metavar="MS",
+                   help="regional dyssynchrony: delay of the lateral wall's radial contraction (ms)")
     g.add_argument("--rv-side", choices=("left", "right"), help="image side of the RV")
     g.add_argument("--rotation", type=float, metavar="DEG", help="extra in-plane rotation of the heart (deg)")
     g.add_argument("--noise", type=float, help="Rician noise sigma over the blood signal")
@@ -42,7 +44,7 @@ _PHANTOM_FLAGS = {
     "frames": "n_frames", "heart_rate": "heart_rate_bpm", "spacing": "pixel_spacing_mm",
     "slice_spacing": "slice_spacing_mm", "slices": "n_slices", "size": "matrix_size", "edv": "lv_edv_ml",
     "ef": "ef_percent", "long_shortening": "longitudinal_shortening_percent", "twist": "twist_deg",
-    "hypokinesis": "hypokinesis", "rv_side": "rv_side", "rotation": "rotation_deg", "noise": "noise",
+    "hypokinesis": "hypokinesis", "delay": "delay_ms", "rv_side": "rv_side", "rotation": "rotation_deg", "noise": "noise",
 }  # fmt: skip
 
 
@@ -163,6 +165,12 @@ def _print_summary(rep: dict, out: Path) -> None:
         print(f"cardiac output {f(vol.get('lv_cardiac_output_l_per_min'), 'l/min')} at "
               f"{subject.get('heart_rate_bpm', 0):.0f} bpm")
     print(f"ESS radial {f(ess.get('radial'), '%')}, circumferential {f(ess.get('circumferential'), '%')}")
+    dys = rep.get("dyssynchrony") or {}
+    if dys.get("sd_ttp_circumferential_ms") is not None:
+        print(f"dyssynchrony (circumferential): SD of the times to peak {f(dys['sd_ttp_circumferential_ms'], 'ms')}, "
+              f"septal-lateral delay {f(dys.get('septal_lateral_delay_circumferential_ms'), 'ms')}, "
+              f"post-systolic peaks in {dys.get('post_systolic_segments')} of 12 basal and mid segments, "
+              f"CURE {'n/a' if dys.get('cure') is None else format(dys['cure'], '.2f')}")
     findings = rep.get("quality") or []
     print("quality checks: no finding" if not findings else
           f"quality checks: {len(findings)} finding(s), look before trusting the numbers:")

@@ -126,6 +126,15 @@ class PhantomParams:
     """AHA angle of the hypokinetic sector's centre (120 = inferolateral)."""
     hypokinetic_width_deg: float = 100.0
     """Full width at half loss of the hypokinetic sector (deg)."""
+    delay_ms: float = 0.0
+    """Regional dyssynchrony: delay (ms) of the radial contraction at the centre of the delayed
+    sector (0 = none, every wall contracts together). The sector's contraction follows the same
+    time course shifted later, held at ED before it starts (a late-activated wall, as in left
+    bundle branch block); longitudinal shortening and twist are not delayed."""
+    delay_center_deg: float = 150.0
+    """AHA angle of the delayed sector's centre (150 = mid inferolateral; septum 0, lateral 180)."""
+    delay_width_deg: float = 120.0
+    """Full width at half delay of the delayed sector (deg)."""
     rv_insertion_deg: float = 60.0
     rv_wall_motion_mm: float = 8.0
     """Inward motion of the RV free wall at ES (mm), on top of the LV-driven motion."""
@@ -164,6 +173,10 @@ class PhantomParams:
             raise ValueError("longitudinal_shortening_percent must be within 0 - 40")
         if not 0 <= self.hypokinesis <= 1:
             raise ValueError("hypokinesis must be within 0 - 1")
+        if not 0 <= self.delay_ms <= 0.3 * self.rr_ms:
+            raise ValueError("delay_ms must be within 0 and 30 % of the RR interval")
+        if not 0 < self.delay_width_deg <= 360:
+            raise ValueError("delay_width_deg must be within 0 - 360")
         if self.noise < 0 or self.blur_px < 0 or self.bias < 0:
             raise ValueError("noise, blur_px and bias must be >= 0")
         if self.orientation is not None:
@@ -294,6 +307,8 @@ class PhantomMotion:
         self._kappa = math.log(2.0) / max(1.0 - math.cos(w), 1e-9)
         mean_bump = float(special.i0e(self._kappa))
         self._hnorm = 1.0 / (1.0 - h * mean_bump)
+        wd = math.radians(params.delay_width_deg) / 2
+        self._kappa_delay = math.log(2.0) / max(1.0 - math.cos(wd), 1e-9)
         kmax = self.k0 * self._hnorm
         if kmax * _M_SLOPE / (1 - _DELTA) >= 0.97:
             raise PhantomRefused("ef_percent", "too high for this hypokinesis (the cavity motion would fold)")
@@ -310,6 +325,19 @@ class PhantomMotion:
         """Fraction of cavity area lost at ES along angle theta (its mean over theta = EF)."""
         bump = np.exp(self._kappa * (np.cos(theta - math.radians(self.params.hypokinetic_center_deg)) - 1.0))
         return self.k0 * self._hnorm * (1.0 - self.params.hypokinesis * bump)
+
+    def delay_theta_ms(self, theta: np.ndarray) -> np.ndarray:
+        """Delay (ms) of the radial contraction along angle theta (0 everywhere without dyssynchrony)."""
+        bump = np.exp(self._kappa_delay * (np.cos(theta - math.radians(self.params.delay_center_deg)) - 1.0))
+        return self.params.delay_ms * bump
+
+    def radial_profile(self, theta: np.ndarray, f: int) -> np.ndarray | float:
+        """Contraction 0 (ED) .. 1 of the radial step along angle theta at frame f: the global time
+        course, delayed by :meth:`delay_theta_ms` and held at 0 before the delayed start."""
+        if self.params.delay_ms == 0:
+            return self.p[f]
+        t = np.maximum(self.times_ms[f] - self.delay_theta_ms(theta), 0.0)
+        return temporal_profile(t / self.params.rr_ms, self.params.es_fraction)
 
     def _window(self, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         s = self.shape
@@ -336,7 +364,7 @@ class PhantomMotion:
         _, dudz = self._long(z, f)
         lam = 1.0 + dudz
         A = _bullet(z, s.a, s.c)
-        K = self.k_theta(theta) * self.p[f] * A / lam
+        K = self.k_theta(theta) * self.radial_profile(theta, f) * A / lam
         rho1 = np.maximum((1 - _DELTA) * A, 1e-12)
         ro = np.sqrt(_bullet(z, s.a_o, s.c_o))
         ang = 1.0 - _q5((np.abs(np.angle(np.exp(1j * theta))) - math.radians(50)) / math.radians(40))

@@ -20,6 +20,7 @@ from .cine import Cine
 from .errors import InputError
 from .quality import check_study
 from .report import build_report, write_report
+from .dyssynchrony import dyssynchrony
 from .rotation import level_rotations, level_separation_mm, twist_summary
 from .strain import (
     COMPONENTS,
@@ -170,7 +171,7 @@ def compute(
         "septum_from": "RV contact of the ED labels" if rv_insertion_ras is None else "given anterior RV insertion point",
         "rv_insertion_ras": None if rv_insertion_ras is None else [round(float(v), 3) for v in rv_insertion_ras]}
 
-    comps = curves = rates = peaks = aha_c = rotations = twist = None
+    comps = curves = rates = peaks = aha_c = rotations = twist = dys = None
     if disp is not None:
         if frame is None or not myo.any():
             raise InputError(_where(cine), f"no LV myocardium (label 2) in the ED labels (frame {ed_i}): strain needs it")
@@ -201,6 +202,9 @@ def compute(
             rotations = level_rotations(disp, cine.geometry, frame, segments)
             twist = twist_summary(rotations, level_separation_mm(cine.geometry, frame, segments),
                                   cine.times_ms if rates is not None else None, ed_i, es_i)
+            if n >= 3 and not np.any(np.diff(np.asarray(cine.frame_numbers)) != 1):
+                # times to peak need the frame times (None without them); CURE only the frames
+                dys = dyssynchrony(aha_c, cine.times_ms if rates is not None else np.full(n, np.nan), ed_i, es_i)
     else:
         warnings.append("no displacement given: volumes only, strain not computed")
 
@@ -218,6 +222,7 @@ def compute(
         aha_curves=aha_c,
         rotations=rotations,
         twist=twist,
+        dyssynchrony=dys,
         warnings=warnings,
     )
     report["aha_reference"] = aha_reference

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .dyssynchrony import KEYS as DYSSYNCHRONY_KEYS
 from .errors import InputError
 from .rotation import LEVELS
 from .strain import COMPONENTS
@@ -42,7 +43,12 @@ CONVENTIONS = (
     "each slice's translation removed), positive = counter-clockwise viewed from the apex; twist = "
     "apical - basal rotation (deg), twist rate in deg/s; torsion = ES twist / distance along l between "
     "the basal and apical levels' ED centroids (deg/cm); peak untwisting rate = twist rate of largest "
-    "magnitude in early diastole. AHA 17 segments: signed angle from the septal "
+    "magnitude in early diastole. Dyssynchrony: time to peak (AHA 1-16) = time after ED of a "
+    "segment's largest radial thickening / circumferential shortening over the recorded cycle "
+    "(parabola-refined); indices over the 12 basal and mid segments: SD of the times to peak (ms); septal-lateral delay = mean time to peak of "
+    "segments 5, 6, 11, 12 minus 2, 3, 8, 9 (ms, positive = lateral later); post-systolic segments = "
+    "circumferential peaks more than one frame interval after the ES frame; CURE = (1 + S1/S0)^-1/2 of the basal "
+    "and mid rings' circumferential strain over systole (1 = synchronous). AHA 17 segments: signed angle from the septal "
     "direction (bisector of the RV insertion points), anterior at negative angles when viewed with "
     "l base to apex; aha = segment mean at ES. Volumes in ml by voxel counting (LV = LV cavity, "
     "RV = RV cavity), LV mass in g = ED myocardium volume x 1.05 g/ml, EF in percent; indexed values "
@@ -93,6 +99,7 @@ def build_report(
     aha_curves: Mapping[str, Mapping[int, np.ndarray | None]] | None = None,
     rotations: Mapping[str, np.ndarray | None] | None = None,
     twist: Mapping[str, Any] | None = None,
+    dyssynchrony: Mapping[str, Any] | None = None,
     warnings: list[str] | None = None,
 ) -> dict[str, Any]:
     """Assemble the JSON-safe report dict.
@@ -101,7 +108,8 @@ def build_report(
     (percent; 1/s); ``peaks`` as returned by :func:`deepstrain.strain.peak_values`;
     ``aha_curves``: component -> ``{1..17: (T,) or None}``; ``rotations`` and ``twist`` as
     returned by :func:`deepstrain.rotation.level_rotations` and
-    :func:`deepstrain.rotation.twist_summary`; ``subject``: ``height_cm``, ``weight_kg``,
+    :func:`deepstrain.rotation.twist_summary`; ``dyssynchrony`` as returned by
+    :func:`deepstrain.dyssynchrony.dyssynchrony`; ``subject``: ``height_cm``, ``weight_kg``,
     ``heart_rate_bpm``, ``bsa_m2`` and ``sources`` (where each came from). Missing parts become
     ``null``.
     """
@@ -143,15 +151,27 @@ def build_report(
         "aha_curves": aha_cur,
         "rotation": {f"{lv}_deg": _list((rotations or {}).get(lv)) for lv in LEVELS},
         "twist": {k: (_list if k in TWIST_CURVES else _num)((twist or {}).get(k)) for k in TWIST_KEYS},
+        "dyssynchrony": _dyssynchrony_block(dyssynchrony),
         "conventions": CONVENTIONS,
         "warnings": [str(w) for w in (warnings or [])],
     }
 
 
+def _dyssynchrony_block(d: Mapping[str, Any] | None) -> dict[str, Any]:
+    d = d or {}
+    out: dict[str, Any] = {k: _num(d.get(k)) for k in DYSSYNCHRONY_KEYS}
+    if out["post_systolic_segments"] is not None:
+        out["post_systolic_segments"] = int(out["post_systolic_segments"])
+    for comp in ("radial", "circumferential"):
+        ttp = d.get(f"ttp_{comp}_ms") or {}
+        out[f"ttp_{comp}_ms"] = {str(s): _num(ttp.get(s)) for s in range(1, 17)}
+    return out
+
+
 _UNITS = (("_l_per_min_per_m2", "l/min/m2"), ("_ml_per_m2", "ml/m2"), ("_g_per_m2", "g/m2"),
           ("_l_per_min", "l/min"), ("_deg_per_cm", "deg/cm"), ("_deg_per_s", "deg/s"), ("_per_s", "1/s"),
           ("_percent", "%"), ("_ml", "ml"), ("_g", "g"), ("_cm", "cm"), ("_kg", "kg"), ("_m2", "m2"),
-          ("_bpm", "beats/min"), ("_deg", "deg"), ("_mm", "mm"))
+          ("_bpm", "beats/min"), ("_deg", "deg"), ("_mm", "mm"), ("_ms", "ms"))
 
 
 def _split_unit(key: str) -> tuple[str, str]:
@@ -163,7 +183,7 @@ def _split_unit(key: str) -> tuple[str, str]:
 
 def scalar_results(report: Mapping[str, Any]) -> list[tuple[str, float | None, str]]:
     """The report's single-number results as ``(quantity, value, unit)`` rows, in a fixed order:
-    subject, volumes, ESS, SRs, SRe, twist (None where not computed)."""
+    subject, volumes, ESS, SRs, SRe, twist, dyssynchrony (None where not computed)."""
     rows: list[tuple[str, float | None, str]] = []
     for block in ("subject", "volumetrics"):
         for key, value in (report.get(block) or {}).items():
@@ -179,6 +199,11 @@ def scalar_results(report: Mapping[str, Any]) -> list[tuple[str, float | None, s
         if key not in TWIST_CURVES:
             name, unit = _split_unit(key)
             rows.append((name, twist.get(key), unit))
+    dys = report.get("dyssynchrony") or {}
+    for key in DYSSYNCHRONY_KEYS:
+        name, unit = _split_unit(key)
+        unit = unit or {"post_systolic_segments": "segments", "cure": "1"}[key]
+        rows.append((name, dys.get(key), unit))
     return rows
 
 
