@@ -18,9 +18,10 @@
   ``weight_kg``, ``heart_rate_bpm``, ``slice_mm``/``row_mm``/``col_mm``) gives each study its group
   and replaces the input's body size, heart rate and voxel spacing, as the ``--height`` /
   ``--weight`` / ``--heart-rate`` / ``--spacing`` options of one analysis do (indexed volumes,
-  cardiac output; a heart rate also sets the frame times; a spacing mends a header that lost it). Its values are part of
-  the study's result: a done study whose report used other values is reported as failed, with its
-  folder kept, until the user removes that folder (never re-analysed or overwritten silently).
+  cardiac output; a heart rate also sets the frame times; a spacing mends a header that lost it).
+  Its values are part of the study's result: a done study whose report used other values is
+  reported as failed, with its folder kept, until the user removes that folder (never re-analysed
+  or overwritten silently).
 * ``OUT/summary.csv`` (:data:`SUMMARY_COLUMNS`) is rewritten atomically (temp file +
   ``os.replace``) after every study: one row per study known to this run (done or finished).
 * Execution: one worker runs the studies in this process; ``workers > 1`` uses a
@@ -68,10 +69,9 @@ SUBJECT_SUMMARY_KEYS = ("height_cm", "weight_kg", "bsa_m2", "heart_rate_bpm")
 PEAK_KEYS = tuple(f"{p}_{c}" for p in ("ess", "srs", "sre") for c in COMPONENTS)
 TWIST_SUMMARY_KEYS = ("es_twist_deg", "peak_systolic_twist_deg", "es_torsion_deg_per_cm", "peak_untwisting_rate_deg_per_s")
 AHA_KEYS = tuple(f"aha_{c}_{s}" for c in ("radial", "circumferential") for s in range(1, 18))
-DYSSYNCHRONY_SUMMARY_KEYS = DYSSYNCHRONY_KEYS
 SUMMARY_COLUMNS = (("id", "group", "status", "error", "seconds", "input", "quality") + SUBJECT_SUMMARY_KEYS
                    + VOLUME_KEYS + PEAK_KEYS
-                   + TWIST_SUMMARY_KEYS + DYSSYNCHRONY_SUMMARY_KEYS + AHA_KEYS)
+                   + TWIST_SUMMARY_KEYS + DYSSYNCHRONY_KEYS + AHA_KEYS)
 """Columns of ``summary.csv``: ``quality`` = the names of the automatic checks that fired
 (:mod:`deepstrain.quality`; ``;``-separated, empty = none; the messages are in the study's
 report.json), volumes in ml / g / %, ESS in %, SRs and SRe in 1/s, twist in deg, torsion in
@@ -351,7 +351,7 @@ def summary_row(
         for k in TWIST_SUMMARY_KEYS:
             row[k] = _fmt(twist.get(k))
         dys = report.get("dyssynchrony") or {}
-        for k in DYSSYNCHRONY_SUMMARY_KEYS:
+        for k in DYSSYNCHRONY_KEYS:
             row[k] = _fmt(dys.get(k))
         aha = report.get("aha") or {}
         for c in ("radial", "circumferential"):
