@@ -26,25 +26,13 @@ N_FRAMES = 25
 
 
 def params(seed: int, delay: float):
-    """The held-out phantom's parameters with the lateral delay; an EF too high for the drawn
-    hypokinesis is lowered by 10 points until the phantom accepts it (as the training cache does)."""
+    """The held-out phantom with the lateral delay (a refused draw retried as the training cache does)."""
     import dataclasses
 
-    from deepstrain.phantom import PhantomRefused, generate_phantom
-    from deepstrain.training.motion import training_phantom_params
+    from deepstrain.training.motion import accepted_phantom, training_phantom_params
 
-    p = dataclasses.replace(training_phantom_params(seed), n_frames=N_FRAMES, pv_samples=3, delay_ms=delay)
-    for _ in range(10):
-        try:
-            return generate_phantom(p)
-        except PhantomRefused as exc:
-            if exc.parameter == "ef_percent":
-                p = dataclasses.replace(p, ef_percent=p.ef_percent - 10.0)
-            elif exc.parameter == "apex_wall_mm":
-                p = dataclasses.replace(p, apex_wall_mm=p.apex_wall_mm + 1.0)
-            else:
-                raise
-    raise RuntimeError(f"phantom {seed} refused ten times")
+    return accepted_phantom(dataclasses.replace(training_phantom_params(seed), n_frames=N_FRAMES, pv_samples=3,
+                                                delay_ms=delay))
 
 
 INDICES = ("sd_ttp_circumferential_ms", "septal_lateral_delay_circumferential_ms", "sd_ttp_radial_ms",

@@ -337,22 +337,15 @@ def summary_row(
                seconds="" if seconds is None else f"{seconds:.2f}")
     if report:
         row["quality"] = ";".join(dict.fromkeys(str(q.get("check")) for q in report.get("quality") or []))
-        subject = report.get("subject") or {}
-        for k in SUBJECT_SUMMARY_KEYS:
-            row[k] = _fmt(subject.get(k))
-        vol = report.get("volumetrics") or {}
-        for k in VOLUME_KEYS:
-            row[k] = _fmt(vol.get(k))
+        for block, keys in (("subject", SUBJECT_SUMMARY_KEYS), ("volumetrics", VOLUME_KEYS),
+                            ("twist", TWIST_SUMMARY_KEYS), ("dyssynchrony", DYSSYNCHRONY_KEYS)):
+            vals = report.get(block) or {}
+            for k in keys:
+                row[k] = _fmt(vals.get(k))
         for p in ("ess", "srs", "sre"):
             vals = report.get(p) or {}
             for c in COMPONENTS:
                 row[f"{p}_{c}"] = _fmt(vals.get(c))
-        twist = report.get("twist") or {}
-        for k in TWIST_SUMMARY_KEYS:
-            row[k] = _fmt(twist.get(k))
-        dys = report.get("dyssynchrony") or {}
-        for k in DYSSYNCHRONY_KEYS:
-            row[k] = _fmt(dys.get(k))
         aha = report.get("aha") or {}
         for c in ("radial", "circumferential"):
             segs = aha.get(f"{c}_percent") or {}
@@ -493,12 +486,13 @@ def table_mismatch(study: Study, report: Mapping) -> str | None:
         same = old is not None and len(old) == len(new) and all(
             math.isclose(float(o), v, rel_tol=1e-6, abs_tol=1e-9) for o, v in zip(old, new))
         if not same:
-            def text(vals) -> str:
-                return " x ".join(f"{float(v):g}" for v in vals)
-
-            was = "without it" if old is None else f"with {text(old)} (from {where})"
-            return f"{what} is {text(new)} in the study table ({study.table_source}) but the study was analysed {was}"
+            was = "without it" if old is None else f"with {_joined(old)} (from {where})"
+            return f"{what} is {_joined(new)} in the study table ({study.table_source}) but the study was analysed {was}"
     return None
+
+
+def _joined(values: Iterable[Any]) -> str:
+    return " x ".join(f"{float(v):g}" for v in values)
 
 
 def done_row(study: Study, folder: Path) -> dict[str, str] | None:

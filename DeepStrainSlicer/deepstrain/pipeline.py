@@ -183,11 +183,12 @@ def compute(
             )
         comps = strain_components(disp, cine.geometry, frame, myo)
         curves = global_curves(comps)
+        consecutive = n >= 3 and not np.any(np.diff(np.asarray(cine.frame_numbers)) != 1)
         if n < 3:
             warnings.append(f"only {n} frames: strain rates not computed")
         elif not cine.has_timing:
             warnings.append("the input has no frame timing: strain rates not computed")
-        elif np.any(np.diff(np.asarray(cine.frame_numbers)) != 1):
+        elif not consecutive:
             warnings.append("the frames are not consecutive in the cycle: strain rates not computed")
         else:
             r = {c: strain_rate(curves[c], cine.times_ms) for c in COMPONENTS}
@@ -202,7 +203,7 @@ def compute(
             rotations = level_rotations(disp, cine.geometry, frame, segments)
             twist = twist_summary(rotations, level_separation_mm(cine.geometry, frame, segments),
                                   cine.times_ms if rates is not None else None, ed_i, es_i)
-            if n >= 3 and not np.any(np.diff(np.asarray(cine.frame_numbers)) != 1):
+            if consecutive:
                 # times to peak need the frame times (None without them); CURE only the frames
                 dys = dyssynchrony(aha_c, cine.times_ms if rates is not None else np.full(n, np.nan), ed_i, es_i)
     else:

@@ -191,21 +191,18 @@ def training_phantom_params(seed: int):
     )
 
 
-def cache_phantom(params, out_file: Path) -> None:
-    """Generate a phantom and store images, labels, exact displacement and geometry (``.npz``).
-
-    A random draw the phantom refuses is retried, deterministically, until it is accepted: an EF
-    too high for its hypokinesis with the EF lowered by 10 points; an apical wall too thin for the
-    slice spacing (no slice would show the apical cap) with the apical wall 1 mm thicker.
-    """
+def accepted_phantom(params):
+    """Generate a phantom from ``params``; a draw the phantom refuses is retried, deterministically,
+    until it is accepted: an EF too high for its hypokinesis with the EF lowered by 10 points; an
+    apical wall too thin for the slice spacing (no slice would show the apical cap) with the apical
+    wall 1 mm thicker."""
     import dataclasses
 
     from .. import phantom as ph
 
     for _ in range(20):
         try:
-            P = ph.generate_phantom(params)
-            break
+            return ph.generate_phantom(params)
         except ph.PhantomRefused as exc:
             if exc.parameter == "ef_percent" and params.ef_percent >= 15:
                 params = dataclasses.replace(params, ef_percent=params.ef_percent - 10.0)
@@ -213,8 +210,13 @@ def cache_phantom(params, out_file: Path) -> None:
                 params = dataclasses.replace(params, apex_wall_mm=params.apex_wall_mm + 1.0)
             else:
                 raise
-    else:
-        raise ValueError(f"phantom seed {params.seed}: no accepted parameters after 20 retries")
+    raise ValueError(f"phantom seed {params.seed}: no accepted parameters after 20 retries")
+
+
+def cache_phantom(params, out_file: Path) -> None:
+    """Generate a phantom (:func:`accepted_phantom`) and store images, labels, exact displacement
+    and geometry (``.npz``)."""
+    P = accepted_phantom(params)
     g = P.cine.geometry
     tmp = out_file.with_suffix(".tmp.npz")
     np.savez(tmp, images=P.cine.data, labels=P.labels, displacement=P.displacement, spacing=g.spacing,
