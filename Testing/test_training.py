@@ -129,6 +129,27 @@ def test_average_of_two_runs_is_their_parameter_mean_and_is_validated(tmp_path, 
                                 average=[ck[0], tmp_path / "other.pt"]))
 
 
+def test_wider_bf16_run_keeps_snapshots_and_refuses_a_mismatched_resume(tmp_path, shared_data, cache):
+    out = segmentation.main(_args(tmp_path, shared_data, cache, segmentation.NAME, iterations=4, width=8,
+                                  bf16=True, snapshot_every=2))
+    assert out["config"]["base"] == 8 and out["bf16"] is True
+    run = tmp_path / segmentation.NAME
+    snaps = sorted(p.name for p in run.glob("snapshot_*.pt"))
+    assert snaps == ["snapshot_000002.pt", "snapshot_000004.pt"]
+    s2, s4 = (torch.load(run / n, weights_only=False) for n in snaps)
+    assert "optimizer" not in s2 and s2["iteration"] == 2 and s2["config"]["base"] == 8
+    last = torch.load(run / "last.pt", weights_only=False)["model"]
+    assert all(torch.equal(last[k], s4["model"][k]) for k in last)
+    assert not all(torch.equal(s2["model"][k], s4["model"][k]) for k in last)  # it trained in between
+    conv = next(v for k, v in last.items() if v.ndim == 4)
+    assert conv.shape[0] == 8 and conv.dtype == torch.float32  # bf16 autocast keeps float32 weights
+    avg = segmentation.main(_args(tmp_path / "avg", shared_data, cache, segmentation.NAME, iterations=4, width=8,
+                                  average=[run / n for n in snaps]))  # snapshots (no optimizer state) average
+    assert len(avg["averaged_from"]) == 2 and avg["config"]["base"] == 8
+    with pytest.raises(InputError, match="cannot resume"):  # the default width differs from the checkpoint's
+        segmentation.main(_args(tmp_path, shared_data, cache, segmentation.NAME, iterations=6, resume=True))
+
+
 def test_phantom_slices_join_segmentation_batches(tmp_path, cache):
     # a stored training phantom (format of deepstrain.training.motion.cache_phantom): a bright disc
     # (LV cavity) in a dark ring (myocardium) on 6 frames

@@ -55,5 +55,14 @@ def add_training_arguments(p: argparse.ArgumentParser, iterations: int, batch: i
                    help="no training: average the parameters of these checkpoints (last.pt of runs of one "
                         "configuration fine-tuned from one starting point), validate the average and write it "
                         "to <run-dir>/last.pt (with --export, export it)")
+    p.add_argument("--width", type=int, default=0,
+                   help="channels of the network's first level (0: the shipped configuration's); wider costs "
+                        "inference time, roughly in proportion to the square")
+    p.add_argument("--bf16", action="store_true",
+                   help="run the forward pass in bfloat16 (autocast; loss and weights stay float32): about 1.6x "
+                        "faster on CPUs with AVX512-BF16, not bit-identical to a float32 run")
+    p.add_argument("--snapshot-every", type=int, default=0,
+                   help="also keep the weights every N iterations as snapshot_NNNNNN.pt in the run folder (for "
+                        "--average over one run's late snapshots); 0: off")
     p.add_argument("--export", action="store_true", help="after training, export the weights and manifest entry")
     p.add_argument("--export-dir", type=Path, default=None, help="where to export (default: the package's weights)")

@@ -118,12 +118,19 @@ def train_loop(args: argparse.Namespace, *, name: str, build: Callable[[], nn.Mo
                 raise InputError(p, f"checkpoint configuration {b.get('config')} differs from {config}: cannot average")
         net.load_state_dict(mean_state_dict([b["model"] for b in blobs]))
         start = args.iterations = max(int(b["iteration"]) for b in blobs)
-        wall = sum(float(b["wall_s"]) for b in blobs)
+        runs: dict = {}  # snapshots of one run share its wall time: count each run once, at its longest
+        for b in blobs:
+            key = (b.get("seed"), b.get("command"))
+            runs[key] = max(runs.get(key, 0.0), float(b["wall_s"]))
+        wall = sum(runs.values())
         log(f"averaged {len(blobs)} checkpoints: {', '.join(map(str, args.average))}")
     elif args.resume:
         if not ckpt.is_file():
             raise InputError(ckpt, "no checkpoint to resume from")
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        if state.get("config") != config:
+            raise InputError(ckpt, f"checkpoint configuration {state.get('config')} differs from {config} "
+                                   "(a different --width?): cannot resume")
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start, history, wall = state["iteration"], state["history"], state["wall_s"]
@@ -139,12 +146,17 @@ def train_loop(args: argparse.Namespace, *, name: str, build: Callable[[], nn.Mo
     t0, last_t, losses = time.time(), time.time(), []
     done = start
 
-    def save() -> None:
-        tmp = run / "last.tmp.pt"
-        torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "iteration": done,
-                    "history": history, "wall_s": wall + time.time() - t0, "config": config,
-                    "seed": args.seed, "command": command}, tmp)
-        tmp.replace(ckpt)
+    def save(path: Path = ckpt, optimizer: bool = True) -> None:
+        tmp = path.with_name(path.stem + ".tmp.pt")
+        blob = {"model": net.state_dict(), "iteration": done, "history": history,
+                "wall_s": wall + time.time() - t0, "config": config, "seed": args.seed, "command": command}
+        if optimizer:
+            blob["optimizer"] = opt.state_dict()
+        torch.save(blob, tmp)
+        tmp.replace(path)
+
+    bf16 = bool(getattr(args, "bf16", False))
+    snapshot_every = int(getattr(args, "snapshot_every", 0) or 0)
 
     for i in range(start, args.iterations):
         if args.stop_after and i >= args.stop_after:
@@ -153,7 +165,12 @@ def train_loop(args: argparse.Namespace, *, name: str, build: Callable[[], nn.Mo
         x, y = batch_fn(train, rng, args.batch)
         for g in opt.param_groups:
             g["lr"] = learning_rate(i, args.iterations, args.lr)
-        logits = net(x)
+        if bf16:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                logits = net(x)
+            logits = logits.float()
+        else:
+            logits = net(x)
         loss = loss_fn(logits, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -171,6 +188,8 @@ def train_loop(args: argparse.Namespace, *, name: str, build: Callable[[], nn.Mo
             log(f"{name} validation at {done}: {json.dumps(metrics)}")
         if done % args.checkpoint_every == 0 or done == args.iterations:
             save()
+        if snapshot_every and done % snapshot_every == 0:
+            save(run / f"snapshot_{done:06d}.pt", optimizer=False)
     if getattr(args, "average", None):  # no training: validate the average and store it
         history.append({"iteration": done, "averaged_from": [str(p) for p in args.average], **val_fn(net, val)})
         log(f"{name} validation of the average: {json.dumps(history[-1])}")
@@ -186,7 +205,7 @@ def train_loop(args: argparse.Namespace, *, name: str, build: Callable[[], nn.Mo
                "wall_s": wall + time.time() - t0, "history": history, "config": config,
                "parameters": count_parameters(net), "training_patients": list(train_patients),
                "validation_patients": list(val_patients), "command": command,
-               "threads": args.threads}
+               "threads": args.threads, "bf16": bf16}
     if getattr(args, "init", None) is not None:
         summary["initialised_from"] = str(args.init)
     if getattr(args, "average", None):
@@ -228,7 +247,8 @@ def main(args: argparse.Namespace) -> dict:
     phantoms = None
     if getattr(args, "phantoms", 0):
         phantoms = D.load_phantom_cache(args.phantom_dir, args.cache, args.phantoms)
-    return train_loop(args, name=NAME, build=build_segmentation_net, config=dict(CONFIG),
+    config = dict(CONFIG, base=args.width) if getattr(args, "width", 0) else dict(CONFIG)
+    return train_loop(args, name=NAME, build=lambda: build_segmentation_net(**config), config=config,
                       batch_fn=lambda data, rng, b: D.segmentation_batch(
                           data, rng, b, size=args.crop, phantoms=phantoms,
                           phantom_share=args.phantom_share if phantoms else 0.0, channels=CONFIG["in_channels"],
