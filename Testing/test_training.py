@@ -148,6 +148,8 @@ def test_wider_bf16_run_keeps_snapshots_and_refuses_a_mismatched_resume(tmp_path
     assert len(avg["averaged_from"]) == 2 and avg["config"]["base"] == 8
     with pytest.raises(InputError, match="cannot resume"):  # the default width differs from the checkpoint's
         segmentation.main(_args(tmp_path, shared_data, cache, segmentation.NAME, iterations=6, resume=True))
+    with pytest.raises(InputError, match="resume it the same way"):  # bfloat16 run resumed in float32
+        segmentation.main(_args(tmp_path, shared_data, cache, segmentation.NAME, iterations=6, width=8, resume=True))
 
 
 def test_phantom_slices_join_segmentation_batches(tmp_path, cache):

@@ -1,9 +1,11 @@
 """Train the segmentation network on ACDC (``deepstrain train segmentation``).
 
 Loss: cross-entropy + multi-class soft Dice (RV, myocardium, LV cavity). Adam, linear warm-up then
-cosine decay of the learning rate. The random batch of iteration ``i`` is drawn from
-``numpy.random.default_rng([seed, i])``, so a run resumed from a checkpoint continues exactly as
-an uninterrupted one would. Progress (loss, validation Dice) is printed; a checkpoint
+cosine decay of the learning rate. ``--bf16`` runs the forward pass in bfloat16 (autocast),
+``--width`` sets the network's first-level channels, ``--snapshot-every`` keeps snapshots for
+``--average``. The random batch of iteration ``i`` is drawn from
+``numpy.random.default_rng([seed, i])``, so a run resumed from a checkpoint (with the same
+``--width`` and ``--bf16``: checked) continues exactly as an uninterrupted one would. Progress (loss, validation Dice) is printed; a checkpoint
 ``last.pt`` is written every ``--checkpoint-every`` iterations into ``--run-dir``.
 """
 from __future__ import annotations
@@ -131,6 +133,9 @@ def train_loop(args: argparse.Namespace, *, name: str, build: Callable[[], nn.Mo
         if state.get("config") != config:
             raise InputError(ckpt, f"checkpoint configuration {state.get('config')} differs from {config} "
                                    "(a different --width?): cannot resume")
+        if bool(state.get("bf16", False)) != bool(getattr(args, "bf16", False)):
+            raise InputError(ckpt, f"the run was trained with{'' if state.get('bf16') else 'out'} --bf16: "
+                                   "resume it the same way")
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start, history, wall = state["iteration"], state["history"], state["wall_s"]
@@ -149,7 +154,8 @@ def train_loop(args: argparse.Namespace, *, name: str, build: Callable[[], nn.Mo
     def save(path: Path = ckpt, optimizer: bool = True) -> None:
         tmp = path.with_name(path.stem + ".tmp.pt")
         blob = {"model": net.state_dict(), "iteration": done, "history": history,
-                "wall_s": wall + time.time() - t0, "config": config, "seed": args.seed, "command": command}
+                "wall_s": wall + time.time() - t0, "config": config, "seed": args.seed, "command": command,
+                "bf16": bool(getattr(args, "bf16", False))}
         if optimizer:
             blob["optimizer"] = opt.state_dict()
         torch.save(blob, tmp)
