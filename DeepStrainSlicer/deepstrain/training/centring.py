@@ -48,8 +48,7 @@ def _val(net: nn.Module, val: list[dict]) -> dict:
 
 def main(args: argparse.Namespace) -> dict:
     """Train (or resume) the centring network with the options of :func:`deepstrain.training.add_training_arguments`."""
-    config = dict(CONFIG, base=args.width) if getattr(args, "width", 0) else dict(CONFIG)
-    return train_loop(args, name=NAME, build=lambda: build_centring_net(**config), config=config,
+    return train_loop(args, name=NAME, build=build_centring_net, config=dict(CONFIG),
                       batch_fn=lambda data, rng, b: D.centring_batch(data, rng, b, size=args.crop),
                       val_fn=_val, loss_fn=_loss)
 

@@ -90,9 +90,11 @@ def evaluate(net: nn.Module, img: torch.Tensor, lab: torch.Tensor, n_classes: in
     return dice_per_class(pred, lab, n_classes)
 
 
-def train_loop(args: argparse.Namespace, *, name: str, build: Callable[[], nn.Module], config: dict,
+def train_loop(args: argparse.Namespace, *, name: str, build: Callable[..., nn.Module], config: dict,
                batch_fn: Callable, val_fn: Callable, loss_fn: Callable, log: Callable[[str], None] = print) -> dict:
-    """Shared training loop of the 2D networks; returns the summary written to ``run-dir/summary.json``."""
+    """Shared training loop of the 2D networks; returns the summary written to ``run-dir/summary.json``.
+
+    ``build(**config)`` makes the network; ``--width`` replaces the configuration's ``base``."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     run = Path(args.run_dir or Path("runs") / name)
@@ -102,7 +104,9 @@ def train_loop(args: argparse.Namespace, *, name: str, build: Callable[[], nn.Mo
     D.build_cache(args.data, args.cache, train_patients + val_patients, log=log)
     train = D.load_cache(args.cache, train_patients)
     val = D.load_cache(args.cache, val_patients)
-    net = build()
+    if getattr(args, "width", 0):
+        config = {**config, "base": args.width}
+    net = build(**config)
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
     start, history, wall = 0, [], 0.0
     command = getattr(args, "command_line", "") or " ".join(["python -m deepstrain.training." + name] + sys.argv[1:])
@@ -253,8 +257,7 @@ def main(args: argparse.Namespace) -> dict:
     phantoms = None
     if getattr(args, "phantoms", 0):
         phantoms = D.load_phantom_cache(args.phantom_dir, args.cache, args.phantoms)
-    config = dict(CONFIG, base=args.width) if getattr(args, "width", 0) else dict(CONFIG)
-    return train_loop(args, name=NAME, build=lambda: build_segmentation_net(**config), config=config,
+    return train_loop(args, name=NAME, build=build_segmentation_net, config=dict(CONFIG),
                       batch_fn=lambda data, rng, b: D.segmentation_batch(
                           data, rng, b, size=args.crop, phantoms=phantoms,
                           phantom_share=args.phantom_share if phantoms else 0.0, channels=CONFIG["in_channels"],
