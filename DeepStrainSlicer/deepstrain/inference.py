@@ -102,7 +102,7 @@ def largest_components(labels: np.ndarray, n_classes: int = N_CLASSES) -> np.nda
     Voxels touching by a face, an edge or a corner are connected (26-connectivity): short-axis
     slices are acquired in separate breath-holds and are often shifted in-plane against each
     other, so a thin apical ring may touch the slice above only diagonally. With face
-    connectivity such rings were removed (ACDC validation, see the README). The work is done on
+    connectivity such rings were removed (ACDC validation, see benchmarks/README.md). The work is done on
     the bounding box of the foreground (same result, a fraction of the voxels).
     """
     out = np.array(labels, dtype=np.uint8, copy=True)
@@ -159,7 +159,7 @@ def predict(cine: Cine, *, progress: Progress | None = None, with_motion: bool =
             keep_network_motion: bool = False, centre: tuple[float, float] | None = None) -> Prediction:
     """Segmentation (and motion) of every frame of ``cine`` on its own grid (see the module docstring).
 
-    ``tta``: average the segmentation over the 4 flips of :data:`FLIPS` (slower; see the README
+    ``tta``: average the segmentation over the 4 flips of :data:`FLIPS` (slower; see benchmarks/README.md
     for its measured effect on accuracy). ``precision``: ``"auto"``, ``"float32"`` or
     ``"bfloat16"`` (:mod:`deepstrain.networks.precision`). ``refine_motion``: correct the motion
     network's field with the segmentation of every frame (:mod:`deepstrain.refinement`);

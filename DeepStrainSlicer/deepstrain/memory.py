@@ -7,7 +7,7 @@ development machine (a virtual machine) that was 0.4-0.8 million page faults and
 time for ``deepstrain analyze`` of a 30-frame study. :func:`keep_freed_memory` makes glibc keep
 freed blocks in the heap for reuse instead (``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD`` at
 their maximum): about 0.2 million faults, 1.4-2 s of system time, the same peak memory within
-0.1 GB, and 1-2 s less wall time in interleaved runs (see the README's speed figures).
+0.1 GB, and 1-2 s less wall time in interleaved runs (see the speed figures in benchmarks/README.md).
 
 It is called by the command line (:func:`deepstrain.cli.main`) and by ``deepstrain batch``'s
 worker processes, never on import: a host application such as 3D Slicer keeps its own

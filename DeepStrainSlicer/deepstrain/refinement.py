@@ -26,7 +26,7 @@ The defaults were chosen on the 20 motion-selection phantoms (seeds 8000-8019) b
 sum of mean |global ESS error| over radial, circumferential and longitudinal (network alone:
 6.15), one choice after the other: smoothness 1 / 3 / 10 (myocardium and cavity, 40 steps at
 lr 0.1): 4.90 / 4.35 / 5.00; classes (:data:`CLASSES`); then 20 steps at lr 0.2: 4.14. The
-benchmark phantoms (9000-9004) were not used. See the README for the figures. ``deepstrain
+benchmark phantoms (9000-9004) were not used. See benchmarks/README.md for the figures. ``deepstrain
 analyze`` refines by default (``--no-refine-motion`` turns it off).
 
 After hand edits (the Slicer module's Recompute), :func:`motion_for_labels` runs the refinement

@@ -3,7 +3,7 @@
 ``"auto"`` (the default everywhere) runs the convolutions in bfloat16 (``torch.autocast``) on CPUs
 with native bfloat16 arithmetic (AVX512-BF16 or AMX), where it halves the time, and in float32
 elsewhere (emulated bfloat16 would be slower). Network outputs are always returned as float32.
-Results are deterministic for a given machine and precision; the accuracy figures in the README
+Results are deterministic for a given machine and precision; the accuracy figures in benchmarks/README.md
 and the weights manifest were measured with ``"auto"`` on a CPU with AVX512-BF16 (so: bfloat16).
 """
 from __future__ import annotations
