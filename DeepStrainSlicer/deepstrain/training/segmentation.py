@@ -5,8 +5,9 @@ cosine decay of the learning rate. ``--bf16`` runs the forward pass in bfloat16 
 ``--width`` sets the network's first-level channels, ``--snapshot-every`` keeps snapshots for
 ``--average``. The random batch of iteration ``i`` is drawn from
 ``numpy.random.default_rng([seed, i])``, so a run resumed from a checkpoint (with the same
-``--width`` and ``--bf16``: checked) continues exactly as an uninterrupted one would. Progress (loss, validation Dice) is printed; a checkpoint
-``last.pt`` is written every ``--checkpoint-every`` iterations into ``--run-dir``.
+``--width`` and ``--bf16``: checked) continues exactly as an uninterrupted one would. Progress
+(loss, validation Dice) is printed; a checkpoint ``last.pt`` is written every
+``--checkpoint-every`` iterations into ``--run-dir``.
 """
 from __future__ import annotations
 
@@ -106,6 +107,7 @@ def train_loop(args: argparse.Namespace, *, name: str, build: Callable[..., nn.M
     val = D.load_cache(args.cache, val_patients)
     if getattr(args, "width", 0):
         config = {**config, "base": args.width}
+    bf16 = bool(getattr(args, "bf16", False))
     net = build(**config)
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
     start, history, wall = 0, [], 0.0
@@ -137,7 +139,7 @@ def train_loop(args: argparse.Namespace, *, name: str, build: Callable[..., nn.M
         if state.get("config") != config:
             raise InputError(ckpt, f"checkpoint configuration {state.get('config')} differs from {config} "
                                    "(a different --width?): cannot resume")
-        if bool(state.get("bf16", False)) != bool(getattr(args, "bf16", False)):
+        if bool(state.get("bf16", False)) != bf16:
             raise InputError(ckpt, f"the run was trained with{'' if state.get('bf16') else 'out'} --bf16: "
                                    "resume it the same way")
         net.load_state_dict(state["model"])
@@ -159,13 +161,12 @@ def train_loop(args: argparse.Namespace, *, name: str, build: Callable[..., nn.M
         tmp = path.with_name(path.stem + ".tmp.pt")
         blob = {"model": net.state_dict(), "iteration": done, "history": history,
                 "wall_s": wall + time.time() - t0, "config": config, "seed": args.seed, "command": command,
-                "bf16": bool(getattr(args, "bf16", False))}
+                "bf16": bf16}
         if optimizer:
             blob["optimizer"] = opt.state_dict()
         torch.save(blob, tmp)
         tmp.replace(path)
 
-    bf16 = bool(getattr(args, "bf16", False))
     snapshot_every = int(getattr(args, "snapshot_every", 0) or 0)
 
     for i in range(start, args.iterations):
