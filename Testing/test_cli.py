@@ -86,7 +86,7 @@ def test_analyze_with_given_labels_and_motion_writes_all_outputs(study, tmp_path
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert sorted(p.name for p in out.iterdir()) == [
-        "displacement.nii.gz", "report.json", "results.csv", "segmentation.nii.gz", "strain.csv"]
+        "displacement.nii.gz", "report.json", "results.csv", "segmentation.nii.gz", "slices.csv", "strain.csv"]
     printed = captured.out
     rep = json.loads((out / "report.json").read_text())
     assert rep["frames"]["count"] == 5

@@ -82,9 +82,32 @@ def test_labels_only_gives_volumes_and_null_strain(tmp_path):
     assert a.segments is not None  # segments come from the labels alone
     assert r["volumetrics"]["lv_edv_ml"] > r["volumetrics"]["lv_esv_ml"] > 0
     assert any("no displacement" in w for w in r["warnings"])
-    jp, cp, _ = a.write(tmp_path)
+    jp, cp, _, sp = a.write(tmp_path)
     assert json.loads(jp.read_text())["volumetrics"] == r["volumetrics"]
     assert "lv_volume_ml" in cp.read_text().splitlines()[0]
+    rows = sp.read_text().splitlines()
+    assert rows[0] == "slice,position_mm,lv_ed_ml,lv_es_ml,myo_ed_ml,myo_es_ml,rv_ed_ml,rv_es_ml"
+    assert len(rows) == 1 + labels.shape[1]
+
+
+def test_slice_volumes_add_up_and_positions_run_base_to_apex():
+    heart, geo, labels, disp = _study()
+    a = compute(_cine(geo, labels), labels, None)
+    s, v = a.report["slices"], a.report["volumetrics"]
+    assert s["slice"] == list(range(labels.shape[1]))
+    assert sum(s["lv_ed_ml"]) == pytest.approx(v["lv_edv_ml"], abs=1e-3)
+    assert sum(s["lv_es_ml"]) == pytest.approx(v["lv_esv_ml"], abs=1e-3)
+    assert sum(s["myo_ed_ml"]) * 1.05 == pytest.approx(v["lv_mass_g"], abs=1e-3)
+    assert sum(s["lv_es_ml"]) < sum(s["lv_ed_ml"])
+    pos = np.array(s["position_mm"])
+    assert pos.min() == 0.0
+    steps = np.abs(np.diff(pos))  # slices 10 mm apart, the stack tilted against the long axis
+    assert np.all(steps > 8.0) and np.all(steps <= 10.0 + 1e-6) and np.all(np.sign(np.diff(pos)) == np.sign(pos[-1] - pos[0]))
+    base_first = pos[0] == 0.0
+    lv = np.array(s["lv_ed_ml"])
+    # the LV cavity is largest towards the base, zero beyond the apex
+    k = np.flatnonzero(lv > 0)
+    assert (lv[k[0]] > lv[k[-1]]) == base_first
 
 
 def test_two_frame_study_without_timing():

@@ -120,6 +120,19 @@ def test_ed_es_frames_only_when_given():
 def test_ef_outside_range():
     found = _check(_study(squeeze=0.35))
     assert _names(found) == ["ef_outside_range"] and "above 80" in found[0].message
+    assert found[0].slices == () and "no LV cavity at ES" not in found[0].message
+    lab = _study(squeeze=0.35)
+    for k in (0, 1):  # the two most basal ES slices called atrium: background
+        lab[2, k] = 0
+    found = _check(lab)
+    assert _names(found) == ["ef_outside_range"] and found[0].frame == 2 and found[0].slices == (0, 1)
+    ed_ml = [float((lab[0, k] == 3).sum()) * 10 * 1.5 * 1.5 / 1000 for k in (0, 1)]
+    assert f"slices 0, 1 ({ed_ml[0]:.1f}, {ed_ml[1]:.1f} ml of LV cavity at ED) have no LV cavity at ES" \
+        in found[0].message
+    assert len(found[0].points_ras) == 2  # where the Slicer module takes the views
+    # a mid-ventricular slice without ES cavity is another check's business, not counted here
+    assert quality.basal_slices_lost_at_es(lab, 0, 2, np.arange(9.0)) == [0, 1]
+    assert quality.basal_slices_lost_at_es(lab, 0, 2, -np.arange(9.0)) == []  # apex first: the apical cap
     assert _names(quality.check_ef(3.0)) == ["ef_outside_range"] and quality.check_ef(None) == []
 
 

@@ -87,7 +87,7 @@ def test_report_and_csv_carry_rotation(tmp_path):
     an = pipeline.compute(cine, np.stack([lab, lab]), u, ed=0, es=1)
     assert an.report["rotation"]["apical_deg"][1] == pytest.approx(8.0, abs=1e-3)
     assert an.report["twist"]["es_twist_deg"] == pytest.approx(12.0, abs=1e-3)
-    _, csv_path, _ = an.write(tmp_path)
+    csv_path = an.write(tmp_path)[1]
     header = csv_path.read_text().splitlines()[0].split(",")
     for col in ("rotation_basal_deg", "rotation_mid_deg", "rotation_apical_deg", "twist_deg", "twist_rate_deg_per_s"):
         assert col in header

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from deepstrain.cine import Geometry
-from deepstrain.volumetrics import INDEXED, body_surface_area, find_ed_es, label_volumes_ml, volumetrics, voxel_volume_ml
+from deepstrain.volumetrics import (INDEXED, body_surface_area, find_ed_es, label_volumes_ml, slice_volumes_ml, volumetrics,
+                                    voxel_volume_ml)
 
 
 def _labels():
@@ -36,6 +37,19 @@ def test_label_volumes_per_frame():
     assert one["lv"].shape == (1,) and one["lv"][0] == pytest.approx(64 * 0.03)
     # signed integer labels give the same counts
     np.testing.assert_allclose(label_volumes_ml(_labels().astype(np.int16), geo)["rv"], v["rv"])
+
+
+def test_slice_volumes_per_slice_of_one_frame():
+    geo = Geometry((10.0, 2.0, 1.5))
+    lab = _labels()[1].copy()
+    lab[3] = 0  # the last slice empty
+    s = slice_volumes_ml(lab, geo)
+    np.testing.assert_allclose(s["lv"], np.array([9, 9, 9, 0]) * 0.03)
+    np.testing.assert_allclose(s["rv"], np.array([15, 15, 15, 0]) * 0.03)
+    for key, total in label_volumes_ml(lab, geo).items():
+        assert s[key].sum() == pytest.approx(total[0])
+    with pytest.raises(ValueError, match="one frame"):
+        slice_volumes_ml(_labels(), geo)
 
 
 def test_find_ed_es_and_ties():

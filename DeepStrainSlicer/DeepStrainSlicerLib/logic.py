@@ -48,6 +48,11 @@ ROTATION_COLUMNS = {"basal_deg": ("basal rotation (deg)", (0.55, 0.35, 0.75)),
                     "apical_deg": ("apical rotation (deg)", (0.10, 0.65, 0.70)),
                     "twist_deg": ("twist (deg)", (0.15, 0.15, 0.15))}
 """Curve-table columns and chart colours of the rotation curves (report keys ``rotation`` and ``twist``)."""
+SLICE_TABLE_COLUMNS = {"slice": "slice", "position_mm": "position from base (mm)",
+                       "lv_ed_ml": "LV cavity ED (ml)", "lv_es_ml": "LV cavity ES (ml)",
+                       "myo_ed_ml": "myocardium ED (ml)", "myo_es_ml": "myocardium ES (ml)",
+                       "rv_ed_ml": "RV cavity ED (ml)", "rv_es_ml": "RV cavity ES (ml)"}
+"""Columns of the per-slice volume table (keys of the report's ``slices`` block)."""
 POLAR_VIEW_TAG = "DeepStrainPolarMap"
 PLOT_VIEW_TAG = "DeepStrainPlot"
 LAYOUT_ID = 9601
@@ -165,7 +170,7 @@ class Parameters:
         "GlyphSequence", "CurveTable", "MarkerTable", "StrainChart", "RateChart", "VolumeChart",
         "RotationChart", "PolarModel",
         "PolarLabels", "PolarHighlight", "PolarColors", "AhaSegmentation", "ReportText", "PolarView",
-        "RvInsertion", "ResultsTable",
+        "RvInsertion", "ResultsTable", "SliceTable",
     )
 
     def __init__(self, node: slicer.vtkMRMLScriptedModuleNode) -> None:
@@ -456,6 +461,7 @@ class DeepStrainLogic:
         report = analysis.report
         self._update_curve_tables(report, params, analysis.volume_curves)
         self._update_results_table(report, params)
+        self._update_slice_table(report, params)
         self._update_charts(params)
         self._update_aha_segmentation(analysis, params)
         self._update_report_text(report, params)
@@ -561,6 +567,19 @@ class DeepStrainLogic:
             cols[2].SetValue(i, unit)
         table.SetAndObserveTable(t)
         table.Modified()
+
+    def _update_slice_table(self, report: dict, params: Parameters) -> None:
+        """Per-slice volumes at ED and ES (the report's ``slices`` block, as ``slices.csv``) as a table
+        node: where EDV and ESV come from, slice by slice (NaN: no position without a cardiac frame)."""
+        slices = report.get("slices")
+        if not slices:
+            return
+        table = params.ref("SliceTable")
+        if table is None:
+            table = self.scene.AddNewNodeByClass("vtkMRMLTableNode", f"{params.study_name} volumes per slice")
+            params.set_ref("SliceTable", table)
+        _fill_table(table, {SLICE_TABLE_COLUMNS[key]: _curve(values, len(slices["slice"]))
+                            for key, values in slices.items()})
 
     def results(self, params: Parameters) -> dict[str, tuple[float | None, str]]:
         """``quantity -> (value, unit)`` from the results table (None: not computed)."""
@@ -1085,8 +1104,8 @@ class DeepStrainLogic:
             for name, path in render.export_pictures(self, params, tmp, stem, renderer_factory).items():
                 written.append(path.name)
             written.append(qc_figure(analysis, tmp / f"{stem}_qc.png").name)
-            j, c, r = write_report(report, tmp, volume_curves=self._volume_curves(params))
-            for p, name in ((j, f"{stem}_report.json"), (c, f"{stem}_strain.csv"), (r, f"{stem}_results.csv")):
+            for p in write_report(report, tmp, volume_curves=self._volume_curves(params)):
+                name = f"{stem}_{p.name}"  # report.json, strain.csv, results.csv, slices.csv
                 os.replace(p, tmp / name)
                 written.append(name)
         return [out / n for n in written]

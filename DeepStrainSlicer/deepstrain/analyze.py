@@ -3,7 +3,7 @@
 Segmentation and motion come from the networks unless the user gives them (corrected
 contours, or another tracker's motion). The output folder is written atomically: it holds
 
-* ``report.json`` and ``strain.csv`` (see :mod:`deepstrain.report`),
+* ``report.json``, ``strain.csv``, ``results.csv`` and ``slices.csv`` (see :mod:`deepstrain.report`),
 * ``segmentation.nii.gz``: 4D (x, y, z, t) uint8, ACDC label values, on the input's grid,
 * ``displacement.nii.gz``: 5D (x, y, z, t, 3) float32, RAS mm, Lagrangian from ED,
 * for an input given as one file per frame (ACDC folders): ``<frame file name>_seg.nii.gz``

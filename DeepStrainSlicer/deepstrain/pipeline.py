@@ -18,8 +18,8 @@ import numpy as np
 from . import aha as aha_mod
 from .cine import Cine
 from .errors import InputError
-from .quality import check_study
-from .report import build_report, write_report
+from .quality import check_study, slice_positions_mm
+from .report import build_report, slices_block, write_report
 from .dyssynchrony import dyssynchrony
 from .rotation import level_rotations, level_separation_mm, twist_summary
 from .strain import (
@@ -31,7 +31,7 @@ from .strain import (
     strain_components,
     strain_rate,
 )
-from .volumetrics import body_surface_area, find_ed_es, label_volumes_ml, volumetrics
+from .volumetrics import body_surface_area, find_ed_es, label_volumes_ml, slice_volumes_ml, volumetrics
 
 ED_DISPLACEMENT_TOLERANCE_MM = 0.01
 """The displacement at the ED frame must be zero (it is the reference): largest |u| allowed there."""
@@ -63,8 +63,8 @@ class Analysis:
     """The networks' raw motion (:class:`deepstrain.refinement.NetworkMotion`) when
     :func:`deepstrain.analyze.analyze_cine` was asked to keep it; never written."""
 
-    def write(self, out_dir: str | Path) -> tuple[Path, Path, Path]:
-        """Write report.json, strain.csv (with the volume curves) and results.csv into the existing ``out_dir``."""
+    def write(self, out_dir: str | Path) -> tuple[Path, ...]:
+        """Write report.json, strain.csv (with the volume curves), results.csv and slices.csv into the existing ``out_dir``."""
         return write_report(self.report, out_dir, volume_curves=self.volume_curves)
 
 
@@ -227,6 +227,9 @@ def compute(
         warnings=warnings,
     )
     report["aha_reference"] = aha_reference
+    report["slices"] = slices_block(
+        slice_volumes_ml(lab[ed_i], cine.geometry), slice_volumes_ml(lab[es_i], cine.geometry),
+        None if frame is None else slice_positions_mm(lab.shape[1], cine.geometry, frame))
     findings = check_study(lab, cine.geometry, ed_i, es_i, frame=frame, lv_volume_ml=vol_curves["lv"],
                            ef_percent=vol["lv_ef_percent"], lv_mass_g=vol["lv_mass_g"], ed_given=ed_given,
                            es_given=es_given, displacement=disp, ess_percent=report["ess"])

@@ -39,7 +39,10 @@ without one. The checks:
 ``ef_outside_range``
     LV EF above :data:`EF_HIGH_PERCENT` (above the normal range by a margin; with a small ES
     cavity it usually means trabeculae or papillary muscles were left out of the ES cavity, or the
-    basal ES slice) or below :data:`EF_LOW_PERCENT` (ED and ES frames swapped or wrong).
+    basal ES slice) or below :data:`EF_LOW_PERCENT` (ED and ES frames swapped or wrong). A high EF
+    names the basal slices with LV cavity at ED and none at ES, where there are such (the base
+    descends through them; ACDC's annotators, whom the networks follow, then drew no cavity,
+    other conventions count it), with their ED cavity in ml.
 ``heart_size``
     The LV end-diastolic volume or the LV mass lies outside the range of adult human hearts
     (:data:`HEART_EDV_ML`, :data:`HEART_MASS_G`; the 100 ACDC patients span EDV 49-374 ml and
@@ -69,6 +72,7 @@ import numpy as np
 
 from .cine import Geometry, lost_spacing_hint
 from .strain import CardiacFrame
+from .volumetrics import slice_volumes_ml
 
 OPEN_BORDER_FRACTION = 0.10
 """Largest share of an LV cavity's border that may touch background or RV (most basal and apical cavity slices not checked)."""
@@ -246,13 +250,36 @@ def check_ed_es_frames(lv_volume_ml: np.ndarray, ed: int | None, es: int | None)
     return out
 
 
-def check_ef(ef_percent: float | None) -> list[Finding]:
-    """``ef_outside_range`` (see the module docstring)."""
+def basal_slices_lost_at_es(labels: np.ndarray, ed: int, es: int, pos: np.ndarray) -> list[int]:
+    """Slices (most basal first) with LV cavity at ED and none at ES, counted from the most basal
+    ED cavity slice towards the apex until the first slice with cavity at ES."""
+    has_ed = (labels[ed] == 3).reshape(labels.shape[1], -1).any(axis=1)
+    has_es = (labels[es] == 3).reshape(labels.shape[1], -1).any(axis=1)
+    lost = []
+    for k in (int(k) for k in np.argsort(pos, kind="stable")):
+        if has_es[k]:
+            break
+        if has_ed[k]:
+            lost.append(k)
+    return lost
+
+
+def check_ef(ef_percent: float | None, es: int | None = None, lost_slices_ml: dict[int, float] | None = None
+             ) -> list[Finding]:
+    """``ef_outside_range`` (see the module docstring). ``lost_slices_ml``: the basal slices with LV
+    cavity at ED and none at ES (frame ``es``; :func:`basal_slices_lost_at_es`) -> their ED cavity (ml)."""
     if ef_percent is None or not np.isfinite(ef_percent):
         return []
     if ef_percent > EF_HIGH_PERCENT:
-        return [Finding("ef_outside_range", f"LV EF {ef_percent:.1f} % is above {EF_HIGH_PERCENT:.0f} %: check that "
-                        "the ES cavity includes trabeculae and papillary muscles, and the basal ES slice")]
+        text = f"LV EF {ef_percent:.1f} % is above {EF_HIGH_PERCENT:.0f} %: check that the ES cavity includes " \
+               "trabeculae and papillary muscles, and the basal ES slice"
+        if not lost_slices_ml:
+            return [Finding("ef_outside_range", text)]
+        ks = tuple(lost_slices_ml)
+        ml = ", ".join(f"{lost_slices_ml[k]:.1f}" for k in ks)
+        return [Finding("ef_outside_range", text + f": {_slices_text(list(ks))} ({ml} ml of LV cavity at ED) "
+                        f"{'has' if len(ks) == 1 else 'have'} no LV cavity at ES (frame {es}); where the ES "
+                        "cavity is drawn there, ESV grows and EF falls", es, ks)]
     if ef_percent < EF_LOW_PERCENT:
         return [Finding("ef_outside_range", f"LV EF {ef_percent:.1f} % is below {EF_LOW_PERCENT:.0f} %: check the "
                         "ED and ES frames and their contours")]
@@ -346,14 +373,17 @@ def check_study(labels: np.ndarray, geometry: Geometry, ed: int, es: int, *,
     """
     lab = np.asarray(labels)
     found: list[Finding] = []
+    lost: dict[int, float] = {}
     if frame is not None:
         pos = slice_positions_mm(lab.shape[1], geometry, frame)
+        cavity_ml = slice_volumes_ml(lab[ed], geometry)["lv"]
+        lost = {k: float(cavity_ml[k]) for k in basal_slices_lost_at_es(lab, ed, es, pos)}
         found += check_open_myocardium(lab, {"ED": ed, "ES": es}, pos)
         found += check_cavity_missing_at_es(lab, ed, es, pos)
         found += check_apex_coverage(lab[ed], ed, pos)
         found += check_slice_alignment(lab[ed], ed, frame, pos)
     found += check_ed_es_frames(lv_volume_ml, ed if ed_given else None, es if es_given else None)
-    found += check_ef(ef_percent)
+    found += check_ef(ef_percent, es, lost)
     found += check_heart_size(float(np.asarray(lv_volume_ml)[ed]), lv_mass_g, geometry)
     if displacement is not None:
         found += check_motion(lab, displacement, geometry, ed, es)

@@ -1,4 +1,5 @@
-"""The analysis report: ``report.json`` (keys of ``notes/strain_spec.md``) and ``strain.csv``.
+"""The analysis report: ``report.json`` (keys of ``notes/strain_spec.md``), ``strain.csv``,
+``results.csv`` and ``slices.csv``.
 
 Floats are rounded to 4 decimals; NaN, infinities and missing values are written as JSON
 ``null`` (empty cells in the CSV). Frames are 0-based.
@@ -157,6 +158,27 @@ def build_report(
     }
 
 
+SLICE_COLUMNS = ("slice", "position_mm", "lv_ed_ml", "lv_es_ml", "myo_ed_ml", "myo_es_ml", "rv_ed_ml", "rv_es_ml")
+"""Columns of the report's ``slices`` block and of ``slices.csv``."""
+
+
+def slices_block(ed_ml: Mapping[str, np.ndarray], es_ml: Mapping[str, np.ndarray],
+                 position_mm: np.ndarray | None) -> dict[str, list]:
+    """The report's ``slices`` block: per slice of the stack (array index ``slice``, 0-based), its
+    ``position_mm`` along the long axis from the stack's most basal slice (0) towards the apex
+    (None without a cardiac frame), and the LV cavity, myocardium and RV volumes (ml) at ED and ES
+    (``ed_ml`` / ``es_ml``: ``"lv"``, ``"myo"``, ``"rv"`` -> ``(Z,)``, from
+    :func:`deepstrain.volumetrics.slice_volumes_ml`). They show which slices make up EDV and
+    ESV: a basal slice with cavity at ED and none at ES is a common reason two EFs differ."""
+    n = len(np.asarray(ed_ml["lv"]))
+    pos = None if position_mm is None else np.asarray(position_mm, dtype=np.float64) - np.min(position_mm)
+    out: dict[str, list] = {"slice": list(range(n)), "position_mm": _list(pos) if pos is not None else [None] * n}
+    for key in ("lv", "myo", "rv"):
+        out[f"{key}_ed_ml"] = _list(ed_ml[key])  # type: ignore[assignment]
+        out[f"{key}_es_ml"] = _list(es_ml[key])  # type: ignore[assignment]
+    return {c: out[c] for c in SLICE_COLUMNS}
+
+
 def _dyssynchrony_block(d: Mapping[str, Any] | None) -> dict[str, Any]:
     d = d or {}
     out: dict[str, Any] = {k: _num(d.get(k)) for k in DYSSYNCHRONY_KEYS}
@@ -215,8 +237,10 @@ def write_report(
     report: Mapping[str, Any],
     out_dir: str | os.PathLike,
     volume_curves: Mapping[str, np.ndarray] | None = None,
-) -> tuple[Path, Path, Path]:
-    """Write ``report.json``, ``strain.csv`` and ``results.csv`` into the existing folder ``out_dir``.
+) -> tuple[Path, ...]:
+    """Write ``report.json``, ``strain.csv``, ``results.csv`` and (when the report has its
+    ``slices`` block, see :func:`slices_block`) ``slices.csv`` into the existing folder ``out_dir``;
+    returns their paths in that order.
 
     ``results.csv``: the single-number results of :func:`scalar_results`, one per row, with the
     columns quantity, value (empty: not computed) and unit.
@@ -224,13 +248,18 @@ def write_report(
     ``strain.csv`` has one row per frame: frame, time_ms, global strain (percent), strain rates
     (1/s), the volumes when ``volume_curves`` (``{"lv", "myo", "rv"}`` -> ``(T,)`` ml) is given,
     the level rotations ``rotation_<level>_deg``, ``twist_deg`` and ``twist_rate_deg_per_s``,
-    then ``aha_<component>_<segment>`` (percent). Refuses to replace existing files.
+    then ``aha_<component>_<segment>`` (percent). ``slices.csv`` has one row per slice with the
+    columns of :data:`SLICE_COLUMNS`. Refuses to replace existing files.
     """
     out = Path(out_dir)
     if not out.is_dir():
         raise InputError(out, "output folder does not exist")
     json_path, csv_path, results_path = out / "report.json", out / "strain.csv", out / "results.csv"
-    for p in (json_path, csv_path, results_path):
+    slices = report.get("slices")
+    slices_path = out / "slices.csv" if slices else None
+    for p in (json_path, csv_path, results_path, slices_path):
+        if p is None:
+            continue
         if p.exists():
             raise InputError(p, "file exists; refusing to overwrite it")
     text = json.dumps(report, indent=2, allow_nan=False)
@@ -273,4 +302,11 @@ def write_report(
         w.writerow(["quantity", "value", "unit"])
         for name, value, unit in scalar_results(report):
             w.writerow([name, _cell(value), unit])
-    return json_path, csv_path, results_path
+    if slices_path is None:
+        return json_path, csv_path, results_path
+    with open(slices_path, "x", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(SLICE_COLUMNS)
+        for i in range(len(slices["slice"])):
+            w.writerow([str(slices[c][i]) if c == "slice" else _cell(slices[c][i]) for c in SLICE_COLUMNS])
+    return json_path, csv_path, results_path, slices_path

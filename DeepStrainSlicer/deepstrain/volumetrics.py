@@ -45,6 +45,16 @@ def label_volumes_ml(labels: np.ndarray, geometry: Geometry) -> dict[str, np.nda
     return {name: counts[:, value].astype(np.float64) * vox for name, value in _LABEL_OF.items()}
 
 
+def slice_volumes_ml(labels: np.ndarray, geometry: Geometry) -> dict[str, np.ndarray]:
+    """Volumes (ml) of the LV cavity (``"lv"``), myocardium (``"myo"``) and RV (``"rv"``) on each
+    slice of one frame ``(Z, Y, X)``; each value is ``(Z,)`` and they sum to the frame's volumes
+    of :func:`label_volumes_ml` (slice thickness = the slice spacing, as for those)."""
+    lab = np.asarray(labels)
+    if lab.ndim != 3:
+        raise ValueError(f"labels must be one frame (Z, Y, X), got shape {lab.shape}")
+    return label_volumes_ml(lab[:, None], geometry)
+
+
 def find_ed_es(lv_volume: np.ndarray) -> tuple[int, int]:
     """ED = frame of largest LV volume, ES = frame of smallest; ties go to the earliest frame."""
     v = np.asarray(lv_volume, dtype=np.float64).reshape(-1)

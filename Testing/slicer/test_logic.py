@@ -341,6 +341,13 @@ def test_body_size_gives_indexed_volumes_and_a_results_table(harness, phantom):
     assert res["ess_circumferential"][0] == pytest.approx(a.report["ess"]["circumferential"])
     assert res["ess_circumferential"][1] == "%"
     assert p.ref("ResultsTable").GetID() in p.study_nodes  # removed with the study
+    st = p.ref("SliceTable").GetTable()  # volumes per slice, adding up to EDV and ESV
+    assert st.GetNumberOfRows() == labels.shape[1] and p.ref("SliceTable").GetID() in p.study_nodes
+    per_slice = {st.GetColumnName(i): [st.GetValue(r, i).ToDouble() for r in range(st.GetNumberOfRows())]
+                 for i in range(st.GetNumberOfColumns())}
+    assert sum(per_slice["LV cavity ED (ml)"]) == pytest.approx(vol["lv_edv_ml"], abs=1e-3)
+    assert sum(per_slice["LV cavity ES (ml)"]) == pytest.approx(vol["lv_esv_ml"], abs=1e-3)
+    assert per_slice["slice"] == list(range(labels.shape[1])) and min(per_slice["position from base (mm)"]) == 0
     p.weight_kg = 125.0  # corrected after Run
     new = harness.logic.recompute(p)
     assert new.report["subject"]["bsa_m2"] == pytest.approx(2.5)

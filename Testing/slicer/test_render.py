@@ -137,7 +137,7 @@ def test_export_writes_all_files_and_never_overwrites(study, output_dir, tmp_pat
     stem = f"{h.params.study_name}_20260102-030405"
     assert names == sorted([f"{stem}_slice_ED_frame{analysis.ed}.png", f"{stem}_slice_ES_frame{analysis.es}.png",
                             f"{stem}_curves.png", f"{stem}_polar_map.png", f"{stem}_qc.png", f"{stem}_report.json",
-                            f"{stem}_strain.csv", f"{stem}_results.csv"])
+                            f"{stem}_strain.csv", f"{stem}_results.csv", f"{stem}_slices.csv"])
     assert all(f.stat().st_size > 1000 for f in first if f.suffix == ".png")
     mtimes = {f: f.stat().st_mtime_ns for f in first}
     second = h.logic.export(h.params, tmp_path, now=when)  # same second: a new folder, old files untouched
