@@ -146,8 +146,13 @@ def open_border_fraction(labels2d: np.ndarray) -> float | None:
     return opened / total if total else 0.0
 
 
+def _has_cavity(labels3d: np.ndarray) -> np.ndarray:
+    """``(Z,)`` bool: the slice has LV cavity."""
+    return (labels3d == 3).reshape(labels3d.shape[0], -1).any(axis=1)
+
+
 def _cavity_slices(labels3d: np.ndarray) -> np.ndarray:
-    return np.nonzero((labels3d == 3).reshape(labels3d.shape[0], -1).any(axis=1))[0]
+    return np.nonzero(_has_cavity(labels3d))[0]
 
 
 def _basal_apical(ks: np.ndarray, pos: np.ndarray) -> tuple[int, int]:
@@ -180,8 +185,7 @@ def check_open_myocardium(labels: np.ndarray, frames: dict[str, int], pos: np.nd
 
 def check_cavity_missing_at_es(labels: np.ndarray, ed: int, es: int, pos: np.ndarray) -> list[Finding]:
     """``cavity_missing_at_es`` (see the module docstring)."""
-    has_ed = (labels[ed] == 3).reshape(labels.shape[1], -1).any(axis=1)
-    has_es = (labels[es] == 3).reshape(labels.shape[1], -1).any(axis=1)
+    has_ed, has_es = _has_cavity(labels[ed]), _has_cavity(labels[es])
     ks = np.nonzero(has_ed)[0]
     if ks.size < 3:
         return []
@@ -253,8 +257,7 @@ def check_ed_es_frames(lv_volume_ml: np.ndarray, ed: int | None, es: int | None)
 def basal_slices_lost_at_es(labels: np.ndarray, ed: int, es: int, pos: np.ndarray) -> list[int]:
     """Slices (most basal first) with LV cavity at ED and none at ES, counted from the most basal
     ED cavity slice towards the apex until the first slice with cavity at ES."""
-    has_ed = (labels[ed] == 3).reshape(labels.shape[1], -1).any(axis=1)
-    has_es = (labels[es] == 3).reshape(labels.shape[1], -1).any(axis=1)
+    has_ed, has_es = _has_cavity(labels[ed]), _has_cavity(labels[es])
     lost = []
     for k in (int(k) for k in np.argsort(pos, kind="stable")):
         if has_es[k]:
@@ -376,8 +379,9 @@ def check_study(labels: np.ndarray, geometry: Geometry, ed: int, es: int, *,
     lost: dict[int, float] = {}
     if frame is not None:
         pos = slice_positions_mm(lab.shape[1], geometry, frame)
-        cavity_ml = slice_volumes_ml(lab[ed], geometry)["lv"]
-        lost = {k: float(cavity_ml[k]) for k in basal_slices_lost_at_es(lab, ed, es, pos)}
+        if ef_percent is not None and ef_percent > EF_HIGH_PERCENT:  # only a high EF names them
+            cavity_ml = slice_volumes_ml(lab[ed], geometry)["lv"]
+            lost = {k: float(cavity_ml[k]) for k in basal_slices_lost_at_es(lab, ed, es, pos)}
         found += check_open_myocardium(lab, {"ED": ed, "ES": es}, pos)
         found += check_cavity_missing_at_es(lab, ed, es, pos)
         found += check_apex_coverage(lab[ed], ed, pos)

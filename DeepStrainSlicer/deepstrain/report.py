@@ -171,12 +171,11 @@ def slices_block(ed_ml: Mapping[str, np.ndarray], es_ml: Mapping[str, np.ndarray
     :func:`deepstrain.volumetrics.slice_volumes_ml`). They show which slices make up EDV and
     ESV: a basal slice with cavity at ED and none at ES is a common reason two EFs differ."""
     n = len(np.asarray(ed_ml["lv"]))
-    pos = None if position_mm is None else np.asarray(position_mm, dtype=np.float64) - np.min(position_mm)
-    out: dict[str, list] = {"slice": list(range(n)), "position_mm": _list(pos) if pos is not None else [None] * n}
-    for key in ("lv", "myo", "rv"):
-        out[f"{key}_ed_ml"] = _list(ed_ml[key])  # type: ignore[assignment]
-        out[f"{key}_es_ml"] = _list(es_ml[key])  # type: ignore[assignment]
-    return {c: out[c] for c in SLICE_COLUMNS}
+    pos = [None] * n if position_mm is None else _list(np.asarray(position_mm, np.float64) - np.min(position_mm))
+    out: dict[str, list] = {"slice": list(range(n)), "position_mm": pos}  # type: ignore[dict-item]
+    for key in ("lv", "myo", "rv"):  # the order of SLICE_COLUMNS
+        out[f"{key}_ed_ml"], out[f"{key}_es_ml"] = _list(ed_ml[key]), _list(es_ml[key])  # type: ignore[assignment]
+    return out
 
 
 def _dyssynchrony_block(d: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -256,10 +255,8 @@ def write_report(
         raise InputError(out, "output folder does not exist")
     json_path, csv_path, results_path = out / "report.json", out / "strain.csv", out / "results.csv"
     slices = report.get("slices")
-    slices_path = out / "slices.csv" if slices else None
-    for p in (json_path, csv_path, results_path, slices_path):
-        if p is None:
-            continue
+    paths = (json_path, csv_path, results_path) + ((out / "slices.csv",) if slices else ())
+    for p in paths:
         if p.exists():
             raise InputError(p, "file exists; refusing to overwrite it")
     text = json.dumps(report, indent=2, allow_nan=False)
@@ -302,11 +299,10 @@ def write_report(
         w.writerow(["quantity", "value", "unit"])
         for name, value, unit in scalar_results(report):
             w.writerow([name, _cell(value), unit])
-    if slices_path is None:
-        return json_path, csv_path, results_path
-    with open(slices_path, "x", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(SLICE_COLUMNS)
-        for i in range(len(slices["slice"])):
-            w.writerow([str(slices[c][i]) if c == "slice" else _cell(slices[c][i]) for c in SLICE_COLUMNS])
-    return json_path, csv_path, results_path, slices_path
+    if slices:
+        with open(paths[3], "x", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(SLICE_COLUMNS)
+            for i in range(len(slices["slice"])):
+                w.writerow([str(slices[c][i]) if c == "slice" else _cell(slices[c][i]) for c in SLICE_COLUMNS])
+    return paths
