@@ -133,3 +133,21 @@ def test_precision_choice_and_bfloat16_close_to_float32():
     assert torch.equal(segment_slices(net, x, precision="bfloat16"), p16)  # deterministic
     with compute_precision("float32") as used:
         assert used == "float32"
+
+
+def test_ensemble_gives_the_mean_probability_of_its_members_and_runs_as_one_network():
+    from deepstrain.networks.blocks import fuse_batchnorm
+    from deepstrain.networks.segmentation import SegmentationEnsemble
+
+    torch.manual_seed(3)
+    ens = build_segmentation_net(members=3, base=4, depth=2).eval()
+    assert isinstance(ens, SegmentationEnsemble) and input_channels(ens) == 3
+    x = context_slices(torch.rand(1, 4, 32, 40), 3)
+    with torch.no_grad():
+        members = [torch.softmax(m(x), 1) for m in ens.members]
+    p = segment_slices(ens, x, precision="float32")
+    assert torch.allclose(p, sum(members) / 3, atol=1e-5)
+    assert not torch.allclose(p, members[0], atol=1e-3)  # the members differ: the mean is not one of them
+    assert torch.allclose(segment_slices(fuse_batchnorm(ens), x, precision="float32"), p, atol=1e-4)
+    with pytest.raises(ValueError, match="at least two"):
+        SegmentationEnsemble([build_segmentation_net(base=4, depth=2)])

@@ -124,7 +124,7 @@ def test_average_of_two_runs_is_their_parameter_mean_and_is_validated(tmp_path, 
     other = torch.load(ck[1], weights_only=False)
     other["config"] = {**other["config"], "base": 8}
     torch.save(other, tmp_path / "other.pt")
-    with pytest.raises(InputError, match="cannot average"):
+    with pytest.raises(InputError, match="cannot combine"):
         segmentation.main(_args(tmp_path / "bad", shared_data, cache, segmentation.NAME, iterations=2,
                                 average=[ck[0], tmp_path / "other.pt"]))
 
@@ -173,3 +173,63 @@ def test_phantom_slices_join_segmentation_batches(tmp_path, cache):
     assert not (y == 1).any()  # no RV in the phantom: every slice came from it
     x, y = D.segmentation_batch(data, np.random.default_rng(0), 16, size=64, phantoms=ph, phantom_share=0.0)
     assert (y == 1).any()  # patient001 has an RV
+
+
+def test_batches_from_worker_processes_are_the_batches_drawn_in_process(tmp_path, shared_data, cache):
+    a = segmentation.main(_args(tmp_path / "a", shared_data, cache, segmentation.NAME, iterations=3))
+    b = segmentation.main(_args(tmp_path / "b", shared_data, cache, segmentation.NAME, iterations=3, workers=2))
+    ma = torch.load(tmp_path / "a" / segmentation.NAME / "last.pt", weights_only=False)["model"]
+    mb = torch.load(tmp_path / "b" / segmentation.NAME / "last.pt", weights_only=False)["model"]
+    for k in ma:
+        assert torch.equal(ma[k], mb[k]), k
+    assert a["history"][-1]["val_dice_lv"] == b["history"][-1]["val_dice_lv"]
+
+
+def test_compact_cache_reads_back_within_rounding_and_trains_without_the_acdc_folder(tmp_path, shared_data, cache):
+    D.write_compact_cache(cache, tmp_path / "compact", ("patient001", "patient005"))
+    full = D.load_cache(cache, ("patient001",))[0]
+    small = D.load_cache(tmp_path / "compact", ("patient001",))[0]
+    assert small["seg_img"].dtype == np.float16 and np.array_equal(small["seg_lab"], full["seg_lab"])
+    err = np.abs(small["seg_img"].astype(np.float32) - full["seg_img"].astype(np.float32)).max()
+    assert 0 < err <= 0.5 / 255 + 1e-3  # rounded to 1/255 steps (plus float16 storage)
+    args = _args(tmp_path, shared_data, tmp_path / "compact", segmentation.NAME, iterations=1)
+    args.data = tmp_path / "no_such_folder"
+    assert segmentation.main(args)["iterations"] == 1
+    with pytest.raises(InputError, match="ACDC training folder not found"):
+        D.build_cache(tmp_path / "no_such_folder", tmp_path / "compact", ("patient002",))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_training_checkpoints_on_the_cpu_and_resumes(tmp_path, shared_data, cache):
+    segmentation.main(_args(tmp_path, shared_data, cache, segmentation.NAME, iterations=3, stop_after=2, device="cuda"))
+    ck = torch.load(tmp_path / segmentation.NAME / "last.pt", weights_only=False)
+    assert ck["iteration"] == 2 and all(v.device.type == "cpu" for v in ck["model"].values())
+    out = segmentation.main(_args(tmp_path, shared_data, cache, segmentation.NAME, iterations=3, resume=True,
+                                  device="cuda", workers=2))
+    assert out["history"][-1]["iteration"] == 3
+
+
+def test_cuda_without_a_cuda_device_is_a_clear_error(tmp_path, shared_data, cache, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(InputError, match="no CUDA device"):
+        segmentation.main(_args(tmp_path, shared_data, cache, segmentation.NAME, iterations=1, device="cuda"))
+
+
+def test_ensemble_of_two_runs_holds_both_unchanged_and_is_validated(tmp_path, shared_data, cache):
+    for seed in (0, 1):
+        segmentation.main(_args(tmp_path / f"s{seed}", shared_data, cache, segmentation.NAME, iterations=2, seed=seed))
+    ck = [tmp_path / f"s{seed}" / segmentation.NAME / "last.pt" for seed in (0, 1)]
+    out = segmentation.main(_args(tmp_path / "ens", shared_data, cache, segmentation.NAME, iterations=2, ensemble=ck))
+    assert out["ensemble_of"] == [str(p) for p in ck] and out["config"]["members"] == 2
+    assert "val_dice_lv" in out["history"][-1]
+    m = torch.load(tmp_path / "ens" / segmentation.NAME / "last.pt", weights_only=False)["model"]
+    for i, p in enumerate(ck):
+        for k, v in torch.load(p, weights_only=False)["model"].items():
+            assert torch.equal(m[f"members.{i}.{k}"], v), k
+    with pytest.raises(InputError, match="two different ways"):
+        segmentation.main(_args(tmp_path / "bad", shared_data, cache, segmentation.NAME, iterations=2,
+                                ensemble=ck, average=ck))
+    with pytest.raises(InputError, match="at least two"):
+        segmentation.main(_args(tmp_path / "bad", shared_data, cache, segmentation.NAME, iterations=2, ensemble=ck[:1]))
+    with pytest.raises(InputError, match="for the segmentation network"):
+        centring.main(_args(tmp_path / "bad", shared_data, cache, centring.NAME, iterations=2, ensemble=ck))

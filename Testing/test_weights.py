@@ -75,3 +75,15 @@ def test_shipped_weights_load_and_are_documented():
         assert not net.training
         total += entry["size_bytes"]
     assert sum(e["size_bytes"] for e in manifest["models"].values()) <= 40 * 2**20
+
+
+def test_an_ensemble_exports_as_one_file_and_loads_with_its_member_count(tmp_path):
+    torch.manual_seed(0)
+    cfg = {"base": 2, "depth": 2, "members": 2}
+    net = build_segmentation_net(**cfg).eval()
+    export_weights("segmentation", net, cfg, SUMMARY, command="test", out_dir=tmp_path)
+    loaded = load_network("segmentation", build_segmentation_net, tmp_path)
+    assert len(loaded.members) == 2
+    x = torch.rand(2, 3, 24, 24)
+    with torch.no_grad():
+        assert torch.allclose(torch.softmax(loaded(x), 1), torch.softmax(net(x), 1), atol=2e-2)

@@ -9,6 +9,11 @@ slices). Training reverses the neighbour order at random, so the stack's directi
 not matter. Weights stored with ``in_channels = 1`` (one slice) still load and run.
 Any ``H``, ``W`` works (128 x 128 in use).
 Output: ``(N, 4, H, W)`` logits in ACDC label order (0 bg, 1 RV, 2 myocardium, 3 LV cavity).
+
+Weights may hold an ensemble (configuration ``members`` > 1, :class:`SegmentationEnsemble`):
+several U-Nets of one configuration whose class probabilities are averaged. Its output is the
+logarithm of the mean probabilities, so a softmax of it gives that mean: every caller treats
+it as one network. It costs ``members`` times the time of one.
 """
 from __future__ import annotations
 
@@ -22,8 +27,25 @@ N_CLASSES = 4
 CONFIG = {"in_channels": 3, "n_classes": N_CLASSES, "base": 16, "depth": 4, "max_channels": 256}
 
 
-def build_segmentation_net(**overrides: int) -> nn.Module:
-    """The segmentation U-Net (about 1.9 M parameters with the default configuration)."""
+class SegmentationEnsemble(nn.Module):
+    """U-Nets whose softmax probabilities are averaged; ``forward`` returns log(mean probability)."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError("an ensemble needs at least two networks")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = sum(torch.softmax(m(x).float(), dim=1) for m in self.members) / len(self.members)
+        return torch.log(p.clamp_min(1e-12))
+
+
+def build_segmentation_net(members: int = 1, **overrides: int) -> nn.Module:
+    """The segmentation U-Net (about 1.9 M parameters with the default configuration); with
+    ``members`` > 1, an ensemble of that many (:class:`SegmentationEnsemble`)."""
+    if members > 1:
+        return SegmentationEnsemble([UNet2d(**{**CONFIG, **overrides}) for _ in range(members)])
     return UNet2d(**{**CONFIG, **overrides})
 
 

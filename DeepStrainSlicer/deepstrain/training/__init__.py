@@ -35,6 +35,12 @@ def add_training_arguments(p: argparse.ArgumentParser, iterations: int, batch: i
     p.add_argument("--lr", type=float, default=lr, help="peak learning rate (Adam, warm-up then cosine)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--device", default="cpu",
+                   help="where the network trains: cpu (default) or cuda[:N]; batches are always drawn on the "
+                        "CPU with the same generator, so a CUDA run sees the batches a CPU run sees")
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes that prepare batches ahead of the training step (0: in the training process); "
+                        "batch i depends only on (seed, i), so the result does not depend on this number")
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--val-every", type=int, default=200)
     p.add_argument("--patients", type=int, default=0, help="use only the first N training patients (tests)")
@@ -55,6 +61,11 @@ def add_training_arguments(p: argparse.ArgumentParser, iterations: int, batch: i
                    help="no training: average the parameters of these checkpoints (last.pt of runs of one "
                         "configuration fine-tuned from one starting point), validate the average and write it "
                         "to <run-dir>/last.pt (with --export, export it)")
+    p.add_argument("--ensemble", type=Path, nargs="+", default=None, metavar="CHECKPOINT",
+                   help="segmentation, no training: join these checkpoints (last.pt of runs of one configuration, "
+                        "e.g. averages) into one ensemble network whose class probabilities are their mean; "
+                        "validate it and write it to <run-dir>/last.pt (with --export, export it). Inference "
+                        "costs one network's time per member")
     p.add_argument("--width", type=int, default=0,
                    help="channels of the network's first level (0: the shipped configuration's); wider costs "
                         "inference time, roughly in proportion to the square")

@@ -76,6 +76,31 @@ def load_widening_input(net: nn.Module, state: dict[str, torch.Tensor]) -> list[
     return widened
 
 
+class _BatchSequence(torch.utils.data.Dataset):
+    """Batch ``k`` = ``batch_fn(data, default_rng([seed, start + k]), batch)``: one item per iteration."""
+
+    def __init__(self, batch_fn: Callable, data: list[dict], seed: int, start: int, stop: int, batch: int):
+        self.batch_fn, self.data, self.seed, self.start, self.stop, self.batch = batch_fn, data, seed, start, stop, batch
+
+    def __len__(self) -> int:
+        return max(self.stop - self.start, 0)
+
+    def __getitem__(self, k: int):
+        return self.batch_fn(self.data, np.random.default_rng([self.seed, self.start + k]), self.batch)
+
+
+def _batches(batch_fn: Callable, data: list[dict], seed: int, start: int, stop: int, batch: int, workers: int):
+    """Iterator over the training batches of iterations ``start .. stop-1``, in order; drawn in
+    ``workers`` background processes when ``workers`` > 0 (same batches either way)."""
+    seq = _BatchSequence(batch_fn, data, seed, start, stop, batch)
+    if workers <= 0:
+        return (seq[k] for k in range(len(seq)))
+    loader = torch.utils.data.DataLoader(seq, batch_size=None, shuffle=False, num_workers=workers,
+                                         prefetch_factor=4, pin_memory=torch.cuda.is_available(),
+                                         multiprocessing_context="fork")
+    return iter(loader)
+
+
 def learning_rate(i: int, total: int, base: float, warmup: int = 100) -> float:
     if i < warmup:
         return base * (i + 1) / warmup
@@ -86,7 +111,8 @@ def learning_rate(i: int, total: int, base: float, warmup: int = 100) -> float:
 def evaluate(net: nn.Module, img: torch.Tensor, lab: torch.Tensor, n_classes: int, chunk: int = 64) -> list[float]:
     """Hard Dice of classes 1..n-1 of ``net`` on ``(N, C, H, W)`` inputs (:func:`deepstrain.training.data.validation_slices`)."""
     net.eval()
-    pred = torch.cat([net(img[s : s + chunk]).argmax(1) for s in range(0, img.shape[0], chunk)])
+    dev = next(net.parameters()).device
+    pred = torch.cat([net(img[s : s + chunk].to(dev)).argmax(1).cpu() for s in range(0, img.shape[0], chunk)])
     net.train()
     return dice_per_class(pred, lab, n_classes)
 
@@ -108,30 +134,50 @@ def train_loop(args: argparse.Namespace, *, name: str, build: Callable[..., nn.M
     if getattr(args, "width", 0):
         config = {**config, "base": args.width}
     bf16 = bool(getattr(args, "bf16", False))
-    net = build(**config)
-    opt = torch.optim.Adam(net.parameters(), lr=args.lr)
+    device = torch.device(getattr(args, "device", "cpu") or "cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(Path(str(device)), "--device cuda was given, but torch sees no CUDA device")
     start, history, wall = 0, [], 0.0
     command = getattr(args, "command_line", "") or " ".join(["python -m deepstrain.training." + name] + sys.argv[1:])
     ckpt = run / "last.pt"
-    if getattr(args, "average", None):
+    combine = getattr(args, "average", None) or getattr(args, "ensemble", None)
+    if getattr(args, "average", None) and getattr(args, "ensemble", None):
+        raise InputError(args.ensemble[0], "--average and --ensemble are two different ways to combine runs: give one")
+    if getattr(args, "ensemble", None):
+        if name != "segmentation":
+            raise InputError(args.ensemble[0], f"--ensemble is for the segmentation network, not {name}")
+        if len(args.ensemble) < 2:
+            raise InputError(args.ensemble[0], "--ensemble needs at least two checkpoints")
+        config = {**config, "members": len(args.ensemble)}
+    net = build(**config).to(device)  # on its device before the optimizer: a resumed optimizer state follows it
+    opt = torch.optim.Adam(net.parameters(), lr=args.lr)
+    if combine:
         if args.resume or getattr(args, "init", None) is not None:
-            raise InputError(args.average[0], "--average does not train: it cannot be combined with --resume or --init")
+            raise InputError(combine[0], "--average and --ensemble do not train: they cannot be combined with "
+                                         "--resume or --init")
+        member_config = {k: v for k, v in config.items() if k != "members"}
         blobs = []
-        for p in args.average:
+        for p in combine:
             if not Path(p).is_file():
-                raise InputError(p, "no checkpoint to average")
+                raise InputError(p, "no checkpoint to combine")
             blobs.append(torch.load(p, map_location="cpu", weights_only=False))
-        for p, b in zip(args.average, blobs):
-            if b.get("config") != config:
-                raise InputError(p, f"checkpoint configuration {b.get('config')} differs from {config}: cannot average")
-        net.load_state_dict(mean_state_dict([b["model"] for b in blobs]))
+        for p, b in zip(combine, blobs):
+            if b.get("config") != member_config:
+                raise InputError(p, f"checkpoint configuration {b.get('config')} differs from {member_config}: "
+                                    "cannot combine")
+        if getattr(args, "ensemble", None):
+            for m, b in zip(net.members, blobs):
+                m.load_state_dict(b["model"])
+        else:
+            net.load_state_dict(mean_state_dict([b["model"] for b in blobs]))
         start = args.iterations = max(int(b["iteration"]) for b in blobs)
         runs: dict = {}  # snapshots of one run share its wall time: count each run once, at its longest
         for b in blobs:
             key = (b.get("seed"), b.get("command"))
             runs[key] = max(runs.get(key, 0.0), float(b["wall_s"]))
         wall = sum(runs.values())
-        log(f"averaged {len(blobs)} checkpoints: {', '.join(map(str, args.average))}")
+        log(f"{'ensemble of' if getattr(args, 'ensemble', None) else 'averaged'} {len(blobs)} checkpoints: "
+            f"{', '.join(map(str, combine))}")
     elif args.resume:
         if not ckpt.is_file():
             raise InputError(ckpt, "no checkpoint to resume from")
@@ -152,14 +198,16 @@ def train_loop(args: argparse.Namespace, *, name: str, build: Callable[..., nn.M
             raise InputError(args.init, "no checkpoint to start from")
         widened = load_widening_input(net, torch.load(args.init, map_location="cpu", weights_only=False)["model"])
         log(f"initialised {name} from {args.init}" + (f" (input widened: {', '.join(widened)})" if widened else ""))
-    log(f"{name}: {count_parameters(net)} parameters, {len(train)} training / {len(val)} validation patients")
+    log(f"{name}: {count_parameters(net)} parameters, {len(train)} training / {len(val)} validation patients"
+        + (f", on {device}" if device.type != "cpu" else ""))
+    batches = _batches(batch_fn, train, args.seed, start, args.iterations, args.batch, int(getattr(args, "workers", 0)))
     net.train()
     t0, last_t, losses = time.time(), time.time(), []
     done = start
 
     def save(path: Path = ckpt, optimizer: bool = True) -> None:
         tmp = path.with_name(path.stem + ".tmp.pt")
-        blob = {"model": net.state_dict(), "iteration": done, "history": history,
+        blob = {"model": {k: v.cpu() for k, v in net.state_dict().items()}, "iteration": done, "history": history,
                 "wall_s": wall + time.time() - t0, "config": config, "seed": args.seed, "command": command,
                 "bf16": bf16}
         if optimizer:
@@ -172,12 +220,12 @@ def train_loop(args: argparse.Namespace, *, name: str, build: Callable[..., nn.M
     for i in range(start, args.iterations):
         if args.stop_after and i >= args.stop_after:
             break
-        rng = np.random.default_rng([args.seed, i])
-        x, y = batch_fn(train, rng, args.batch)
+        x, y = next(batches)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         for g in opt.param_groups:
             g["lr"] = learning_rate(i, args.iterations, args.lr)
         if bf16:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast(device.type, dtype=torch.bfloat16):
                 logits = net(x)
             logits = logits.float()
         else:
@@ -201,9 +249,10 @@ def train_loop(args: argparse.Namespace, *, name: str, build: Callable[..., nn.M
             save()
         if snapshot_every and done % snapshot_every == 0:
             save(run / f"snapshot_{done:06d}.pt", optimizer=False)
-    if getattr(args, "average", None):  # no training: validate the average and store it
-        history.append({"iteration": done, "averaged_from": [str(p) for p in args.average], **val_fn(net, val)})
-        log(f"{name} validation of the average: {json.dumps(history[-1])}")
+    if combine:  # no training: validate the average or ensemble and store it
+        key = "ensemble_of" if getattr(args, "ensemble", None) else "averaged_from"
+        history.append({"iteration": done, key: [str(p) for p in combine], **val_fn(net, val)})
+        log(f"{name} validation of the {'ensemble' if key == 'ensemble_of' else 'average'}: {json.dumps(history[-1])}")
         save()
     if done < args.iterations:  # stopped early (--stop-after): checkpoint and validate where it stands
         log(f"{name}: stopped after iteration {done} of {args.iterations} (--stop-after)")
@@ -221,6 +270,8 @@ def train_loop(args: argparse.Namespace, *, name: str, build: Callable[..., nn.M
         summary["initialised_from"] = str(args.init)
     if getattr(args, "average", None):
         summary["averaged_from"] = [str(p) for p in args.average]
+    if getattr(args, "ensemble", None):
+        summary["ensemble_of"] = [str(p) for p in args.ensemble]
     if getattr(args, "phantoms", 0):
         summary["synthetic_phantoms"] = {"count": args.phantoms, "share": args.phantom_share}
     if getattr(args, "lowres_share", 0.0):
@@ -233,7 +284,7 @@ def train_loop(args: argparse.Namespace, *, name: str, build: Callable[..., nn.M
 
         this = getattr(args, "command_line", "") or " ".join(["python -m deepstrain.training." + name] + sys.argv[1:])
         extra = {"export_command": this} if this != command else None
-        path = export_weights(name, net, config, summary, command=command, out_dir=args.export_dir, extra=extra)
+        path = export_weights(name, net.cpu(), config, summary, command=command, out_dir=args.export_dir, extra=extra)
         log(f"exported {path}")
     return summary
 
