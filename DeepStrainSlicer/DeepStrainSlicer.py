@@ -332,7 +332,7 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             lm.layoutLogic().GetLayoutNode().AddLayoutDescription(dlogic.LAYOUT_ID, dlogic.LAYOUT_XML)
 
     def on_layout(self):
-        """One click: cine slice views, the plot and the polar map together."""
+        """One click: cine slice views, the plot, the polar map and the results table together."""
         p = self.params
         self.logic.ensure_polar_view(p)
         lm = slicer.app.layoutManager()
@@ -345,9 +345,7 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 w = lm.sliceWidget(name)
                 if w is not None and name == "Red":
                     w.mrmlSliceNode().RotateToVolumePlane(vol)
-        plot_view = slicer.mrmlScene.GetSingletonNode(dlogic.PLOT_VIEW_TAG, "vtkMRMLPlotViewNode")
-        if plot_view is not None and p.ref("StrainChart") is not None:
-            plot_view.SetPlotChartNodeID(p.ref("StrainChart").GetID())
+        self.logic.attach_views(p)
         polar = lm.threeDWidget(self._polar_view_index())
         if polar is not None:
             view = polar.threeDView()

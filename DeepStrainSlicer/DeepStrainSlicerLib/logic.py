@@ -55,6 +55,7 @@ SLICE_TABLE_COLUMNS = {"slice": "slice", "position_mm": "position from base (mm)
 """Columns of the per-slice volume table (keys of the report's ``slices`` block)."""
 POLAR_VIEW_TAG = "DeepStrainPolarMap"
 PLOT_VIEW_TAG = "DeepStrainPlot"
+TABLE_VIEW_TAG = "DeepStrainTable"
 LAYOUT_ID = 9601
 LAYOUT_XML = """<layout type="horizontal" split="true">
  <item splitSize="600">
@@ -75,6 +76,8 @@ LAYOUT_XML = """<layout type="horizontal" split="true">
     <property name="viewlabel" action="default">P</property></view></item>
    <item><view class="vtkMRMLViewNode" singletontag="DeepStrainPolarMap">
     <property name="viewlabel" action="default">AHA</property></view></item>
+   <item><view class="vtkMRMLTableViewNode" singletontag="DeepStrainTable">
+    <property name="viewlabel" action="default">T</property></view></item>
   </layout>
  </item>
 </layout>"""
@@ -715,6 +718,19 @@ class DeepStrainLogic:
             view.SetRenderMode(slicer.vtkMRMLViewNode.Orthographic)
         params.set_ref("PolarView", view)
         return view
+
+    def attach_views(self, params: Parameters, table_role: str = "ResultsTable") -> None:
+        """Show the study in the module layout's own views (:data:`LAYOUT_XML`, once the layout exists):
+        the strain chart in the plot view and a table (``table_role``: ``ResultsTable``, the global
+        figures, or ``SliceTable``, the volumes per slice) in the table view."""
+        if table_role not in ("ResultsTable", "SliceTable"):
+            raise ValueError(f"no table role {table_role!r}: ResultsTable or SliceTable")
+        plot_view = self.scene.GetSingletonNode(PLOT_VIEW_TAG, "vtkMRMLPlotViewNode")
+        if plot_view is not None and params.ref("StrainChart") is not None:
+            plot_view.SetPlotChartNodeID(params.ref("StrainChart").GetID())
+        table_view = self.scene.GetSingletonNode(TABLE_VIEW_TAG, "vtkMRMLTableViewNode")
+        if table_view is not None and params.ref(table_role) is not None:
+            table_view.SetTableNodeID(params.ref(table_role).GetID())
 
     def update_polar_map(self, params: Parameters, frame: int | None = None) -> None:
         """(Re)build the polar map model, colours, legend and labels for the current settings."""

@@ -7,6 +7,7 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
+import slicer
 import vtk
 
 from deepstrain.pipeline import compute
@@ -395,6 +396,24 @@ def test_layout_xml_has_slice_plot_and_polar_views():
     assert ("vtkMRMLSliceNode", "Red") in views
     assert ("vtkMRMLPlotViewNode", dlogic.PLOT_VIEW_TAG) in views
     assert ("vtkMRMLViewNode", dlogic.POLAR_VIEW_TAG) in views
+    assert ("vtkMRMLTableViewNode", dlogic.TABLE_VIEW_TAG) in views
+
+
+def test_layout_views_show_the_chart_and_the_chosen_table(study):
+    h = study[0]
+    h.logic.attach_views(h.params)  # before the layout exists: nothing to attach to, no error
+    plot_view, table_view = slicer.vtkMRMLPlotViewNode(), slicer.vtkMRMLTableViewNode()
+    plot_view.SetSingletonTag(dlogic.PLOT_VIEW_TAG)
+    table_view.SetSingletonTag(dlogic.TABLE_VIEW_TAG)
+    h.scene.AddNode(plot_view)
+    h.scene.AddNode(table_view)
+    h.logic.attach_views(h.params)
+    assert plot_view.GetPlotChartNodeID() == h.params.ref("StrainChart").GetID()
+    assert table_view.GetTableNodeID() == h.params.ref("ResultsTable").GetID()
+    h.logic.attach_views(h.params, "SliceTable")
+    assert table_view.GetTableNodeID() == h.params.ref("SliceTable").GetID()
+    with pytest.raises(ValueError, match="no table role"):
+        h.logic.attach_views(h.params, "Volumes")
 
 
 def test_rv_insertion_point_orients_the_aha_segments_at_recompute(study):
