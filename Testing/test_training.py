@@ -197,6 +197,8 @@ def test_compact_cache_reads_back_within_rounding_and_trains_without_the_acdc_fo
     assert segmentation.main(args)["iterations"] == 1
     with pytest.raises(InputError, match="ACDC training folder not found"):
         D.build_cache(tmp_path / "no_such_folder", tmp_path / "compact", ("patient002",))
+    with pytest.raises(ValueError, match="no centring arrays"):
+        D.centring_batch([small], np.random.default_rng(0), 2)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -13,10 +13,11 @@ Cache (one ``patientNNN.npz`` per patient under the cache folder; derived data, 
 * ``cen_img`` / ``cen_mask``: the whole field of view at 2.5 mm (sides a multiple of 16) and
   the LV mask (labels 2+3) for the centring network.
 
-A compact copy of a cache (:func:`write_compact_cache`: segmentation arrays only, images as
-uint8 = round(255 x value)) is read the same way: :func:`load_cache` turns uint8 images back
-into [0, 1]. It is what travels to a GPU machine (45 MB for the 100 patients); the
-rounding (at most 0.002) is far below the noise added in augmentation.
+A compact copy of a cache (:func:`write_compact_cache`: the segmentation arrays only, so not for
+the centring network; images as uint8 = round(255 x value)) is read the same way:
+:func:`load_cache` turns uint8 images back into [0, 1]. It is what travels to a GPU machine
+(45 MB for the 100 patients); the rounding (at most 0.002) is far below the noise added in
+augmentation.
 """
 from __future__ import annotations
 
@@ -329,6 +330,9 @@ def centring_batch(data: list[dict], rng: np.random.Generator, batch: int, size:
     Shifts are up to 40 % of the field of view; rotations any angle; scaling 0.8-1.25; flips; gamma/noise.
     """
     imgs, labs = [], []
+    if data and "cen_img" not in data[0]:
+        raise ValueError(f"the cache of {data[0].get('name')} holds no centring arrays (a compact cache, "
+                         "write_compact_cache): train the centring network from the full cache")
     for _ in range(batch):
         d = data[int(rng.integers(len(data)))]
         f = int(rng.integers(2))
