@@ -9,7 +9,7 @@ import pytest
 from deepstrain import pipeline, quality
 from deepstrain.cine import Cine, Geometry
 from deepstrain.strain import cardiac_frame
-from deepstrain.volumetrics import label_volumes_ml, volumetrics
+from deepstrain.volumetrics import label_volumes_ml, slice_volumes_ml, volumetrics
 
 GEO = Geometry(spacing=(10.0, 1.5, 1.5), origin=(-40.0, 20.0, 5.0))
 YY, XX = np.mgrid[:72, :72]
@@ -42,6 +42,7 @@ def _check(lab: np.ndarray, ed: int = 0, es: int = 2, ed_given: bool = True, es_
     frame = cardiac_frame(lab[ed], geo)
     vol = volumetrics(lab, geo, ed, es)
     return quality.check_study(lab, geo, ed, es, frame=frame, lv_volume_ml=label_volumes_ml(lab, geo)["lv"],
+                               lv_ed_slice_ml=slice_volumes_ml(lab[ed], geo)["lv"],
                                ef_percent=vol["lv_ef_percent"], lv_mass_g=vol["lv_mass_g"], ed_given=ed_given,
                                es_given=es_given)
 

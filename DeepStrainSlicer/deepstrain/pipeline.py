@@ -227,10 +227,12 @@ def compute(
         warnings=warnings,
     )
     report["aha_reference"] = aha_reference
+    ed_slices_ml = slice_volumes_ml(lab[ed_i], cine.geometry)
     report["slices"] = slices_block(
-        slice_volumes_ml(lab[ed_i], cine.geometry), slice_volumes_ml(lab[es_i], cine.geometry),
+        ed_slices_ml, slice_volumes_ml(lab[es_i], cine.geometry),
         None if frame is None else slice_positions_mm(lab.shape[1], cine.geometry, frame))
     findings = check_study(lab, cine.geometry, ed_i, es_i, frame=frame, lv_volume_ml=vol_curves["lv"],
+                           lv_ed_slice_ml=ed_slices_ml["lv"],
                            ef_percent=vol["lv_ef_percent"], lv_mass_g=vol["lv_mass_g"], ed_given=ed_given,
                            es_given=es_given, displacement=disp, ess_percent=report["ess"])
     report["quality"] = [f.as_dict() for f in findings]

@@ -72,7 +72,6 @@ import numpy as np
 
 from .cine import Geometry, lost_spacing_hint
 from .strain import CardiacFrame
-from .volumetrics import slice_volumes_ml
 
 OPEN_BORDER_FRACTION = 0.10
 """Largest share of an LV cavity's border that may touch background or RV (most basal and apical cavity slices not checked)."""
@@ -361,14 +360,16 @@ def check_strain_signs(ess_percent: dict[str, float | None] | None) -> list[Find
 
 
 def check_study(labels: np.ndarray, geometry: Geometry, ed: int, es: int, *,
-                frame: CardiacFrame | None, lv_volume_ml: np.ndarray, ef_percent: float | None,
+                frame: CardiacFrame | None, lv_volume_ml: np.ndarray, lv_ed_slice_ml: np.ndarray,
+                ef_percent: float | None,
                 lv_mass_g: float | None = None, ed_given: bool = False, es_given: bool = False,
                 displacement: np.ndarray | None = None,
                 ess_percent: dict[str, float | None] | None = None) -> list[Finding]:
     """All checks of :data:`CHECKS` on ``labels`` ``(T, Z, Y, X)`` (ACDC values), in that order.
 
     ``frame``: the cardiac frame of the ED labels (None: the checks that need base and apex are
-    skipped). ``lv_volume_ml``: the LV cavity volume of every frame; ``lv_mass_g``: the LV mass
+    skipped). ``lv_volume_ml``: the LV cavity volume of every frame; ``lv_ed_slice_ml``: that of
+    every slice at ED (:func:`deepstrain.volumetrics.slice_volumes_ml`); ``lv_mass_g``: the LV mass
     (``heart_size`` checks it with the ED volume). ``ed_given`` / ``es_given``:
     that frame came from the input (not from the volume curve), so ``ed_es_frames`` checks it.
     ``displacement`` ``(T, 3, Z, Y, X)`` (mm, RAS, from ED): ``motion_mismatch`` checks it;
@@ -380,8 +381,7 @@ def check_study(labels: np.ndarray, geometry: Geometry, ed: int, es: int, *,
     if frame is not None:
         pos = slice_positions_mm(lab.shape[1], geometry, frame)
         if ef_percent is not None and ef_percent > EF_HIGH_PERCENT:  # only a high EF names them
-            cavity_ml = slice_volumes_ml(lab[ed], geometry)["lv"]
-            lost = {k: float(cavity_ml[k]) for k in basal_slices_lost_at_es(lab, ed, es, pos)}
+            lost = {k: float(lv_ed_slice_ml[k]) for k in basal_slices_lost_at_es(lab, ed, es, pos)}
         found += check_open_myocardium(lab, {"ED": ed, "ES": es}, pos)
         found += check_cavity_missing_at_es(lab, ed, es, pos)
         found += check_apex_coverage(lab[ed], ed, pos)

@@ -93,7 +93,7 @@ def _batches(batch_fn: Callable, data: list[dict], seed: int, start: int, stop: 
     """Iterator over the training batches of iterations ``start .. stop-1``, in order; drawn in
     ``workers`` background processes when ``workers`` > 0 (same batches either way)."""
     seq = _BatchSequence(batch_fn, data, seed, start, stop, batch)
-    if workers <= 0:
+    if workers <= 0 or len(seq) == 0:  # no worker processes for nothing to draw (--average, --ensemble)
         return (seq[k] for k in range(len(seq)))
     loader = torch.utils.data.DataLoader(seq, batch_size=None, shuffle=False, num_workers=workers,
                                          prefetch_factor=4, pin_memory=torch.cuda.is_available(),
