@@ -223,6 +223,9 @@ def test_ensemble_of_two_runs_holds_both_unchanged_and_is_validated(tmp_path, sh
     ck = [tmp_path / f"s{seed}" / segmentation.NAME / "last.pt" for seed in (0, 1)]
     out = segmentation.main(_args(tmp_path / "ens", shared_data, cache, segmentation.NAME, iterations=2, ensemble=ck))
     assert out["ensemble_of"] == [str(p) for p in ck] and out["config"]["members"] == 2
+    # the provenance is the members' (seeds 0 and 1), not the combining command's own defaults
+    assert [m["seed"] for m in out["combined_from"]] == [0, 1] and out["seed"] is None and out["batch"] is None
+    assert torch.load(tmp_path / "ens" / segmentation.NAME / "last.pt", weights_only=False)["combined_from"][1]["seed"] == 1
     assert "val_dice_lv" in out["history"][-1]
     m = torch.load(tmp_path / "ens" / segmentation.NAME / "last.pt", weights_only=False)["model"]
     for i, p in enumerate(ck):

@@ -68,9 +68,14 @@ def test_shipped_weights_load_and_are_documented():
     total = 0
     for name, build in [("centring", build_centring_net), ("segmentation", build_segmentation_net)]:
         entry = manifest["models"][name]
-        for key in ("sha256", "size_bytes", "training_data", "licence", "citation", "command", "date", "seed",
+        for key in ("sha256", "size_bytes", "training_data", "licence", "citation", "command", "date",
                     "split", "validation_metrics"):
             assert entry.get(key) not in (None, ""), (name, key)
+        # a trained network names its seed; a combination (--ensemble, --average) names each member's
+        members = entry.get("combined_from") or [entry]
+        assert all(m.get("seed") is not None and m.get("command") for m in members), name
+        if entry.get("config", {}).get("members"):
+            assert len(members) == entry["config"]["members"], name
         net = load_network(name, build)
         assert not net.training
         total += entry["size_bytes"]

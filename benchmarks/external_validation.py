@@ -146,6 +146,14 @@ def ukbb(data: Path, out: Path, weights: Path | None = None) -> dict:
             res[f"hd95_{s}_{name}"] = sa.hausdorff_mm(pred[..., t] == k, ref == k, spacing)[0]
     res["ours"] = sa.clinical(pred[..., 0], pred[..., 1], spacing)
     res["reference"] = sa.clinical(refs["ED"], refs["ES"], spacing)
+    # Per-slice LV (cavity + myocardium) volume: the stack reaches the aortic root and the atria above
+    # the base, where the reference has no LV; what we label there is the "above the base" error.
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    for name, t in (("ED", 0), ("ES", 1)):
+        ours = [float(np.isin(pred[..., k, t], (2, 3)).sum() * voxel_ml) for k in range(pred.shape[2])]
+        ref = [float(np.isin(refs[name][..., k], (2, 3)).sum() * voxel_ml) for k in range(pred.shape[2])]
+        res[f"lv_slices_{name}"] = {"ours_ml": ours, "reference_ml": ref}
+        res[f"lv_outside_reference_{name}_ml"] = sum(o for o, r in zip(ours, ref) if r == 0)
     return res
 
 
@@ -186,6 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     print("measure        ours  reference")
     for k in ("lv_edv_ml", "lv_esv_ml", "lv_ef_percent", "lv_mass_g", "rv_edv_ml"):
         print(f"{k:13s} {uk['ours'][k]:6.1f}  {uk['reference'][k]:9.1f}")
+    print("LV cavity + myocardium per slice (ml, slice 0 first; the reference has none above the base):")
+    for ph in ("ED", "ES"):
+        sl = uk[f"lv_slices_{ph}"]
+        print(f"  {ph} ours      " + " ".join(f"{v:5.1f}" for v in sl["ours_ml"]))
+        print(f"  {ph} reference " + " ".join(f"{v:5.1f}" for v in sl["reference_ml"]))
+    print(f"LV labelled on slices where the reference has none: ED {uk['lv_outside_reference_ED_ml']:.1f} ml, "
+          f"ES {uk['lv_outside_reference_ES_ml']:.1f} ml")
     return 0
 
 

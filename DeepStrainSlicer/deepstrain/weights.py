@@ -154,6 +154,7 @@ def export_weights(name: str, net: nn.Module, config: dict, summary: dict, *, co
         "threads": summary.get("threads"),
         "training_wall_s": round(float(summary.get("wall_s", 0.0)), 1),
         "validation_metrics": {k: v for k, v in history[-1].items() if k.startswith("val_")},
+        **({"combined_from": summary["combined_from"]} if summary.get("combined_from") else {}),
         **(extra or {}),
     }
     update_manifest(name, entry, wdir)

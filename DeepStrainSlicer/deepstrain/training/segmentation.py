@@ -137,7 +137,7 @@ def train_loop(args: argparse.Namespace, *, name: str, build: Callable[..., nn.M
     device = torch.device(getattr(args, "device", "cpu") or "cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(Path(str(device)), "--device cuda was given, but torch sees no CUDA device")
-    start, history, wall = 0, [], 0.0
+    start, history, wall, combined_from = 0, [], 0.0, None
     command = getattr(args, "command_line", "") or " ".join(["python -m deepstrain.training." + name] + sys.argv[1:])
     ckpt = run / "last.pt"
     combine = getattr(args, "average", None) or getattr(args, "ensemble", None)
@@ -176,6 +176,11 @@ def train_loop(args: argparse.Namespace, *, name: str, build: Callable[..., nn.M
             key = (b.get("seed"), b.get("command"))
             runs[key] = max(runs.get(key, 0.0), float(b["wall_s"]))
         wall = sum(runs.values())
+        # Provenance of what is combined (its seed, length and command, not this command's defaults).
+        combined_from = [{"checkpoint": str(p), "command": b.get("command"), "seed": b.get("seed"),
+                          "iterations": int(b["iteration"]), "wall_s": round(float(b["wall_s"]), 1),
+                          **({"combined_from": b["combined_from"]} if b.get("combined_from") else {})}
+                         for p, b in zip(combine, blobs)]
         log(f"{'ensemble of' if getattr(args, 'ensemble', None) else 'averaged'} {len(blobs)} checkpoints: "
             f"{', '.join(map(str, combine))}")
     elif args.resume:
@@ -210,6 +215,8 @@ def train_loop(args: argparse.Namespace, *, name: str, build: Callable[..., nn.M
         blob = {"model": {k: v.cpu() for k, v in net.state_dict().items()}, "iteration": done, "history": history,
                 "wall_s": wall + time.time() - t0, "config": config, "seed": args.seed, "command": command,
                 "bf16": bf16}
+        if combined_from:
+            blob["combined_from"] = combined_from
         if optimizer:
             blob["optimizer"] = opt.state_dict()
         torch.save(blob, tmp)
@@ -266,6 +273,8 @@ def train_loop(args: argparse.Namespace, *, name: str, build: Callable[..., nn.M
                "parameters": count_parameters(net), "training_patients": list(train_patients),
                "validation_patients": list(val_patients), "command": command,
                "threads": args.threads, "bf16": bf16}
+    if combined_from:  # nothing was trained here: the training figures are the members'
+        summary.update(batch=None, crop=None, lr=None, seed=None, combined_from=combined_from)
     if getattr(args, "init", None) is not None:
         summary["initialised_from"] = str(args.init)
     if getattr(args, "average", None):
