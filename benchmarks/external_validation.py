@@ -18,7 +18,10 @@ The networks were trained on ACDC only (Siemens, Dijon). This script runs ``deep
   as it is (``deepstrain analyze ukbb_demo/1``: ``sa_ED`` and ``sa_ES``, a two-frame study with
   ED = frame 0 and ES = frame 1, see :mod:`deepstrain.io`). The reference ``seg_sa_ED`` / ``seg_sa_ES`` is **automatic** (UK Biobank's own
   network, labels LV 1, myocardium 2, RV 3, mapped to ACDC's order here), not manual: agreement,
-  not accuracy. Printed: Dice and HD95 per structure at ED and ES, LV EDV, ESV, EF, mass and RV EDV.
+  not accuracy. Printed: Dice and HD95 per structure at ED and ES, LV EDV, ESV, EF, mass and RV EDV,
+  and the LV (cavity + myocardium, ml) on every slice: the stack reaches the aortic root and the
+  atria above the base, where the reference has no LV, so LV labelled on slices where the
+  reference has none is the "above the base" error (part of the weights' selection rule).
 
 Usage: python benchmarks/external_validation.py [--data ../shared/data] [--threads 2] [--weights DIR]
 """

@@ -274,7 +274,7 @@ def train_loop(args: argparse.Namespace, *, name: str, build: Callable[..., nn.M
                "validation_patients": list(val_patients), "command": command,
                "threads": args.threads, "bf16": bf16}
     if combined_from:  # nothing was trained here: the training figures are the members'
-        summary.update(batch=None, crop=None, lr=None, seed=None, combined_from=combined_from)
+        summary.update(batch=None, crop=None, lr=None, seed=None, threads=None, combined_from=combined_from)
     if getattr(args, "init", None) is not None:
         summary["initialised_from"] = str(args.init)
     if getattr(args, "average", None):
