@@ -215,8 +215,8 @@ def train_loop(args: argparse.Namespace, *, name: str, build: Callable[..., nn.M
         blob = {"model": {k: v.cpu() for k, v in net.state_dict().items()}, "iteration": done, "history": history,
                 "wall_s": wall + time.time() - t0, "config": config, "seed": args.seed, "command": command,
                 "bf16": bf16}
-        if combined_from:
-            blob["combined_from"] = combined_from
+        if combined_from:  # like the summary: the seeds are the members', not this command's default
+            blob.update(seed=None, combined_from=combined_from)
         if optimizer:
             blob["optimizer"] = opt.state_dict()
         torch.save(blob, tmp)
