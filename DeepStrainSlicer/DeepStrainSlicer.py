@@ -127,7 +127,7 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.qualityList.connect("currentRowChanged(int)", self.on_finding)
         self._register_layout()
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self._on_scene_closed)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self._on_scene_closed)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self._on_scene_changed)
         self._to_gui()
 
     def _load_ui(self, path):
@@ -140,6 +140,11 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.removeObservers()
 
     def _on_scene_closed(self, caller=None, event=None):
+        """The study kept in memory belonged to the closed scene."""
+        self.logic.forget_study()
+        self._on_scene_changed()
+
+    def _on_scene_changed(self, caller=None, event=None):
         self.params = self.logic.parameter_node()
         self._to_gui()
 
@@ -241,7 +246,7 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 try:
                     self.logic.run(cine, p, labels, disp, progress=self._progress)
                 except dlogic.Cancelled:
-                    self.ui.statusLabel.text = "cancelled: nothing was created"
+                    self.ui.statusLabel.text = "cancelled: the scene is as it was"
                     return
                 self.on_layout()
                 self._connect_plot_view()
@@ -452,5 +457,9 @@ class DeepStrainSlicerTest(ScriptedLoadableModuleTest):
         self.assertEqual(info.segment, 1)
         out = tempfile.mkdtemp()
         files = logic.export(p, out)
-        self.assertEqual(len(files), 6)
+        stem = files[0].parent.name  # <study>_<time stamp>, a new folder in an empty one
+        expected = [f"slice_ED_frame{a.ed}.png", f"slice_ES_frame{a.es}.png", "curves.png", "polar_map.png",
+                    "qc.png", "report.json", "strain.csv", "results.csv", "slices.csv"]
+        self.assertEqual(sorted(f.name for f in files), sorted(f"{stem}_{name}" for name in expected))
+        self.assertTrue(all(f.is_file() for f in files))
         self.delayDisplay("DeepStrainSlicer test passed")

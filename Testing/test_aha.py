@@ -76,6 +76,17 @@ def test_flipping_array_axes_with_the_affine_keeps_every_voxel_segment(flip):
     np.testing.assert_array_equal(seg_back, seg)
 
 
+@pytest.mark.parametrize("axis,angle,tilt", [((0.5, 0.2, -1), -70.0, 0.0), ((0, 0, 1), 90.0, 5.0),
+                                              ((0.3, 1.0, 0.5), 40.0, 0.0)])
+def test_spacing_rounded_by_the_affine_keeps_every_voxel_segment(axis, angle, tilt):
+    # 1.5 mm pixels put whole rings of voxels exactly 3 mm (the contact distance) from the RV;
+    # the spacing read back from these affines is 1.5000000000000002 mm (as in Slicer)
+    heart, geo, shape, h, lab = _heart(axis=axis, angle=angle, tilt=tilt)
+    g2 = Geometry.from_nifti_affine(geo.to_nifti_affine())
+    assert g2.spacing.max() > 1.5 and not np.array_equal(g2.spacing, geo.spacing)
+    np.testing.assert_array_equal(aha_segments(lab, g2), aha_segments(lab, geo))
+
+
 def test_transposed_rows_and_columns_keep_every_voxel_segment():
     heart, geo, shape, h, lab = _heart()
     seg = aha_segments(lab, geo)

@@ -40,7 +40,7 @@ def test_same_input_twice_gives_identical_outputs(small_study, tmp_path):
     assert r1 == r2
     assert _digest(small_study) == before  # the input folder is untouched
     assert sorted(_digest(tmp_path / "a")) == [
-        "displacement.nii.gz", "report.json", "results.csv", "segmentation.nii.gz", "slices.csv", "strain.csv"]
+        ".deepstrain-output", "displacement.nii.gz", "report.json", "results.csv", "segmentation.nii.gz", "slices.csv", "strain.csv"]
     seg = nib.load(str(tmp_path / "a" / "segmentation.nii.gz"))
     src = nib.load(str(cine))
     assert seg.shape == src.shape and np.allclose(seg.affine, src.affine)

@@ -79,6 +79,28 @@ def test_analyze_body_size_options(study, tmp_path, capsys):
     assert not bad.exists()
 
 
+@pytest.mark.parametrize("where", ["input folder", "its parent"])
+def test_overwrite_never_deletes_the_input_or_a_users_folder(study, tmp_path, capsys, where):
+    out = study["dir"] if where == "input folder" else tmp_path
+    (study["dir"] / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in study["dir"].iterdir()}
+    code = main(["analyze", str(study["cine"]), "--segmentation", str(study["labels"]),
+                 "--displacement", str(study["disp"]), "--ed", "0", "--es", "2", "--out", str(out),
+                 "--overwrite", "--quiet"])
+    assert code == 2
+    assert "contains, the input" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in study["dir"].iterdir()} == before
+    # a folder of the user's that holds no input is not replaced either
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "keep.txt").write_text("keep")
+    code = main(["analyze", str(study["cine"]), "--segmentation", str(study["labels"]),
+                 "--displacement", str(study["disp"]), "--ed", "0", "--es", "2", "--out", str(other),
+                 "--overwrite", "--quiet"])
+    assert code == 2 and "not written by deepstrain" in capsys.readouterr().err
+    assert [p.name for p in other.iterdir()] == ["keep.txt"]
+
+
 def test_analyze_with_given_labels_and_motion_writes_all_outputs(study, tmp_path, capsys):
     out = tmp_path / "out"
     code = main(["analyze", str(study["cine"]), "--segmentation", str(study["labels"]),
@@ -86,7 +108,7 @@ def test_analyze_with_given_labels_and_motion_writes_all_outputs(study, tmp_path
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert sorted(p.name for p in out.iterdir()) == [
-        "displacement.nii.gz", "report.json", "results.csv", "segmentation.nii.gz", "slices.csv", "strain.csv"]
+        ".deepstrain-output", "displacement.nii.gz", "report.json", "results.csv", "segmentation.nii.gz", "slices.csv", "strain.csv"]
     printed = captured.out
     rep = json.loads((out / "report.json").read_text())
     assert rep["frames"]["count"] == 5

@@ -113,3 +113,28 @@ def test_a_lost_voxel_size_is_named_when_no_heart_is_found(cine):
                 source="lost.nii.gz")
     with pytest.raises(InputError, match=r"lost.nii.gz: no left ventricle.*1 x 1 x 1 mm.*--spacing"):
         predict(lost, with_motion=False)
+
+
+def _reversed_slices(cine: Cine) -> Cine:
+    """The same study stored with the slice axis reversed (the affine adjusted: same anatomy)."""
+    g = cine.geometry
+    direction = g.direction.copy()
+    origin = g.origin + direction[:, 0] * g.spacing[0] * (cine.data.shape[1] - 1)
+    direction[:, 0] *= -1
+    return Cine(data=np.ascontiguousarray(cine.data[:, ::-1]), geometry=Geometry(g.spacing, origin, direction),
+                times_ms=cine.times_ms, ed=cine.ed, es=cine.es)
+
+
+def test_motion_does_not_depend_on_the_stored_slice_order(cine):
+    """ACDC stores the base first; the same study stored apex first must get the same motion in
+    the world (the motion network sees the slice axis as stored: it is given base first)."""
+    a = predict(cine, with_motion=True)
+    b = predict(_reversed_slices(cine), with_motion=True)
+    assert (a.motion_slice_order, b.motion_slice_order) == ("as stored", "reversed")
+    ub = b.displacement[:, :, ::-1]  # back to the stored order of ``cine``; components are RAS mm
+    myo = np.broadcast_to(a.labels[a.ed] == 2, a.labels.shape[1:])
+    es = cine.es
+    diff = np.linalg.norm(a.displacement[es] - ub[es], axis=0)[myo]
+    size = np.linalg.norm(a.displacement[es], axis=0)[myo]
+    assert np.median(size) > 2.0  # the heart moves
+    assert np.median(diff) < 0.1 * np.median(size), (np.median(diff), np.median(size))

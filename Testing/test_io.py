@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -218,6 +220,16 @@ def test_save_cine_without_timing(tmp_path):
     assert nib.load(str(out)).header.get_zooms()[3] == 0
     back = quiet_load(out)
     assert not back.has_timing
+
+
+def test_written_nifti_gets_the_umask_permissions(tmp_path):
+    cine = Cine(data=random_cine(), geometry=oblique_geometry(), times_ms=np.arange(5) * 30.0)
+    old = os.umask(0o022)
+    try:
+        out = save_cine(cine, tmp_path / "c.nii.gz")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644  # not the 0600 of the temporary file
 
 
 def test_writers_refuse_to_overwrite(tmp_path):

@@ -199,7 +199,7 @@ def test_cli_writes_files_and_refuses_non_empty(tmp_path):
     args = ["phantom", "--out", str(out), "--seed", "4", "--frames", "6", "--size", "48", "--spacing", "2",
             "--edv", "50", "--rv-side", "right", "--noise", "0.03"]  # fmt: skip
     assert cli_main(args) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["cine.nii.gz", "displacement.nii.gz", "labels.nii.gz", "reference.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".deepstrain-output", "cine.nii.gz", "displacement.nii.gz", "labels.nii.gz", "reference.json"]
     cine = nib.load(str(out / "cine.nii.gz"))
     assert cine.shape[:2] == (48, 48) and cine.shape[3] == 6 and cine.get_data_dtype() == np.float32
     rr = 60000.0 / 70.0

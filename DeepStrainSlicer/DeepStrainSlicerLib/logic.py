@@ -14,7 +14,9 @@ Node set of one study (all in ONE sequence browser so they move together):
 * tables + plot series + charts of global strain / strain rate with ED and ES lines;
 * the AHA polar map (model + colour table + colour legend + segment numbers + highlight outline)
   and an "AHA segments" segmentation (17 segments, ED voxels) for highlighting on the cine;
-* a text node with the report JSON. All node IDs are kept in the parameter node.
+* a text node with the report JSON. The parameter node references the nodes by role, and every node
+  made for a study carries the study's identifier (attribute :data:`STUDY_ATTRIBUTE`), so that its
+  nodes are told from the user's ones also after Slicer renumbered them on import.
 """
 from __future__ import annotations
 
@@ -29,7 +31,9 @@ from typing import Any, Callable, Iterator
 
 import colorsys
 import contextlib
+import dataclasses
 import hashlib
+import uuid
 
 import numpy as np
 import vtk
@@ -53,6 +57,10 @@ SLICE_TABLE_COLUMNS = {"slice": "slice", "position_mm": "position from base (mm)
                        "myo_ed_ml": "myocardium ED (ml)", "myo_es_ml": "myocardium ES (ml)",
                        "rv_ed_ml": "RV cavity ED (ml)", "rv_es_ml": "RV cavity ES (ml)"}
 """Columns of the per-slice volume table (keys of the report's ``slices`` block)."""
+STUDY_ATTRIBUTE = "DeepStrain.study"
+"""Node attribute: the identifier of the study a node was made for (``Parameters.study_id``)."""
+MODULE_FIELD = "module field"
+"""Source of a subject value typed into the module panel (``Subject.sources``)."""
 POLAR_VIEW_TAG = "DeepStrainPolarMap"
 PLOT_VIEW_TAG = "DeepStrainPlot"
 TABLE_VIEW_TAG = "DeepStrainTable"
@@ -138,8 +146,10 @@ class Parameters:
 
     Frames are 0-based; -1 means "automatic" for ED/ES. Spacing "" means "from the file";
     otherwise "slice,row,col" in mm. ``heart_rate_bpm``/``rr_ms``/``height_cm``/``weight_kg`` 0
-    means "from the file". ``subject`` is the subject of the shown analysis (height, weight, heart
-    rate and their sources; Recompute uses it again).
+    means "from the file". ``input_subject`` is what the input said about the subject (height,
+    weight, heart rate and their sources), ``subject`` that with the height and weight fields over
+    it, as in the shown analysis; Recompute applies the fields to ``input_subject`` again.
+    ``study_id`` identifies the shown study (its nodes carry it as :data:`STUDY_ATTRIBUTE`).
     """
 
     input_path = _Param(str, "")
@@ -149,6 +159,7 @@ class Parameters:
     height_cm = _Param(float, 0.0)
     weight_kg = _Param(float, 0.0)
     subject = _Param(dict, {})
+    input_subject = _Param(dict, {})
     ed = _Param(int, -1)
     es = _Param(int, -1)
     run_mode = _Param(str, "networks")  # "networks" or "given"
@@ -166,7 +177,7 @@ class Parameters:
     analysis_ed = _Param(int, -1)
     analysis_es = _Param(int, -1)
     results_labels_sha256 = _Param(str, "")  # the labels the shown results were computed from (export checks it)
-    study_nodes = _Param(list, [])  # IDs of every node made for the current study
+    study_id = _Param(str, "")  # unique per Run; "" in scenes saved before studies were tagged
 
     ROLES = (
         "InputSequence", "Browser", "CineSequence", "SegmentationSequence", "DisplacementSequence",
@@ -186,6 +197,27 @@ class Parameters:
         if role not in self.ROLES:
             raise KeyError(role)
         self.node.SetNodeReferenceID(role, node.GetID() if node is not None else None)
+
+    def snapshot(self) -> tuple[dict[str, str], dict[str, str | None]]:
+        """Every parameter and node reference (to :meth:`restore` after a failed operation)."""
+        node = self.node
+        return ({n: node.GetParameter(n) for n in node.GetParameterNames()},
+                {r: node.GetNodeReferenceID(r) for r in self.ROLES})
+
+    def restore(self, state: tuple[dict[str, str], dict[str, str | None]]) -> None:
+        values, refs = state
+        node = self.node
+        was = node.StartModify()
+        try:
+            for name in node.GetParameterNames():
+                if name not in values:
+                    node.UnsetParameter(name)
+            for name, raw in values.items():
+                node.SetParameter(name, raw)
+            for role, node_id in refs.items():
+                node.SetNodeReferenceID(role, node_id)
+        finally:
+            node.EndModify(was)
 
     def spacing_tuple(self) -> tuple[float, float, float] | None:
         s = self.spacing.strip()
@@ -246,8 +278,21 @@ class DeepStrainLogic:
         if sequences_logic is None:
             sequences_logic = slicer.modules.sequences.logic()  # inside the Slicer application
         self.sequences_logic = sequences_logic
-        self._cache: dict[str, Any] = {}  # displacement / cine arrays of the current study (by browser id)
+        self._cache: dict[str, Any] = {}  # arrays of one study: see _cache_is_for
         self.analysis = None
+
+    def forget_study(self) -> None:
+        """Drop the study kept in memory (its arrays, the networks' motion, the last analysis), e.g.
+        when the scene is closed."""
+        self._cache = {}
+        self.analysis = None
+
+    def _cache_is_for(self, browser: slicer.vtkMRMLSequenceBrowserNode) -> bool:
+        """Whether the arrays in memory are those of the study of ``browser``: the same node object
+        (kept alive by the cache, so never another node at the same address) and the same study
+        identifier (:data:`STUDY_ATTRIBUTE`)."""
+        c = self._cache
+        return bool(c) and c.get("browser") is browser and c.get("study") == (browser.GetAttribute(STUDY_ATTRIBUTE) or "")
 
     # ----------------------------------------------------------------- parameters
     def parameter_node(self) -> Parameters:
@@ -262,7 +307,8 @@ class DeepStrainLogic:
     # ----------------------------------------------------------------- inputs
     @staticmethod
     def load_cine_file(path: str | os.PathLike, params: Parameters) -> Cine:
-        """Read a 4D NIfTI / DICOM folder / ACDC folder with the overrides of ``params``."""
+        """Read a 4D NIfTI / DICOM folder / ACDC folder with the overrides of ``params`` (height and
+        weight fields: applied by :meth:`run`, which keeps the file's own values)."""
         from deepstrain.io import load_cine
 
         return load_cine(
@@ -272,14 +318,14 @@ class DeepStrainLogic:
             rr_ms=params.rr_ms or None,
             ed=None if params.ed < 0 else params.ed,
             es=None if params.es < 0 else params.es,
-            height_cm=params.height_cm or None,
-            weight_kg=params.weight_kg or None,
+            given_source=MODULE_FIELD,
         )
 
     @staticmethod
     def cine_from_sequence(seq: slicer.vtkMRMLSequenceNode, params: Parameters) -> Cine:
-        """A Cine from a loaded sequence of volumes with the overrides of ``params``."""
-        cine = mrml.sequence_to_cine(seq, name=params.study_name or seq.GetName())
+        """A Cine named after the sequence ``seq``, with the overrides of ``params`` (height and weight
+        fields: applied by :meth:`run`)."""
+        cine = mrml.sequence_to_cine(seq, name=seq.GetName() or "study")
         sp = params.spacing_tuple()
         if sp is not None:
             g = cine.geometry
@@ -291,8 +337,7 @@ class DeepStrainLogic:
             rr = params.rr_ms
         if rr is not None:
             cine.times_ms = np.arange(cine.n_frames) * rr / cine.n_frames
-            cine.subject.given("heart_rate_bpm", 60000.0 / rr, "module field")
-        body_size_fields(cine, params)
+            cine.subject.given("heart_rate_bpm", 60000.0 / rr, MODULE_FIELD)
         cine.ed = None if params.ed < 0 else params.ed
         cine.es = None if params.es < 0 else params.es
         return cine
@@ -309,28 +354,39 @@ class DeepStrainLogic:
     def run(self, cine: Cine, params: Parameters, labels: np.ndarray | None = None,
             displacement: np.ndarray | None = None, progress: ProgressCallback = _no_progress):
         """Analyse ``cine`` and build all nodes. Without ``labels``/``displacement`` the networks run.
+        The height and weight fields of ``params`` go over the subject of ``cine`` (not changed).
 
-        On any error or :class:`Cancelled` raised by ``progress`` every node created so far is removed.
+        The new study is built beside the previous one, whose nodes are removed only once it is
+        complete: on any error or :class:`Cancelled` raised by ``progress`` the new nodes are removed
+        and the scene, the parameter node and the study in memory are as they were.
         Returns the :class:`deepstrain.pipeline.Analysis`.
         """
         from deepstrain.analyze import analyze_cine
 
-        with nodes_or_nothing(self.scene):
+        with self._study_or_nothing(params):
             progress(0.0, "starting")
             if labels is None or displacement is None:
                 self.require_torch()
+            input_subject = _input_part(cine.subject.as_dict())
+            cine = dataclasses.replace(cine, subject=subject_with_fields(input_subject, params))
             # the same engine as deepstrain analyze: networks for what is missing, strain, volumes, provenance
             analysis = analyze_cine(cine, labels=labels, displacement=displacement,
                                     ed=None if params.ed < 0 else params.ed, es=None if params.es < 0 else params.es,
                                     progress=lambda f, m: progress(0.5 * f, m), tta=params.tta,
                                     weights_dir=params.weights_dir or None, refine_motion=params.refine_motion,
                                     keep_network_motion=True)
-            self._remove_study_nodes(params)
-            params.subject = cine.subject.as_dict()
+            previous = [n.GetID() for n in self.study_nodes(params)]
+            for role in Parameters.ROLES:
+                if role not in ("InputSequence", "PolarView"):
+                    params.set_ref(role, None)
+            params.study_id = uuid.uuid4().hex
+            params.highlighted_segment = 0
+            params.input_subject, params.subject = input_subject, cine.subject.as_dict()
             before = node_ids(self.scene)
             self._build_nodes(cine, analysis, params, progress)
-            params.study_nodes = sorted(node_ids(self.scene) - before)
+            self._tag(node_ids(self.scene) - before, params.study_id)
             progress(1.0, "done")
+        remove_nodes(self.scene, previous)
         # the network's raw motion (memory only): Recompute refines it again with edited contours
         self._cache.update(network_motion=analysis.network_motion, run_labels=analysis.labels,
                            motion_made_with=(bool(params.refine_motion), analysis.labels))
@@ -362,7 +418,7 @@ class DeepStrainLogic:
         for role, node in (("Browser", browser), ("CineSequence", cine_seq), ("SegmentationSequence", seg_seq),
                            ("DisplacementSequence", disp_seq), ("GlyphSequence", glyph_seq)):
             params.set_ref(role, node)
-        self._cache = {"browser": browser.GetID(), "cine": cine, "displacement": disp}
+        self._cache = {"study": params.study_id, "browser": browser, "cine": cine, "displacement": disp}
         self._setup_proxy_display(params)
         progress(0.92, "curves and polar map")
         self._update_results(analysis, params)
@@ -435,15 +491,45 @@ class DeepStrainLogic:
             d.SetVisibility(bool(glyphs))
             d.SetVisibility2D(bool(glyphs))
 
-    def _remove_study_nodes(self, params: Parameters) -> None:
-        """Remove the nodes made for the previous study by this module (never the user's input)."""
+    @contextlib.contextmanager
+    def _study_or_nothing(self, params: Parameters) -> Iterator[None]:
+        """On any error inside the block (incl. :class:`Cancelled`): the nodes added are removed, and
+        the parameter node and the study in memory are restored."""
+        state, cache, analysis = params.snapshot(), dict(self._cache), self.analysis
+        try:
+            with nodes_or_nothing(self.scene):
+                yield
+        except BaseException:
+            params.restore(state)
+            self._cache, self.analysis = cache, analysis
+            raise
+
+    def _tag(self, ids: set[str], study_id: str) -> None:
+        """Mark the nodes ``ids`` (not singletons) as made for the study ``study_id``."""
+        for node_id in ids:
+            node = self.scene.GetNodeByID(node_id)
+            if node is not None and study_id and not node.GetSingletonTag():
+                node.SetAttribute(STUDY_ATTRIBUTE, study_id)
+
+    def study_nodes(self, params: Parameters) -> list[slicer.vtkMRMLNode]:
+        """The nodes of the shown study: those tagged with its ``study_id`` and those the parameter node
+        references in a study role (references follow IDs renumbered on import), with the display,
+        storage, plot series and proxy nodes they own. Never the input sequence, the polar view, the
+        parameter node, nor a node tagged for another study."""
+        sid = params.study_id
         keep = {n.GetID() for n in (params.ref("InputSequence"), params.ref("PolarView"), params.node) if n is not None}
-        ids = [i for i in params.study_nodes if i not in keep and self.scene.GetNodeByID(i) is not None]
-        remove_nodes(self.scene, ids)
-        for r in Parameters.ROLES:
-            if r not in ("InputSequence", "PolarView"):
-                params.set_ref(r, None)
-        params.study_nodes = []
+        roots = [params.ref(r) for r in Parameters.ROLES if r not in ("InputSequence", "PolarView")]
+        if sid:
+            roots += [n for n in _scene_nodes(self.scene) if n.GetAttribute(STUDY_ATTRIBUTE) == sid]
+        found: dict[str, slicer.vtkMRMLNode] = {}
+        for node in roots:
+            if node is None or node.GetID() in keep or node.GetAttribute(STUDY_ATTRIBUTE) not in (None, sid):
+                continue
+            found[node.GetID()] = node
+            for part in _owned_nodes(node):
+                if part.GetID() not in keep and part.GetAttribute(STUDY_ATTRIBUTE) in (None, sid):
+                    found.setdefault(part.GetID(), part)
+        return list(found.values())
 
     def _remove(self, node: slicer.vtkMRMLNode) -> None:
         """Remove a node with its display and storage nodes."""
@@ -793,16 +879,12 @@ class DeepStrainLogic:
         self._color_legend(d, title, view)
 
     def _color_legend(self, display: slicer.vtkMRMLDisplayNode, title: str, view) -> None:
-        legend = None
-        legend_id = display.GetAttribute("DeepStrain.legend")
-        if legend_id:
-            legend = self.scene.GetNodeByID(legend_id)
+        model = display.GetDisplayableNode()
+        legend = color_legend(model)
         if legend is None:
             legend = self.scene.AddNewNodeByClass("vtkMRMLColorLegendDisplayNode", "AHA colour legend")
-            model = display.GetDisplayableNode()
             model.AddAndObserveDisplayNodeID(legend.GetID())
             legend.SetAndObservePrimaryDisplayNode(display)
-            display.SetAttribute("DeepStrain.legend", legend.GetID())
         legend.SetTitleText(title)
         legend.SetLabelFormat("%.0f")
         legend.SetNumberOfLabels(5)
@@ -877,14 +959,14 @@ class DeepStrainLogic:
         if node is None:
             if params.ref("Browser") is None:
                 raise ValueError("no study in this scene: run the analysis first")
+            before = node_ids(self.scene)
             node = self.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode",
                                                 f"{params.study_name} anterior RV insertion")
             node.SetMaximumNumberOfControlPoints(1)
             node.SetMarkupLabelFormat("RV insertion")
             node.CreateDefaultDisplayNodes()
             params.set_ref("RvInsertion", node)
-            params.study_nodes = sorted(set(params.study_nodes) | {node.GetID()}
-                                        | {node.GetNthDisplayNode(i).GetID() for i in range(node.GetNumberOfDisplayNodes())})
+            self._tag(node_ids(self.scene) - before, params.study_id)
         return node
 
     @staticmethod
@@ -909,13 +991,16 @@ class DeepStrainLogic:
         proxy = browser.GetProxyNode(seg_seq)
         if proxy is not None and browser.GetSaveChanges(seg_seq):
             self.sequences_logic.UpdateSequencesFromProxyNodes(browser, proxy)
-        cache_ok = self._cache.get("browser") == browser.GetID()
+        cache_ok = self._cache_is_for(browser)
         cine = self._cache["cine"] if cache_ok else self._stored_cine(params)
         labels = mrml.segmentation_sequence_to_labels(params.ref("SegmentationSequence"), cine.geometry, cine.shape3d)
         disp = self._cache["displacement"] if cache_ok else mrml.transform_sequence_to_displacement(
             params.ref("DisplacementSequence"), cine.geometry)
         if not cache_ok:
-            self._cache = {"browser": browser.GetID(), "cine": cine, "displacement": disp}
+            if self._cache:  # the memory held another study: its analysis is not this one's either
+                self.analysis = None
+            self._cache = {"study": browser.GetAttribute(STUDY_ATTRIBUTE) or "", "browser": browser,
+                           "cine": cine, "displacement": disp}
         return cine, labels, disp
 
     def _stored_cine(self, params: Parameters) -> Cine:
@@ -957,7 +1042,8 @@ class DeepStrainLogic:
 
         progress(0.0, "reading segmentation")
         cine, labels, disp = self.study_arrays(params)
-        body_size_fields(cine, params)  # height and weight entered after Run count too
+        # the height and weight fields as they are now (empty: the input's value, or none)
+        cine.subject = subject_with_fields(params.input_subject or params.subject, params)
         state, made = self._cache.get("network_motion"), self._cache.get("motion_made_with")
         want = bool(params.refine_motion)
         rerun: str | None = None  # what running the networks again gave, for the provenance
@@ -996,7 +1082,7 @@ class DeepStrainLogic:
                 self._cache.update(displacement=disp, motion_made_with=made)
             self._refresh_glyphs(params, cine, disp, analysis.labels[analysis.ed] == 2)
             self._update_results(analysis, params)
-            params.study_nodes = sorted(set(params.study_nodes) | (node_ids(self.scene) - before))
+            self._tag(node_ids(self.scene) - before, params.study_id)
         self.analysis = analysis
         progress(1.0, "done")
         return analysis
@@ -1138,11 +1224,56 @@ class DeepStrainLogic:
 
 
 # --------------------------------------------------------------------------- helpers
-def body_size_fields(cine: Cine, params: Parameters) -> None:
-    """The module's height and weight fields (0 = not given) onto ``cine.subject``."""
+def subject_with_fields(subject: dict, params: Parameters) -> Subject:
+    """``subject`` (:meth:`Subject.as_dict`) with the module's height and weight fields over it; an
+    empty field (0) gives the input's own value, or none."""
+    s = Subject.from_dict(_input_part(subject))
     for name in ("height_cm", "weight_kg"):
         if value := getattr(params, name):
-            cine.subject.given(name, value, "module field")
+            s.given(name, value, MODULE_FIELD)
+    return s
+
+
+def _input_part(subject: dict) -> dict:
+    """``subject`` without the height and weight that came from the module's fields."""
+    d = dict(subject or {})
+    sources = dict(d.get("sources") or {})
+    for name in ("height_cm", "weight_kg"):
+        if sources.get(name) == MODULE_FIELD:
+            d[name] = None
+            del sources[name]
+    d["sources"] = sources
+    return d
+
+
+def color_legend(model: slicer.vtkMRMLDisplayableNode) -> slicer.vtkMRMLColorLegendDisplayNode | None:
+    """The colour legend among the display nodes of ``model`` (display node references follow
+    renumbered IDs), or None."""
+    for i in range(model.GetNumberOfDisplayNodes()):
+        d = model.GetNthDisplayNode(i)
+        if d is not None and d.IsA("vtkMRMLColorLegendDisplayNode"):
+            return d
+    return None
+
+
+def _scene_nodes(scene: slicer.vtkMRMLScene) -> list[slicer.vtkMRMLNode]:
+    return [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
+
+
+def _owned_nodes(node: slicer.vtkMRMLNode) -> list[slicer.vtkMRMLNode]:
+    """The display and storage nodes of ``node``, the series of a chart, the proxies of a browser."""
+    parts = []
+    if node.IsA("vtkMRMLDisplayableNode"):
+        parts += [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
+    if node.IsA("vtkMRMLStorableNode"):
+        parts += [node.GetNthStorageNode(i) for i in range(node.GetNumberOfStorageNodes())]
+    if node.IsA("vtkMRMLPlotChartNode"):
+        parts += [node.GetNthPlotSeriesNode(i) for i in range(node.GetNumberOfPlotSeriesNodes())]
+    if node.IsA("vtkMRMLSequenceBrowserNode"):
+        proxies = vtk.vtkCollection()
+        node.GetAllProxyNodes(proxies)
+        parts += [proxies.GetItemAsObject(i) for i in range(proxies.GetNumberOfItems())]
+    return [p for p in parts if p is not None]
 
 
 def labels_digest(labels: np.ndarray) -> str:

@@ -3,15 +3,16 @@
 Definitions follow ``notes/strain_spec.md``; the details decided here:
 
 * RV insertion points: in each slice, the ED myocardium voxels whose in-plane distance to an
-  RV cavity voxel (label 1) is at most ``contact_mm`` form the RV contact. Their angles about
+  RV cavity voxel (label 1) is at most ``contact_mm`` (+ 1e-6 mm for rounding) form the RV contact. Their angles about
   their slice's LV centre (in the plane perpendicular to the long axis) are pooled over the
   mid-ventricular slices (slice centre at 1/3 <= f < 2/3; all slices if those have no contact).
   The contact arc is the circle minus its largest angular gap; its two ends are the insertion
   points. One septal direction ``s_dir`` (the middle of the arc, which equals the bisector of the
   two insertion directions for arcs under 180 deg) is used for the whole LV.
 * A voxel's signed angle ``phi = atan2((l x s_dir) . r, s_dir . r)`` in degrees, with ``r`` its
-  radial direction and ``l`` the base->apex axis. This uses world (RAS) vectors only, so it does
-  not depend on how the voxels are stored.
+  radial direction and ``l`` the base->apex axis, rounded to 1e-9 deg. This uses world (RAS)
+  vectors only, so it does not depend on how the voxels are stored (nor on the rounding of a
+  spacing read back from an affine).
 * Levels: ``f = (s - s_base) / (s_apex - s_base)`` with ``s = p . l`` and the LV cavity extent
   ``[s_base, s_apex]``; basal ``f < 1/3`` (also above the cavity), mid ``1/3 <= f < 2/3``, apical
   ``f >= 2/3``; a voxel less than ``LEVEL_TOLERANCE_MM`` (0.5 mm) short of a boundary counts
@@ -55,6 +56,14 @@ SEGMENT_NAMES: dict[int, str] = {
 
 DEFAULT_CONTACT_MM = 3.0
 """A myocardium voxel within this in-plane distance (mm) of an RV cavity voxel touches the RV."""
+
+CONTACT_TOLERANCE_MM = 1e-6
+"""Added to ``contact_mm``: with pixels of 1.5, 1.0, 0.75 or 0.6 mm whole rings of voxels lie
+exactly 3 mm from the RV, and a spacing read from an oblique affine (1.5000000000000002 mm)
+must not move them out of the contact."""
+
+ANGLE_DECIMALS = 9
+"""A voxel's angle ``phi`` (deg) is rounded to this many decimals before the sectors are assigned."""
 
 LEVEL_TOLERANCE_MM = 0.5
 """Level boundaries are inclusive within this distance along the long axis (see the module docstring)."""
@@ -107,7 +116,7 @@ def septal_direction(
         if not myo.any() or not rv.any() or not np.all(np.isfinite(frame.centers[k])):
             continue
         dist = ndimage.distance_transform_edt(~rv, sampling=geometry.spacing[1:])
-        jj, ii = np.nonzero(myo & (dist <= contact_mm))
+        jj, ii = np.nonzero(myo & (dist <= contact_mm + CONTACT_TOLERANCE_MM))
         if jj.size == 0:
             continue
         pts = geometry.origin + np.stack([np.full(jj.size, k), jj, ii], axis=1).astype(np.float64) @ m.T
@@ -228,7 +237,9 @@ def aha_segments(
 
     r, _, _ = frame.directions(pts, kk)
     t_dir = np.cross(l_vec, s_dir)
-    phi = np.degrees(np.arctan2(r @ t_dir, r @ s_dir))
+    # rounded to ANGLE_DECIMALS: a voxel on a sector boundary (common on regular grids) must not
+    # change segment with the last bit of the geometry (a spacing read from an affine)
+    phi = np.round(np.degrees(np.arctan2(r @ t_dir, r @ s_dir)), ANGLE_DECIMALS)
     phi = np.where(phi <= -180.0, 180.0, phi)
     seg = segment_of(np.nan_to_num(phi), level)
     seg = np.where(np.isfinite(phi), seg, 0)

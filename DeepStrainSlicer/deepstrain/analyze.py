@@ -14,14 +14,14 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 
 from . import __version__, io, pipeline
 from .cine import Cine
 from .errors import InputError
-from .outputs import atomic_output_dir
+from .outputs import atomic_output_dir, check_output_dir
 
 if TYPE_CHECKING:
     from .refinement import NetworkMotion
@@ -92,6 +92,7 @@ def analyze_cine(
                     crop_centre_voxel=[pred.lv_centre_voxel[0], pred.lv_centre_voxel[1]])
         if prov["motion"] == "networks":
             prov["motion_reference_frame"] = pred.ed
+            prov["motion_slice_order"] = pred.motion_slice_order
         del pred
         if refined:
             prov["motion_refined_with"] = "given segmentation" if given_labels else "network segmentation"
@@ -144,11 +145,12 @@ def network_motion_again(cine: Cine, provenance: dict, *, weights_dir: str | os.
 
 
 def write_analysis(analysis: pipeline.Analysis, out_dir: str | os.PathLike, *, overwrite: bool = False,
-                   qc: bool = False) -> Path:
+                   qc: bool = False, inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
     """Write report, tables and NIfTI outputs of ``analysis`` atomically into ``out_dir``
-    (``qc``: also the picture ``qc.png`` of :mod:`deepstrain.qc`)."""
+    (``qc``: also the picture ``qc.png`` of :mod:`deepstrain.qc`; ``inputs``: the paths read,
+    which ``out_dir`` may not be or contain, :func:`deepstrain.outputs.check_output_dir`)."""
     cine = analysis.cine
-    with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
+    with atomic_output_dir(out_dir, overwrite=overwrite, inputs=inputs) as tmp:
         analysis.write(tmp)
         if qc:
             from .qc import qc_figure
@@ -200,6 +202,8 @@ def analyze_path(
     report (default: the command-line flags). The report's ``provenance`` records the voxel
     spacing used (``voxel_spacing_mm``, slice, row, column) and its source.
     """
+    inputs = (input_path, segmentation, displacement)
+    check_output_dir(out_dir, overwrite, inputs)  # refuse at once, not after the analysis
     if progress:
         progress(0.0, "loading")
     cine = io.load_cine(input_path, spacing=spacing, heart_rate_bpm=heart_rate_bpm, rr_ms=rr_ms, ed=ed, es=es,
@@ -220,7 +224,7 @@ def analyze_path(
     analysis.report["provenance"].update(
         voxel_spacing_mm=[float(v) for v in cine.geometry.spacing],
         voxel_spacing_source="input" if spacing is None else (given_source or "--spacing"))
-    write_analysis(analysis, out_dir, overwrite=overwrite, qc=qc)
+    write_analysis(analysis, out_dir, overwrite=overwrite, qc=qc, inputs=inputs)
     if progress:
         progress(1.0, "done")
     return analysis.report

@@ -54,6 +54,7 @@ from typing import Any, Callable, Iterable, Mapping, TextIO
 from .dyssynchrony import KEYS as DYSSYNCHRONY_KEYS
 from .errors import InputError
 from .io import is_ukbb_folder, looks_like_dicom
+from .outputs import apply_umask
 
 StudyFn = Callable[..., Any]
 
@@ -368,6 +369,7 @@ def write_summary(rows: Iterable[Mapping[str, str]], path: str | os.PathLike) ->
             f.write(buf.getvalue())
             f.flush()
             os.fsync(f.fileno())
+        apply_umask(tmp)  # mkstemp creates the file private (0600)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

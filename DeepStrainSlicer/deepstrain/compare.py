@@ -93,7 +93,7 @@ def compare_tables(a_csv: str | os.PathLike, b_csv: str | os.PathLike, out_dir: 
         },
         "metrics": metrics,
     }
-    with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
+    with atomic_output_dir(out_dir, overwrite=overwrite, inputs=(a_csv, b_csv)) as tmp:
         with open(tmp / "agreement.csv", "w", newline="") as f:
             w = csv.writer(f, lineterminator="\n")
             w.writerow(TABLE_COLUMNS)

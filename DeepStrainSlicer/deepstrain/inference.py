@@ -21,6 +21,10 @@
    voxels removed become background.
 5. Motion (optional): :func:`deepstrain.networks.motion.estimate_motion` from the ED crop to every
    frame's crop, converted to RAS mm on the input grid (:func:`deepstrain.preprocess.displacement_to_input`).
+   The motion network was trained on stacks stored base first (ACDC, the phantoms) and sees
+   the slice axis as it is stored (its through-plane output is along it), so a stack stored
+   apex first is given to it reversed, and its field reversed back (the through-plane
+   component negated). Base and apex come from the ED labels (:func:`slices_run_apex_first`).
 
 ED is ``cine.ed`` when the input says so, else the frame with the largest predicted LV cavity.
 Deterministic: networks in eval mode, no randomness, and CPU kernels that give the same result on
@@ -76,6 +80,8 @@ class Prediction:
     """The input-grid <-> crop map."""
     ed: int
     """ED frame (index into the cine) used as the motion reference."""
+    motion_slice_order: str | None = None
+    """``"as stored"`` or ``"reversed"`` (the stack is stored apex first; step 5); None without motion."""
     network_motion: NetworkMotion | None = None
     """With ``keep_network_motion=True``: what :func:`deepstrain.refinement.motion_for_labels` needs
     to refine the motion again after hand edits."""
@@ -129,6 +135,36 @@ def _segment(net: torch.nn.Module, crops: np.ndarray, tta: bool = False, precisi
     p = segment_slices(net, x, flips=FLIPS if tta else ((),), precision=precision).numpy()
     # contiguous: every later step reads one class (or one frame) at a time (3.5x faster uncropping)
     return np.ascontiguousarray(p.reshape(t, z, N_CLASSES, h, w).transpose(0, 2, 1, 3, 4))
+
+
+def slices_run_apex_first(labels_ed: np.ndarray, geometry) -> bool:
+    """Whether the slice index of ``labels_ed`` ``(Z, Y, X)`` runs from apex to base.
+
+    Base and apex as :func:`deepstrain.strain.cardiac_frame` orients the long axis (RV area, then
+    LV cavity area, ...); False when that cannot be built (no LV), so the stored order is kept.
+    """
+    from .strain import cardiac_frame
+
+    try:
+        frame = cardiac_frame(labels_ed, geometry)
+    except ValueError:
+        return False
+    normal = geometry.direction[:, 0] / np.linalg.norm(geometry.direction[:, 0])
+    return bool(frame.long_axis @ normal < 0)
+
+
+def _motion_base_first(ref: np.ndarray, crops: np.ndarray, spacing_crop: np.ndarray, reverse: bool,
+                       **kw) -> np.ndarray:
+    """:func:`deepstrain.networks.motion.estimate_motion` (mm, ``(T, 3, Z, H, W)``), given the stack
+    base first: reversed in and out when ``reverse`` (the slice component negated)."""
+    from .networks.motion import estimate_motion
+
+    if not reverse:
+        return estimate_motion(ref, crops, spacing_crop, **kw)
+    u = estimate_motion(np.ascontiguousarray(ref[::-1]), np.ascontiguousarray(crops[:, ::-1]), spacing_crop, **kw)
+    u = np.ascontiguousarray(u[:, :, ::-1])
+    u[:, 0] *= -1
+    return u
 
 
 def find_lv_centre(norm_frame: np.ndarray, spacing: np.ndarray, *, weights_dir: Path | None = None,
@@ -192,14 +228,16 @@ def predict(cine: Cine, *, progress: Progress | None = None, with_motion: bool =
             ed = int(cine.ed)
         else:
             ed = int(np.argmax((labels == 3).reshape(labels.shape[0], -1).sum(axis=1)))
-        disp = network_motion = None
+        disp = network_motion = order = None
         if with_motion:
-            from .networks.motion import estimate_motion, load_model
+            from .networks.motion import load_model
 
             report(0.45, "estimating motion")
             spacing_crop = np.array([g.spacing[0], t.target_spacing, t.target_spacing])
-            u_mm = estimate_motion(crops[ed], crops, spacing_crop, model=load_model(weights_dir=weights_dir),
-                                   precision=precision)  # zero at ED (the frame equals the reference)
+            reverse = slices_run_apex_first((labels if refine_with is None else refine_with)[ed], g)
+            order = "reversed" if reverse else "as stored"
+            u_mm = _motion_base_first(crops[ed], crops, spacing_crop, reverse, model=load_model(weights_dir=weights_dir),
+                                      precision=precision)  # zero at ED (the frame equals the reference)
             u_vox = u_mm / spacing_crop.reshape(1, 3, 1, 1, 1).astype(np.float32)
             state = NetworkMotion(u_vox, probs, labels, t, g, ed)
             if refine_motion:
@@ -210,4 +248,4 @@ def predict(cine: Cine, *, progress: Progress | None = None, with_motion: bool =
     k_mid = (cine.shape3d[0] - 1) / 2.0
     centre_ras = g.origin + g.direction @ (g.spacing * np.array([k_mid, centre[0], centre[1]]))
     return Prediction(labels=labels, displacement=disp, lv_centre=centre_ras, lv_centre_voxel=centre,
-                      crop=t, ed=ed, network_motion=network_motion)
+                      crop=t, ed=ed, motion_slice_order=order, network_motion=network_motion)

@@ -118,6 +118,7 @@ import numpy as np
 
 from .cine import Cine, Geometry, Subject, subject_value_problem
 from .errors import InputError
+from .outputs import apply_umask
 
 __all__ = [
     "DeepStrainWarning",
@@ -1040,6 +1041,7 @@ def _atomic_save(img: nib.Nifti1Image, path: PathLike, overwrite: bool) -> Path:
                 fh.writelines(gzip_members(img.to_bytes()))
         else:
             nib.save(img, tmp)
+        apply_umask(tmp)  # mkstemp creates the file private (0600)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -37,7 +37,7 @@ import numpy as np
 
 from .errors import InputError
 from .report import json_safe
-from .outputs import atomic_output_dir
+from .outputs import atomic_output_dir, check_output_dir
 
 PERTURBATIONS = ("shift", "noise", "scale")
 CSV_COLUMNS = ("name", "description", "error", "ess_radial_diff", "ess_circumferential_diff",
@@ -199,7 +199,8 @@ def robustness_study(
     describe = {"shift": "one-voxel in-plane shift (first NIfTI axis), edge replicated",
                 "noise": f"Rician noise, SNR {snr:g} (sigma = 95th percentile / SNR), seed {seed}",
                 "scale": f"intensities x {scale:g}"}
-    with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
+    check_output_dir(out_dir, overwrite, (src,))  # refuse at once, not after the analyses
+    with atomic_output_dir(out_dir, overwrite=overwrite, inputs=(src,)) as tmp:
         fn(str(src), str(tmp / "baseline"), **kw)
         base = load_report(tmp / "baseline")
         if base is None:

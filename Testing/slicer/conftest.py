@@ -82,25 +82,33 @@ class Harness:
     def save_and_reload(self, folder: Path) -> "Harness":
         """Write this scene as a Slicer scene bundle (``scene.mrb``) and read it into a fresh harness,
         as File > Save and File > Load scene do (storage nodes added where missing)."""
+        path = self.write_mrb(folder)
+        other = Harness()
+        other.scene.RemoveNode(other.params.node)  # the saved scene brings its own
+        other.read_mrb(path, Path(folder) / "cache")
+        return other
+
+    def write_mrb(self, folder: Path) -> Path:
+        """Write this scene as ``folder/scene.mrb`` (storage nodes added where missing)."""
         for i in range(self.scene.GetNumberOfNodes()):
             node = self.scene.GetNthNode(i)
             if node.IsA("vtkMRMLStorableNode") and node.GetStorageNode() is None:
                 node.AddDefaultStorageNode()
         path = Path(folder) / "scene.mrb"
         assert self.scene.WriteToMRB(str(path)), f"could not write {path}"
-        cache = Path(folder) / "cache"
-        cache.mkdir(exist_ok=True)
+        return path
+
+    def read_mrb(self, path: Path, cache: Path) -> None:
+        """Read a scene bundle into this scene, as File > Load scene does (``cache``: a new folder)."""
+        cache.mkdir(parents=True, exist_ok=True)
         (cache / ".slicer-cache").touch()  # the cache manager's sentinel
-        other = Harness()
         manager, io = slicer.vtkCacheManager(), slicer.vtkDataIOManager()
         manager.SetRemoteCacheDirectory(str(cache))
         io.SetCacheManager(manager)
-        other.scene.SetCacheManager(manager)
-        other.scene.SetDataIOManager(io)
-        other.scene.RemoveNode(other.params.node)  # the saved scene brings its own
-        assert other.scene.ReadFromMRB(str(path)), f"could not read {path}"
-        other.params = other.logic.parameter_node()
-        return other
+        self.scene.SetCacheManager(manager)
+        self.scene.SetDataIOManager(io)
+        assert self.scene.ReadFromMRB(str(path)), f"could not read {path}"
+        self.params = self.logic.parameter_node()
 
     def node_ids(self) -> set[str]:
         return {self.scene.GetNthNode(i).GetID() for i in range(self.scene.GetNumberOfNodes())}

@@ -125,7 +125,7 @@ def test_polar_map_values_pick_and_highlight(study):
     d = model.GetDisplayNode()
     assert d.GetActiveScalarName() == "Strain" and d.GetColorNodeID() == p.ref("PolarColors").GetID()
     assert d.GetViewNodeIDs() == (p.ref("PolarView").GetID(),) or list(d.GetViewNodeIDs()) == [p.ref("PolarView").GetID()]
-    legend = h.scene.GetNodeByID(d.GetAttribute("DeepStrain.legend"))
+    legend = dlogic.color_legend(model)
     assert "(%)" in legend.GetTitleText()
     info = h.logic.segment_at(p, (0.0, 2.5, 0.0))  # mid anterior
     assert info.segment == 7 and info.name == "mid anterior" and info.value == pytest.approx(aha["7"])
@@ -323,15 +323,18 @@ def test_cine_from_loaded_sequence_with_overrides(harness, phantom):
 def test_body_size_gives_indexed_volumes_and_a_results_table(harness, phantom):
     """Height and weight fields index the volumes (Mosteller BSA); the results table lists every
     single-number result with its unit; fields changed after Run count at Recompute, also after the
-    in-memory state is gone (the subject is kept in the parameter node)."""
+    in-memory state is gone (the subject is kept in the parameter node), and emptied fields give the
+    input's values (here none)."""
     cine, labels, disp = phantom
     seq = mrml.cine_to_sequence(harness.scene, cine, "loaded 4D")
     p = harness.params
     p.height_cm, p.weight_kg, p.heart_rate_bpm = 180.0, 80.0, 60.0
     c = harness.logic.cine_from_sequence(seq, p)
-    assert (c.subject.height_cm, c.subject.weight_kg, c.subject.heart_rate_bpm) == (180.0, 80.0, 60.0)
-    assert set(c.subject.sources.values()) == {"module field"}
-    a = harness.logic.run(c, p, labels, disp)
+    assert (c.subject.height_cm, c.subject.weight_kg, c.subject.heart_rate_bpm) == (None, None, 60.0)
+    a = harness.logic.run(c, p, labels, disp)  # Run puts the height and weight fields over the input's
+    assert c.subject.height_cm is None  # the caller's cine is not changed
+    assert (a.cine.subject.height_cm, a.cine.subject.weight_kg) == (180.0, 80.0)
+    assert set(a.cine.subject.sources.values()) == {"module field"}
     vol = a.report["volumetrics"]
     assert a.report["subject"]["bsa_m2"] == pytest.approx(2.0)
     assert vol["lv_edvi_ml_per_m2"] == pytest.approx(vol["lv_edv_ml"] / 2.0, abs=1e-3)
@@ -341,9 +344,10 @@ def test_body_size_gives_indexed_volumes_and_a_results_table(harness, phantom):
     assert res["lv_mass_index"] == (pytest.approx(vol["lv_mass_g"] / 2.0, abs=1e-3), "g/m2")
     assert res["ess_circumferential"][0] == pytest.approx(a.report["ess"]["circumferential"])
     assert res["ess_circumferential"][1] == "%"
-    assert p.ref("ResultsTable").GetID() in p.study_nodes  # removed with the study
+    own = {n.GetID() for n in harness.logic.study_nodes(p)}
+    assert p.ref("ResultsTable").GetID() in own  # removed with the study
     st = p.ref("SliceTable").GetTable()  # volumes per slice, adding up to EDV and ESV
-    assert st.GetNumberOfRows() == labels.shape[1] and p.ref("SliceTable").GetID() in p.study_nodes
+    assert st.GetNumberOfRows() == labels.shape[1] and p.ref("SliceTable").GetID() in own
     per_slice = {st.GetColumnName(i): [st.GetValue(r, i).ToDouble() for r in range(st.GetNumberOfRows())]
                  for i in range(st.GetNumberOfColumns())}
     assert sum(per_slice["LV cavity ED (ml)"]) == pytest.approx(vol["lv_edv_ml"], abs=1e-3)
@@ -354,9 +358,11 @@ def test_body_size_gives_indexed_volumes_and_a_results_table(harness, phantom):
     assert new.report["subject"]["bsa_m2"] == pytest.approx(2.5)
     assert harness.logic.results(p)["lv_edvi"][0] == pytest.approx(vol["lv_edv_ml"] / 2.5, abs=1e-3)
     harness.logic._cache = {}  # as after a scene reload: the subject comes from the parameter node
-    p.height_cm = p.weight_kg = 0.0
     again = harness.logic.recompute(p)
     assert again.report["subject"]["bsa_m2"] == pytest.approx(2.5) and again.report["subject"]["heart_rate_bpm"] == 60.0
+    p.height_cm = p.weight_kg = 0.0  # emptied: from the input, which has none
+    empty = harness.logic.recompute(p)
+    assert empty.report["subject"]["bsa_m2"] is None and empty.report["subject"]["heart_rate_bpm"] == 60.0
     p.weight_kg = 900.0
     with pytest.raises(ValueError, match="weight 900 kg is not plausible"):
         harness.logic.recompute(p)
