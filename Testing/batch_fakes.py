@@ -96,6 +96,14 @@ def fake_study(input_path: str, out_dir: str, *, delay: float = 0.0, log: str | 
     return rep
 
 
+def crashing_study(input_path: str, out_dir: str) -> dict:
+    """``fake_study``, except that a study whose name starts with ``crash`` kills its process (as
+    running out of memory does)."""
+    if study_name(input_path).startswith("crash"):
+        os._exit(3)
+    return fake_study(input_path, out_dir)
+
+
 def perturbation_sensitive_study(input_path: str, out_dir: str) -> dict:
     """Like ``fake_study`` but the radial ESS follows the mean intensity of the input images and the
     circumferential ESS their noise level (robustness tests)."""

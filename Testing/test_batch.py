@@ -143,6 +143,40 @@ def test_pool_gives_the_same_table_as_serial(tmp_path: Path) -> None:
     assert strip(_rows(tmp_path / "b" / "summary.csv")) == strip(_rows(tmp_path / "a" / "summary.csv"))
 
 
+def test_a_study_that_kills_its_worker_fails_alone(tmp_path: Path) -> None:
+    """A dead worker breaks the whole pool; the unfinished studies run again one per process, so
+    only the study that kills its process is failed, at once and again on a re-run."""
+    root = batch_fakes.make_cohort(tmp_path / "in", {"crash01": "NOR", "p1": "NOR", "p2": "DCM", "p3": "HCM"},
+                                   with_others=False)
+    for _ in range(2):
+        res = batch.run_batch(root, tmp_path / "out", workers=2, threads=1, study_fn=batch_fakes.crashing_study,
+                              progress=None, figures=False)
+        assert res.exit_code == 1 and res.n_failed == 1
+        status = {r["id"]: r["status"] for r in _rows(tmp_path / "out" / "summary.csv")}
+        assert status == {"crash01": "failed", "p1": "ok", "p2": "ok", "p3": "ok"}
+    failed = [r for r in res.rows if r["status"] == "failed"][0]
+    assert "died" in failed["error"] and "alone" in failed["error"]
+
+
+def test_study_id_of_a_batch_folder_is_failed_not_mixed_in(tmp_path: Path) -> None:
+    root = batch_fakes.make_cohort(tmp_path / "in", {"figures": "NOR", "p1": "NOR"}, with_others=False)
+    res = batch.run_batch(root, tmp_path / "out", study_fn=batch_fakes.fake_study, progress=None)
+    assert res.n_ok == 1 and res.n_failed == 1 and res.figures  # the figures of the others are made
+    row = [r for r in res.rows if r["id"] == "figures"][0]
+    assert row["status"] == "failed" and "rename the input" in row["error"]
+
+
+def test_a_users_folder_with_a_summary_csv_is_not_taken_for_a_batch(tmp_path: Path) -> None:
+    root = batch_fakes.make_cohort(tmp_path / "in", {"p1": "NOR"}, with_others=False)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "summary.csv").write_text("subject,score\nalice,42\n")
+    with pytest.raises(InputError, match="not a batch output folder"):
+        batch.run_batch(root, mine, study_fn=batch_fakes.fake_study, progress=None)
+    assert sorted(p.name for p in mine.iterdir()) == ["summary.csv"]
+    assert (mine / "summary.csv").read_text() == "subject,score\nalice,42\n"
+
+
 def test_dask_local_cluster(tmp_path: Path) -> None:
     distributed = pytest.importorskip("distributed")
     root = batch_fakes.make_cohort(tmp_path / "in", GROUPS, with_others=False)
@@ -389,6 +423,18 @@ def test_study_table_indexes_a_cohort_and_a_changed_table_is_not_applied_silentl
     assert f"remove {out / 'cine'}" in err and (out / "cine" / "report.json").read_bytes() == before
     # without a table (or with its values) the study is done as it was
     assert batch.run_batch(tmp_path / "in", out, study_kwargs=kw, progress=None, figures=False).n_skipped == 1
+    # a table that no longer gives a value the study was analysed with (emptied cell, column or line gone)
+    for text, value, now in (
+            ("id,height_cm,weight_kg,heart_rate_bpm\ncine,180,80,\n", "heart_rate_bpm 75", f"the study table ({table} line 2) gives none"),
+            ("id,group\ncine,NOR\n", "height_cm 180", f"the study table ({table} line 2) gives none"),
+            ("id,group\nother,NOR\n", "height_cm 180", "the study table has no line for it")):
+        table.write_text(text)
+        res_e = batch.run_batch(tmp_path / "in", out, table_csv=table, study_kwargs=kw, progress=None, figures=False)
+        assert res_e.exit_code == 1 and res_e.n_failed == 1, text
+        err = _rows(out / "summary.csv")[0]["error"]
+        assert f"the study was analysed with {value} from the study table {table} line 2, but {now}" in err, err
+        assert (out / "cine" / "report.json").read_bytes() == before
+    table.write_text("id,height_cm,weight_kg\ncine,170,80\n")
 
     shutil.rmtree(out / "cine")
     res3 = batch.run_batch(tmp_path / "in", out, table_csv=table, study_kwargs=kw, progress=None, figures=False)

@@ -816,3 +816,44 @@ def test_ukbb_demo_subject_folder(shared_data):
     ref = np.asarray(nib.load(str(folder / "seg_sa_ED.nii.gz")).dataobj).transpose(2, 1, 0)
     assert sorted(cine.labels) == [0, 1]
     assert ((cine.labels[0] == 3) == (ref == 1)).all() and ((cine.labels[0] == 1) == (ref == 3)).all()
+
+
+def test_dicom_trigger_times_are_checked(shared_data, tmp_path):
+    """TriggerTime in seconds (frame interval 0.04 ms) gives no timing and a warning, not rates 1000x
+    too large; a slice that covers another part of the cycle is named; the true cine is silent."""
+    src = shared_data / "sunnybrook" / "SCD0000101"
+    names = [z * 20 + t + 1 for z in range(4) for t in range(20)]
+    _copy_dicoms(src, tmp_path / "true", names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeepStrainWarning)  # the real cine (intervals 37-41 ms per slice): no warning
+        cine = load_cine(tmp_path / "true")
+    assert 30 < np.median(np.diff(cine.times_ms)) < 45
+
+    def seconds(ds, n):
+        ds.TriggerTime = float(ds.TriggerTime) / 1000.0
+
+    _edited_copies(src, names, tmp_path / "seconds", seconds)
+    with pytest.warns(DeepStrainWarning, match="TriggerTime in seconds"):
+        cine = load_cine(tmp_path / "seconds")
+    assert not cine.has_timing
+
+    def halved_on_one_slice(ds, n):
+        if (n - 1) // 20 == 2:
+            ds.TriggerTime = float(ds.TriggerTime) / 2.0
+
+    _edited_copies(src, names, tmp_path / "mixed", halved_on_one_slice)
+    with pytest.warns(DeepStrainWarning, match=r"frame interval of slice \d+ at .* another part of the cycle"):
+        load_cine(tmp_path / "mixed")
+
+
+def test_dicom_image_without_columns_is_a_clear_error(shared_data, tmp_path):
+    src = shared_data / "sunnybrook" / "SCD0000101"
+    names = [z * 20 + t + 1 for z in range(2) for t in range(3)]
+
+    def no_columns(ds, n):
+        if n == 22:
+            del ds.Columns
+
+    _edited_copies(src, names, tmp_path / "nc", no_columns)
+    with pytest.raises(InputError, match=r"22\.dcm: DICOM image without Columns"):
+        quiet_load(tmp_path / "nc")

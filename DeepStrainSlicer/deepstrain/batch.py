@@ -54,7 +54,7 @@ from typing import Any, Callable, Iterable, Mapping, TextIO
 from .dyssynchrony import KEYS as DYSSYNCHRONY_KEYS
 from .errors import InputError
 from .io import is_ukbb_folder, looks_like_dicom
-from .outputs import apply_umask
+from .outputs import MARKER, apply_umask
 
 StudyFn = Callable[..., Any]
 
@@ -86,6 +86,8 @@ SETTINGS_NAME = "settings.json"
 into the same folder must use the same settings, so one table never mixes two analyses."""
 BATCH_INFO_NAME = "batch.json"
 _TMP_NAME = ".tmp"
+RESERVED_IDS = ("figures", _TMP_NAME)
+"""Study ids that would name the batch's own folders (group figures, scratch): such a study is failed."""
 _LOCK_NAME = ".deepstrain-batch.lock"
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _LABEL_WORDS = re.compile(r"(^|_)(seg|gt|label|labels|mask|segmentation)\d*(_|$)", re.IGNORECASE)
@@ -433,7 +435,7 @@ def run_one(
     out = Path(out_dir)
     final = out / study.id
     t0 = time.perf_counter()
-    done = done_row(study, final)
+    done = done_row(study, final, table_given=bool(study.table_source))  # finished meanwhile by another run?
     if done is not None:
         return done
     if final.exists():
@@ -473,9 +475,11 @@ def run_one(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def table_mismatch(study: Study, report: Mapping) -> str | None:
+def table_mismatch(study: Study, report: Mapping, table_given: bool = True) -> str | None:
     """Why a finished study's report disagrees with the study table's values for it (None if it
-    does not): the table changed after the study was analysed."""
+    does not): the table changed after the study was analysed. With ``table_given``, a value the
+    report took from a study table that the table no longer gives (cell emptied, column or row
+    gone) is a change too; without a table (a re-run with no ``--table``) the values stand."""
     subject = report.get("subject") or {}
     prov = report.get("provenance") or {}
     for name, value in study.options.items():
@@ -490,6 +494,19 @@ def table_mismatch(study: Study, report: Mapping) -> str | None:
         if not same:
             was = "without it" if old is None else f"with {_joined(old)} (from {where})"
             return f"{what} is {_joined(new)} in the study table ({study.table_source}) but the study was analysed {was}"
+    # a value the table gave when the study was analysed, and gives no more (cell emptied, column or row gone)
+    for name in (*SUBJECT_COLUMNS, "spacing") if table_given else ():
+        if name in study.options:
+            continue
+        if name == "spacing":
+            what, where, old = "the voxel spacing (mm)", prov.get("voxel_spacing_source"), prov.get("voxel_spacing_mm")
+        else:
+            what, where = name, (subject.get("sources") or {}).get(name)
+            old = None if subject.get(name) is None else [subject[name]]
+        if old is not None and str(where or "").startswith("study table"):
+            now = (f"the study table ({study.table_source}) gives none" if study.table_source
+                   else "the study table has no line for it")
+            return f"the study was analysed with {what} {_joined(old)} from the {where}, but {now}"
     return None
 
 
@@ -497,14 +514,14 @@ def _joined(values: Iterable[Any]) -> str:
     return " x ".join(f"{float(v):g}" for v in values)
 
 
-def done_row(study: Study, folder: Path) -> dict[str, str] | None:
+def done_row(study: Study, folder: Path, table_given: bool = True) -> dict[str, str] | None:
     """The summary row of a study already analysed into ``folder`` (None when it is not done): ``ok``,
     or ``failed`` when the study table now gives other values than the analysis used (the folder is
     kept; the message says to remove it to analyse the study again)."""
     report = load_report(folder)
     if report is None:
         return None
-    if problem := table_mismatch(study, report):
+    if problem := table_mismatch(study, report, table_given):
         return summary_row(study, None, status="failed",
                            error=f"{folder}: {problem}; remove {folder} to analyse it again with the table's values")
     return summary_row(study, report, status="ok", seconds=_recorded_seconds(folder))
@@ -702,8 +719,9 @@ def run_batch(
     out = Path(out_dir).absolute()
     if out.exists() and not out.is_dir():
         raise InputError(out, "output path exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not ((out / SUMMARY_NAME).is_file() or (out / _LOCK_NAME).exists()):
-        raise InputError(out, "output folder is not empty and is not a batch output folder (no summary.csv)")
+    if out.is_dir() and any(out.iterdir()) and not _is_batch_folder(out):
+        raise InputError(out, f"output folder is not empty and is not a batch output folder (no {MARKER} file): "
+                              "choose another --out")
     table = read_study_table(table_csv) if table_csv is not None else None
     studies = discover_studies(input_dir, table=table, exclude=[out])
     if limit is not None:
@@ -718,6 +736,7 @@ def run_batch(
                            f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}\n")
     settings = batch_settings(study_fn, study_kwargs)
     out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).touch()
     with _Lock(out):
         _check_settings(out, settings)
         shutil.rmtree(out / _TMP_NAME, ignore_errors=True)  # leftovers of a killed run
@@ -725,7 +744,11 @@ def run_batch(
         todo: list[Study] = []
         stale: list[dict[str, str]] = []  # done, but the study table now disagrees
         for s in studies:
-            row = done_row(s, out / s.id)
+            if s.id in RESERVED_IDS:  # its folder would be the figures' (or the scratch) folder
+                stale.append(_failed_row(s, f"the study id {s.id!r} names the batch's own {s.id} folder: rename "
+                                            f"the input ({s.path})"))
+                continue
+            row = done_row(s, out / s.id, table_given=table is not None)
             if row is None:
                 todo.append(s)
             elif row["status"] == "ok":
@@ -767,6 +790,12 @@ def run_batch(
                        n_skipped=bar.skipped, seconds=time.perf_counter() - t0, figures=made)
 
 
+def _is_batch_folder(out: Path) -> bool:
+    """A folder a batch wrote: the marker of deepstrain's result folders, or (batches before it)
+    both the settings and the summary; never just a ``summary.csv`` of the user's."""
+    return (out / MARKER).is_file() or ((out / SETTINGS_NAME).is_file() and (out / SUMMARY_NAME).is_file())
+
+
 def _failed_row(study: Study, message: str) -> dict[str, str]:
     return summary_row(study, None, status="failed", error=message)
 
@@ -775,25 +804,34 @@ def _run_pool(todo, out, workers, study_fn, study_kwargs, threads, record) -> No
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch threads
-    pending = list(todo)
-    while pending:
-        with ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=ctx,
-                                 initializer=_init_worker, initargs=(threads, os.getpid())) as pool:
-            futures = {pool.submit(run_one, s, str(out), study_fn, study_kwargs, threads): s for s in pending}
-            pending = []
-            broken = False
-            for fut in as_completed(futures):
-                s = futures[fut]
-                try:
-                    record(fut.result())
-                except BrokenProcessPool:
-                    broken = True
-                    record(_failed_row(s, "a worker process died (crash or out of memory) while this study was "
-                                          "running or queued; re-run the batch to retry it"))
-                except Exception as exc:  # e.g. the study function cannot be pickled
-                    record(_failed_row(s, _one_line(exc)))
-            if broken:
-                break
+
+    def pool(n: int) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_init_worker,
+                                   initargs=(threads, os.getpid()))
+
+    # a worker that dies (crash, out of memory) breaks the whole pool: every study then unfinished
+    # is a suspect, and each is run again alone in its own process, so that only the study that
+    # kills its process is failed, and the others get done
+    suspects: set[str] = set()
+    with pool(min(workers, len(todo))) as p:
+        futures = {p.submit(run_one, s, str(out), study_fn, study_kwargs, threads): s for s in todo}
+        for fut in as_completed(futures):
+            s = futures[fut]
+            try:
+                record(fut.result())
+            except BrokenProcessPool:
+                suspects.add(s.id)
+            except Exception as exc:  # e.g. the study function cannot be pickled
+                record(_failed_row(s, _one_line(exc)))
+    for s in (s for s in todo if s.id in suspects):
+        with pool(1) as p:
+            try:
+                record(p.submit(run_one, s, str(out), study_fn, study_kwargs, threads).result())
+            except BrokenProcessPool:
+                record(_failed_row(s, "the process analysing this study died (crash or out of memory), also when "
+                                      "it ran alone"))
+            except Exception as exc:
+                record(_failed_row(s, _one_line(exc)))
 
 
 def _run_dask(todo, out, address, study_fn, study_kwargs, threads, record) -> None:

@@ -52,7 +52,12 @@ Inputs understood by :func:`load_cine` (array conventions: :mod:`deepstrain.cine
     (``ImageOrientationPatient``), so the written NIfTI affine is right-handed; images at the
     same position (within 0.05 mm) form one slice;
   - frames of each slice are ordered by ``TriggerTime``; every slice must have the same
-    number of frames; ``times_ms`` is the per-frame mean of ``TriggerTime`` over slices;
+    number of frames; ``times_ms`` is the per-frame mean of ``TriggerTime`` over slices; a
+    median frame interval outside 5 to 500 ms (e.g. TriggerTime written in seconds) gives a
+    warning and no timing, as for NIfTI; a slice whose own frame interval differs from the
+    median of the slices' by more than 25 % gives a warning (its frames cover another part of
+    the cycle than the other slices'; breath-holds at other heart rates differ by a few %: up to
+    6 % in the Sunnybrook cine);
   - spacing: rows/columns from ``PixelSpacing`` (row spacing, column spacing); the slice
     spacing is the median distance between neighbouring slice positions (not
     ``SliceThickness``); gaps more than 10 % off the median (a missing slice) are an error,
@@ -135,6 +140,8 @@ PathLike = str | os.PathLike
 LABEL_VALUES = (0, 1, 2, 3)
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _PLAUSIBLE_FRAME_INTERVAL_MS = (5.0, 500.0)
+SLICE_INTERVAL_TOLERANCE = 0.25
+"""A DICOM slice whose frame interval is this much off the slices' median gets a warning."""
 _GRID_ATOL_MM = 1e-2  # origin tolerance for "same grid"
 _GRID_RTOL = 1e-3  # spacing / direction tolerance for "same grid"
 
@@ -640,6 +647,8 @@ def _read_dicom_folder(folder: Path, messages: list[str]) -> Cine:
             multi_frame = True
         elif "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds or "Rows" not in ds:
             continue  # not an image with geometry (DICOMDIR, report, ...)
+        elif "Columns" not in ds:
+            raise InputError(f, "DICOM image without Columns (0028,0011): its pixel data cannot be read")
         else:
             images = [ds]
         uid = str(ds.get("SeriesInstanceUID", ""))
@@ -912,10 +921,35 @@ def _assemble_dicom_series(folder: Path, items: list[tuple[Path, object]], messa
     if no_trigger:
         times = np.full(T, np.nan)
     else:
-        times = np.array([[recs[i][2] for i in m] for m in per_slice]).mean(axis=0)
+        times = _dicom_frame_times(folder, np.array([[recs[i][2] for i in m] for m in per_slice]),
+                                   [pos[m[0]] for m in per_slice], messages)
     name = folder.stem if folder.is_file() else folder.name
     return Cine(data=data, geometry=geom, times_ms=times, name=name, source=str(folder),
                 subject=_dicom_subject(folder, [r[4] for r in recs], messages))
+
+
+def _dicom_frame_times(folder: Path, trigger_ms: np.ndarray, positions: list[float], messages: list[str]) -> np.ndarray:
+    """Frame times (ms) of a DICOM cine from its ``TriggerTime`` s ``(Z, T)``: the mean over slices;
+    NaN (with a warning) when the median frame interval is not plausible; a warning for slices
+    whose own frame interval is more than :data:`SLICE_INTERVAL_TOLERANCE` off the slices' median."""
+    times = trigger_ms.mean(axis=0)
+    dt = float(np.median(np.diff(times)))
+    lo, hi = _PLAUSIBLE_FRAME_INTERVAL_MS
+    if not np.isfinite(dt) or not lo <= dt <= hi:
+        _warn(messages, f"{folder}: frame interval {dt:g} ms from TriggerTime is not plausible (expected {lo:g} "
+                        f"to {hi:g} ms; TriggerTime in seconds?); timing ignored. Give the heart rate with "
+                        "--heart-rate BPM or the RR interval with --rr-ms MS")
+        return np.full(times.shape, np.nan)
+    per_slice = np.median(np.diff(trigger_ms, axis=1), axis=1)
+    typical = float(np.median(per_slice))
+    bad = np.flatnonzero(np.abs(per_slice / typical - 1.0) > SLICE_INTERVAL_TOLERANCE)
+    if bad.size:
+        which = ", ".join(f"slice {k} at {positions[k]:.2f} mm ({per_slice[k]:.1f} ms)" for k in bad[:4])
+        _warn(messages, f"{folder}: the frame interval of {which}{' ...' if bad.size > 4 else ''} differs from the "
+                        f"slices' median ({typical:.1f} ms) by more than {SLICE_INTERVAL_TOLERANCE:.0%}: their "
+                        "frames cover another part of the cycle than the other slices' (frames are matched by "
+                        "their order)")
+    return times
 
 
 # =========================================================================== labels / displacement
