@@ -238,3 +238,47 @@ def test_ensemble_of_two_runs_holds_both_unchanged_and_is_validated(tmp_path, sh
         segmentation.main(_args(tmp_path / "bad", shared_data, cache, segmentation.NAME, iterations=2, ensemble=ck[:1]))
     with pytest.raises(InputError, match="for the segmentation network"):
         centring.main(_args(tmp_path / "bad", shared_data, cache, centring.NAME, iterations=2, ensemble=ck))
+
+
+def test_resume_refuses_other_options_and_records_the_uninterrupted_command(tmp_path, shared_data, cache):
+    name = segmentation.NAME
+    straight = segmentation.main(_args(tmp_path / "a", shared_data, cache, name, iterations=3,
+                                       command_line="deepstrain train segmentation --iterations 3"))
+    segmentation.main(_args(tmp_path / "b", shared_data, cache, name, iterations=3, stop_after=2,
+                            command_line="deepstrain train segmentation --iterations 3 --stop-after 2"))
+    with pytest.raises(InputError, match=r"batch: 2 then, 4 now.*resume it with the same options"):
+        segmentation.main(_args(tmp_path / "b", shared_data, cache, name, iterations=3, batch=4, resume=True))
+    with pytest.raises(InputError, match=r"seed: 0 then, 1 now"):
+        segmentation.main(_args(tmp_path / "b", shared_data, cache, name, iterations=3, seed=1, resume=True))
+    resumed = segmentation.main(_args(tmp_path / "b", shared_data, cache, name, iterations=3, resume=True,
+                                      command_line="deepstrain train segmentation --iterations 3 --resume"))
+    assert resumed["command"] == straight["command"] == "deepstrain train segmentation --iterations 3"
+    assert [h["iteration"] for h in resumed["history"]] == [h["iteration"] for h in straight["history"]]
+
+
+def test_motion_training_resumes_exactly(tmp_path, shared_data):
+    """Stopped at step 3 and resumed, the motion run gives the weights of the uninterrupted run (the
+    checkpoint keeps the random generators); other options or no checkpoint are refused."""
+    from deepstrain.training import motion
+
+    def run(out, *extra):
+        p = argparse.ArgumentParser()
+        motion.add_arguments(p)
+        a = p.parse_args(["--data", str(shared_data), "--out", str(tmp_path / out), "--phantoms", "2",
+                          "--phantom-dir", str(tmp_path / "phantoms"), "--steps", "5", "--save-every", "2",
+                          "--val-every", "1000", "--seed", "4", "--threads", "1", *extra])
+        return motion.main(a)
+
+    with pytest.raises(InputError, match="no checkpoint to resume from"):
+        run("nothing", "--resume")
+    run("straight")
+    run("stopped", "--stop-after", "3")
+    assert torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=False)["step"] == 3
+    with pytest.raises(InputError, match=r"lr: 0.001 then, 0.002 now"):
+        run("stopped", "--resume", "--lr", "0.002")
+    run("stopped", "--resume")
+    a = torch.load(tmp_path / "straight" / "motion_final.pt", weights_only=False)
+    b = torch.load(tmp_path / "stopped" / "motion_final.pt", weights_only=False)
+    sa, sb = (x.get("state_dict") or x["model"] for x in (a, b))
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k

@@ -143,6 +143,8 @@ def export_weights(name: str, net: nn.Module, config: dict, summary: dict, *, co
             "rule": "validation = ACDC patients whose number is a multiple of 5 (4 per group); training = the other 80",
             "validation_patients": list(VALIDATION_PATIENTS),
             "training_patients_used": len(summary.get("training_patients", [])),
+            # the patients the validation_metrics below come from (fewer with --patients N)
+            "validation_patients_evaluated": list(summary.get("validation_patients") or VALIDATION_PATIENTS),
         },
         "command": command,
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d"),

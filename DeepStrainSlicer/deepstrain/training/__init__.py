@@ -16,6 +16,20 @@ DEFAULTS = {
 """Default schedule of each 2D network (the one used for the shipped weights)."""
 
 
+def uninterrupted_command(command: str) -> str:
+    """``command`` without ``--resume`` and ``--stop-after N``: the command whose uninterrupted run gives
+    the same weights (a stopped and resumed run continues it exactly), as the manifest records it."""
+    words, out, skip = command.split(), [], False
+    for w in words:
+        if skip:
+            skip = False
+        elif w == "--stop-after":
+            skip = True
+        elif w != "--resume" and not w.startswith("--stop-after="):
+            out.append(w)
+    return " ".join(out)
+
+
 def mean_state_dict(states: list[dict]) -> dict:
     """Parameter-wise mean of state dicts of one architecture (floating tensors averaged in float64
     and cast back; integer buffers, e.g. batch-norm counters, taken from the first)."""

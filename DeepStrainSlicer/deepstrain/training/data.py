@@ -2,7 +2,10 @@
 
 Split (fixed, by patient): the validation patients are those whose number is a multiple of 5
 (005, 010, ..., 100): 20 patients, 4 per ACDC group (DCM, HCM, MINF, NOR, RV). The other 80
-are for training. Nothing about the validation patients is used in training.
+are for training. Nothing about the validation patients is used in training, with one indirect
+exception: the phantoms' intensity targets (:mod:`deepstrain.phantom`, calibration block) are means
+over the 10 ``acdc_cine_crop`` cines, patient030 among them (pooled statistics; without it the
+means move by at most 0.026; README, "Data, training and licences").
 
 Cache (one ``patientNNN.npz`` per patient under the cache folder; derived data, never committed):
 

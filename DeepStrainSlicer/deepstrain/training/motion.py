@@ -32,7 +32,9 @@ in-plane windows, random flips/transposes and gamma. Missing training phantoms a
 into ``<out>/phantoms`` first (about 5 s each).
 
 Checkpoints (``<out>/checkpoint.pt``) are written every ``--save-every`` steps and resumed
-with ``--resume``. At each validation (``--val-every``) the weights are exported to
+with ``--resume``: the checkpoint keeps the random generators' states and the options that decide
+the weights, so a resumed run continues the uninterrupted one exactly (same options required;
+``--minutes`` makes the schedule depend on wall time, hence not reproducible). At each validation (``--val-every``) the weights are exported to
 ``<out>/motion_latest.pt`` and kept as ``<out>/motion_stepNNNNNN.pt``; the final weights go to
 ``<out>/motion_final.pt`` (and with ``--ship`` into the package). ``--average W1 W2 ...``
 writes the parameter mean of exported weights (snapshots of one run, or several runs) to
@@ -54,7 +56,8 @@ import torch.nn.functional as F
 
 from .. import preprocess as pp
 from ..networks.motion import MotionNet, count_parameters, model_from_blob, normalise_pair, warp
-from . import mean_state_dict
+from ..errors import InputError
+from . import mean_state_dict, uninterrupted_command
 
 PHANTOM_TRAIN_SEEDS = range(1000, 2000)
 """Seeds of the training phantoms, in order: ``--phantoms N`` uses the first N (N <= 1000). The
@@ -406,6 +409,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-every", type=int, default=50)
     p.add_argument("--val-every", type=int, default=250)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--stop-after", type=int, default=0,
+                   help="stop at this step, with a checkpoint, to go on later with --resume (0: no stop)")
     p.add_argument("--init", type=Path, default=None,
                    help="start from the weights of this export (e.g. runs/motion/motion_final.pt); layers it "
                         "lacks (the --refine stage) keep their initialisation")
@@ -423,6 +428,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "ship the average")
     p.add_argument("--w-grad", type=float, default=0.0,
                    help="weight of the displacement-gradient error in the ED myocardium (phantoms; 0: off)")
+
+
+def _result_settings(args: argparse.Namespace) -> dict:
+    """The options that decide the trained weights (a resumed run must be given the same ones)."""
+    keep = ("steps", "minutes", "lr", "seed", "channels", "flow_scale", "phantoms", "phantom_share", "init",
+            "warmup", "refine", "w_sim", "w_dice", "w_smooth", "w_epe", "w_grad")
+    return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+            for k, v in vars(args).items() if k in keep}
 
 
 def training_summary(args, step: int, train_s: float, val: dict, train_p, cine_train, phantom_names, w) -> dict:
@@ -487,7 +500,8 @@ def _main_average(args: argparse.Namespace) -> int:
         # the inputs may be snapshots of one run, so their steps are listed, not added up
         summary = {"parameters": count_parameters(model), "iterations": max(steps), "averaged_steps": steps,
                    "history": [{}], "averaged_from": [str(p) for p in args.average]}
-        command = getattr(args, "command_line", "") or "python -m deepstrain.training.motion " + " ".join(sys.argv[1:])
+        command = uninterrupted_command(getattr(args, "command_line", "")
+                                        or "python -m deepstrain.training.motion " + " ".join(sys.argv[1:]))
         path = ship(model, summary, command, None if args.ship == "package" else Path(args.ship))
         print(f"shipped {path}")
     return 0
@@ -545,14 +559,28 @@ def main(args: argparse.Namespace) -> int:
     step = 0
     prev_s = 0.0  # training seconds before this (resumed) run
     ckpt_path = out / "checkpoint.pt"
-    if args.resume and ckpt_path.is_file():
+    settings = _result_settings(args)
+    hist: dict[str, list[float]] = {}
+    if args.resume:
+        if not ckpt_path.is_file():
+            raise InputError(ckpt_path, "no checkpoint to resume from")
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if "rng" not in ck or "settings" not in ck:
+            raise InputError(ckpt_path, "a checkpoint of an older version (no random-generator state): it cannot "
+                                        "be resumed exactly; start the run again")
+        changed = sorted(k for k in set(settings) | set(ck["settings"]) if settings.get(k) != ck["settings"].get(k))
+        if changed:
+            raise InputError(ckpt_path, "the run was started with other settings ("
+                             + ", ".join(f"{k}: {ck['settings'].get(k)!r} then, {settings.get(k)!r} now" for k in changed)
+                             + "): resume it with the same options")
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         step = int(ck["step"])
         prev_s = float(ck.get("train_s", 0.0))
-        rng = np.random.default_rng([args.seed, step])
-        torch.manual_seed(args.seed + step)
+        # the generators where the run left them: the resumed run continues the uninterrupted one exactly
+        rng.bit_generator.state = ck["rng"]
+        torch.set_rng_state(ck["torch_rng"])
+        hist = ck.get("hist", {})
         _log(f"resumed at step {step}", log)
     _log(f"MotionNet {tuple(args.channels)}: {count_parameters(model)} parameters", log)
     w = {"sim": args.w_sim, "dice": args.w_dice, "smooth": args.w_smooth, "epe": args.w_epe, "grad": args.w_grad}
@@ -567,10 +595,21 @@ def main(args: argparse.Namespace) -> int:
         return ks, pr / pr.sum()
 
     act, probs = active()
-    hist: dict[str, list[float]] = {}
     model.train()
     t_start = time.time()
+    def checkpoint() -> None:
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
+                    "train_s": prev_s + time.time() - t_start, "channels": list(args.channels),
+                    "config": dict(model.config), "settings": settings, "rng": rng.bit_generator.state,
+                    "torch_rng": torch.get_rng_state(), "hist": {k: v[-50:] for k, v in hist.items()}},
+                   ckpt_path.with_suffix(".tmp"))
+        ckpt_path.with_suffix(".tmp").replace(ckpt_path)
+
     while step < args.steps:
+        if args.stop_after and step >= args.stop_after:
+            checkpoint()
+            _log(f"stopped at step {step} of {args.steps} (--stop-after): go on with --resume", log)
+            return 0
         if args.minutes and (prev_s + time.time() - t_start) / 60 > args.minutes:
             _log("wall-time limit reached", log)
             break
@@ -604,11 +643,7 @@ def main(args: argparse.Namespace) -> int:
             msg = " ".join(f"{k}={np.mean(v[-50:]):.4f}" for k, v in sorted(hist.items()))
             _log(f"step {step} lr {lr:.2e} {msg} ({time.time() - t0:.0f} s)", log)
         if step % args.save_every == 0 or step == args.steps:
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
-                        "train_s": prev_s + time.time() - t_start, "channels": list(args.channels),
-                        "config": dict(model.config)},
-                       ckpt_path.with_suffix(".tmp"))
-            ckpt_path.with_suffix(".tmp").replace(ckpt_path)
+            checkpoint()
         if step % args.val_every == 0 or step == args.steps:
             v = validate(model, acdc_val[::3])
             _log(f"validation (7 patients) step {step}: {v}", log)
@@ -622,7 +657,8 @@ def main(args: argparse.Namespace) -> int:
     if args.ship:
         summary = training_summary(args, step, prev_s + time.time() - t_start, v, train_p, cine_train,
                                    [s.name for s in phantoms], w)
-        command = getattr(args, "command_line", "") or "python -m deepstrain.training.motion " + " ".join(sys.argv[1:])
+        command = uninterrupted_command(getattr(args, "command_line", "")
+                                        or "python -m deepstrain.training.motion " + " ".join(sys.argv[1:]))
         path = ship(model, summary, command,
                     None if args.ship == "package" else Path(args.ship))
         _log(f"shipped {path}", log)

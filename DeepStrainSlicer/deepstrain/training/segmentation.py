@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from ..errors import InputError
 from ..networks.blocks import count_parameters
 from ..networks.segmentation import CONFIG, N_CLASSES, build_segmentation_net, input_channels
-from . import DEFAULTS, add_training_arguments, mean_state_dict
+from . import DEFAULTS, add_training_arguments, mean_state_dict, uninterrupted_command
 from . import data as D
 
 NAME = "segmentation"
@@ -117,6 +117,17 @@ def evaluate(net: nn.Module, img: torch.Tensor, lab: torch.Tensor, n_classes: in
     return dice_per_class(pred, lab, n_classes)
 
 
+def result_settings(args: argparse.Namespace) -> dict:
+    """The options that decide a 2D network's weights (a resumed run must be given the same ones):
+    all but where things are read and written, how often, the device, threads and workers, and the
+    stop/resume flags."""
+    ignore = {"data", "cache", "run_dir", "phantom_dir", "resume", "stop_after", "export", "export_dir", "val_every",
+              "checkpoint_every", "snapshot_every", "threads", "workers", "device", "command_line", "network",
+              "func", "command"}
+    return {k: (str(v) if isinstance(v, Path) else [str(x) for x in v] if isinstance(v, (list, tuple)) else v)
+            for k, v in sorted(vars(args).items()) if k not in ignore and not callable(v)}
+
+
 def train_loop(args: argparse.Namespace, *, name: str, build: Callable[..., nn.Module], config: dict,
                batch_fn: Callable, val_fn: Callable, loss_fn: Callable, log: Callable[[str], None] = print) -> dict:
     """Shared training loop of the 2D networks; returns the summary written to ``run-dir/summary.json``.
@@ -138,7 +149,9 @@ def train_loop(args: argparse.Namespace, *, name: str, build: Callable[..., nn.M
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(Path(str(device)), "--device cuda was given, but torch sees no CUDA device")
     start, history, wall, combined_from = 0, [], 0.0, None
-    command = getattr(args, "command_line", "") or " ".join(["python -m deepstrain.training." + name] + sys.argv[1:])
+    command = uninterrupted_command(getattr(args, "command_line", "")
+                                    or " ".join(["python -m deepstrain.training." + name] + sys.argv[1:]))
+    settings = result_settings(args)
     ckpt = run / "last.pt"
     combine = getattr(args, "average", None) or getattr(args, "ensemble", None)
     if getattr(args, "average", None) and getattr(args, "ensemble", None):
@@ -193,9 +206,19 @@ def train_loop(args: argparse.Namespace, *, name: str, build: Callable[..., nn.M
         if bool(state.get("bf16", False)) != bf16:
             raise InputError(ckpt, f"the run was trained with{'' if state.get('bf16') else 'out'} --bf16: "
                                    "resume it the same way")
+        then = state.get("settings")
+        if then is None:
+            raise InputError(ckpt, "a checkpoint of an older version (its options are not stored): resume it with "
+                                   "the deepstrain version that wrote it, or start the run again")
+        changed = sorted(k for k in set(settings) | set(then) if settings.get(k) != then.get(k))
+        if changed:
+            raise InputError(ckpt, "the run was started with other options ("
+                             + ", ".join(f"{k}: {then.get(k)!r} then, {settings.get(k)!r} now" for k in changed)
+                             + "): resume it with the same options")
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start, history, wall = state["iteration"], state["history"], state["wall_s"]
+        history = [h for h in history if not h.get("stop")]  # the entry made at the stop: not of the uninterrupted run
         command = state.get("command", command)
         log(f"resumed {name} at iteration {start}")
     elif getattr(args, "init", None) is not None:
@@ -208,13 +231,13 @@ def train_loop(args: argparse.Namespace, *, name: str, build: Callable[..., nn.M
     batches = _batches(batch_fn, train, args.seed, start, args.iterations, args.batch, int(getattr(args, "workers", 0)))
     net.train()
     t0, last_t, losses = time.time(), time.time(), []
-    done = start
+    done = last_i = start
 
     def save(path: Path = ckpt, optimizer: bool = True) -> None:
         tmp = path.with_name(path.stem + ".tmp.pt")
         blob = {"model": {k: v.cpu() for k, v in net.state_dict().items()}, "iteration": done, "history": history,
                 "wall_s": wall + time.time() - t0, "config": config, "seed": args.seed, "command": command,
-                "bf16": bf16}
+                "bf16": bf16, "settings": settings}
         if combined_from:  # like the summary: the seeds are the members', not this command's default
             blob.update(seed=None, combined_from=combined_from)
         if optimizer:
@@ -246,8 +269,8 @@ def train_loop(args: argparse.Namespace, *, name: str, build: Callable[..., nn.M
         if done % 20 == 0 or done == args.iterations:
             now = time.time()
             log(f"{name} it {done}/{args.iterations} loss {np.mean(losses[-20:]):.4f} "
-                f"lr {opt.param_groups[0]['lr']:.2e} {20 / max(now - last_t, 1e-9):.2f} it/s")
-            last_t = now
+                f"lr {opt.param_groups[0]['lr']:.2e} {(done - last_i) / max(now - last_t, 1e-9):.2f} it/s")
+            last_t, last_i = now, done
         if done % args.val_every == 0 or done == args.iterations:
             metrics = val_fn(net, val)
             history.append({"iteration": done, "loss": float(np.mean(losses[-50:])), **metrics})
@@ -265,7 +288,7 @@ def train_loop(args: argparse.Namespace, *, name: str, build: Callable[..., nn.M
         log(f"{name}: stopped after iteration {done} of {args.iterations} (--stop-after)")
         if not history or history[-1]["iteration"] != done:
             history.append({"iteration": done, "loss": float(np.mean(losses[-50:])) if losses else float("nan"),
-                            **val_fn(net, val)})
+                            **val_fn(net, val), "stop": True})
         save()
     summary = {"name": name, "iterations": done, "iterations_planned": args.iterations, "batch": args.batch,
                "crop": args.crop, "lr": args.lr, "seed": args.seed,
