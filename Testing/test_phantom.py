@@ -416,3 +416,50 @@ def test_delayed_lateral_wall():
     assert d_late["cure"] < d_sync["cure"]
     with pytest.raises(ValueError, match="delay_ms"):
         PhantomParams(delay_ms=400.0)
+
+
+def test_demo_comparison_separates_the_grid_from_the_networks():
+    from deepstrain.demo import HEADLINE, compare_to_reference
+
+    ref = {"volumetrics": {"lv_ef_percent": 60.0}, "ess": {"radial": 55.0}}
+    exact = {"volumetrics": {"lv_ef_percent": 63.0}, "ess": {"radial": 55.5}}
+    got = {"volumetrics": {"lv_ef_percent": 63.5}, "ess": {"radial": 47.5}}
+    rows = compare_to_reference(got, ref, exact)
+    assert set(rows) == {f"{g}.{k}" for g, k in HEADLINE}
+    ef = rows["volumetrics.lv_ef_percent"]
+    assert (ef["difference"], ef["network_error"]) == (3.5, 0.5)
+    assert rows["ess.radial"]["network_error"] == -8.0
+    assert rows["twist.es_twist_deg"] == {"result": None, "exact_inputs": None, "reference": None,
+                                          "difference": None, "network_error": None}
+
+
+def test_reference_volumes_follow_the_delayed_contraction():
+    """With a delayed sector the LV contracts less by ES: the reference ESV / EF follow it, as the
+    phantom's own labels do (their count on the grid differs from the analytic volume by the same
+    amount with and without delay)."""
+    out = {}
+    for delay in (0.0, 200.0):
+        ph = generate_phantom(PhantomParams(n_frames=12, matrix_size=64, delay_ms=delay, seed=1, slice_spacing_mm=6.0))
+        es = ph.reference["frames"]["es"]
+        vox = float(np.prod(ph.cine.geometry.spacing)) / 1000.0
+        counted = [(ph.labels[f] == 3).sum() * vox for f in (0, es)]
+        out[delay] = (ph.reference["volumetrics"]["lv_ef_percent"], 100 * (counted[0] - counted[1]) / counted[0])
+    assert out[0.0][0] > 59.0  # 60 % at the true ES, which falls between frames
+    assert out[200.0][0] < 50.0  # the delayed wall has not finished contracting
+    assert out[200.0][0] - out[200.0][1] == pytest.approx(out[0.0][0] - out[0.0][1], abs=0.5)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--slices", "0"], "--slices must be >= 1"),
+    (["--ef", "79"], "--ef too high for this --hypokinesis"),
+    (["--slice-spacing", "30"], "choose a smaller --slice-spacing"),
+    (["--heart-rate", "inf"], "--heart-rate must be a finite number"),
+    (["--noise", "nan"], "--noise must be a finite number"),
+    (["--twist", "400"], "--twist must be within -45 - 45"),
+])
+def test_phantom_command_refuses_bad_parameters_clearly(tmp_path, capsys, flags, message):
+    out = tmp_path / "ph"
+    assert cli_main(["phantom", "--out", str(out), "--size", "48", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("deepstrain: error: phantom parameters: ") and message in err, err
+    assert not out.exists()

@@ -132,14 +132,17 @@ def predict_scales(cine, scales: list[float], centre: tuple[float, float], weigh
 
 
 def speed_comparison(n_slices: int = 32, repeats: int = 3) -> dict:
-    """Seconds per 128 x 128 slice (forward pass, eval, current torch threads): ours vs a ~59 M-parameter U-Net."""
+    """Seconds per 128 x 128 slice (forward pass, eval, current torch threads): ours (as many members as
+    the shipped weights hold, random weights) vs a ~59 M-parameter U-Net."""
     import torch
 
     from deepstrain.networks.blocks import UNet2d, count_parameters
     from deepstrain.networks.segmentation import build_segmentation_net, input_channels
+    from deepstrain.weights import read_manifest
 
+    members = int(read_manifest()["models"]["segmentation"]["config"].get("members", 1))
     out = {}
-    for label, net in (("ours", build_segmentation_net()),
+    for label, net in (("ours", build_segmentation_net(members=members)),
                        ("paper_size", UNet2d(1, 4, base=88, depth=4, max_channels=4096))):
         net.eval()
         x = torch.rand(n_slices, input_channels(net), 128, 128)
@@ -240,7 +243,11 @@ def main(argv: list[str] | None = None) -> int:
               f"rv {row['dice_rv_ES']:.3f} | EF {cp['lv_ef_percent']:.1f} vs {cg['lv_ef_percent']:.1f}", flush=True)
 
     def m(key: str) -> float:
-        return float(np.nanmean([r[key] for r in rows]))
+        v = np.array([r[key] for r in rows], dtype=float)
+        if not np.isfinite(v).all():  # a structure empty in the prediction or the reference: no distance
+            print(f"note: {key}: {int((~np.isfinite(v)).sum())} of {len(v)} patients without a value "
+                  "(empty structure) left out of the mean")
+        return float(np.nanmean(v))
 
     from deepstrain.networks.precision import resolve
 

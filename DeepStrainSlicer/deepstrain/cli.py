@@ -34,7 +34,7 @@ def _add_phantom(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--twist", type=float, metavar="DEG", help="apex minus base rotation at ES (deg)")
     g.add_argument("--hypokinesis", type=float, help="loss of contraction in the inferolateral sector (0-1)")
     g.add_argument("--delay", type=float, metavar="MS",
-                   help="regional dyssynchrony: delay of the lateral wall's radial contraction (ms)")
+                   help="regional dyssynchrony: delay of the inferolateral wall's radial contraction (ms)")
     g.add_argument("--rv-side", choices=("left", "right"), help="image side of the RV")
     g.add_argument("--rotation", type=float, metavar="DEG", help="extra in-plane rotation of the heart (deg)")
     g.add_argument("--noise", type=float, help="Rician noise sigma over the blood signal")
@@ -55,11 +55,18 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not args.overwrite)):
         raise InputError(out, "output folder exists and is not empty (use --overwrite to replace it)")
     values = {field: getattr(args, flag) for flag, field in _PHANTOM_FLAGS.items() if getattr(args, flag) is not None}
+    flags = {field: "--" + flag.replace("_", "-") for flag, field in _PHANTOM_FLAGS.items()}
     try:
         params = PhantomParams(seed=args.seed, **values)
-    except ValueError as exc:
-        raise InputError("phantom parameters", str(exc)) from None
-    phantom = generate_phantom(params)
+        phantom = generate_phantom(params)
+    except ValueError as exc:  # incl. PhantomRefused: valid values the phantom cannot build together
+        text = str(exc)
+        for field, flag in sorted(flags.items(), key=lambda kv: -len(kv[0])):
+            text = text.replace(field, flag)
+        hint = ""
+        if getattr(exc, "parameter", None) == "apex_wall_mm":
+            hint = " (the apical wall is fixed; choose a smaller --slice-spacing)"
+        raise InputError("phantom parameters", text + hint) from None
     write_phantom(phantom, out, overwrite=args.overwrite)
     ref = phantom.reference
     print(f"phantom written to {out}: {params.n_frames} frames, ES frame {ref['frames']['es']}, "

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -125,7 +125,8 @@ class PhantomParams:
     hypokinesis: float = 0.6
     """Fractional loss of radial contraction at the centre of the hypokinetic sector (0 = none)."""
     hypokinetic_center_deg: float = 120.0
-    """AHA angle of the hypokinetic sector's centre (120 = inferolateral)."""
+    """AHA angle of the hypokinetic sector's centre (120 = on the inferior / inferolateral boundary:
+    segments 4 and 5 lose the same; septum 0, lateral 180)."""
     hypokinetic_width_deg: float = 100.0
     """Full width at half loss of the hypokinetic sector (deg)."""
     delay_ms: float = 0.0
@@ -143,7 +144,8 @@ class PhantomParams:
     rv_side: str = "left"
     """Side of the image (column 0 = left) where the RV lies; 'right' rotates the heart by 180 deg."""
     rotation_deg: float = 0.0
-    """Extra in-plane rotation of the heart (deg, from image left towards image down)."""
+    """Extra in-plane rotation of the heart (deg; positive turns the image left towards the image
+    top: at 90 the RV of ``rv_side="left"`` lies above the LV)."""
     noise: float = 0.035
     """Rician noise: standard deviation of each complex channel over the LV blood signal."""
     blur_px: float = 0.5
@@ -156,8 +158,18 @@ class PhantomParams:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ValueError(f"{f.name} must be a finite number, got {v}")
         if self.n_frames < 4:
             raise ValueError("n_frames must be >= 4")
+        if self.n_slices is not None and self.n_slices < 1:
+            raise ValueError("n_slices must be >= 1 (or None: base to apical cap)")
+        if not 20 <= self.heart_rate_bpm <= 300:
+            raise ValueError("heart_rate_bpm must be within 20 - 300")
+        if not abs(self.twist_deg) <= 45:
+            raise ValueError("twist_deg must be within -45 - 45 (the LV twists 10-20 deg)")
         if not 0.2 <= self.es_fraction <= 0.5:
             raise ValueError("es_fraction must be within 0.2 - 0.5")
         if self.pv_samples < 1 or self.pv_samples % 2 == 0:
@@ -327,6 +339,16 @@ class PhantomMotion:
         """Fraction of cavity area lost at ES along angle theta (its mean over theta = EF)."""
         bump = np.exp(self._kappa * (np.cos(theta - math.radians(self.params.hypokinetic_center_deg)) - 1.0))
         return self.k0 * self._hnorm * (1.0 - self.params.hypokinesis * bump)
+
+    def cavity_loss(self) -> np.ndarray:
+        """Fraction of the ED cavity volume lost at each frame: the mean over theta of
+        :meth:`k_theta` x :meth:`radial_profile` (each angle loses area ``k_theta`` x its own, possibly
+        delayed, contraction; the longitudinal stretch is compensated in the radial step). Without
+        dyssynchrony it is ``k0 * p``; the mean is taken on 3600 angles (exact to float rounding for
+        these smooth periodic functions)."""
+        theta = np.linspace(-math.pi, math.pi, 3600, endpoint=False)
+        k = self.k_theta(theta)
+        return np.array([float(np.mean(k * self.radial_profile(theta, f))) for f in range(len(self.times_ms))])
 
     def delay_theta_ms(self, theta: np.ndarray) -> np.ndarray:
         """Delay (ms) of the radial contraction along angle theta (0 everywhere without dyssynchrony)."""
@@ -940,7 +962,7 @@ def _reference(p: PhantomParams, motion: PhantomMotion, anatomy: _Anatomy, geom:
     }
     aha = {k: {i: (c[es] if c is not None else None) for i, c in v.items()} for k, v in aha_curves.items()}
     edv = math.pi * s.a**2 * s.c * 64.0 / 105.0 / 1000.0
-    lv_curve = edv * (1.0 - motion.k0 * motion.p)
+    lv_curve = edv * (1.0 - motion.cavity_loss())
     epi = math.pi * s.a_o**2 * s.c_o * 64.0 / 105.0 / 1000.0
     rv_ed, rv_es = _rv_volume_ml(motion, anatomy, 0), _rv_volume_ml(motion, anatomy, es)
     return {
