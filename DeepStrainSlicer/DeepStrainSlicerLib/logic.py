@@ -874,9 +874,8 @@ class DeepStrainLogic:
         d.SetDiffuse(0.0)
         d.SetSpecular(0.0)
         when = f"frame {frame}" if params.polar_follows_frame else f"ES (frame {frame})"
-        title = f"{comp} strain (%) at {when}"
-        model.SetAttribute("DeepStrain.title", title)
-        self._color_legend(d, title, view)
+        model.SetAttribute("DeepStrain.title", f"{comp} strain (%) at {when}")  # the exported picture's caption
+        self._color_legend(d, f"{comp} (%)\n{when}", view)  # two short lines: one long line runs over the map
 
     def _color_legend(self, display: slicer.vtkMRMLDisplayNode, title: str, view) -> None:
         model = display.GetDisplayableNode()
@@ -886,8 +885,13 @@ class DeepStrainLogic:
             model.AddAndObserveDisplayNodeID(legend.GetID())
             legend.SetAndObservePrimaryDisplayNode(display)
         legend.SetTitleText(title)
-        legend.SetLabelFormat("%.0f")
+        # the scale runs over +-(a multiple of 5): five labels fall on halves of it (2.5, 7.5)
+        legend.SetLabelFormat("%.3g")
         legend.SetNumberOfLabels(5)
+        for prop in (legend.GetTitleTextProperty(), legend.GetLabelTextProperty()):
+            prop.SetColor(0.1, 0.1, 0.1)  # the polar view's background is white
+            prop.SetShadow(False)
+        legend.SetOrientation(legend.Vertical)
         legend.SetViewNodeIDs([view.GetID()])
         legend.SetVisibility(True)
 

@@ -115,8 +115,10 @@ def draw_bullseye(ax, values: Mapping[int, float | None], *, cmap, norm, title: 
 
     def label(x, y, seg, v):
         txt = "–" if v is None or not np.isfinite(v) else f"{v:.1f}"
-        ax.text(x, y, f"{txt}", ha="center", va="center", fontsize=7)
-        ax.text(x, y - 0.28, f"{seg}", ha="center", va="center", fontsize=5, color="0.3")
+        r, g, b, _ = colour(v)
+        dark = 0.2126 * r + 0.7152 * g + 0.0722 * b < 0.45  # relative luminance: white text on dark cells
+        ax.text(x, y, f"{txt}", ha="center", va="center", fontsize=7, color="white" if dark else "black")
+        ax.text(x, y - 0.28, f"{seg}", ha="center", va="center", fontsize=5, color="0.85" if dark else "0.3")
 
     for r0, r1, first, count, start in _RINGS:
         width = 360.0 / count

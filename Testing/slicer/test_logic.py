@@ -127,6 +127,11 @@ def test_polar_map_values_pick_and_highlight(study):
     assert d.GetViewNodeIDs() == (p.ref("PolarView").GetID(),) or list(d.GetViewNodeIDs()) == [p.ref("PolarView").GetID()]
     legend = dlogic.color_legend(model)
     assert "(%)" in legend.GetTitleText()
+    # readable on the view's white background, and the +-2.5 / 7.5 ticks of a +-5 / 15 scale not rounded
+    view_bg = np.asarray(p.ref("PolarView").GetBackgroundColor())
+    for prop in (legend.GetTitleTextProperty(), legend.GetLabelTextProperty()):
+        assert np.abs(np.asarray(prop.GetColor()) - view_bg).max() > 0.5 and not prop.GetShadow()
+    assert legend.GetLabelFormat() % 2.5 == "2.5" and legend.GetLabelFormat() % 15.0 == "15"
     info = h.logic.segment_at(p, (0.0, 2.5, 0.0))  # mid anterior
     assert info.segment == 7 and info.name == "mid anterior" and info.value == pytest.approx(aha["7"])
     assert h.logic.segment_at(p, (9.0, 0.0, 0.0)) is None
