@@ -5,8 +5,10 @@ The work is done by :mod:`DeepStrainSlicerLib.logic` (no qt) on top of the Slice
 """
 from __future__ import annotations
 
+import importlib
 import os
 import sys
+import time
 
 import qt
 import slicer
@@ -22,7 +24,10 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:  # the deepstrain package and DeepStrainSlicerLib live beside this file
     sys.path.insert(0, _HERE)
 
+from DeepStrainSlicerLib import dependencies  # noqa: E402
 from DeepStrainSlicerLib import logic as dlogic  # noqa: E402
+
+HOMEPAGE = "https://github.com/DeepStrainSlicer/DeepStrainSlicer"  # EXTENSION_HOMEPAGE in CMakeLists.txt
 
 
 class DeepStrainSlicer(ScriptedLoadableModule):
@@ -41,7 +46,8 @@ class DeepStrainSlicer(ScriptedLoadableModule):
             "(the networks' raw motion is kept in memory; after a saved scene is loaded again, the first "
             "Recompute runs the networks again to restore it, about as long as Run). "
             "Radial strain from the motion network is less reliable than circumferential strain and volumes "
-            "(see the README's measured figures); 'Refine motion' (on by default) corrects the motion with the "
+            f"(see the <a href=\"{HOMEPAGE}#readme\">README</a>'s measured figures); 'Refine motion' (on by "
+            "default) corrects the motion with the "
             "segmentation of every frame, which reduces the radial error. Longitudinal strain from a short-axis "
             "stack is not validated on real hearts (it comes out much smaller than long-axis methods give). "
             "'Place the anterior RV insertion point' orients the AHA segments by a point you click "
@@ -49,7 +55,7 @@ class DeepStrainSlicer(ScriptedLoadableModule):
             "The plot view offers strain, strain-rate, volume and LV rotation / twist charts (rotation positive "
             "counter-clockwise viewed from the apex). The networks' motion does not measure real LV twist "
             "(phantoms: about half of it; real hearts: near zero): the rotation chart is for displacements from "
-            "a tracker that follows rotation (see the README). "
+            f"a tracker that follows rotation (see the <a href=\"{HOMEPAGE}#readme\">README</a>). "
             "'Automatic checks' lists what looks wrong in the segmentation and motion (an open myocardium, "
             "a mid-ventricular ES slice without cavity, apex not covered, misaligned slices, ED/ES frames, "
             "EF out of range, a heart of implausible size, a motion that does not follow the contours, "
@@ -59,11 +65,14 @@ class DeepStrainSlicer(ScriptedLoadableModule):
             "what could therefore not be computed. "
             "'Height' and 'Weight' (from the file when it has them: an ACDC Info.cfg, the DICOM header) add "
             "volumes and LV mass indexed to the body surface area (Mosteller); with a heart rate (DICOM "
-            "HeartRate, or the field above) the report also gives the cardiac output and index. "
+            "HeartRate, or the Heart rate field) the report also gives the cardiac output and index. "
             "'Test-time flips' segments each slice 4 times (slower). "
             "'Weights' may name another weights folder (with its manifest.json); the report records which "
             "weights were used. On studies from outside ACDC, check the most basal slice at end-systole "
-            "before reading EF: the networks follow ACDC's convention there."
+            "before reading EF: the networks follow ACDC's convention there. "
+            "The first Run or Export offers to install the Python packages that Slicer does not bundle "
+            "(nibabel, matplotlib; PyTorch, CPU build, for run mode 'networks'). "
+            f"Documentation: <a href=\"{HOMEPAGE}\">{HOMEPAGE}</a>."
         )
         parent.acknowledgementText = (
             "Method: Morales et al., DeepStrain (Front. Cardiovasc. Med. 2021). Weights trained on ACDC "
@@ -87,6 +96,7 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.params = None
         self._cancel = False
         self._updating = False
+        self._finding_shown = (None, 0.0)  # (row, time.monotonic()) of the finding last gone to
 
     # ------------------------------------------------------------------ setup
     def setup(self):
@@ -103,8 +113,9 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.inputSequenceSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._from_gui)
         for w in (self.ui.spacingEdit,):
             w.connect("editingFinished()", self._from_gui)
-        for w in (self.ui.heartRateSpin, self.ui.rrSpin, self.ui.heightSpin, self.ui.weightSpin, self.ui.glyphScaleSpin):
+        for w in (self.ui.heartRateSpin, self.ui.rrSpin, self.ui.heightSpin, self.ui.weightSpin):
             w.connect("valueChanged(double)", self._from_gui)
+        self.ui.glyphScaleSpin.connect("valueChanged(double)", self._on_glyph_scale)
         for w in (self.ui.edSpin, self.ui.esSpin):
             w.connect("valueChanged(int)", self._from_gui)
         self.ui.runModeCombo.connect("currentTextChanged(QString)", self._from_gui)
@@ -124,7 +135,9 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.exportButton.connect("clicked()", self.on_export)
         self.ui.editButton.connect("clicked()", self.on_edit_segmentation)
         self.ui.rvInsertionButton.connect("clicked()", self.on_place_rv_insertion)
-        self.ui.qualityList.connect("currentRowChanged(int)", self.on_finding)
+        self.ui.qualityList.connect("currentRowChanged(int)", self.on_finding)  # keyboard, or a click on another row
+        self.ui.qualityList.connect("itemClicked(QListWidgetItem*)",  # also a click on the current row
+                                    lambda item: self.on_finding(self.ui.qualityList.row(item)))
         self._register_layout()
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self._on_scene_closed)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self._on_scene_changed)
@@ -196,12 +209,15 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p.tta = ui.ttaCheck.checked
         p.refine_motion = ui.refineMotionCheck.checked
         p.weights_dir = ui.weightsFolderEdit.currentPath
-        p.glyph_scale_percent = ui.glyphScaleSpin.value
         p.export_folder = ui.exportFolderEdit.currentPath
 
     def _on_overlays(self, *args):
         if not self._updating:
             self.logic.set_overlays(self.params, self.ui.showSegmentationCheck.checked, self.ui.showGlyphsCheck.checked)
+
+    def _on_glyph_scale(self, *args):
+        if not self._updating:
+            self.logic.set_glyph_scale(self.params, self.ui.glyphScaleSpin.value)
 
     def _on_polar_settings(self, *args):
         if self._updating:
@@ -228,9 +244,37 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.runButton.enabled = not busy
         self.ui.recomputeButton.enabled = not busy and self.params.ref("Browser") is not None
 
+    def _ensure_packages(self, need_torch):
+        """True when the Python packages needed are there, after installing them if the user agrees."""
+        needed = dependencies.missing(need_torch)
+        if not needed:
+            return True
+        commands = dependencies.pip_commands(needed)
+        if not slicer.util.confirmOkCancelDisplay(dependencies.install_question(needed, commands),
+                                                  windowTitle="DeepStrain: install Python packages"):
+            self.ui.statusLabel.text = dependencies.declined_message(commands)
+            slicer.util.warningDisplay(dependencies.declined_message(commands), windowTitle="DeepStrain")
+            return False
+        ok = False
+        with slicer.util.tryWithErrorDisplay("Installing the Python packages failed.", waitCursor=True):
+            for command in commands:
+                self.ui.statusLabel.text = f"installing {command} (this can take a few minutes)"
+                slicer.app.processEvents()
+                slicer.util.pip_install(command)
+            importlib.invalidate_caches()
+            still = dependencies.missing(need_torch)
+            if still:
+                raise RuntimeError(f"still not importable after installing: {', '.join(still)}; restart Slicer")
+            ok = True
+        # tryWithErrorDisplay shows an error and goes on: only a complete install lets the action run
+        self.ui.statusLabel.text = ("installed: " + ", ".join(needed)) if ok else "the packages were not installed"
+        return ok
+
     def on_run(self):
         self._from_gui()
         p = self.params
+        if not self._ensure_packages(need_torch=p.run_mode == "networks"):
+            return
         self._busy(True)
         try:
             with slicer.util.tryWithErrorDisplay("DeepStrain analysis failed.", waitCursor=True):
@@ -287,6 +331,7 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         was_updating, self._updating = self._updating, True  # filling the list must not jump the views
         try:
             self.ui.qualityList.clear()
+            self._finding_shown = (None, 0.0)
             for f in findings:
                 self.ui.qualityList.addItem(f"{f['check']}: {f['message']}")
         finally:
@@ -298,8 +343,15 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.warningsLabel.visible = bool(notes)
 
     def on_finding(self, row):
+        """Go to finding ``row``. A click on another row emits currentRowChanged and then itemClicked:
+        the second call within half a second for the same row is that same click, not another one."""
         if row < 0 or self._updating:
             return
+        now = time.monotonic()
+        last_row, last_time = self._finding_shown
+        if row == last_row and now - last_time < 0.5:
+            return
+        self._finding_shown = (row, now)
         with slicer.util.tryWithErrorDisplay("Cannot show this finding.", waitCursor=True):
             f = self.logic.go_to_finding(self.params, row)
             self.ui.statusLabel.text = f"showing: {f['message']}"
@@ -323,6 +375,8 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def on_export(self):
         self._from_gui()
+        if not self._ensure_packages(need_torch=False):  # the pictures need matplotlib
+            return
         folder = self.params.export_folder or qt.QFileDialog.getExistingDirectory(None, "Export folder")
         if not folder:
             return

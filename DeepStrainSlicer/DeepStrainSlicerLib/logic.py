@@ -42,7 +42,7 @@ import slicer
 from deepstrain.cine import Cine, Subject
 from deepstrain.qc import COMPONENT_COLORS, VOLUME_COLORS, time_axis
 
-from . import mrml, polarmap
+from . import dependencies, mrml, polarmap
 
 COMPONENTS = ("radial", "circumferential", "longitudinal")
 VOLUME_COLUMNS = {"lv": "LV volume (ml)", "myo": "myocardium volume (ml)", "rv": "RV volume (ml)"}
@@ -91,10 +91,12 @@ LAYOUT_XML = """<layout type="horizontal" split="true">
 </layout>"""
 
 TORCH_MISSING = (
-    "PyTorch is not installed in this Slicer. Install the \"PyTorch\" extension (View > Extensions "
-    "Manager, search PyTorch, then restart Slicer), or in the Python console run "
-    "slicer.util.pip_install('torch==2.13.0'). Alternatively give a segmentation and a displacement "
-    "(run mode 'given')."
+    "PyTorch is not installed in this Slicer. Press Run in the module and accept the offer to install it, "
+    "or in the Python console run "
+    f"{dependencies.console_lines(dependencies.pip_commands([dependencies.TORCH]))} "
+    f"(the CPU build, about {dependencies.TORCH_DOWNLOAD_MB} MB), or install the \"PyTorch\" extension "
+    "(View > Extensions Manager, search PyTorch, then restart Slicer). Alternatively give a segmentation "
+    "and a displacement (run mode 'given')."
 )
 
 
@@ -325,6 +327,8 @@ class DeepStrainLogic:
     def cine_from_sequence(seq: slicer.vtkMRMLSequenceNode, params: Parameters) -> Cine:
         """A Cine named after the sequence ``seq``, with the overrides of ``params`` (height and weight
         fields: applied by :meth:`run`)."""
+        if params.heart_rate_bpm and params.rr_ms:  # as deepstrain.io.load_cine refuses for a file
+            raise ValueError("give either the heart rate or the RR interval, not both")
         cine = mrml.sequence_to_cine(seq, name=seq.GetName() or "study")
         sp = params.spacing_tuple()
         if sp is not None:
@@ -470,11 +474,19 @@ class DeepStrainLogic:
         glyph.SetGlyphType(slicer.vtkMRMLTransformDisplayNode.GLYPH_TYPE_ARROW)
         spacing = mrml.geometry_of_volume(vol).spacing
         glyph.SetGlyphSpacingMm(float(max(2.0 * min(spacing[1:]), 2.5)))
-        glyph.SetGlyphScalePercent(params.glyph_scale_percent)
         glyph.SetGlyphDisplayRangeMinMm(0.05)  # zero outside the myocardium: no glyph there
         glyph.SetGlyphDisplayRangeMaxMm(1000.0)
         glyph.SetVisibility3D(False)
+        self.set_glyph_scale(params, params.glyph_scale_percent)
         self.set_overlays(params, params.show_segmentation, params.show_glyphs)
+
+    def set_glyph_scale(self, params: Parameters, percent: float) -> None:
+        """Arrow length of the displacement glyphs in percent of the displacement (100: true length in mm)."""
+        params.glyph_scale_percent = float(percent)
+        browser = params.ref("Browser")
+        tr = browser.GetProxyNode(params.ref("GlyphSequence")) if browser is not None else None
+        if tr is not None and tr.GetDisplayNode():
+            tr.GetDisplayNode().SetGlyphScalePercent(float(percent))
 
     def set_overlays(self, params: Parameters, segmentation: bool, glyphs: bool) -> None:
         """Toggle the segmentation overlay and the displacement glyphs in slice views."""

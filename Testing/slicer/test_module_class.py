@@ -1,13 +1,17 @@
 """DeepStrainSlicer.py itself, loaded with stand-ins for what only the application has (qt, the
-ScriptedLoadableModule base classes, slicer.modules): its self test and the widget's scene handlers."""
+ScriptedLoadableModule base classes, slicer.modules, slicer.app, the widgets of the .ui file): its
+self test, its help text, and the widget's handlers."""
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 import types
 import unittest
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
 import slicer
 
 MODULE_DIR = Path(__file__).resolve().parents[2] / "DeepStrainSlicer"
@@ -29,6 +33,12 @@ def _module(monkeypatch, harness):
         def __init__(self, parent=None):
             self.parent = parent
 
+        def setup(self):
+            pass
+
+        def resourcePath(self, name):
+            return str(MODULE_DIR / "Resources" / name)
+
     class ScriptedLoadableModuleTest(unittest.TestCase):
         def delayDisplay(self, message, msec=None):
             pass
@@ -36,7 +46,9 @@ def _module(monkeypatch, harness):
     for cls in (ScriptedLoadableModule, ScriptedLoadableModuleLogic, ScriptedLoadableModuleWidget,
                 ScriptedLoadableModuleTest):
         setattr(base, cls.__name__, cls)
-    monkeypatch.setitem(sys.modules, "qt", types.ModuleType("qt"))
+    qt = types.ModuleType("qt")
+    qt.Qt = types.SimpleNamespace(WaitCursor=3)
+    monkeypatch.setitem(sys.modules, "qt", qt)
     monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", base)
     sequences = types.SimpleNamespace(logic=lambda: harness.sequences_logic)
     monkeypatch.setattr(slicer, "modules", types.SimpleNamespace(sequences=sequences), raising=False)
@@ -63,3 +75,183 @@ def test_closing_the_scene_forgets_the_study_in_memory(monkeypatch, harness, pha
     widget._on_scene_closed()
     assert harness.logic._cache == {} and harness.logic.analysis is None
     assert widget.params.node is harness.logic.parameter_node().node
+
+
+class FakeWidget:
+    """A Qt widget stand-in: attributes as set, connect() records the slot, emit() calls the slots."""
+
+    def __init__(self):
+        self.slots = {}
+
+    def connect(self, signal, slot):
+        self.slots.setdefault(signal, []).append(slot)
+
+    def emit(self, signal, *args):
+        for slot in self.slots.get(signal, []):
+            slot(*args)
+
+    def __getattr__(self, name):  # setMRMLScene, addItems, setCurrentNode...: nothing to do here
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return lambda *args, **kwargs: None
+
+
+class FakeList(FakeWidget):
+    def __init__(self):
+        super().__init__()
+        self.items = []
+
+    def clear(self):
+        self.items = []
+
+    def addItem(self, text):
+        self.items.append(text)
+
+    def row(self, item):
+        return self.items.index(item)
+
+
+class FakeApp:
+    def layoutManager(self):
+        return None
+
+    def processEvents(self):
+        pass
+
+    def setOverrideCursor(self, cursor):
+        pass
+
+    def restoreOverrideCursor(self):
+        pass
+
+    def testingEnabled(self):
+        return True  # slicer.util's dialogs are skipped
+
+
+@pytest.fixture
+def widget(monkeypatch, harness):
+    """The module's widget after setup(), on fake widgets named as in the .ui file."""
+    module = _module(monkeypatch, harness)
+    monkeypatch.setattr(slicer, "app", FakeApp(), raising=False)
+    names = [w.get("name") for w in ET.parse(MODULE_DIR / "Resources/UI/DeepStrainSlicer.ui").getroot().iter("widget")]
+    ui = types.SimpleNamespace(**{n: FakeList() if n == "qualityList" else FakeWidget() for n in names})
+    monkeypatch.setattr(slicer.util, "childWidgetVariables", lambda w: ui, raising=False)
+    w = module.DeepStrainSlicerWidget()
+    w._load_ui = lambda path: None
+    w.setup()
+    w.module = module
+    yield w
+    w.cleanup()
+
+
+def test_help_text_links_the_homepage_and_names_the_heart_rate_field(monkeypatch, harness):
+    module = _module(monkeypatch, harness)
+    parent = types.SimpleNamespace()
+    module.DeepStrainSlicer(parent)
+    cmake = (MODULE_DIR.parent / "CMakeLists.txt").read_text()
+    homepage = re.search(r'set\(EXTENSION_HOMEPAGE "([^"]+)"\)', cmake).group(1)
+    assert module.HOMEPAGE == homepage
+    assert f'<a href="{homepage}">' in parent.helpText and f'<a href="{homepage}#readme">README</a>' in parent.helpText
+    assert "the Heart rate field" in parent.helpText and "field above" not in parent.helpText
+
+
+def test_glyph_scale_field_changes_the_shown_glyphs(widget, harness, phantom):
+    cine, labels, disp = phantom
+    harness.logic.run(cine, harness.params, labels, disp)
+    p = harness.params
+    glyphs = p.ref("Browser").GetProxyNode(p.ref("GlyphSequence")).GetDisplayNode()
+    widget.ui.glyphScaleSpin.value = 300.0
+    widget.ui.glyphScaleSpin.emit("valueChanged(double)", 300.0)
+    assert glyphs.GetGlyphScalePercent() == 300.0 and p.glyph_scale_percent == 300.0
+
+
+class FindingLogic:
+    def __init__(self):
+        self.shown = []
+
+    def quality_findings(self, params):
+        return [{"check": "a", "message": "first"}, {"check": "b", "message": "second"}]
+
+    def analysis_warnings(self, params):
+        return []
+
+    def go_to_finding(self, params, row):
+        self.shown.append(row)
+        return self.quality_findings(params)[row]
+
+
+def test_one_click_on_a_finding_goes_there_once_also_on_the_current_row(widget, monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(widget.module, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    widget.logic = logic = FindingLogic()
+    widget._show_findings()
+    findings = widget.ui.qualityList
+    # a click on another row: currentRowChanged (press), then itemClicked (release)
+    findings.emit("currentRowChanged(int)", 1)
+    clock[0] += 0.1
+    findings.emit("itemClicked(QListWidgetItem*)", findings.items[1])
+    assert logic.shown == [1]
+    # the views moved away; a click on the current row (itemClicked only) goes there again
+    clock[0] += 3.0
+    findings.emit("itemClicked(QListWidgetItem*)", findings.items[1])
+    assert logic.shown == [1, 1]
+    # the keyboard (currentRowChanged only)
+    clock[0] += 3.0
+    findings.emit("currentRowChanged(int)", 0)
+    assert logic.shown == [1, 1, 0]
+
+
+class PackageLogic(FindingLogic):
+    def __init__(self):
+        super().__init__()
+        self.exported = []
+
+    def export(self, params, folder):
+        self.exported.append(folder)
+        return [Path(folder) / "study" / "report.json"]
+
+    def run(self, *args, **kwargs):
+        raise AssertionError("Run went on without the packages")
+
+
+@pytest.fixture
+def packages(widget, monkeypatch):
+    """Missing packages (torch and matplotlib) until pip_install runs; the dialogs and pip recorded."""
+    state = {"missing": ["matplotlib>=3.7", "torch==2.13.0"], "pip": [], "asked": [], "warned": [], "answer": False}
+
+    def missing(need_torch):
+        return [r for r in state["missing"] if need_torch or not r.startswith("torch")]
+
+    def pip_install(command):
+        state["pip"].append(command)
+        state["missing"] = []
+
+    def confirm(text, **kwargs):
+        state["asked"].append(text)
+        return state["answer"]
+
+    monkeypatch.setattr(widget.module.dependencies, "missing", missing)
+    monkeypatch.setattr(slicer.util, "pip_install", pip_install, raising=False)
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", confirm, raising=False)
+    monkeypatch.setattr(slicer.util, "warningDisplay", lambda text, **kw: state["warned"].append(text), raising=False)
+    widget.logic = PackageLogic()
+    return state
+
+
+def test_run_asks_to_install_torch_and_stops_with_the_commands_when_declined(widget, packages):
+    widget.params.run_mode = "networks"
+    widget._to_gui()
+    widget.on_run()
+    torch = "torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" if sys.platform != "darwin" else "torch==2.13.0"
+    assert len(packages["asked"]) == 1 and "torch==2.13.0" in packages["asked"][0] and "200 MB" in packages["asked"][0]
+    assert packages["pip"] == []
+    assert f"slicer.util.pip_install('{torch}')" in widget.ui.statusLabel.text
+    assert f"slicer.util.pip_install('{torch}')" in packages["warned"][0]
+
+
+def test_export_installs_matplotlib_when_accepted_then_exports(widget, packages, tmp_path):
+    packages["answer"] = True
+    widget.ui.exportFolderEdit.currentPath = str(tmp_path)
+    widget.on_export()
+    assert packages["pip"] == ["matplotlib>=3.7"]  # not torch: Export does not need it
+    assert widget.logic.exported == [str(tmp_path)]

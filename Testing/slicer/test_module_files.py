@@ -41,3 +41,16 @@ def test_cmake_builds_the_scripted_module_with_its_test():
     assert "DeepStrainSlicerLib/*.py" in text and "Resources/UI/${MODULE_NAME}.ui" in text
     top = (MODULE.parent / "CMakeLists.txt").read_text()
     assert "project(DeepStrainSlicer)" in top and "add_subdirectory(DeepStrainSlicer)" in top
+
+
+INTERACTIVE = {"QPushButton", "QCheckBox", "QComboBox", "QSpinBox", "QDoubleSpinBox", "QLineEdit", "QListWidget",
+               "ctkPathLineEdit", "qMRMLNodeComboBox"}
+
+
+def test_every_interactive_widget_has_a_tooltip():
+    widgets = list(ET.parse(MODULE / "Resources/UI/DeepStrainSlicer.ui").getroot().iter("widget"))
+    assert {w.get("class") for w in widgets} <= INTERACTIVE | {"QLabel", "QProgressBar", "ctkCollapsibleButton",
+                                                              "qMRMLWidget"}, "a widget class to classify"
+    bare = [w.get("name") for w in widgets if w.get("class") in INTERACTIVE
+            and not (w.findtext("property[@name='toolTip']/string") or "").strip()]
+    assert not bare, bare
