@@ -119,6 +119,9 @@ def test_acdc_two_frame_folder_writes_a_label_file_per_input_frame(shared_data, 
         rep = analyze_path(folder, tmp_path / "out")
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
     frames = sorted(p.name for p in folder.glob("patient065_frame??.nii.gz"))
+    # ed / es index the two output frames; cycle_frames gives the numbers --ed / --es take
+    numbers = [int(f[len("patient065_frame"):][:2]) - 1 for f in frames]
+    assert (rep["frames"]["ed"], rep["frames"]["es"]) == (0, 1) and rep["frames"]["cycle_frames"] == numbers
     for f in frames:
         seg_name = f.replace(".nii.gz", "_seg.nii.gz")
         assert seg_name in names

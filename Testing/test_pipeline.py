@@ -53,7 +53,8 @@ def test_curves_rates_peaks_and_segments_match_the_analytic_motion():
     early = rate[ES + 1 : ES + 4 + 1]  # ES + ceil((12 - 4) / 2) = 8
     assert r["sre"]["radial"] == pytest.approx(early[np.argmax(np.abs(early))], abs=0.01)
     assert r["sre"]["radial"] < 0 < r["srs"]["radial"]
-    assert r["frames"] == {"count": N_FRAMES, "ed": 0, "es": ES, "times_ms": TIMES.tolist()}
+    assert r["frames"] == {"count": N_FRAMES, "ed": 0, "es": ES, "times_ms": TIMES.tolist(),
+                           "cycle_frames": list(range(N_FRAMES))}
     # homogeneous motion: every segment has the global value
     for s in range(1, 18):
         assert r["aha"]["radial_percent"][str(s)] == pytest.approx(g_in[ES], abs=0.05)

@@ -37,7 +37,7 @@ def _full():
 def test_keys_and_json_safety():
     r = _full()
     assert set(r) == KEYS
-    assert set(r["frames"]) == {"count", "ed", "es", "times_ms"}
+    assert set(r["frames"]) == {"count", "ed", "es", "times_ms", "cycle_frames"}
     assert set(r["volumetrics"]) == set(VOL)
     assert set(r["global_strain"]) == {"radial_percent", "circumferential_percent", "longitudinal_percent"}
     assert set(r["global_strain_rate"]) == {"radial_per_s", "circumferential_per_s", "longitudinal_per_s"}

@@ -379,8 +379,9 @@ def load_cine(
             continue
         numbers = [int(n) for n in cine.frame_numbers]
         if int(value) not in numbers:
-            raise InputError(path, f"{attr.upper()} frame {value} (0-based) is not among the frames of the input "
-                                   f"{numbers}")
+            raise InputError(path, f"{attr.upper()} frame {value} is not among the frames of the input: --{attr} "
+                                   f"takes a frame's 0-based number in the cardiac cycle, here one of {numbers} "
+                                   "(report.json: frames.cycle_frames)")
         setattr(cine, attr, numbers.index(int(value)))
 
     cine.warnings = messages

@@ -225,6 +225,7 @@ def compute(
         twist=twist,
         dyssynchrony=dys,
         warnings=warnings,
+        cycle_frames=cine.frame_numbers,
     )
     report["aha_reference"] = aha_reference
     ed_slices_ml = slice_volumes_ml(lab[ed_i], cine.geometry)

@@ -11,7 +11,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -102,8 +102,14 @@ def build_report(
     twist: Mapping[str, Any] | None = None,
     dyssynchrony: Mapping[str, Any] | None = None,
     warnings: list[str] | None = None,
+    cycle_frames: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Assemble the JSON-safe report dict.
+
+    ``frames.ed`` / ``frames.es`` index the frames of the outputs (the rows of ``strain.csv``);
+    ``frames.cycle_frames`` is each frame's 0-based number in the cardiac cycle (``cycle_frames``;
+    default 0, 1, ...), the numbering ``--ed`` / ``--es`` take. They differ only for inputs that
+    hold some frames of a cycle (an ACDC folder with ED and ES: ``[0, 11]``).
 
     ``curves`` and ``rates``: ``{"radial", "circumferential", "longitudinal"}`` -> ``(T,)``
     (percent; 1/s); ``peaks`` as returned by :func:`deepstrain.strain.peak_values`;
@@ -135,7 +141,8 @@ def build_report(
 
     return {
         "study": str(study),
-        "frames": {"count": int(n_frames), "ed": int(ed), "es": int(es), "times_ms": _list(times)},
+        "frames": {"count": int(n_frames), "ed": int(ed), "es": int(es), "times_ms": _list(times),
+                   "cycle_frames": [int(k) for k in (range(int(n_frames)) if cycle_frames is None else cycle_frames)]},
         "volumetrics": {k: _num(v) for k, v in volumetrics.items()},
         "subject": {**{k: _num(subj.get(k)) for k in SUBJECT_KEYS}, "bsa_formula": BSA_FORMULA,
                     "sources": {str(k): str(v) for k, v in (subj.get("sources") or {}).items()}},
