@@ -857,3 +857,19 @@ def test_dicom_image_without_columns_is_a_clear_error(shared_data, tmp_path):
     _edited_copies(src, names, tmp_path / "nc", no_columns)
     with pytest.raises(InputError, match=r"22\.dcm: DICOM image without Columns"):
         quiet_load(tmp_path / "nc")
+
+
+def test_affine_voxel_size_other_than_pixdim_is_warned(tmp_path):
+    """pixdim decides the spacing (ACDC's sform carries none); an affine that carries another voxel
+    size is named in a warning, and one that agrees is silent."""
+    geom = oblique_geometry()
+    path = write_cine_nifti(tmp_path / "c.nii.gz", random_cine(), geom)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeepStrainWarning)
+        load_cine(path)  # affine and pixdim agree
+    img = nib.load(str(path))
+    img.header.set_zooms((1.5, 1.5, 8.0, 30.0))  # pixdim says 1.5 x 1.5, the affine 1.4 x 1.25
+    img.to_filename(str(tmp_path / "m.nii.gz"))
+    with pytest.warns(DeepStrainWarning, match=r"affine's voxel size 1\.4 x 1\.25 x 8 mm .* differs from pixdim's"):
+        cine = load_cine(tmp_path / "m.nii.gz")
+    np.testing.assert_allclose(cine.geometry.spacing, [8.0, 1.5, 1.5])

@@ -175,6 +175,23 @@ def test_bad_inputs_are_input_errors():
     assert labels.dtype == np.uint8 and np.all(disp[0] == 0)  # inputs untouched
 
 
+def test_errors_name_the_file_at_fault_and_a_single_slice_is_refused():
+    heart, geo, labels, disp = _study()
+    cine = _cine(geo, labels)
+    src = {"labels_source": "seg.nii.gz", "displacement_source": "disp.nii.gz"}
+    no_myo = labels.copy()
+    no_myo[no_myo == 2] = 0
+    with pytest.raises(InputError, match=r"^seg\.nii\.gz: no LV myocardium"):
+        compute(cine, no_myo, disp, **src)
+    with pytest.raises(InputError, match=r"^seg\.nii\.gz: cannot find ED/ES"):
+        compute(_cine(geo, labels, ed=None, es=None), np.zeros_like(labels), disp, **src)
+    with pytest.raises(InputError, match=r"^disp\.nii\.gz: displacement at the ED frame 2 \(given\)"):
+        compute(cine, labels, disp, ed=2, es=ES, **src)
+    one = _cine(geo, labels[:, :1])
+    with pytest.raises(InputError, match="1 slice\\(s\\): strain and volumes need a short-axis stack"):
+        compute(one, labels[:, :1], disp[:, :, :1])
+
+
 # ------------------------------------------------------------------ against the phantom's analytic reference
 C3 = ("radial", "circumferential", "longitudinal")
 PHANTOMS = {

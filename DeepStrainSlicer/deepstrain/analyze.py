@@ -43,8 +43,14 @@ def analyze_cine(
     refine_motion: bool = True,
     keep_network_motion: bool = False,
     rv_insertion_ras: np.ndarray | None = None,
+    labels_source: str | None = None,
+    displacement_source: str | None = None,
 ) -> pipeline.Analysis:
     """Run what is missing of (labels, displacement) through the networks, then strain and volumes.
+
+    ``labels_source`` / ``displacement_source``: the files given labels / motion came from, for
+    the errors they cause (:func:`deepstrain.pipeline.compute`). A single-slice cine is refused
+    before the networks run (:func:`deepstrain.pipeline.check_stack`).
 
     ``tta``: segmentation with test-time flips; ``precision``: network arithmetic;
     ``weights_dir``: a weights folder with its manifest instead of the shipped weights;
@@ -58,6 +64,7 @@ def analyze_cine(
     The report's ``provenance`` says what came from the networks, which weights (sha256) and
     arithmetic, and the package version.
     """
+    pipeline.check_stack(cine)
     prov: dict = {"deepstrain_version": __version__,
                   "segmentation": "networks" if labels is None else "given",
                   "motion": "networks" if displacement is None else "given"}
@@ -98,7 +105,8 @@ def analyze_cine(
             prov["motion_refined_with"] = "given segmentation" if given_labels else "network segmentation"
     if progress:
         progress(0.95, "strain and volumes")
-    analysis = pipeline.compute(cine, labels, displacement, ed=ed, es=es, rv_insertion_ras=rv_insertion_ras)
+    analysis = pipeline.compute(cine, labels, displacement, ed=ed, es=es, rv_insertion_ras=rv_insertion_ras,
+                                labels_source=labels_source, displacement_source=displacement_source)
     analysis.report["provenance"] = prov
     analysis.network_motion = network_motion
     return analysis
@@ -218,7 +226,8 @@ def analyze_path(
                                          f"{rv_insertion_ras}")
     analysis = analyze_cine(cine, labels=labels, displacement=disp, ed=cine.ed, es=cine.es, progress=progress,
                             tta=tta, precision=precision, weights_dir=weights_dir, refine_motion=refine_motion,
-                            rv_insertion_ras=point)
+                            rv_insertion_ras=point, labels_source=None if segmentation is None else str(segmentation),
+                            displacement_source=None if displacement is None else str(displacement))
     if progress and qc:
         progress(0.97, "quality-control picture")
     analysis.report["provenance"].update(

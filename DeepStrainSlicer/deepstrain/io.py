@@ -15,7 +15,9 @@ Inputs understood by :func:`load_cine` (array conventions: :mod:`deepstrain.cine
     10 mm for ACDC patient001, the affine gives 1 x 1 x 1). 3D Slicer / ITK read these files
     the same way (sform direction, pixdim spacing), so outputs written by this module overlay
     the input in Slicer. Exception: when pixdim is exactly 1, 1, 1 but the affine columns
-    have other lengths, the affine's lengths are used (with a warning).
+    have other lengths, the affine's lengths are used (with a warning). When the affine's columns
+    carry a voxel size (not unit length) that differs from pixdim by more than 1 %, pixdim is
+    used with a warning.
   - *Lost spacing*: pixdim exactly 1.0, 1.0, 1.0 and an affine that says nothing else (as in
     the ``acdc_cine_crop`` files of patients 051, 083, 098) gives a :class:`DeepStrainWarning`
     asking for ``--spacing``; ``spacing=`` replaces the header's spacing and silences it.
@@ -219,6 +221,11 @@ def _nifti_geometry(path: Path, img: nib.Nifti1Image, messages: list[str], *, qu
                 _warn(messages, f"{path}: pixdim says 1 x 1 x 1 mm but the affine says "
                                 f"{_fmt(col_norms)} mm (i, j, k); using the affine's spacing")
             zooms = col_norms
+    elif not np.allclose(col_norms, 1.0, rtol=1e-4) and not np.allclose(col_norms, zooms, rtol=1e-2) and not quiet:
+        # an affine that carries a voxel size other than pixdim's (not ACDC's unit-length sform)
+        _warn(messages, f"{path}: the affine's voxel size {_fmt(col_norms)} mm (i, j, k) differs from pixdim's "
+                        f"{_fmt(zooms)} mm; pixdim is used (as 3D Slicer and ITK do), and the outputs' affine is "
+                        "built from it: check that they overlay the input in your viewer")
     if np.any(~np.isfinite(zooms)) or np.any(zooms <= 0):
         raise InputError(path, f"voxel size in the header is not positive: {_fmt(zooms)}")
     affine = affine.copy()

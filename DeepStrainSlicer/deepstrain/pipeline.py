@@ -72,32 +72,40 @@ def _where(cine: Cine) -> str:
     return cine.source or cine.name
 
 
-def _check_labels(cine: Cine, labels: np.ndarray) -> np.ndarray:
+def check_stack(cine: Cine) -> None:
+    """:class:`InputError` for a cine that is not a short-axis stack (a single slice): strain needs
+    derivatives along the slice axis, and volumes a stack. Called before the networks run."""
+    if cine.data.ndim != 4 or cine.data.shape[1] < 2:
+        raise InputError(_where(cine), f"{cine.data.shape[1] if cine.data.ndim == 4 else 0} slice(s): strain and "
+                                       "volumes need a short-axis stack of at least 2 slices")
+
+
+def _check_labels(cine: Cine, labels: np.ndarray, where: str) -> np.ndarray:
     lab = np.asarray(labels)
     if lab.shape != cine.data.shape:
-        raise InputError(_where(cine), f"labels have shape {lab.shape}, the cine {cine.data.shape} (T, Z, Y, X)")
+        raise InputError(where, f"labels have shape {lab.shape}, the cine {cine.data.shape} (T, Z, Y, X)")
     if lab.dtype.kind == "f":
         if not np.all(np.isfinite(lab)):
-            raise InputError(_where(cine), "labels contain NaN or infinite values")
+            raise InputError(where, "labels contain NaN or infinite values")
         if np.any(lab != np.round(lab)):
-            raise InputError(_where(cine), "labels are not whole numbers")
+            raise InputError(where, "labels are not whole numbers")
     elif lab.dtype.kind not in "uib":
-        raise InputError(_where(cine), f"labels have unsupported type {lab.dtype}")
+        raise InputError(where, f"labels have unsupported type {lab.dtype}")
     if lab.min() < 0 or lab.max() > 3:
         bad = np.setdiff1d(np.unique(lab), [0, 1, 2, 3])
-        raise InputError(_where(cine), f"labels must be 0 bg, 1 RV, 2 myocardium, 3 LV cavity; found {bad[:5].tolist()}")
+        raise InputError(where, f"labels must be 0 bg, 1 RV, 2 myocardium, 3 LV cavity; found {bad[:5].tolist()}")
     return lab.astype(np.uint8, copy=False)
 
 
-def _check_displacement(cine: Cine, displacement: np.ndarray) -> np.ndarray:
+def _check_displacement(cine: Cine, displacement: np.ndarray, where: str) -> np.ndarray:
     disp = np.asarray(displacement)
     t, z, y, x = cine.data.shape
     if disp.shape != (t, 3, z, y, x):
-        raise InputError(_where(cine), f"displacement has shape {disp.shape}, expected {(t, 3, z, y, x)} (T, 3, Z, Y, X)")
+        raise InputError(where, f"displacement has shape {disp.shape}, expected {(t, 3, z, y, x)} (T, 3, Z, Y, X)")
     if disp.dtype.kind != "f":
-        raise InputError(_where(cine), f"displacement must be floating point (mm), got {disp.dtype}")
+        raise InputError(where, f"displacement must be floating point (mm), got {disp.dtype}")
     if not all(np.isfinite(frame).all() for frame in disp):  # frame by frame: no full-size temporary
-        raise InputError(_where(cine), "displacement contains NaN or infinite values")
+        raise InputError(where, "displacement contains NaN or infinite values")
     return disp
 
 
@@ -118,6 +126,8 @@ def compute(
     ed: int | None = None,
     es: int | None = None,
     rv_insertion_ras: np.ndarray | None = None,
+    labels_source: str | None = None,
+    displacement_source: str | None = None,
 ) -> Analysis:
     """Strain (when ``displacement`` is given), AHA segments and volumes of one study.
 
@@ -126,11 +136,15 @@ def compute(
     SRs and SRe are null without timing or with fewer than 3 frames (an ACDC ED+ES pair).
     ``rv_insertion_ras``: the anterior RV insertion point (RAS mm) that orients the AHA segments,
     instead of the RV contact of the labels (:func:`deepstrain.aha.aha_segments`); the report's
-    ``aha_reference`` says which was used.
+    ``aha_reference`` says which was used. ``labels_source`` / ``displacement_source``: the files
+    the labels and the displacement came from (given by the user), named by the errors they cause
+    (default: the cine's).
     """
     n = cine.n_frames
-    lab = _check_labels(cine, labels)
-    disp = None if displacement is None else _check_displacement(cine, displacement)
+    check_stack(cine)
+    lab_where, disp_where = labels_source or _where(cine), displacement_source or _where(cine)
+    lab = _check_labels(cine, labels, lab_where)
+    disp = None if displacement is None else _check_displacement(cine, displacement, disp_where)
     warnings: list[str] = list(cine.warnings)
 
     vol_curves = label_volumes_ml(lab, cine.geometry)
@@ -141,7 +155,7 @@ def compute(
         try:
             f_ed, f_es = find_ed_es(vol_curves["lv"])
         except ValueError as exc:
-            raise InputError(_where(cine), f"cannot find ED/ES from the labels: {exc}") from None
+            raise InputError(lab_where, f"cannot find ED/ES from the labels: {exc}") from None
         ed_i = f_ed if ed_i is None else ed_i
         es_i = f_es if es_i is None else es_i
     if ed_i == es_i:
@@ -174,12 +188,15 @@ def compute(
     comps = curves = rates = peaks = aha_c = rotations = twist = dys = None
     if disp is not None:
         if frame is None or not myo.any():
-            raise InputError(_where(cine), f"no LV myocardium (label 2) in the ED labels (frame {ed_i}): strain needs it")
+            raise InputError(lab_where, f"no LV myocardium (label 2) in the ED labels (frame {ed_i}): strain needs it")
         u_ed = float(np.abs(disp[ed_i]).max())
         if u_ed > ED_DISPLACEMENT_TOLERANCE_MM:
+            how = ("given" if ed_given else "chosen from the labels as the frame of largest LV cavity; if the labels "
+                   f"are wrong ({lab_where}) or ED is another frame, give --ed")
             raise InputError(
-                _where(cine),
-                f"displacement at the ED frame {ed_i} is up to {u_ed:.3g} mm; it must be zero (Lagrangian from ED)",
+                disp_where,
+                f"displacement at the ED frame {ed_i} ({how}) is up to {u_ed:.3g} mm; it must be zero (Lagrangian "
+                "from ED)",
             )
         comps = strain_components(disp, cine.geometry, frame, myo)
         curves = global_curves(comps)
