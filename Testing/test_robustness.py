@@ -105,6 +105,23 @@ def _fails_on_noise(input_path: str, out_dir: str) -> dict:
     return batch_fakes.perturbation_sensitive_study(input_path, out_dir)
 
 
+def _no_lv_in_noise(input_path: str, out_dir: str) -> dict:
+    if "/noise/" in input_path:  # what the analysis raises when the noise hides the heart
+        raise InputError(input_path, "no left ventricle found in the image")
+    return batch_fakes.perturbation_sensitive_study(input_path, out_dir)
+
+
+def test_an_analysis_error_of_a_perturbed_copy_is_a_result(tmp_path: Path) -> None:
+    """The analysis of a perturbed copy failing on its content (an InputError) is recorded in its
+    row, named after the copy (not the scratch path), and the other perturbations still count."""
+    src = _acdc_folder(tmp_path / "in")
+    res = robustness.robustness_study(src, tmp_path / "rob", study_fn=_no_lv_in_noise)
+    rows = {r["name"]: r for r in res["perturbations"]}
+    assert rows["noise"]["within_tolerance"] is False
+    assert rows["noise"]["error"].startswith(f"<noise copy of {src.name}>: no left ventricle found")
+    assert rows["shift"]["error"] == "" and (tmp_path / "rob").is_dir()
+
+
 def test_failures_and_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     src = _acdc_folder(tmp_path / "in")
     res = robustness.robustness_study(src, tmp_path / "rob", study_fn=_fails_on_noise)

@@ -209,8 +209,10 @@ def robustness_study(
         scratch = tmp / ".inputs"
         for name in perturbations:
             row: dict[str, Any] = {"name": name, "description": describe[name], "error": ""}
+            # a perturbed copy that cannot be made is the input's problem (an error); an analysis of
+            # the copy that fails (e.g. no LV found in the noise) is a result, recorded in its row
+            copy = perturbed_copy(src, name, scratch / name, snr=snr, scale=scale, seed=seed)
             try:
-                copy = perturbed_copy(src, name, scratch / name, snr=snr, scale=scale, seed=seed)
                 fn(str(copy), str(tmp / name), **kw)
                 rep = load_report(tmp / name)
                 if rep is None:
@@ -220,11 +222,10 @@ def robustness_study(
                     abs(row["ess_radial_diff"]) <= tolerance.global_ess
                     and abs(row["ess_circumferential_diff"]) <= tolerance.global_ess
                     and row["segments_mean_abs_diff"] <= tolerance.segment_mean)
-            except InputError:
-                raise
             except Exception as exc:
+                msg = _one_line(exc).replace(str(copy), f"<{name} copy of {src.name}>")  # not the scratch path
                 row.update({k: math.nan for k in CSV_COLUMNS[3:-2]}, n_segments=0, within_tolerance=False,
-                           error=_one_line(exc))
+                           error=msg)
             rows.append(row)
         shutil.rmtree(scratch, ignore_errors=True)
         result = {
