@@ -378,7 +378,8 @@ class DeepStrainLogic:
                                     ed=None if params.ed < 0 else params.ed, es=None if params.es < 0 else params.es,
                                     progress=lambda f, m: progress(0.5 * f, m), tta=params.tta,
                                     weights_dir=params.weights_dir or None, refine_motion=params.refine_motion,
-                                    keep_network_motion=True)
+                                    keep_network_motion=True,
+                                    spacing_source=MODULE_FIELD if params.spacing_tuple() is not None else "input")
             previous = [n.GetID() for n in self.study_nodes(params)]
             for role in Parameters.ROLES:
                 if role not in ("InputSequence", "PolarView"):
@@ -1298,7 +1299,9 @@ def labels_digest(labels: np.ndarray) -> str:
 
 
 def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "study"
+    """``name`` as a file-name part: letters, digits, ``_.-`` only, no leading dot (hidden files),
+    at most 80 characters (with the time stamp and suffixes well within file-system limits)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).lstrip(".").strip("_")[:80].rstrip("._") or "study"
 
 
 def _curve(values: list | None, n: int) -> np.ndarray:

@@ -182,15 +182,19 @@ class SliceViewRenderer:
 # --------------------------------------------------------------------------- study pictures
 def render_slice(logic, params, frame: int, size: tuple[int, int] = (512, 512), slice_index: int | None = None,
                  app_logic=None) -> np.ndarray:
-    """The cine at ``frame`` with the segmentation and glyph overlays as set in ``params``."""
+    """The cine at ``frame`` with the segmentation and glyph overlays as set in ``params``.
+
+    The slice (without ``slice_index``) and the field of view come from the ED segmentation
+    (``params.analysis_ed``), so that the pictures of every frame show the same slice and crop
+    (:func:`deepstrain.qc.middle_slice`)."""
     browser = params.ref("Browser")
-    logic.go_to_frame(params, frame)
     centre_ij = fov_mm = None
     vol = browser.GetProxyNode(params.ref("CineSequence"))
     if slice_index is None:
-        seg = browser.GetProxyNode(params.ref("SegmentationSequence"))
         from . import mrml
 
+        logic.go_to_frame(params, params.analysis_ed if params.analysis_ed >= 0 else frame)
+        seg = browser.GetProxyNode(params.ref("SegmentationSequence"))
         geometry = mrml.geometry_of_volume(vol)
         lab_ed = mrml.segmentation_to_labels(seg, geometry, tuple(int(d) for d in vol.GetImageData().GetDimensions()[::-1]))
         slice_index = middle_slice(lab_ed)
@@ -200,6 +204,7 @@ def render_slice(logic, params, frame: int, size: tuple[int, int] = (512, 512), 
             centre_ij = ((i0 + i1) / 2.0, (j0 + j1) / 2.0)
             extent = max((i1 - i0 + 1) * geometry.spacing[2], (j1 - j0 + 1) * geometry.spacing[1])
             fov_mm = 1.6 * extent
+    logic.go_to_frame(params, frame)
     r = SliceViewRenderer(logic.scene, app_logic, size)
     try:
         r.show(vol.GetID())

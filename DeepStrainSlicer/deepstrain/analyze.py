@@ -45,12 +45,15 @@ def analyze_cine(
     rv_insertion_ras: np.ndarray | None = None,
     labels_source: str | None = None,
     displacement_source: str | None = None,
+    spacing_source: str = "input",
 ) -> pipeline.Analysis:
     """Run what is missing of (labels, displacement) through the networks, then strain and volumes.
 
     ``labels_source`` / ``displacement_source``: the files given labels / motion came from, for
     the errors they cause (:func:`deepstrain.pipeline.compute`). A single-slice cine is refused
-    before the networks run (:func:`deepstrain.pipeline.check_stack`).
+    before the networks run (:func:`deepstrain.pipeline.check_stack`). The provenance records the
+    voxel spacing used (``voxel_spacing_mm``: slice, row, column) and ``spacing_source`` (where
+    it came from: "input", an option or a field).
 
     ``tta``: segmentation with test-time flips; ``precision``: network arithmetic;
     ``weights_dir``: a weights folder with its manifest instead of the shipped weights;
@@ -107,6 +110,7 @@ def analyze_cine(
         progress(0.95, "strain and volumes")
     analysis = pipeline.compute(cine, labels, displacement, ed=ed, es=es, rv_insertion_ras=rv_insertion_ras,
                                 labels_source=labels_source, displacement_source=displacement_source)
+    prov.update(voxel_spacing_mm=[float(v) for v in cine.geometry.spacing], voxel_spacing_source=spacing_source)
     analysis.report["provenance"] = prov
     analysis.network_motion = network_motion
     return analysis
@@ -227,12 +231,10 @@ def analyze_path(
     analysis = analyze_cine(cine, labels=labels, displacement=disp, ed=cine.ed, es=cine.es, progress=progress,
                             tta=tta, precision=precision, weights_dir=weights_dir, refine_motion=refine_motion,
                             rv_insertion_ras=point, labels_source=None if segmentation is None else str(segmentation),
-                            displacement_source=None if displacement is None else str(displacement))
+                            displacement_source=None if displacement is None else str(displacement),
+                            spacing_source="input" if spacing is None else (given_source or "--spacing"))
     if progress and qc:
         progress(0.97, "quality-control picture")
-    analysis.report["provenance"].update(
-        voxel_spacing_mm=[float(v) for v in cine.geometry.spacing],
-        voxel_spacing_source="input" if spacing is None else (given_source or "--spacing"))
     write_analysis(analysis, out_dir, overwrite=overwrite, qc=qc, inputs=inputs)
     if progress:
         progress(1.0, "done")

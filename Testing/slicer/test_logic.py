@@ -544,3 +544,13 @@ def test_analysis_warnings_are_listed(harness, phantom):
     notes = harness.logic.analysis_warnings(harness.params)
     assert notes == harness.logic.report(harness.params)["warnings"]
     assert any("no frame timing" in w and "strain rates not computed" in w for w in notes)
+
+
+def test_report_says_where_the_voxel_spacing_came_from(harness, phantom):
+    cine, labels, disp = phantom
+    h, p = harness, harness.params
+    p.spacing = ",".join(f"{v:g}" for v in cine.geometry.spacing)  # the module's Spacing field
+    a = h.logic.run(cine, p, labels, disp)
+    prov = a.report["provenance"]
+    assert prov["voxel_spacing_source"] == dlogic.MODULE_FIELD
+    assert prov["voxel_spacing_mm"] == [float(v) for v in cine.geometry.spacing]

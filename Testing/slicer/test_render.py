@@ -175,3 +175,32 @@ def test_export_is_refused_after_an_edit_until_recompute(study, tmp_path):
     h.logic.recompute(p)
     files = h.logic.export(p, tmp_path)
     assert any(f.name.endswith("_qc.png") for f in files)
+
+
+def test_pictures_of_every_frame_show_the_ed_slice_and_crop(study, monkeypatch):
+    """The slice and the field of view come from the ED contours for the ED and the ES picture
+    alike (before: each frame's own contours, so ED and ES could show different slices)."""
+    h, analysis = study
+    seen = []
+    real = render.middle_slice
+    monkeypatch.setattr(render, "middle_slice", lambda lab: seen.append(lab.copy()) or real(lab))
+    for frame in (analysis.ed, analysis.es):
+        render.render_slice(h.logic, h.params, frame, (128, 128), app_logic=h.app_logic)
+        assert h.logic.current_frame(h.params) == frame  # the picture's frame is the one shown
+    assert len(seen) == 2 and all(np.array_equal(s, analysis.labels[analysis.ed]) for s in seen)
+
+
+def test_export_names_are_safe_and_the_report_says_the_spacing(study, tmp_path):
+    import json
+
+    h, analysis = study
+    when = dt.datetime(2026, 1, 2, 3, 4, 5)
+    (tmp_path / "out").mkdir()
+    for name, stem in ((".hidden", "hidden"), ("x" * 300, "x" * 80), ("a/../b c", "a_.._b_c")):
+        h.params.study_name = name
+        files = h.logic.export(h.params, tmp_path / "out", now=when)
+        assert files[0].parent.parent == tmp_path / "out" and files[0].parent.name.startswith(f"{stem}_2026")
+    rep = json.loads(next(f for f in files if f.name.endswith("_report.json")).read_text())
+    prov = rep["provenance"]
+    assert prov["voxel_spacing_mm"] == [float(v) for v in analysis.cine.geometry.spacing]
+    assert prov["voxel_spacing_source"] == "input"
