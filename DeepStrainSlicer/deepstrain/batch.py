@@ -54,7 +54,7 @@ from typing import Any, Callable, Iterable, Mapping, TextIO
 from .dyssynchrony import KEYS as DYSSYNCHRONY_KEYS
 from .errors import InputError
 from .io import is_ukbb_folder, looks_like_dicom
-from .outputs import MARKER, apply_umask
+from .outputs import MARKER, apply_umask, write_marker
 
 StudyFn = Callable[..., Any]
 
@@ -736,7 +736,7 @@ def run_batch(
                            f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}\n")
     settings = batch_settings(study_fn, study_kwargs)
     out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).touch()
+    write_marker(out)
     with _Lock(out):
         _check_settings(out, settings)
         shutil.rmtree(out / _TMP_NAME, ignore_errors=True)  # leftovers of a killed run

@@ -26,6 +26,11 @@ MARKER = ".deepstrain-output"
 """Name of the marker file in every result folder: ``--overwrite`` replaces only folders holding it."""
 
 
+def write_marker(folder: str | os.PathLike) -> None:
+    """Mark ``folder`` as one deepstrain wrote (:data:`MARKER`)."""
+    (Path(folder) / MARKER).write_text("Written by deepstrain; `--overwrite` may replace this folder.\n")
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
@@ -89,7 +94,7 @@ def atomic_output_dir(out: str | os.PathLike, overwrite: bool = False,
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        (tmp / MARKER).write_text("Written by deepstrain; `--overwrite` may replace this folder.\n")
+        write_marker(tmp)
         yield tmp
         apply_umask(tmp)
     except BaseException:

@@ -16,6 +16,25 @@ DEFAULTS = {
 """Default schedule of each 2D network (the one used for the shipped weights)."""
 
 
+def option_value(value):
+    """An option's value as stored in a checkpoint (paths as text, sequences as lists)."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [option_value(v) for v in value]
+    return value
+
+
+def resume_mismatch(then: dict, now: dict) -> str | None:
+    """Why a run started with options ``then`` cannot be resumed with ``now`` (None when they agree)."""
+    changed = sorted(k for k in set(then) | set(now) if then.get(k) != now.get(k))
+    if not changed:
+        return None
+    return ("the run was started with other options ("
+            + ", ".join(f"{k}: {then.get(k)!r} then, {now.get(k)!r} now" for k in changed)
+            + "): resume it with the same options")
+
+
 def uninterrupted_command(command: str) -> str:
     """``command`` without ``--resume`` and ``--stop-after N``: the command whose uninterrupted run gives
     the same weights (a stopped and resumed run continues it exactly), as the manifest records it."""

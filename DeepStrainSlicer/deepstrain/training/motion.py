@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from .. import preprocess as pp
 from ..networks.motion import MotionNet, count_parameters, model_from_blob, normalise_pair, warp
 from ..errors import InputError
-from . import mean_state_dict, uninterrupted_command
+from . import mean_state_dict, option_value, resume_mismatch, uninterrupted_command
 
 PHANTOM_TRAIN_SEEDS = range(1000, 2000)
 """Seeds of the training phantoms, in order: ``--phantoms N`` uses the first N (N <= 1000). The
@@ -430,12 +430,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="weight of the displacement-gradient error in the ED myocardium (phantoms; 0: off)")
 
 
+def _command(args: argparse.Namespace) -> str:
+    """The command the manifest records (:func:`deepstrain.training.uninterrupted_command`)."""
+    return uninterrupted_command(getattr(args, "command_line", "")
+                                 or "python -m deepstrain.training.motion " + " ".join(sys.argv[1:]))
+
+
 def _result_settings(args: argparse.Namespace) -> dict:
     """The options that decide the trained weights (a resumed run must be given the same ones)."""
     keep = ("steps", "minutes", "lr", "seed", "channels", "flow_scale", "phantoms", "phantom_share", "init",
             "warmup", "refine", "w_sim", "w_dice", "w_smooth", "w_epe", "w_grad")
-    return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
-            for k, v in vars(args).items() if k in keep}
+    return {k: option_value(v) for k, v in vars(args).items() if k in keep}
 
 
 def training_summary(args, step: int, train_s: float, val: dict, train_p, cine_train, phantom_names, w) -> dict:
@@ -500,8 +505,7 @@ def _main_average(args: argparse.Namespace) -> int:
         # the inputs may be snapshots of one run, so their steps are listed, not added up
         summary = {"parameters": count_parameters(model), "iterations": max(steps), "averaged_steps": steps,
                    "history": [{}], "averaged_from": [str(p) for p in args.average]}
-        command = uninterrupted_command(getattr(args, "command_line", "")
-                                        or "python -m deepstrain.training.motion " + " ".join(sys.argv[1:]))
+        command = _command(args)
         path = ship(model, summary, command, None if args.ship == "package" else Path(args.ship))
         print(f"shipped {path}")
     return 0
@@ -568,11 +572,8 @@ def main(args: argparse.Namespace) -> int:
         if "rng" not in ck or "settings" not in ck:
             raise InputError(ckpt_path, "a checkpoint of an older version (no random-generator state): it cannot "
                                         "be resumed exactly; start the run again")
-        changed = sorted(k for k in set(settings) | set(ck["settings"]) if settings.get(k) != ck["settings"].get(k))
-        if changed:
-            raise InputError(ckpt_path, "the run was started with other settings ("
-                             + ", ".join(f"{k}: {ck['settings'].get(k)!r} then, {settings.get(k)!r} now" for k in changed)
-                             + "): resume it with the same options")
+        if problem := resume_mismatch(ck["settings"], settings):
+            raise InputError(ckpt_path, problem)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         step = int(ck["step"])
@@ -657,8 +658,7 @@ def main(args: argparse.Namespace) -> int:
     if args.ship:
         summary = training_summary(args, step, prev_s + time.time() - t_start, v, train_p, cine_train,
                                    [s.name for s in phantoms], w)
-        command = uninterrupted_command(getattr(args, "command_line", "")
-                                        or "python -m deepstrain.training.motion " + " ".join(sys.argv[1:]))
+        command = _command(args)
         path = ship(model, summary, command,
                     None if args.ship == "package" else Path(args.ship))
         _log(f"shipped {path}", log)

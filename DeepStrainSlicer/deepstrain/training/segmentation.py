@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from ..errors import InputError
 from ..networks.blocks import count_parameters
 from ..networks.segmentation import CONFIG, N_CLASSES, build_segmentation_net, input_channels
-from . import DEFAULTS, add_training_arguments, mean_state_dict, uninterrupted_command
+from . import DEFAULTS, add_training_arguments, mean_state_dict, option_value, resume_mismatch, uninterrupted_command
 from . import data as D
 
 NAME = "segmentation"
@@ -124,8 +124,7 @@ def result_settings(args: argparse.Namespace) -> dict:
     ignore = {"data", "cache", "run_dir", "phantom_dir", "resume", "stop_after", "export", "export_dir", "val_every",
               "checkpoint_every", "snapshot_every", "threads", "workers", "device", "command_line", "network",
               "func", "command"}
-    return {k: (str(v) if isinstance(v, Path) else [str(x) for x in v] if isinstance(v, (list, tuple)) else v)
-            for k, v in sorted(vars(args).items()) if k not in ignore and not callable(v)}
+    return {k: option_value(v) for k, v in sorted(vars(args).items()) if k not in ignore and not callable(v)}
 
 
 def train_loop(args: argparse.Namespace, *, name: str, build: Callable[..., nn.Module], config: dict,
@@ -210,11 +209,8 @@ def train_loop(args: argparse.Namespace, *, name: str, build: Callable[..., nn.M
         if then is None:
             raise InputError(ckpt, "a checkpoint of an older version (its options are not stored): resume it with "
                                    "the deepstrain version that wrote it, or start the run again")
-        changed = sorted(k for k in set(settings) | set(then) if settings.get(k) != then.get(k))
-        if changed:
-            raise InputError(ckpt, "the run was started with other options ("
-                             + ", ".join(f"{k}: {then.get(k)!r} then, {settings.get(k)!r} now" for k in changed)
-                             + "): resume it with the same options")
+        if problem := resume_mismatch(then, settings):
+            raise InputError(ckpt, problem)
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start, history, wall = state["iteration"], state["history"], state["wall_s"]
