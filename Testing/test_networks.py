@@ -58,6 +58,9 @@ def test_context_slices_neighbours_and_zero_ends():
             assert torch.equal(x[n, 0], v[t, z - 1] if z > 0 else torch.zeros(3, 5))  # never another frame
             assert torch.equal(x[n, 2], v[t, z + 1] if z < 3 else torch.zeros(3, 5))
     assert torch.equal(context_slices(v, 1)[:, 0], v.reshape(8, 3, 5))
+    five = context_slices(v, 5)  # two neighbours on each side (--context 5)
+    assert torch.equal(five[5, 2], v[1, 1]) and torch.equal(five[5, 4], v[1, 3])
+    assert torch.equal(five[5, 1], v[1, 0]) and not five[5, 0].any()  # below slice 0: zeros, not frame 0
     assert input_channels(build_segmentation_net(base=4, depth=2)) == 3
     assert input_channels(build_segmentation_net(in_channels=1, base=4, depth=2)) == 1
 
@@ -76,6 +79,10 @@ def test_widened_first_convolution_computes_what_the_one_slice_network_did():
     assert torch.allclose(a, b, atol=1e-6)
     with pytest.raises(RuntimeError):  # anything else that does not match is still refused
         load_widening_input(build_segmentation_net(base=8, depth=2), old.state_dict())
+    five = build_segmentation_net(in_channels=5, base=4, depth=2).eval()  # three slices into five: centred
+    load_widening_input(five, new.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(five(context_slices(v, 5)), b, atol=1e-6)
 
 
 def test_fuse_batchnorm_keeps_outputs():

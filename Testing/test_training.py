@@ -67,6 +67,20 @@ def test_batches_with_neighbouring_slices(cache):
     assert not img[z, 0].any()  # the ES stack starts afresh: no neighbour from the ED frame
 
 
+def test_a_five_slice_context_run_trains_a_five_channel_network(tmp_path, shared_data, cache):
+    data = D.load_cache(cache, ("patient001",))
+    x, y = D.segmentation_batch(data, np.random.default_rng(0), 32, size=96, channels=5)
+    assert x.shape == (32, 5, 96, 96)
+    assert float(x[:, 2][y == 3].mean()) > float(x[:, 2][y == 2].mean()) + 0.15  # the labels go with channel 2
+    out = segmentation.main(_args(tmp_path, shared_data, cache, segmentation.NAME, iterations=2, context=5))
+    assert out["config"]["in_channels"] == 5
+    first = next(v for v in torch.load(tmp_path / segmentation.NAME / "last.pt", weights_only=False)["model"].values()
+                 if v.ndim == 4)
+    assert first.shape[1] == 5
+    with pytest.raises(InputError, match="cannot resume"):  # resumed with the shipped three-slice configuration
+        segmentation.main(_args(tmp_path, shared_data, cache, segmentation.NAME, iterations=4, resume=True))
+
+
 def test_degrade_resolution_blurs_only_the_chosen_slices():
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.random((6, 3, 64, 64)).astype(np.float32))

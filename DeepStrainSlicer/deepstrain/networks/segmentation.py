@@ -6,7 +6,8 @@ channels (``C = 3``: the slice before, the slice, the slice after in the stack; 
 the stack's ends; built by :func:`context_slices`). The neighbours tell the network where
 the slice lies between base and apex, which one slice alone often cannot (the basal ES
 slices). Training reverses the neighbour order at random, so the stack's direction does
-not matter. Weights stored with ``in_channels = 1`` (one slice) still load and run.
+not matter. Weights stored with another odd ``in_channels`` (1: one slice; 5: two
+neighbours on each side, ``deepstrain train segmentation --context 5``) load and run the same way.
 Any ``H``, ``W`` works (128 x 128 in use).
 Output: ``(N, 4, H, W)`` logits in ACDC label order (0 bg, 1 RV, 2 myocardium, 3 LV cavity).
 

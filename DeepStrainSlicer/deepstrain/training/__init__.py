@@ -88,6 +88,9 @@ def add_training_arguments(p: argparse.ArgumentParser, iterations: int, batch: i
     p.add_argument("--lowres-share", type=float, default=0.0,
                    help="segmentation: share of training slices made coarser (1.25-2.6 mm pixels, then back to "
                         "1.25 mm), as acquired at lower resolution (0: off, as for the weights shipped until 2026-11-22)")
+    p.add_argument("--context", type=int, default=0, choices=(0, 1, 3, 5, 7),
+                   help="segmentation: slices the network reads at once, the slice in the middle and its "
+                        "neighbours above and below (0: the shipped configuration's, 3)")
     p.add_argument("--phantom-dir", type=Path, default=Path("runs") / "motion" / "phantoms",
                    help="stored training phantoms (generated there when missing)")
     p.add_argument("--average", type=Path, nargs="+", default=None, metavar="CHECKPOINT",

@@ -55,10 +55,11 @@ def dice_per_class(pred: torch.Tensor, target: torch.Tensor, n_classes: int) -> 
 def load_widening_input(net: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
     """Load ``state`` into ``net``; a first convolution trained on fewer input channels is widened.
 
-    A 1-channel first convolution (one slice) loaded into a C-channel one (the slice with its
-    neighbours, :func:`deepstrain.networks.segmentation.context_slices`) goes to the centre
-    channel and the new channels start at zero, so the widened network computes exactly what
-    the old one did until training teaches it to use the neighbours. Returns the widened keys.
+    A first convolution of fewer input channels (1: one slice, or 3) loaded into a C-channel one
+    (the slice with more neighbours, :func:`deepstrain.networks.segmentation.context_slices`) goes
+    to the centre channels and the new channels start at zero, so the widened network computes
+    exactly what the old one did until training teaches it to use the further neighbours.
+    Returns the widened keys.
     """
     own = net.state_dict()
     widened = []
@@ -123,7 +124,7 @@ def result_settings(args: argparse.Namespace) -> dict:
     stop/resume flags."""
     ignore = {"data", "cache", "run_dir", "phantom_dir", "resume", "stop_after", "export", "export_dir", "val_every",
               "checkpoint_every", "snapshot_every", "threads", "workers", "device", "command_line", "network",
-              "func", "command"}
+              "func", "command", "context"}  # --context is in the configuration, which resuming checks
     return {k: option_value(v) for k, v in sorted(vars(args).items()) if k not in ignore and not callable(v)}
 
 
@@ -337,10 +338,13 @@ def main(args: argparse.Namespace) -> dict:
     phantoms = None
     if getattr(args, "phantoms", 0):
         phantoms = D.load_phantom_cache(args.phantom_dir, args.cache, args.phantoms)
-    return train_loop(args, name=NAME, build=build_segmentation_net, config=dict(CONFIG),
+    config = dict(CONFIG)
+    if getattr(args, "context", 0):
+        config["in_channels"] = args.context
+    return train_loop(args, name=NAME, build=build_segmentation_net, config=config,
                       batch_fn=lambda data, rng, b: D.segmentation_batch(
                           data, rng, b, size=args.crop, phantoms=phantoms,
-                          phantom_share=args.phantom_share if phantoms else 0.0, channels=CONFIG["in_channels"],
+                          phantom_share=args.phantom_share if phantoms else 0.0, channels=config["in_channels"],
                           lowres_share=getattr(args, "lowres_share", 0.0)),
                       val_fn=_val, loss_fn=_loss)
 
