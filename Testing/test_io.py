@@ -133,6 +133,44 @@ def test_acdc_header_quirk(tmp_path):
     assert not any("spacing looks lost" in w for w in cine.warnings)
 
 
+@pytest.mark.parametrize("qform_code, sform_code", [(0, 0), (0, 2), (1, 0), (1, 1), (1, 2), (2, 4), (1, "sheared")])
+def test_orientation_is_read_as_itk_and_slicer_read_it(tmp_path, qform_code, sform_code):
+    """Every choice between sform and qform, and the default without either, agrees with SimpleITK
+    (3D Slicer reads NIfTI through ITK): the outputs then overlay the input in Slicer."""
+    sitk = pytest.importorskip("SimpleITK")
+    zooms = (1.4, 1.6, 8.0)
+    qform = np.diag([*zooms, 1.0])
+    qform[:3, 3] = [10.0, 20.0, 30.0]
+    c, s = np.cos(0.5), np.sin(0.5)
+    sform = np.eye(4)
+    sform[:3, :3] = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]]) @ np.diag(zooms)
+    sform[:3, 3] = [-5.0, 7.0, 40.0]
+    if sform_code == "sheared":  # a scanner sform ITK cannot use: the qform is taken
+        sform[0, 1] += 0.6
+        sform_code = 1
+    img = nib.Nifti1Image(np.transpose(random_cine((2, 5, 6, 4)), (3, 2, 1, 0)), None)
+    img.header.set_zooms((*zooms, 1.0))
+    img.set_qform(qform, code=max(qform_code, 1))
+    img.set_sform(sform, code=max(sform_code, 1))
+    img.header["qform_code"], img.header["sform_code"] = qform_code, sform_code
+    f = tmp_path / "c.nii.gz"
+    nib.save(img, str(f))
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(f))
+    reader.ReadImageInformation()
+    d = np.array(reader.GetDirection()).reshape(4, 4)[:3, :3] * np.array(reader.GetSpacing()[:3])
+    itk = np.eye(4)
+    itk[:3, :3], itk[:3, 3] = d, np.array(reader.GetOrigin()[:3])
+    itk = np.diag([-1.0, -1.0, 1.0, 1.0]) @ itk  # ITK's LPS to RAS
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cine = load_cine(f)
+    np.testing.assert_allclose(cine.geometry.to_nifti_affine(), itk, atol=1e-4)
+    disagree = [str(w.message) for w in caught if "disagree" in str(w.message)]
+    assert len(disagree) == (qform_code > 0 and sform_code > 0)
+    assert all(str(f) in m for m in disagree)
+
+
 def test_lost_spacing_warns_and_override(tmp_path):
     geom = Geometry(spacing=(1, 1, 1), origin=(-50, -85, 1), direction=np.diag([1.0, -1.0, -1.0]))
     f = write_cine_nifti(tmp_path / "lost.nii.gz", random_cine(), geom)

@@ -6,8 +6,10 @@ Inputs understood by :func:`load_cine` (array conventions: :mod:`deepstrain.cine
   array's column, row and slice axes; the array becomes ``(T, Z, Y, X)`` ``float32`` with the
   header's ``scl_slope``/``scl_inter`` applied.
 
-  - *Orientation* comes from the sform when ``sform_code > 0``, else from the qform when
-    ``qform_code > 0``, else there is none (an axis-aligned default is used, with a warning).
+  - *Orientation* comes from the sform or the qform as ITK (and so 3D Slicer) chooses:
+    the sform of code 1 (scanner), else the qform when ``qform_code > 0``, else the sform of
+    any code, else there is none (ITK's axis-aligned default is used, with a warning). When
+    both forms are valid and disagree, a warning names the one used (:func:`nifti_affine`).
   - *Spacing* always comes from ``pixdim`` (``header.get_zooms()``), never from the affine's
     column lengths. This is the ACDC quirk: ACDC files have ``qform_code = 0``,
     ``sform_code = 2`` and an sform ``diag(-1, -1, 1)`` without the voxel size; the true
@@ -180,14 +182,58 @@ def _load_nifti(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
     return img, data
 
 
-def _nifti_affine(img: nib.Nifti1Image) -> tuple[np.ndarray, bool]:
-    """The affine that orients the image (sform, else qform) and whether the header had one."""
+def nifti_affine(img: nib.Nifti1Image) -> tuple[np.ndarray, bool]:
+    """The affine that orients the image, chosen as ITK, and so 3D Slicer, chooses it (checked
+    against SimpleITK 2.5 for every pair of codes), and whether the header had one:
+
+    1. the sform when ``sform_code`` is 1 (scanner) and its columns are orthogonal;
+    2. else the qform when ``qform_code > 0`` (also when an sform of code 2-4 is there);
+    3. else the sform when ``sform_code > 0`` (ACDC: code 2, no qform);
+    4. else none: ITK's default, ``diag(-dx, -dy, dz)`` in RAS at the origin (LPS identity).
+
+    nibabel's own ``img.affine`` prefers any sform, and its default is another one, so outputs
+    written on it would not overlay the input in Slicer for headers of rules 2 and 4.
+    """
     hdr = img.header
-    if int(hdr["sform_code"]) > 0:
-        return np.asarray(hdr.get_sform(), dtype=np.float64), True
-    if int(hdr["qform_code"]) > 0:
+    sform_code, qform_code = int(hdr["sform_code"]), int(hdr["qform_code"])
+    sform = np.asarray(hdr.get_sform(), dtype=np.float64)
+    if sform_code == 1 and (qform_code == 0 or _orthogonal_columns(sform[:3, :3])):
+        return sform, True
+    if qform_code > 0:
         return np.asarray(hdr.get_qform(), dtype=np.float64), True
-    return np.asarray(hdr.get_base_affine(), dtype=np.float64), False
+    if sform_code > 0:
+        return sform, True
+    zooms = [float(z) for z in hdr.get_zooms()[:3]] + [1.0] * max(0, 3 - len(hdr.get_zooms()))
+    return np.diag([-zooms[0], -zooms[1], zooms[2], 1.0]), False
+
+
+def _other_form(img: nib.Nifti1Image, used: np.ndarray) -> tuple[str, int] | None:
+    """(name, code) of the form used when the header holds both, with codes above 0, and they
+    disagree (unit directions by more than 1e-3 or origins by more than 0.01 mm); else None."""
+    hdr = img.header
+    if int(hdr["sform_code"]) == 0 or int(hdr["qform_code"]) == 0:
+        return None
+    forms = {"sform": np.asarray(hdr.get_sform(), dtype=np.float64),
+             "qform": np.asarray(hdr.get_qform(), dtype=np.float64)}
+
+    def unit(a: np.ndarray) -> np.ndarray:  # a zero column gives NaN: counted as disagreeing
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return a[:3, :3] / np.linalg.norm(a[:3, :3], axis=0)
+
+    a, b = forms["sform"], forms["qform"]
+    if np.abs(unit(a) - unit(b)).max() <= 1e-3 and np.abs(a[:3, 3] - b[:3, 3]).max() <= 0.01:
+        return None
+    name = "sform" if np.array_equal(used, a) else "qform"
+    return name, int(hdr[f"{name}_code"])
+
+
+def _orthogonal_columns(m: np.ndarray, tol: float = 1e-4) -> bool:
+    """Whether the columns of ``m`` are orthogonal (a rotation times axis scales, no shear)."""
+    norms = np.linalg.norm(m, axis=0)
+    if np.any(norms == 0) or not np.all(np.isfinite(m)):
+        return False
+    u = m / norms
+    return bool(np.abs(u.T @ u - np.eye(3)).max() < tol)
 
 
 _SPATIAL_SCALE_TO_MM = {"mm": 1.0, "unknown": 1.0, "meter": 1000.0, "micron": 1e-3}
@@ -198,10 +244,13 @@ def _nifti_geometry(path: Path, img: nib.Nifti1Image, messages: list[str], *, qu
     """Geometry from a NIfTI header (orientation: affine; spacing: pixdim) and whether the
     spacing looks lost (pixdim exactly 1, 1, 1 and no other information)."""
     hdr = img.header
-    affine, oriented = _nifti_affine(img)
+    affine, oriented = nifti_affine(img)
     if not oriented and not quiet:
         _warn(messages, f"{path}: the header has no orientation (qform_code and sform_code are 0); "
-                        "an axis-aligned orientation is assumed")
+                        "an axis-aligned orientation is assumed (3D Slicer's and ITK's default)")
+    if not quiet and (other := _other_form(img, affine)) is not None:
+        _warn(messages, f"{path}: the header's sform and qform disagree (directions or origin); the {other[0]} "
+                        f"(code {other[1]}) is used, as 3D Slicer and ITK use it, and the outputs are on it")
     space_unit, _ = hdr.get_xyzt_units()
     scale = _SPATIAL_SCALE_TO_MM.get(space_unit)
     if scale is None:

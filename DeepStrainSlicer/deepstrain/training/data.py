@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from ..cine import Geometry
 from ..errors import InputError
+from ..io import nifti_affine
 from ..networks.centring import CENTRING_SPACING_MM
 from ..networks.segmentation import context_slices
 from ..preprocess import crop_image, crop_labels, crop_transform, full_view_transform, normalize_intensity
@@ -70,7 +71,7 @@ def load_acdc_volume(path: Path) -> tuple[np.ndarray, Geometry]:
     data = np.asarray(img.dataobj)
     if data.ndim != 3:
         raise InputError(path, f"expected a 3D volume, got shape {data.shape}")
-    geom = Geometry.from_nifti_affine(img.affine, tuple(float(z) for z in img.header.get_zooms()[:3]))
+    geom = Geometry.from_nifti_affine(nifti_affine(img)[0], tuple(float(z) for z in img.header.get_zooms()[:3]))
     return np.transpose(data, (2, 1, 0)), geom
 
 
