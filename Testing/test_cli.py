@@ -101,6 +101,17 @@ def test_overwrite_never_deletes_the_input_or_a_users_folder(study, tmp_path, ca
     assert [p.name for p in other.iterdir()] == ["keep.txt"]
 
 
+def test_network_options_with_given_labels_and_motion_are_reported_as_ignored(study, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["analyze", str(study["cine"]), "--segmentation", str(study["labels"]), "--displacement",
+                 str(study["disp"]), "--ed", "0", "--es", "2", "--out", str(out), "--quiet", "--tta",
+                 "--weights", str(tmp_path / "nowhere")])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "--tta and --weights ignored" in err
+    assert any("--tta and --weights ignored" in w for w in json.loads((out / "report.json").read_text())["warnings"])
+
+
 def test_analyze_with_given_labels_and_motion_writes_all_outputs(study, tmp_path, capsys):
     out = tmp_path / "out"
     code = main(["analyze", str(study["cine"]), "--segmentation", str(study["labels"]),
@@ -119,6 +130,10 @@ def test_analyze_with_given_labels_and_motion_writes_all_outputs(study, tmp_path
     assert rep["ess"]["radial"] == pytest.approx(0.0, abs=1e-6)  # zero motion, zero strain
     seg = nib.load(str(out / "segmentation.nii.gz"))
     np.testing.assert_allclose(seg.affine, nib.load(str(study["cine"])).affine)
+    # the frame interval of the input (40 ms) goes with the 4D outputs, so viewers play them in time
+    assert seg.header.get_zooms()[3] == pytest.approx(40.0)
+    assert nib.load(str(out / "displacement.nii.gz")).header.get_zooms()[3] == pytest.approx(40.0)
+    assert nib.load(str(out / "segmentation.nii.gz")).header.get_xyzt_units() == ("mm", "msec")
     # the same output folder again is refused, not overwritten
     before = _digest(out)
     code, err = _run(["analyze", str(study["cine"]), "--segmentation", str(study["labels"]),

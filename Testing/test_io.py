@@ -911,3 +911,28 @@ def test_affine_voxel_size_other_than_pixdim_is_warned(tmp_path):
     with pytest.warns(DeepStrainWarning, match=r"affine's voxel size 1\.4 x 1\.25 x 8 mm .* differs from pixdim's"):
         cine = load_cine(tmp_path / "m.nii.gz")
     np.testing.assert_allclose(cine.geometry.spacing, [8.0, 1.5, 1.5])
+
+
+def test_acdc_info_cfg_saved_with_a_byte_order_mark_and_crlf(shared_data, tmp_path):
+    src = shared_data / "acdc" / "training" / "patient001"
+    folder = tmp_path / "patient001"
+    folder.mkdir()
+    for f in src.glob("patient001_frame*.nii.gz"):
+        (folder / f.name).write_bytes(f.read_bytes())
+    text = (src / "Info.cfg").read_text().replace("\n", "\r\n")
+    (folder / "Info.cfg").write_bytes(b"\xef\xbb\xbf" + text.encode())  # as Windows Notepad saves it
+    cine = quiet_load(folder)
+    assert (cine.ed, cine.es) == (0, 1) and cine.subject.height_cm == 184.0
+
+
+def test_dicom_series_in_a_linked_sub_folder_and_files_named_by_their_path(shared_data, tmp_path):
+    src = shared_data / "sunnybrook" / "SCD0000101"
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "series").symlink_to(src, target_is_directory=True)
+    (study / "loop").symlink_to(study, target_is_directory=True)  # a link loop ends
+    assert quiet_load(study).data.shape == (20, 12, 256, 256)
+    (study / "copy").mkdir()
+    (study / "copy" / "221.dcm").write_bytes((src / "221.dcm").read_bytes())
+    with pytest.raises(InputError, match=r"same TriggerTime .*\(copy/221.dcm, series/221.dcm\)"):
+        quiet_load(study)

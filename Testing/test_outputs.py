@@ -91,3 +91,39 @@ def test_output_path_that_is_a_file_is_refused(tmp_path):
         with atomic_output_dir(f):
             pass
     assert f.read_text() == "keep"
+
+
+def test_output_below_a_file_is_refused_before_any_work(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(InputError, match="is a file, not a folder"):
+        check_output_dir(tmp_path / "afile" / "sub" / "result")
+
+
+def test_unwritable_parent_is_refused_before_any_work(tmp_path, monkeypatch):
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if os.fspath(p) == os.fspath(tmp_path) else real(p, mode))
+    with pytest.raises(InputError, match="not writable"):
+        check_output_dir(tmp_path / "new" / "result")
+
+
+def test_a_folder_that_cannot_be_made_or_filled_is_a_clear_error_and_leaves_nothing(tmp_path, monkeypatch):
+    import tempfile
+
+    out = tmp_path / "new" / "deeper" / "result"
+
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(tempfile, "mkdtemp", full_disk)
+        with pytest.raises(InputError, match="cannot be created.*No space left"):
+            with atomic_output_dir(out):
+                pass
+    assert list(tmp_path.iterdir()) == []  # the parent folders made for it are gone again
+    with pytest.raises(InputError, match="could not be written.*No space left"):
+        with atomic_output_dir(out) as tmp:
+            raise OSError(28, "No space left on device", str(tmp / "segmentation.nii.gz"))
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(OSError, match="input"):  # an error reading an input stays what it is
+        with atomic_output_dir(out):
+            raise OSError(5, "input", str(tmp_path / "input.nii.gz"))

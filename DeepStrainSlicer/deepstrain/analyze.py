@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
@@ -168,9 +169,10 @@ def write_analysis(analysis: pipeline.Analysis, out_dir: str | os.PathLike, *, o
             from .qc import qc_figure
 
             qc_figure(analysis, tmp / "qc.png")
-        io.save_labels(analysis.labels, cine.geometry, tmp / "segmentation.nii.gz")
+        io.save_labels(analysis.labels, cine.geometry, tmp / "segmentation.nii.gz", times_ms=cine.times_ms)
         if analysis.displacement is not None:
-            io.save_displacement(analysis.displacement, cine.geometry, tmp / "displacement.nii.gz")
+            io.save_displacement(analysis.displacement, cine.geometry, tmp / "displacement.nii.gz",
+                                 times_ms=cine.times_ms)
         for t, frame_file in enumerate(cine.frame_files or []):
             stem = Path(frame_file).name
             for ext in (".nii.gz", ".nii"):
@@ -228,6 +230,13 @@ def analyze_path(
         if point.shape != (3,) or not np.all(np.isfinite(point)):
             raise InputError(input_path, f"the RV insertion point must be three finite numbers (R A S, mm), got "
                                          f"{rv_insertion_ras}")
+    unused = [flag for flag, given in (("--tta", tta), ("--precision", precision != "auto"),
+                                       ("--weights", weights_dir is not None)) if given]
+    if labels is not None and disp is not None and unused:
+        message = (f"{' and '.join(unused)} ignored: the segmentation and the displacement were both given, "
+                   "so no network runs")
+        cine.warnings.append(message)
+        warnings.warn(message, io.DeepStrainWarning, stacklevel=2)
     analysis = analyze_cine(cine, labels=labels, displacement=disp, ed=cine.ed, es=cine.es, progress=progress,
                             tta=tta, precision=precision, weights_dir=weights_dir, refine_motion=refine_motion,
                             rv_insertion_ras=point, labels_source=None if segmentation is None else str(segmentation),

@@ -472,10 +472,12 @@ _ACDC_GT = re.compile(r"^(?P<name>.+)_frame(?P<n>\d+)_gt\.nii(\.gz)?$")
 _ACDC_4D = re.compile(r"^(?P<name>.+)_4d\.nii(\.gz)?$")
 
 
-def _read_info_cfg(path: Path) -> dict[str, str]:
+def read_info_cfg(path: Path) -> dict[str, str]:
+    """An ACDC ``Info.cfg`` (``Key: value`` lines) as a dict of strings; UTF-8, with or without
+    the byte-order mark some Windows editors write."""
     info: dict[str, str] = {}
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(path, f"cannot be read: {exc}") from exc
     for line in text.splitlines():
@@ -611,7 +613,7 @@ def _load_ukbb_folder(folder: Path, messages: list[str]) -> tuple[Cine, bool]:
 
 def _load_acdc_folder(folder: Path, messages: list[str]) -> tuple[Cine, bool, int | None]:
     cfg = folder / "Info.cfg"
-    info = _read_info_cfg(cfg)
+    info = read_info_cfg(cfg)
     ed_1 = _cfg_int(cfg, info, "ED")
     es_1 = _cfg_int(cfg, info, "ES")
     nb = _cfg_int(cfg, info, "NbFrame")
@@ -684,10 +686,24 @@ def _load_dicom_folder(folder: Path, messages: list[str]) -> Cine:
         return _read_dicom_folder(folder, messages)
 
 
+def _files_below(folder: Path) -> list[Path]:
+    """Every file in ``folder`` and its sub-folders, sorted, symbolic links to folders followed
+    (each real folder once, so a link loop ends)."""
+    files, seen = [], set()
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        files.extend(Path(root) / n for n in names if (Path(root) / n).is_file())
+    return sorted(files)
+
+
 def _read_dicom_folder(folder: Path, messages: list[str]) -> Cine:
     import pydicom
 
-    files = [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file())
+    files = [folder] if folder.is_file() else _files_below(folder)
     series: dict[str, list[tuple[Path, object]]] = {}
     nifti_seen = []
     multi_frame = False
@@ -847,6 +863,14 @@ def _dicom_float(ds: object, key: str, f: Path, n: int | None = None) -> np.ndar
     return value
 
 
+def _within(f: Path, folder: Path) -> str:
+    """``f`` as a path below the study ``folder`` (two files of one name in sub-folders stay apart)."""
+    try:
+        return str(f.relative_to(folder))
+    except ValueError:
+        return str(f)
+
+
 def _assemble_dicom_series(folder: Path, items: list[tuple[Path, object]], messages: list[str]) -> Cine:
     import pydicom
 
@@ -862,14 +886,14 @@ def _assemble_dicom_series(folder: Path, items: list[tuple[Path, object]], messa
         iop = _dicom_float(ds, "ImageOrientationPatient", f, 6)
         ps = _dicom_float(ds, "PixelSpacing", f, 2)
         if not np.allclose(iop, iop0, atol=1e-4):
-            raise InputError(f, f"inconsistent DICOM series: orientation {iop.tolist()} differs from {f0.name} "
+            raise InputError(f, f"inconsistent DICOM series: orientation {iop.tolist()} differs from {_within(f0, folder)} "
                                 f"{iop0.tolist()}")
         if not np.allclose(ps, ps0, rtol=1e-4):
-            raise InputError(f, f"inconsistent DICOM series: PixelSpacing {ps.tolist()} differs from {f0.name} "
+            raise InputError(f, f"inconsistent DICOM series: PixelSpacing {ps.tolist()} differs from {_within(f0, folder)} "
                                 f"{ps0.tolist()}")
         if (int(ds.Rows), int(ds.Columns)) != rc0:
             raise InputError(f, f"inconsistent DICOM series: {ds.Rows}x{ds.Columns} pixels differs from "
-                                f"{f0.name} {rc0[0]}x{rc0[1]}")
+                                f"{_within(f0, folder)} {rc0[0]}x{rc0[1]}")
         ipp = _dicom_float(ds, "ImagePositionPatient", f, 3)
         tt = ds.get("TriggerTime")
         try:
@@ -911,7 +935,7 @@ def _assemble_dicom_series(folder: Path, items: list[tuple[Path, object]], messa
             if dup:
                 raise InputError(folder, f"inconsistent DICOM series: two images of the slice at "
                                          f"{pos[members[0]]:.2f} mm have the same TriggerTime {dup[0]} ms "
-                                         f"({', '.join(recs[i][0].name for i in members if recs[i][2] == dup[0])})")
+                                         f"({', '.join(_within(recs[i][0], folder) for i in members if recs[i][2] == dup[0])})")
         per_slice.append(members)
     n_frames = {len(m) for m in per_slice}
     if len(n_frames) != 1:
@@ -1140,7 +1164,24 @@ def _atomic_save(img: nib.Nifti1Image, path: PathLike, overwrite: bool) -> Path:
     return path
 
 
-def _nifti_image(data_xyz: np.ndarray, geometry: Geometry, dtype: type) -> nib.Nifti1Image:
+def _even_frame_timing(times_ms: np.ndarray | None) -> tuple[float, float]:
+    """(frame interval, time of frame 0) in ms when ``times_ms`` is known and evenly spaced
+    (within 1 %); (0, 0) otherwise: NIfTI's "no timing"."""
+    if times_ms is None:
+        return 0.0, 0.0
+    t = np.asarray(times_ms, dtype=np.float64)
+    if t.size < 2 or not np.all(np.isfinite(t)):
+        return 0.0, 0.0
+    step = (t[-1] - t[0]) / (t.size - 1)
+    if step > 0 and np.all(np.abs(np.diff(t) - step) <= 0.01 * step):
+        return float(step), float(t[0])
+    return 0.0, 0.0
+
+
+def _nifti_image(data_xyz: np.ndarray, geometry: Geometry, dtype: type,
+                 times_ms: np.ndarray | None = None) -> nib.Nifti1Image:
+    """A NIfTI image on ``geometry`` (sform = qform, code 1; pixdim from the spacing); for 4D and
+    5D data ``pixdim[4]`` and ``toffset`` carry the frame timing (:func:`_even_frame_timing`)."""
     affine = geometry.to_nifti_affine()
     img = nib.Nifti1Image(np.asarray(data_xyz, dtype=dtype), affine)
     hdr = img.header
@@ -1149,6 +1190,8 @@ def _nifti_image(data_xyz: np.ndarray, geometry: Geometry, dtype: type) -> nib.N
     hdr.set_qform(affine, code=1)
     zooms = list(hdr.get_zooms())
     zooms[:3] = geometry.spacing[[2, 1, 0]].tolist()
+    if len(zooms) > 3:
+        zooms[3], hdr["toffset"] = _even_frame_timing(times_ms)
     hdr.set_zooms(zooms)
     hdr.set_xyzt_units("mm", "msec")
     return img
@@ -1161,39 +1204,32 @@ def save_cine(cine: Cine, path: PathLike, *, overwrite: bool = False) -> Path:
     timing is known and even; otherwise ``pixdim[4] = 0`` (no timing).
     """
     data = np.transpose(np.asarray(cine.data, dtype=np.float32), (3, 2, 1, 0))
-    img = _nifti_image(data, cine.geometry, np.float32)
-    dt, t0 = 0.0, 0.0
-    t = cine.times_ms
-    if cine.has_timing and cine.n_frames > 1:
-        diffs = np.diff(t)
-        step = (t[-1] - t[0]) / (len(t) - 1)
-        if step > 0 and np.all(np.abs(diffs - step) <= 0.01 * step):
-            dt, t0 = float(step), float(t[0])
-    hdr = img.header
-    hdr.set_zooms(tuple(hdr.get_zooms()[:3]) + (dt,))
-    hdr["toffset"] = t0
-    return _atomic_save(img, path, overwrite)
+    return _atomic_save(_nifti_image(data, cine.geometry, np.float32, cine.times_ms), path, overwrite)
 
 
-def save_labels(labels: np.ndarray, geometry: Geometry, path: PathLike, *, overwrite: bool = False) -> Path:
-    """Write a label map ``(T, Z, Y, X)`` or ``(Z, Y, X)`` as ``uint8`` NIfTI on ``geometry``."""
+def save_labels(labels: np.ndarray, geometry: Geometry, path: PathLike, *, times_ms: np.ndarray | None = None,
+                overwrite: bool = False) -> Path:
+    """Write a label map ``(T, Z, Y, X)`` or ``(Z, Y, X)`` as ``uint8`` NIfTI on ``geometry``
+    (``times_ms``: the frames' times, written as in :func:`save_cine`)."""
     labels = np.asarray(labels)
     if labels.ndim not in (3, 4):
         raise ValueError(f"labels must be (T, Z, Y, X) or (Z, Y, X), got shape {labels.shape}")
     if labels.size and (labels.min() < 0 or labels.max() > 255 or np.any(labels != np.round(labels))):
         raise ValueError("labels must be whole numbers in 0..255")
     data = np.transpose(labels, tuple(range(labels.ndim))[::-1])
-    img = _nifti_image(data, geometry, np.uint8)
+    img = _nifti_image(data, geometry, np.uint8, times_ms)
     return _atomic_save(img, path, overwrite)
 
 
-def save_displacement(disp: np.ndarray, geometry: Geometry, path: PathLike, *, overwrite: bool = False) -> Path:
-    """Write a displacement field ``(T, 3, Z, Y, X)`` (RAS mm) as 5D NIfTI ``(x, y, z, t, 3)``."""
+def save_displacement(disp: np.ndarray, geometry: Geometry, path: PathLike, *, times_ms: np.ndarray | None = None,
+                      overwrite: bool = False) -> Path:
+    """Write a displacement field ``(T, 3, Z, Y, X)`` (RAS mm) as 5D NIfTI ``(x, y, z, t, 3)``
+    (``times_ms``: the frames' times, written as in :func:`save_cine`)."""
     disp = np.asarray(disp, dtype=np.float32)
     if disp.ndim != 5 or disp.shape[1] != 3:
         raise ValueError(f"displacement must be (T, 3, Z, Y, X), got shape {disp.shape}")
     data = np.transpose(disp, (4, 3, 2, 0, 1))
-    img = _nifti_image(data, geometry, np.float32)
+    img = _nifti_image(data, geometry, np.float32, times_ms)
     img.header.set_intent("vector")
     return _atomic_save(img, path, overwrite)
 

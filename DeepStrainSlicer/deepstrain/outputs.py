@@ -6,7 +6,10 @@ Rules (:func:`check_output_dir`):
 * ``overwrite`` replaces only a folder that deepstrain wrote: one holding the marker file
   :data:`MARKER` (written into every result folder), never an arbitrary folder of the user's;
 * ``out`` may never be, or contain, one of the run's inputs (with ``overwrite`` the input
-  would be deleted).
+  would be deleted);
+* the nearest existing folder above ``out`` must be writable (checked before the computation);
+  a folder that cannot be created or written later (a full disk) is an :class:`InputError`, and
+  the folders made for it are removed again.
 
 The folder and the files in it get the permissions of the user's umask, as files written
 with ``open`` do (temporary files are created private: ``mkdtemp`` gives 0700).
@@ -68,6 +71,13 @@ def check_output_dir(out: str | os.PathLike, overwrite: bool = False,
         src = Path(given).resolve()
         if src == real_out or real_out in src.parents:
             raise InputError(out, f"the output folder is, or contains, the input {given}: choose another --out")
+    anchor = out.parent
+    while not anchor.exists() and anchor != anchor.parent:
+        anchor = anchor.parent
+    if not anchor.is_dir():
+        raise InputError(out, f"cannot be created: {anchor} is a file, not a folder")
+    if not os.access(anchor, os.W_OK | os.X_OK):
+        raise InputError(out, f"cannot be created: {anchor} is not writable (permissions, or a read-only disk)")
     if out.exists():
         if not out.is_dir():
             raise InputError(out, "output path exists and is not a folder")
@@ -81,6 +91,15 @@ def check_output_dir(out: str | os.PathLike, overwrite: bool = False,
     return out
 
 
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders a failed run created for its output (deepest first), if still empty."""
+    for f in folders:
+        try:
+            f.rmdir()
+        except OSError:
+            break
+
+
 @contextlib.contextmanager
 def atomic_output_dir(out: str | os.PathLike, overwrite: bool = False,
                       inputs: Iterable[str | os.PathLike | None] = ()) -> Iterator[Path]:
@@ -91,14 +110,23 @@ def atomic_output_dir(out: str | os.PathLike, overwrite: bool = False,
     temporary folder is removed and ``out`` is left as it was.
     """
     out = check_output_dir(out, overwrite, inputs)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    except OSError as exc:
+        _remove_empty(created)
+        raise InputError(out, f"cannot be created ({exc.strerror or exc})") from exc
     try:
         write_marker(tmp)
         yield tmp
         apply_umask(tmp)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        _remove_empty(created)
+        if isinstance(exc, OSError) and str(tmp) in str(exc.filename or ""):  # writing a result, not reading
+            raise InputError(out, f"the results could not be written ({exc.strerror or exc}); "
+                                  "nothing was kept") from exc
         raise
     if out.exists():
         old = out.with_name(f".{out.name}.old-{os.getpid()}")

@@ -1006,41 +1006,20 @@ def _reference(p: PhantomParams, motion: PhantomMotion, anatomy: _Anatomy, geom:
 
 
 # --------------------------------------------------------------------------- files
-def _nifti(data_xyz: np.ndarray, geometry: Geometry):
-    import nibabel as nib
-
-    img = nib.Nifti1Image(data_xyz, geometry.to_nifti_affine())
-    img.set_qform(geometry.to_nifti_affine(), code=1)
-    img.set_sform(geometry.to_nifti_affine(), code=1)
-    return img
-
-
 def write_phantom(phantom: Phantom, out_dir: str | Path, overwrite: bool = False) -> Path:
     """Write ``cine.nii.gz`` (x, y, z, t) float32, ``labels.nii.gz`` (x, y, z, t) uint8,
-    ``displacement.nii.gz`` (x, y, z, t, 3) float32 (intent vector, RAS mm) and ``reference.json``.
+    ``displacement.nii.gz`` (x, y, z, t, 3) float32 (intent vector, RAS mm), all with the frame
+    interval in ``pixdim[4]`` (:mod:`deepstrain.io`), and ``reference.json``.
     All or nothing (:func:`deepstrain.outputs.atomic_output_dir`); returns the folder."""
-    import nibabel as nib
-
+    from .io import save_cine, save_displacement, save_labels
     from .outputs import atomic_output_dir
 
-    geom = phantom.cine.geometry
-    dt = float(phantom.cine.times_ms[1] - phantom.cine.times_ms[0]) if phantom.cine.n_frames > 1 else 0.0
+    cine = phantom.cine
     out = Path(out_dir)
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
-        cine = _nifti(np.ascontiguousarray(np.transpose(phantom.cine.data, (3, 2, 1, 0))).astype(np.float32), geom)
-        zooms = (geom.spacing[2], geom.spacing[1], geom.spacing[0], dt)
-        cine.header.set_zooms(zooms)
-        cine.header.set_xyzt_units("mm", "msec")
-        nib.save(cine, str(tmp / "cine.nii.gz"))
-        lab = _nifti(np.ascontiguousarray(np.transpose(phantom.labels, (3, 2, 1, 0))).astype(np.uint8), geom)
-        lab.header.set_zooms(zooms)
-        lab.header.set_xyzt_units("mm", "msec")
-        nib.save(lab, str(tmp / "labels.nii.gz"))
-        disp = _nifti(np.ascontiguousarray(np.transpose(phantom.displacement, (4, 3, 2, 0, 1))).astype(np.float32), geom)
-        disp.header.set_zooms(zooms + (1.0,))
-        disp.header.set_xyzt_units("mm", "msec")
-        disp.header.set_intent("vector")
-        nib.save(disp, str(tmp / "displacement.nii.gz"))
+        save_cine(cine, tmp / "cine.nii.gz")
+        save_labels(phantom.labels, cine.geometry, tmp / "labels.nii.gz", times_ms=cine.times_ms)
+        save_displacement(phantom.displacement, cine.geometry, tmp / "displacement.nii.gz", times_ms=cine.times_ms)
         (tmp / "reference.json").write_text(json.dumps(phantom.reference, indent=1))
     return out
 

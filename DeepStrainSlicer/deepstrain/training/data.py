@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from ..cine import Geometry
 from ..errors import InputError
-from ..io import nifti_affine
+from ..io import nifti_affine, read_info_cfg
 from ..networks.centring import CENTRING_SPACING_MM
 from ..networks.segmentation import context_slices
 from ..preprocess import crop_image, crop_labels, crop_transform, full_view_transform, normalize_intensity
@@ -57,12 +57,7 @@ def read_info(patient_dir: Path) -> dict[str, str]:
     cfg = Path(patient_dir) / "Info.cfg"
     if not cfg.is_file():
         raise InputError(cfg, "missing ACDC Info.cfg")
-    out = {}
-    for line in cfg.read_text().splitlines():
-        if ":" in line:
-            k, v = line.split(":", 1)
-            out[k.strip()] = v.strip()
-    return out
+    return read_info_cfg(cfg)
 
 
 def load_acdc_volume(path: Path) -> tuple[np.ndarray, Geometry]:
