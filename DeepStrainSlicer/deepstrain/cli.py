@@ -112,8 +112,8 @@ def _add_study_options(p: argparse.ArgumentParser) -> None:
 def _add_refine_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--refine-motion", action=argparse.BooleanOptionalAction, default=True,
                    help="correct the motion network's field so that every frame's segmentation, pulled back to "
-                        "ED, matches ED's (default; radial strain error 1.8 against 3.0 points on the benchmark "
-                        "phantoms, about 1.5 s more); --no-refine-motion gives the motion network's field as it is")
+                        "ED, matches ED's (default; radial strain error 1.7 against 3.0 points on the benchmark "
+                        "phantoms, about 1.1-1.4 s more); --no-refine-motion gives the motion network's field as it is")
 
 
 def _add_network_options(p: argparse.ArgumentParser) -> None:
