@@ -178,6 +178,7 @@ class Parameters:
     export_folder = _Param(str, "")
     analysis_ed = _Param(int, -1)
     analysis_es = _Param(int, -1)
+    input_es = _Param(int, -1)  # the ES frame the input names itself (ACDC Info.cfg) at Run, the ES field on auto; -1: none
     results_labels_sha256 = _Param(str, "")  # the labels the shown results were computed from (export checks it)
     study_id = _Param(str, "")  # unique per Run; "" in scenes saved before studies were tagged
 
@@ -387,6 +388,7 @@ class DeepStrainLogic:
             params.study_id = uuid.uuid4().hex
             params.highlighted_segment = 0
             params.input_subject, params.subject = input_subject, cine.subject.as_dict()
+            params.input_es = cine.es if params.es < 0 and cine.es is not None else -1
             before = node_ids(self.scene)
             self._build_nodes(cine, analysis, params, progress)
             self._tag(node_ids(self.scene) - before, params.study_id)
@@ -564,9 +566,9 @@ class DeepStrainLogic:
         self._update_curve_tables(report, params, analysis.volume_curves)
         self._update_results_table(report, params)
         self._update_slice_table(report, params)
+        self._update_report_text(report, params)  # before the charts: their time axis is read from it
         self._update_charts(params)
         self._update_aha_segmentation(analysis, params)
-        self._update_report_text(report, params)
         self.update_polar_map(params)
 
     def _update_report_text(self, report: dict, params: Parameters) -> None:
@@ -612,8 +614,9 @@ class DeepStrainLogic:
 
     def _update_curve_tables(self, report: dict, params: Parameters, volume_curves: dict[str, np.ndarray]) -> None:
         n = report["frames"]["count"]
-        x, _ = time_axis(report)
-        cols: dict[str, np.ndarray] = {"frame": np.arange(n, dtype=float), "time": x}
+        x, xcol = time_axis(report)  # "time (ms)", or "frame" when the input has no timing
+        cols: dict[str, np.ndarray] = {"frame": np.arange(n, dtype=float)}
+        cols[xcol] = x
         for c in COMPONENTS:
             v = report["global_strain"][f"{c}_percent"]
             cols[f"{c} strain (%)"] = _curve(v, n)
@@ -699,7 +702,7 @@ class DeepStrainLogic:
     def _update_charts(self, params: Parameters) -> None:
         report = self.report(params) if params.ref("ReportText") else None
         table, mt = params.ref("CurveTable"), params.ref("MarkerTable")
-        _, xlabel = time_axis(report) if report else (None, "time (ms)")
+        _, xlabel = time_axis(report) if report else (None, "frame")  # also the x column's name
         curves = {  # chart role: (y axis, marker range column, name, [(series, table column, colour)])
             "StrainChart": ("strain (%)", "strain range", "global strain",
                             [(f"{c} strain", f"{c} strain (%)", COMPONENT_COLORS[c]) for c in COMPONENTS]),
@@ -717,7 +720,7 @@ class DeepStrainLogic:
                 chart = self.scene.AddNewNodeByClass("vtkMRMLPlotChartNode", f"{params.study_name} {suffix}")
                 params.set_ref(role, chart)
                 for name, col, color in series:
-                    s = self._series(name, table, "time", col, color)
+                    s = self._series(name, table, xlabel, col, color)
                     s.SetAttribute("DeepStrain.column", col)
                     chart.AddAndObservePlotSeriesNodeID(s.GetID())
                 for label, xcol, color in (("ED", "ED time", (0.3, 0.3, 0.3)), ("ES", "ES time", (0.0, 0.0, 0.0))):
@@ -726,6 +729,10 @@ class DeepStrainLogic:
                     s.SetLineStyle(slicer.vtkMRMLPlotSeriesNode.LineStyleDash)
                     s.SetAttribute("DeepStrain.marker", label)
                     chart.AddAndObservePlotSeriesNodeID(s.GetID())
+            for i in range(chart.GetNumberOfPlotSeriesNodes()):  # the time axis may have changed (Recompute)
+                s = chart.GetNthPlotSeriesNode(i)
+                if s is not None and s.GetAttribute("DeepStrain.column"):
+                    s.SetXColumnName(xlabel)
             chart.SetTitle(f"{params.study_name}: {title}")
             chart.SetXAxisTitle(xlabel)
             chart.SetYAxisTitle(ylabel)
@@ -1057,6 +1064,9 @@ class DeepStrainLogic:
         """
         from deepstrain.pipeline import compute
 
+        if params.ed >= 0 and params.ed != params.analysis_ed:
+            raise ValueError(f"the ED field (frame {params.ed}) is not the analysed ED (frame {params.analysis_ed}): "
+                             "the motion is measured from ED, so press Run to analyse from the new ED")
         progress(0.0, "reading segmentation")
         cine, labels, disp = self.study_arrays(params)
         # the height and weight fields as they are now (empty: the input's value, or none)
@@ -1083,7 +1093,9 @@ class DeepStrainLogic:
             progress(0.6, "refining the motion with the edited segmentation" if want else "motion network's field")
             disp = motion_for_labels(state, labels, refine=want)
         progress(0.7, "computing strain")
-        analysis = compute(cine, labels, disp, ed=params.analysis_ed, es=params.analysis_es,
+        # ES: the field; on auto the input's own ES, else the frame of smallest LV in the edited labels
+        es = params.es if params.es >= 0 else (params.input_es if params.input_es >= 0 else None)
+        analysis = compute(dataclasses.replace(cine, es=None), labels, disp, ed=params.analysis_ed, es=es,
                            rv_insertion_ras=self.rv_insertion_point(params))
         params.subject = cine.subject.as_dict()
         if new_motion:

@@ -76,7 +76,7 @@ def test_curves_tables_and_charts(study):
     assert table.GetNumberOfRows() == cine.n_frames
     circ = dlogic._column(table, "circumferential strain (%)")
     np.testing.assert_allclose(circ, analysis.report["global_strain"]["circumferential_percent"], atol=1e-6)
-    np.testing.assert_allclose(dlogic._column(table, "time"), cine.times_ms, atol=1e-3)  # report: 4 decimals
+    np.testing.assert_allclose(dlogic._column(table, "time (ms)"), cine.times_ms, atol=1e-3)  # report: 4 decimals
     for role, unit in (("StrainChart", "strain (%)"), ("RateChart", "strain rate (1/s)")):
         chart = p.ref(role)
         assert chart.GetYAxisTitle() == unit and chart.GetXAxisTitle() == "time (ms)"
@@ -205,6 +205,53 @@ def test_recompute_after_editing_the_ed_segmentation(study):
     x = cine.geometry.origin + cine.geometry.direction @ (cine.geometry.spacing * kji)
     assert np.linalg.norm(np.array(tr.TransformPoint(*x)) - x) < 1e-6
 
+
+
+def test_recompute_follows_the_es_field_and_finds_es_again_on_auto(harness, phantom):
+    """ES at Recompute: the field when set; on auto the input's own ES, else the frame of smallest LV of
+    the edited labels (as deepstrain analyze --segmentation EDITED gives). A new ED field needs Run."""
+    import dataclasses
+
+    cine, labels, disp = phantom
+    p = harness.params
+    first = harness.logic.run(dataclasses.replace(cine, es=None), p, labels, disp)  # the input names no ES
+    assert p.input_es == -1
+    es = first.es
+    other = es + 1
+    browser, seg_seq = p.ref("Browser"), p.ref("SegmentationSequence")
+    browser.SetSelectedItemNumber(other)  # erase the LV cavity of frame es + 1 on two slices: smallest LV now
+    lab = labels[other].copy()
+    cavity = lab == 3
+    ks = np.flatnonzero(cavity.any(axis=(1, 2)))[:2]
+    erased = cavity.copy()
+    erased[ks] = False
+    mrml.set_segment_mask(browser.GetProxyNode(seg_seq), "lv_cavity", erased, cine.geometry)
+    again = harness.logic.recompute(p)
+    edited = labels.copy()
+    edited[other][cavity & ~erased] = 0
+    ref = compute(dataclasses.replace(cine, es=None), edited, disp, ed=first.ed).report
+    assert again.es == other == ref["frames"]["es"]
+    assert again.report["volumetrics"] == ref["volumetrics"]
+    p.es = es  # the field set: it decides
+    assert harness.logic.recompute(p).es == es
+    p.es = -1
+    p.ed = first.ed + 1
+    with pytest.raises(ValueError, match="press Run"):
+        harness.logic.recompute(p)
+
+
+def test_charts_without_frame_timing_plot_frames_from_the_first_run(harness, phantom):
+    import dataclasses
+
+    cine, labels, disp = phantom
+    p = harness.params
+    harness.logic.run(dataclasses.replace(cine, times_ms=np.full(cine.n_frames, np.nan)), p, labels, disp)
+    table = p.ref("CurveTable")
+    assert table.GetTable().GetColumnByName("time (ms)") is None
+    for role in ("StrainChart", "RateChart", "VolumeChart"):
+        assert p.ref(role).GetXAxisTitle() == "frame"
+        assert all(s.GetXColumnName() == "frame" for s in harness.logic.chart_series(p, role)
+                   if s.GetAttribute("DeepStrain.column"))
 
 
 def test_recompute_refines_the_network_motion_with_edited_contours(harness, phantom):
