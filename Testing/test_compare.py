@@ -47,3 +47,22 @@ def test_compare_tables_on_the_lancet_data(tmp_path) -> None:
     _write_table(tmp_path / "c.csv", [["zz", "ok", "X", 1, 1]], cols)
     assert cli.main(["compare", str(tmp_path / "a.csv"), str(tmp_path / "c.csv"), "--out", str(tmp_path / "c2")]) == 2
     assert not (tmp_path / "c2").exists()
+
+
+def test_missing_value_marks_are_dropped_pairwise_and_a_column_with_text_is_reported(tmp_path) -> None:
+    from deepstrain.compare import compare_tables
+    from deepstrain.io import DeepStrainWarning
+
+    cols = ["id", "status", "lv_ef_percent", "aha_radial_1"]
+    rows_a = [["s1", "ok", 50, 20], ["s2", "ok", 55, "NA"], ["s3", "ok", 60, 25], ["s4", "ok", 45, "N/A"],
+              ["s5", "ok", 52, 30]]
+    rows_b = [["s1", "ok", 51, 21], ["s2", "ok", "bad", 24], ["s3", "ok", 61, 27], ["s4", "ok", 47, 22],
+              ["s5", "ok", 50, 31]]
+    _write_table(tmp_path / "a.csv", rows_a, cols)
+    _write_table(tmp_path / "b.csv", rows_b, cols)
+    with pytest.warns(DeepStrainWarning, match="'lv_ef_percent' left out: not a number in s2 \\('bad' in B\\)"):
+        res = compare_tables(tmp_path / "a.csv", tmp_path / "b.csv", tmp_path / "cmp")
+    m = {x["metric"]: x for x in res["metrics"]}
+    assert set(m) == {"aha_radial_1"} and m["aha_radial_1"]["n"] == 3  # the NA and N/A pairs dropped
+    assert m["aha_radial_1"]["bias"] == pytest.approx(np.mean([1, 2, 1]))
+    assert "lv_ef_percent" in res["skipped_columns"]

@@ -86,3 +86,13 @@ def test_agreement_combines_everything() -> None:
     with pytest.raises(ValueError):
         stats.bland_altman([1, 2], [1, 2, 3])
 
+
+
+def test_icc_interval_with_an_exactly_constant_offset() -> None:
+    """MSE = 0 and ICC < 1: the McGraw & Wong interval is finite (v = k - 1); ICC = 1 has none."""
+    a = np.array([1.0, 2.0, 3.0])
+    r = stats.icc_a1(np.c_[a, a + 1])
+    assert r.icc == pytest.approx(2 / 3) and r.ms_error == 0
+    assert r.ci_low == pytest.approx(0.0025, abs=1e-4) and r.ci_high == pytest.approx(0.9872, abs=1e-4)
+    same = stats.icc_a1(np.c_[a, a])
+    assert same.icc == 1 and np.isnan(same.ci_low) and np.isnan(same.ci_high)

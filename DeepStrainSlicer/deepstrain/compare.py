@@ -2,7 +2,9 @@
 
 Rows are paired by ``id`` (only rows with status ``ok`` when the table has a ``status`` column).
 Every numeric column present in both tables is a metric (global values, and the AHA segment
-columns ``aha_<component>_<segment>``); for each, :func:`deepstrain.stats.agreement` gives
+columns ``aha_<component>_<segment>``); an empty cell or a usual missing-value mark (:data:`MISSING`:
+``NA``, ``N/A``, ``nan``, ``-``, ...) is a missing value, dropped pairwise. A column with numbers
+and other text is left out with a warning, and listed in ``agreement.json`` (``skipped_columns``); for each, :func:`deepstrain.stats.agreement` gives
 Bland-Altman bias / SD / 95 % limits (difference ``B - A``), ICC(A,1) = ICC(2,1) with its
 McGraw & Wong 95 % CI, and the relative changes ``100 (B - A) / ((A + B) / 2)`` (mean and mean
 absolute). Outputs, written atomically: ``agreement.csv`` (one row per metric),
@@ -15,15 +17,19 @@ import csv
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from . import stats
 from .errors import InputError
+from .io import DeepStrainWarning
 from .report import json_safe
 from .outputs import atomic_output_dir
 
+MISSING = {"", "na", "n/a", "nan", "none", "null", "-", "--", "."}
+"""Cell texts (case-insensitive) read as a missing value."""
 NON_METRIC = {"id", "group", "status", "error", "seconds", "input", "quality"}
 TABLE_COLUMNS = ("metric", "n", "mean_a", "mean_b", "bias", "sd_diff", "loa_low", "loa_high", "icc",
                  "icc_ci_low", "icc_ci_high", "relative_change_percent", "abs_relative_change_percent")
@@ -46,9 +52,9 @@ def _table(path: Path) -> tuple[list[str], dict[str, dict[str, str]]]:
 
 
 def _number(text: str) -> float | None:
-    """Float of a cell; NaN for an empty cell; None if it is not a number."""
+    """Float of a cell; NaN for a missing value (:data:`MISSING`); None if it is not a number."""
     t = (text or "").strip()
-    if not t:
+    if t.lower() in MISSING:
         return math.nan
     try:
         return float(t)
@@ -66,6 +72,7 @@ def compare_tables(a_csv: str | os.PathLike, b_csv: str | os.PathLike, out_dir: 
     if not ids:
         raise InputError(b_csv, f"no study id in common with {a_csv} (among rows with status ok)")
     metrics: list[dict] = []
+    skipped: dict[str, str] = {}
     values: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for col in cols_a:
         if col in NON_METRIC or col not in cols_b:
@@ -73,6 +80,11 @@ def compare_tables(a_csv: str | os.PathLike, b_csv: str | os.PathLike, out_dir: 
         a = [_number(rows_a[i][col]) for i in ids]
         b = [_number(rows_b[i][col]) for i in ids]
         if any(v is None for v in a + b):
+            if any(v is not None and math.isfinite(v) for v in a + b):  # numbers and text: say so
+                bad = [f"{i} ({t!r} in {where})" for where, rows, vals in (("A", rows_a, a), ("B", rows_b, b))
+                       for i, v in zip(ids, vals) if v is None for t in [rows[i][col]]]
+                skipped[col] = "not a number in " + ", ".join(bad[:5]) + (" ..." if len(bad) > 5 else "")
+                warnings.warn(f"{b_csv}: column {col!r} left out: {skipped[col]}", DeepStrainWarning, stacklevel=2)
             continue  # a text column
         a_arr, b_arr = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
         if not np.any(np.isfinite(a_arr) & np.isfinite(b_arr)):
@@ -84,6 +96,7 @@ def compare_tables(a_csv: str | os.PathLike, b_csv: str | os.PathLike, out_dir: 
     result = {
         "a": str(a_csv), "b": str(b_csv), "n_pairs": len(ids), "ids": ids,
         "only_in_a": sorted(set(rows_a) - set(rows_b)), "only_in_b": sorted(set(rows_b) - set(rows_a)),
+        "skipped_columns": skipped,
         "definitions": {
             "difference": "B - A",
             "bland_altman": f"bias = mean(B - A); sd_diff = SD(B - A), n - 1; limits = bias -/+ {multiplier} sd_diff",

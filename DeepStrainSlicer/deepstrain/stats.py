@@ -89,7 +89,8 @@ def icc_a1(ratings, confidence: float = 0.95) -> ICC:
     degrees of freedom ``v = (a MSC + b MSE)^2 / ((a MSC)^2 / (k - 1) + (b MSE)^2 / ((n - 1)(k - 1)))``,
     ``F_L = F_{1-alpha/2}(n - 1, v)``, ``F_U = F_{1-alpha/2}(v, n - 1)`` and
     ``low = n (MSR - F_L MSE) / (F_L (k MSC + (k n - k - n) MSE) + n MSR)``,
-    ``high = n (F_U MSR - MSE) / (k MSC + (k n - k - n) MSE + n F_U MSR)``.
+    ``high = n (F_U MSR - MSE) / (k MSC + (k n - k - n) MSE + n F_U MSR)``. The interval is NaN
+    when ICC is 1 (perfect agreement) or undefined (fewer than 2 complete rows, or all values equal).
     """
     x = np.asarray(ratings, dtype=np.float64)
     if x.ndim != 2:
@@ -111,7 +112,7 @@ def icc_a1(ratings, confidence: float = 0.95) -> ICC:
         return ICC(int(n), int(k), nan, nan, nan, msr, msc, mse, confidence)
     icc = (msr - mse) / denom
     lo = hi = nan
-    if icc < 1 and mse > 0:
+    if icc < 1:  # at ICC = 1 the interval is undefined (NaN); MSE = 0 with ICC < 1 gives v = k - 1
         alpha = 1 - confidence
         a = k * icc / (n * (1 - icc))
         b = 1 + k * icc * (n - 1) / (n * (1 - icc))
