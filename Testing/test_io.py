@@ -545,13 +545,19 @@ def _edited_copies(src: Path, names, dst: Path, edit, prefix: str = "") -> None:
             ds.save_as(str(dst / f"{prefix}{n}.dcm"))
 
 
-def test_acdc_implausible_body_size_is_ignored_with_a_warning(shared_data, tmp_path):
+def _acdc_patient001_images(shared_data, tmp_path, pattern: str = "patient001_frame*.nii.gz"):
+    """A copy of ACDC patient001's files matching ``pattern`` (no Info.cfg): (source folder, copy)."""
     src = shared_data / "acdc" / "training" / "patient001"
     folder = tmp_path / "patient001"
     folder.mkdir()
-    for f in src.glob("patient001_frame01*.nii.gz"):
+    for f in src.glob(pattern):
         (folder / f.name).write_bytes(f.read_bytes())
-    (folder / "patient001_frame12.nii.gz").write_bytes((src / "patient001_frame12.nii.gz").read_bytes())
+    return src, folder
+
+
+def test_acdc_implausible_body_size_is_ignored_with_a_warning(shared_data, tmp_path):
+    src, folder = _acdc_patient001_images(shared_data, tmp_path, "patient001_frame[01][12].nii.gz")
+    (folder / "patient001_frame01_gt.nii.gz").write_bytes((src / "patient001_frame01_gt.nii.gz").read_bytes())
     (folder / "Info.cfg").write_text("ED: 1\nES: 12\nGroup: DCM\nHeight: 1.84\nNbFrame: 30\nWeight: heavy\n")
     with pytest.warns(DeepStrainWarning) as record:
         cine = load_cine(folder)
@@ -914,11 +920,7 @@ def test_affine_voxel_size_other_than_pixdim_is_warned(tmp_path):
 
 
 def test_acdc_info_cfg_saved_with_a_byte_order_mark_and_crlf(shared_data, tmp_path):
-    src = shared_data / "acdc" / "training" / "patient001"
-    folder = tmp_path / "patient001"
-    folder.mkdir()
-    for f in src.glob("patient001_frame*.nii.gz"):
-        (folder / f.name).write_bytes(f.read_bytes())
+    src, folder = _acdc_patient001_images(shared_data, tmp_path)
     text = (src / "Info.cfg").read_text().replace("\n", "\r\n")
     (folder / "Info.cfg").write_bytes(b"\xef\xbb\xbf" + text.encode())  # as Windows Notepad saves it
     cine = quiet_load(folder)
