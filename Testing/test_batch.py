@@ -461,3 +461,13 @@ def test_study_table_indexes_a_cohort_and_a_changed_table_is_not_applied_silentl
     assert problem == (f"the voxel spacing (mm) is 10 x 3 x 3 in the study table ({table} line 2) but the study "
                        "was analysed with 8 x 1.5 x 1.5 (from input)")
     assert batch.table_mismatch(study, rep4) is None
+
+
+def test_acdc_group_read_from_an_info_cfg_with_a_byte_order_mark(tmp_path):
+    from deepstrain.batch import read_info_group
+
+    cfg = tmp_path / "Info.cfg"
+    cfg.write_bytes(b"\xef\xbb\xbfGroup: DCM\r\nED: 1\r\n")  # Group first, as Windows Notepad saves it
+    assert read_info_group(cfg) == "DCM"
+    cfg.write_bytes(b"\xff\xfe\x00")  # unreadable: no group (the study's own run reports the file)
+    assert read_info_group(cfg) is None

@@ -96,3 +96,5 @@ def test_icc_interval_with_an_exactly_constant_offset() -> None:
     assert r.ci_low == pytest.approx(0.0025, abs=1e-4) and r.ci_high == pytest.approx(0.9872, abs=1e-4)
     same = stats.icc_a1(np.c_[a, a])
     assert same.icc == 1 and np.isnan(same.ci_low) and np.isnan(same.ci_high)
+    flat = stats.icc_a1([[1, 2], [1, 2], [1, 2]])  # no target variance, no residual: v is infinite
+    assert flat.icc == 0 and (flat.ci_low, flat.ci_high) == pytest.approx((0.0, 0.0))

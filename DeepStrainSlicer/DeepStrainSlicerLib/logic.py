@@ -178,7 +178,7 @@ class Parameters:
     export_folder = _Param(str, "")
     analysis_ed = _Param(int, -1)
     analysis_es = _Param(int, -1)
-    input_es = _Param(int, -1)  # the ES frame the input names itself (ACDC Info.cfg) at Run, the ES field on auto; -1: none
+    input_es = _Param(int, -2)  # the ES frame (index) the input names itself (ACDC Info.cfg); -1: none; -2: not known
     results_labels_sha256 = _Param(str, "")  # the labels the shown results were computed from (export checks it)
     study_id = _Param(str, "")  # unique per Run; "" in scenes saved before studies were tagged
 
@@ -376,7 +376,7 @@ class DeepStrainLogic:
             cine = dataclasses.replace(cine, subject=subject_with_fields(input_subject, params))
             # the same engine as deepstrain analyze: networks for what is missing, strain, volumes, provenance
             analysis = analyze_cine(cine, labels=labels, displacement=displacement,
-                                    ed=None if params.ed < 0 else params.ed, es=None if params.es < 0 else params.es,
+                                    ed=cine.ed, es=cine.es,  # the fields, read as frame indices by the loaders
                                     progress=lambda f, m: progress(0.5 * f, m), tta=params.tta,
                                     weights_dir=params.weights_dir or None, refine_motion=params.refine_motion,
                                     keep_network_motion=True,
@@ -388,7 +388,8 @@ class DeepStrainLogic:
             params.study_id = uuid.uuid4().hex
             params.highlighted_segment = 0
             params.input_subject, params.subject = input_subject, cine.subject.as_dict()
-            params.input_es = cine.es if params.es < 0 and cine.es is not None else -1
+            # the input's own ES, for Recompute on auto; not known when the ES field replaced it
+            params.input_es = -2 if params.es >= 0 else (-1 if cine.es is None else int(cine.es))
             before = node_ids(self.scene)
             self._build_nodes(cine, analysis, params, progress)
             self._tag(node_ids(self.scene) - before, params.study_id)
@@ -1064,9 +1065,13 @@ class DeepStrainLogic:
         """
         from deepstrain.pipeline import compute
 
-        if params.ed >= 0 and params.ed != params.analysis_ed:
-            raise ValueError(f"the ED field (frame {params.ed}) is not the analysed ED (frame {params.analysis_ed}): "
-                             "the motion is measured from ED, so press Run to analyse from the new ED")
+        frames = self.report(params)["frames"]  # the fields hold frame numbers of the cycle, as at Run
+        cycle = list(frames.get("cycle_frames") or range(int(frames["count"])))
+        ed_field = self._frame_of_field(params.ed, cycle, "ED")
+        if ed_field is not None and ed_field != params.analysis_ed:
+            raise ValueError(f"the ED field (frame {params.ed}) is not the analysed ED: the motion is measured from "
+                             "ED, so press Run to analyse from the new ED")
+        es_field = self._frame_of_field(params.es, cycle, "ES")
         progress(0.0, "reading segmentation")
         cine, labels, disp = self.study_arrays(params)
         # the height and weight fields as they are now (empty: the input's value, or none)
@@ -1094,7 +1099,9 @@ class DeepStrainLogic:
             disp = motion_for_labels(state, labels, refine=want)
         progress(0.7, "computing strain")
         # ES: the field; on auto the input's own ES, else the frame of smallest LV in the edited labels
-        es = params.es if params.es >= 0 else (params.input_es if params.input_es >= 0 else None)
+        # (the analysed ES when the input's is not known: a scene of an older version, or the field set at Run)
+        es = es_field if es_field is not None else {-1: None, -2: params.analysis_es}.get(params.input_es,
+                                                                                          params.input_es)
         analysis = compute(dataclasses.replace(cine, es=None), labels, disp, ed=params.analysis_ed, es=es,
                            rv_insertion_ras=self.rv_insertion_point(params))
         params.subject = cine.subject.as_dict()
@@ -1115,6 +1122,16 @@ class DeepStrainLogic:
         self.analysis = analysis
         progress(1.0, "done")
         return analysis
+
+    @staticmethod
+    def _frame_of_field(value: int, cycle: list[int], name: str) -> int | None:
+        """The frame index of an ED / ES field value (a frame number of the cardiac cycle, as Run reads
+        it: for an ACDC folder of two frames, e.g. 0 and 11); None on auto (-1)."""
+        if value < 0:
+            return None
+        if value not in cycle:
+            raise ValueError(f"the {name} field (frame {value}) is not among the study's frames {cycle}")
+        return cycle.index(value)
 
     def _network_motion_again(self, params: Parameters, cine: Cine, labels: np.ndarray, disp: np.ndarray,
                               want: bool, progress: ProgressCallback):

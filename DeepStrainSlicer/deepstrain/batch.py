@@ -128,16 +128,16 @@ def _is_cine_nifti(path: Path) -> bool:
 
 
 def read_info_group(info_cfg: Path) -> str | None:
-    """The ``Group`` of an ACDC ``Info.cfg`` (None when absent)."""
+    """The ``Group`` of an ACDC ``Info.cfg`` (None when absent or unreadable: the study's own run
+    then reports the file's problem)."""
+    from .io import read_info_cfg
+
     try:
-        text = info_cfg.read_text(errors="replace")
-    except OSError:
+        info = read_info_cfg(info_cfg)
+    except InputError:
         return None
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.strip().lower() == "group" and value.strip():
-            return value.strip()
-    return None
+    group = next((v for k, v in info.items() if k.lower() == "group"), "")
+    return group or None
 
 
 SUBJECT_COLUMNS = ("height_cm", "weight_kg", "heart_rate_bpm")

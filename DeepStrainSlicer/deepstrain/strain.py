@@ -113,7 +113,7 @@ AXIS_OUTLIER_MM = 10.0
 """Slice centres farther than this from the first fitted long axis are left out of the second fit."""
 
 
-def fit_axis(pts: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _fit_axis(pts: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Weighted total-least-squares line through ``pts``; refitted once without outliers."""
 
     def fit(p: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -189,7 +189,7 @@ def cardiac_frame(labels_ed: np.ndarray, geometry: Geometry) -> CardiacFrame:
     l_vec = normal.copy()
     source = "slice normal"
     if ks.size >= 3:
-        cand, axis_point = fit_axis(pts, lv_count)
+        cand, axis_point = _fit_axis(pts, lv_count)
         angle = math.degrees(math.acos(min(1.0, abs(float(cand @ normal)))))
         if angle <= 45.0:
             l_vec = cand

@@ -234,10 +234,19 @@ def test_recompute_follows_the_es_field_and_finds_es_again_on_auto(harness, phan
     assert again.report["volumetrics"] == ref["volumetrics"]
     p.es = es  # the field set: it decides
     assert harness.logic.recompute(p).es == es
+    p.es = cine.n_frames + 3
+    with pytest.raises(ValueError, match="not among the study's frames"):
+        harness.logic.recompute(p)
     p.es = -1
     p.ed = first.ed + 1
     with pytest.raises(ValueError, match="press Run"):
         harness.logic.recompute(p)
+    # the input names its ES (5): auto keeps it, also after the edit; unknown (older scene): the analysed ES
+    p.ed = -1
+    harness.logic.run(dataclasses.replace(cine, es=5), p, labels, disp)
+    assert p.input_es == 5 and harness.logic.recompute(p).es == 5
+    p.input_es = -2
+    assert harness.logic.recompute(p).es == p.analysis_es == 5
 
 
 def test_charts_without_frame_timing_plot_frames_from_the_first_run(harness, phantom):

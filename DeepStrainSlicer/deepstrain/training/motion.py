@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from .. import preprocess as pp
 from ..networks.motion import MotionNet, count_parameters, model_from_blob, normalise_pair, warp
 from ..errors import InputError
+from ..io import read_info_cfg
 from . import mean_state_dict, option_value, resume_mismatch, uninterrupted_command
 
 PHANTOM_TRAIN_SEEDS = range(1000, 2000)
@@ -112,15 +113,6 @@ def _read_nifti(path: Path, zooms: tuple[float, float, float] | None = None) -> 
     return arr, np.array([z[2], z[1], z[0]], dtype=np.float64)
 
 
-def _info(folder: Path) -> dict[str, str]:
-    out = {}
-    for line in (folder / "Info.cfg").read_text().splitlines():
-        if ":" in line:
-            k, v = line.split(":", 1)
-            out[k.strip()] = v.strip()
-    return out
-
-
 def _lv_centre(labels: np.ndarray) -> tuple[float, float]:
     idx = np.argwhere((labels == 2) | (labels == 3))
     return float(idx[:, 1].mean()), float(idx[:, 2].mean())
@@ -138,7 +130,7 @@ def load_acdc(root: Path, patients: list[str]) -> list[Sample]:
     out = []
     for p in patients:
         folder = root / "acdc" / "training" / p
-        info = _info(folder)
+        info = read_info_cfg(folder / "Info.cfg")
         ed_f, es_f = int(info["ED"]), int(info["ES"])
         ims, labs, sp = [], [], None
         for f in (ed_f, es_f):
