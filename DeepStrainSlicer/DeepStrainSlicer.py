@@ -12,6 +12,7 @@ import time
 
 import qt
 import slicer
+import vtk
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -189,8 +190,27 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._show_findings()
             for b in (ui.recomputeButton, ui.exportButton, ui.layoutButton, ui.editButton, ui.rvInsertionButton):
                 b.enabled = has_study
+            self._observe_browser(p.ref("Browser"))
         finally:
             self._updating = False
+
+    def _observe_browser(self, browser):
+        """Follow the study's sequence browser (slider, play, Sequences toolbar): with "polar map follows
+        the current frame" on, the map shows the frame the browser shows."""
+        if browser is getattr(self, "_observed_browser", None):
+            return
+        self.removeObservers(self._on_browser_modified)
+        self._observed_browser = browser
+        if browser is not None:
+            self.addObserver(browser, vtk.vtkCommand.ModifiedEvent, self._on_browser_modified)
+
+    def _on_browser_modified(self, caller=None, event=None):
+        p = self.params
+        if p.polar_follows_frame and p.ref("Browser") is caller and p.ref("PolarModel") is not None:
+            frame = self.logic.current_frame(p)
+            if frame != getattr(self, "_polar_frame", None):
+                self._polar_frame = frame
+                self.logic.update_polar_map(p)
 
     def _from_gui(self, *args):
         if self._updating:
@@ -232,17 +252,21 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.value = int(100 * fraction)
         self.ui.statusLabel.text = message
         slicer.app.processEvents()
-        if self._cancel:
+        if self._cancel and fraction < 1.0:  # at 1.0 the work is done and shown: too late to cancel
             raise dlogic.Cancelled()
 
     def on_cancel(self):
         self._cancel = True
 
     def _busy(self, busy):
+        """While Run or Recompute works, only Cancel is enabled (the study is being rebuilt)."""
         self._cancel = False
-        self.ui.cancelButton.enabled = busy
-        self.ui.runButton.enabled = not busy
-        self.ui.recomputeButton.enabled = not busy and self.params.ref("Browser") is not None
+        ui = self.ui
+        ui.cancelButton.enabled = busy
+        ui.runButton.enabled = not busy
+        has_study = not busy and self.params.ref("Browser") is not None
+        for b in (ui.recomputeButton, ui.exportButton, ui.layoutButton, ui.editButton, ui.rvInsertionButton):
+            b.enabled = has_study
 
     def _ensure_packages(self, need_torch):
         """True when the Python packages needed are there, after installing them if the user agrees."""
@@ -312,7 +336,11 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._busy(True)
         try:
             with slicer.util.tryWithErrorDisplay("Recompute failed.", waitCursor=True):
-                a = self.logic.recompute(self.params, progress=self._progress)
+                try:
+                    a = self.logic.recompute(self.params, progress=self._progress)
+                except dlogic.Cancelled:
+                    self.ui.statusLabel.text = "cancelled"
+                    return
                 v = a.report["volumetrics"]
                 prov = a.report.get("provenance", {})
                 note = ("; motion refined with your contours"
@@ -358,9 +386,13 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def on_edit_segmentation(self):
         """Open Segment Editor on the segmentation proxy (edits are saved into the sequence)."""
-        seg = self.params.ref("Browser").GetProxyNode(self.params.ref("SegmentationSequence"))
-        slicer.util.selectModule("SegmentEditor")
-        slicer.modules.SegmentEditorWidget.editor.setSegmentationNode(seg)
+        with slicer.util.tryWithErrorDisplay("Cannot open the segmentation for editing.", waitCursor=True):
+            browser = self.params.ref("Browser")
+            if browser is None:
+                raise ValueError("no study in this scene: run the analysis first")
+            seg = browser.GetProxyNode(self.params.ref("SegmentationSequence"))
+            slicer.util.selectModule("SegmentEditor")
+            slicer.modules.SegmentEditorWidget.editor.setSegmentationNode(seg)
 
     def on_place_rv_insertion(self):
         """Place mode for the study's single "anterior RV insertion" point (replacing any earlier one)."""

@@ -178,6 +178,7 @@ class Parameters:
     export_folder = _Param(str, "")
     analysis_ed = _Param(int, -1)
     analysis_es = _Param(int, -1)
+    analysis_timing = _Param(str, "")  # the heart-rate and RR fields at Run (JSON); "": scene of an older version
     input_es = _Param(int, -2)  # the ES frame (index) the input names itself (ACDC Info.cfg); -1: none; -2: not known
     results_labels_sha256 = _Param(str, "")  # the labels the shown results were computed from (export checks it)
     study_id = _Param(str, "")  # unique per Run; "" in scenes saved before studies were tagged
@@ -390,6 +391,7 @@ class DeepStrainLogic:
             params.input_subject, params.subject = input_subject, cine.subject.as_dict()
             # the input's own ES, for Recompute on auto; not known when the ES field replaced it
             params.input_es = -2 if params.es >= 0 else (-1 if cine.es is None else int(cine.es))
+            params.analysis_timing = _timing_fields(params)
             before = node_ids(self.scene)
             self._build_nodes(cine, analysis, params, progress)
             self._tag(node_ids(self.scene) - before, params.study_id)
@@ -1072,6 +1074,9 @@ class DeepStrainLogic:
             raise ValueError(f"the ED field (frame {params.ed}) is not the analysed ED: the motion is measured from "
                              "ED, so press Run to analyse from the new ED")
         es_field = self._frame_of_field(params.es, cycle, "ES")
+        if params.analysis_timing and params.analysis_timing != _timing_fields(params):
+            raise ValueError("the heart rate or RR field changed after Run: the frame times are set when the study "
+                             "is read, so press Run to use them (or set the fields back)")
         progress(0.0, "reading segmentation")
         cine, labels, disp = self.study_arrays(params)
         # the height and weight fields as they are now (empty: the input's value, or none)
@@ -1345,6 +1350,11 @@ def _padded_range(values: np.ndarray) -> np.ndarray:
     lo, hi = float(min(v.min(), 0.0)), float(max(v.max(), 0.0))
     pad = 0.05 * (hi - lo or 1.0)
     return np.array([lo - pad, hi + pad])
+
+
+def _timing_fields(params: Parameters) -> str:
+    """The heart-rate and RR fields as Run read them (a Recompute with other values must Run again)."""
+    return json.dumps([float(params.heart_rate_bpm or 0.0), float(params.rr_ms or 0.0)])
 
 
 def _fill_table(table: slicer.vtkMRMLTableNode, columns: dict[str, np.ndarray]) -> None:

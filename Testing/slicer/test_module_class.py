@@ -255,3 +255,52 @@ def test_export_installs_matplotlib_when_accepted_then_exports(widget, packages,
     widget.on_export()
     assert packages["pip"] == ["matplotlib>=3.7"]  # not torch: Export does not need it
     assert widget.logic.exported == [str(tmp_path)]
+
+
+def _widget_study(widget, harness, phantom):
+    cine, labels, disp = phantom
+    harness.logic.run(cine, widget.params, labels, disp)
+    widget._to_gui()
+    return cine
+
+
+def test_polar_map_follows_the_browser_frame(widget, harness, phantom):
+    _widget_study(widget, harness, phantom)
+    p = widget.params
+    widget.ui.followFrameCheck.checked = True
+    widget.ui.followFrameCheck.emit("toggled(bool)", True)
+    model = p.ref("PolarModel")
+    for frame in (2, 6):
+        p.ref("Browser").SetSelectedItemNumber(frame)  # the slider or the Sequences toolbar
+        assert model.GetAttribute("DeepStrain.title").endswith(f"at frame {frame}")
+
+
+def test_cancelled_recompute_says_cancelled_not_failed(widget, harness, phantom, monkeypatch):
+    _widget_study(widget, harness, phantom)
+    errors = []
+    monkeypatch.setattr(FakeApp, "testingEnabled", lambda self: False)
+    monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, **kw: errors.append(text), raising=False)
+    monkeypatch.setattr(slicer.app, "processEvents", lambda: widget.on_cancel())  # Cancel clicked at once
+    widget.on_recompute()
+    assert widget.ui.statusLabel.text == "cancelled" and errors == []
+    assert widget.ui.recomputeButton.enabled and widget.ui.exportButton.enabled
+
+
+def test_buttons_that_need_the_study_are_off_while_busy(widget, harness, phantom):
+    _widget_study(widget, harness, phantom)
+    widget._busy(True)
+    ui = widget.ui
+    assert ui.cancelButton.enabled and not any(
+        b.enabled for b in (ui.runButton, ui.recomputeButton, ui.exportButton, ui.editButton, ui.rvInsertionButton,
+                            ui.layoutButton))
+    widget._busy(False)
+    assert ui.exportButton.enabled and ui.editButton.enabled and not ui.cancelButton.enabled
+
+
+def test_a_heart_rate_entered_after_run_asks_for_run(widget, harness, phantom):
+    _widget_study(widget, harness, phantom)
+    widget.params.heart_rate_bpm = 60.0
+    with pytest.raises(ValueError, match="press Run"):
+        harness.logic.recompute(widget.params)
+    widget.params.heart_rate_bpm = 0.0
+    harness.logic.recompute(widget.params)
