@@ -938,3 +938,14 @@ def test_dicom_series_in_a_linked_sub_folder_and_files_named_by_their_path(share
     (study / "copy" / "221.dcm").write_bytes((src / "221.dcm").read_bytes())
     with pytest.raises(InputError, match=r"same TriggerTime .*\(copy/221.dcm, series/221.dcm\)"):
         quiet_load(study)
+
+
+def test_a_stack_whose_slices_lie_along_another_axis_is_named(tmp_path):
+    """Thin 'slices' (1.5 mm) with 8 mm 'pixels': the short-axis slices are not on the third axis."""
+    geom = Geometry(spacing=(1.5, 8.0, 1.5), origin=(0, 0, 0), direction=np.eye(3))
+    f = write_cine_nifti(tmp_path / "permuted.nii.gz", random_cine(), geom)
+    with pytest.warns(DeepStrainWarning, match="closer than the pixels are wide"):
+        load_cine(f)
+    ok = write_cine_nifti(tmp_path / "sa.nii.gz", random_cine(), Geometry(spacing=(8.0, 1.5, 1.5), origin=(0, 0, 0),
+                                                                          direction=np.eye(3)))
+    assert not any("closer than the pixels" in w for w in quiet_load(ok).warnings)

@@ -440,6 +440,14 @@ def load_cine(
                                    "(report.json: frames.cycle_frames)")
         setattr(cine, attr, numbers.index(int(value)))
 
+    sp = cine.geometry.spacing
+    if not lost and cine.data.shape[1] > 1 and sp[0] < 0.9 * max(sp[1], sp[2]):
+        _warn(messages, f"{path}: the slices are {sp[0]:g} mm apart, closer than the pixels are wide "
+                        f"({sp[1]:g} x {sp[2]:g} mm): deepstrain takes the file's third axis (NIfTI k, the "
+                        "stacked DICOM slices) as the short-axis slice axis; if the short-axis slices lie along "
+                        "another axis, the segmentation and strain are meaningless: store the stack with its "
+                        "slices along the third axis")
+
     cine.warnings = messages
     for message in messages:
         warnings.warn(message, DeepStrainWarning, stacklevel=2)
