@@ -250,3 +250,15 @@ def test_the_tools_warnings_show_as_one_line_each(study, tmp_path, capsys):
     assert lines and all(ln.startswith("deepstrain: warning: ") for ln in lines)
     assert any(str(study["cine"]) in ln and "--heart-rate" in ln for ln in lines)
     assert "io.load_cine(" not in err and "DeepStrainWarning" not in err
+
+
+def test_ctrl_c_is_one_line_and_says_how_to_go_on(monkeypatch, capsys):
+    from deepstrain import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_cmd_batch", interrupted)
+    assert cli.main(["batch", "in", "--out", "out"]) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("deepstrain: interrupted") and "run the same command again" in err and "Traceback" not in err

@@ -9,6 +9,7 @@ import pytest
 
 import batch_fakes
 from deepstrain import batch, cli, groups
+from deepstrain.io import DeepStrainWarning
 
 COHORT = {"patient001": "DCM", "patient002": "DCM", "patient003": "NOR", "patient004": "NOR",
           "patient005": "NOR", "patient006": "HCM"}  # fmt: skip
@@ -95,6 +96,11 @@ def test_recreate_with_cli_is_deterministic(tmp_path: Path) -> None:
     assert cli.main(["groups", str(out), "--groups", str(gcsv), "--out", str(tmp_path / "f2")]) == 0
     st = json.loads((tmp_path / "f2" / "groups.json").read_text())
     assert "patient001" in st["groups"]["NOR"]["ids"]
+    gcsv.write_text("id,group\npatient001,NOR\npatient0O2,HCM\n")  # a typing error in one id: named
+    with pytest.warns(DeepStrainWarning, match=r"g\.csv: 1 id\(s\) are not studies of .*: patient0O2"):
+        groups.make_group_figures(out, out_dir=tmp_path / "f3", groups_csv=gcsv)
+    gcsv.write_text("id,group\nnobody,HCM\n")  # no id at all: an error, not figures of the old groups
+    assert cli.main(["groups", str(out), "--groups", str(gcsv), "--out", str(tmp_path / "f4")]) == 2
     user = tmp_path / "mine"
     user.mkdir()
     (user / "notes.txt").write_text("keep")

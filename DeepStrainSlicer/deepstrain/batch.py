@@ -53,7 +53,7 @@ from typing import Any, Callable, Iterable, Mapping, TextIO
 
 from .dyssynchrony import KEYS as DYSSYNCHRONY_KEYS
 from .errors import InputError
-from .io import is_ukbb_folder, looks_like_dicom
+from .io import DeepStrainWarning, is_ukbb_folder, looks_like_dicom
 from .outputs import MARKER, apply_umask, write_marker
 
 StudyFn = Callable[..., Any]
@@ -729,11 +729,12 @@ def run_batch(
     if not studies:
         raise InputError(input_dir, "no studies found (ACDC folders with Info.cfg, UK Biobank subject folders, "
                                     "4D NIfTI files or DICOM cine folders)")
-    if table and progress is not None:
+    if table:
         unknown = sorted(set(table) - {s.id for s in studies})
-        if unknown:
-            progress.write(f"note: {len(unknown)} id(s) of the study table are not among the studies: "
-                           f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}\n")
+        if unknown:  # a typing error in an id: the row's values would be lost silently
+            warnings.warn(f"{table_csv}: {len(unknown)} id(s) of the study table are not among the studies found in "
+                          f"{input_dir}: {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}",
+                          DeepStrainWarning, stacklevel=2)
     settings = batch_settings(study_fn, study_kwargs)
     out.mkdir(parents=True, exist_ok=True)
     write_marker(out)

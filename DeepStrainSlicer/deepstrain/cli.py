@@ -414,6 +414,11 @@ def main(argv: list[str] | None = None) -> int:
         except InputError as exc:
             print(f"deepstrain: error: {exc}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:  # Ctrl-C: nothing half-written is kept (atomic outputs)
+            again = ("; the studies finished are kept: run the same command again to go on"
+                     if args.command == "batch" else "")
+            print(f"deepstrain: interrupted, no partial output kept{again}", file=sys.stderr)
+            return 130
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from .errors import InputError
+from .io import DeepStrainWarning
 from .outputs import atomic_output_dir
 
 MIN_CYCLE_FRAMES = 6
@@ -251,7 +253,16 @@ def make_group_figures(
     rows = read_summary(batch_dir / SUMMARY_NAME)
     groups = {r["id"]: (r.get("group") or None) for r in rows}
     if groups_csv is not None:
-        groups.update(read_groups_csv(groups_csv))
+        given = read_groups_csv(groups_csv)
+        unknown = sorted(set(given) - set(groups))
+        if unknown and len(unknown) == len(given):
+            raise InputError(Path(groups_csv), f"none of its ids is a study of {batch_dir / SUMMARY_NAME}: "
+                                               f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
+        if unknown:  # a typing error in an id: that study would keep its old group silently
+            warnings.warn(f"{groups_csv}: {len(unknown)} id(s) are not studies of {batch_dir / SUMMARY_NAME}: "
+                          f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}", DeepStrainWarning,
+                          stacklevel=2)
+        groups.update({k: v for k, v in given.items() if k in groups})
     from .quality import CHECKS
 
     unknown = sorted(set(exclude_checks) - set(CHECKS) - {"any"})
