@@ -186,10 +186,8 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             ui.showGlyphsCheck.checked = p.show_glyphs
             ui.glyphScaleSpin.value = p.glyph_scale_percent
             ui.exportFolderEdit.currentPath = p.export_folder
-            has_study = p.ref("Browser") is not None
             self._show_findings()
-            for b in (ui.recomputeButton, ui.exportButton, ui.layoutButton, ui.editButton, ui.rvInsertionButton):
-                b.enabled = has_study
+            self._enable_study_buttons(p.ref("Browser") is not None)
             self._observe_browser(p.ref("Browser"))
         finally:
             self._updating = False
@@ -264,9 +262,13 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ui = self.ui
         ui.cancelButton.enabled = busy
         ui.runButton.enabled = not busy
-        has_study = not busy and self.params.ref("Browser") is not None
+        self._enable_study_buttons(not busy and self.params.ref("Browser") is not None)
+
+    def _enable_study_buttons(self, enabled):
+        """The buttons that act on the study in the scene (none without one, or while busy)."""
+        ui = self.ui
         for b in (ui.recomputeButton, ui.exportButton, ui.layoutButton, ui.editButton, ui.rvInsertionButton):
-            b.enabled = has_study
+            b.enabled = enabled
 
     def _ensure_packages(self, need_torch):
         """True when the Python packages needed are there, after installing them if the user agrees."""

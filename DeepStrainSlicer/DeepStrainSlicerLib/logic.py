@@ -39,7 +39,7 @@ import numpy as np
 import vtk
 
 import slicer
-from deepstrain.cine import Cine, Subject
+from deepstrain.cine import Cine, Subject, frame_index
 from deepstrain.qc import COMPONENT_COLORS, VOLUME_COLORS, time_axis
 
 from . import dependencies, mrml, polarmap
@@ -618,8 +618,7 @@ class DeepStrainLogic:
     def _update_curve_tables(self, report: dict, params: Parameters, volume_curves: dict[str, np.ndarray]) -> None:
         n = report["frames"]["count"]
         x, xcol = time_axis(report)  # "time (ms)", or "frame" when the input has no timing
-        cols: dict[str, np.ndarray] = {"frame": np.arange(n, dtype=float)}
-        cols[xcol] = x
+        cols: dict[str, np.ndarray] = {"frame": np.arange(n, dtype=float), xcol: x}
         for c in COMPONENTS:
             v = report["global_strain"][f"{c}_percent"]
             cols[f"{c} strain (%)"] = _curve(v, n)
@@ -1104,9 +1103,12 @@ class DeepStrainLogic:
             disp = motion_for_labels(state, labels, refine=want)
         progress(0.7, "computing strain")
         # ES: the field; on auto the input's own ES, else the frame of smallest LV in the edited labels
-        # (the analysed ES when the input's is not known: a scene of an older version, or the field set at Run)
-        es = es_field if es_field is not None else {-1: None, -2: params.analysis_es}.get(params.input_es,
-                                                                                          params.input_es)
+        if es_field is not None:
+            es = es_field
+        elif params.input_es == -2:  # the input's not known (the field set at Run, or an older scene)
+            es = params.analysis_es
+        else:
+            es = None if params.input_es == -1 else params.input_es
         analysis = compute(dataclasses.replace(cine, es=None), labels, disp, ed=params.analysis_ed, es=es,
                            rv_insertion_ras=self.rv_insertion_point(params))
         params.subject = cine.subject.as_dict()
@@ -1134,9 +1136,10 @@ class DeepStrainLogic:
         it: for an ACDC folder of two frames, e.g. 0 and 11); None on auto (-1)."""
         if value < 0:
             return None
-        if value not in cycle:
+        index = frame_index(cycle, value)
+        if index is None:
             raise ValueError(f"the {name} field (frame {value}) is not among the study's frames {cycle}")
-        return cycle.index(value)
+        return index
 
     def _network_motion_again(self, params: Parameters, cine: Cine, labels: np.ndarray, disp: np.ndarray,
                               want: bool, progress: ProgressCallback):

@@ -52,8 +52,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, TextIO
 
 from .dyssynchrony import KEYS as DYSSYNCHRONY_KEYS
-from .errors import InputError
-from .io import DeepStrainWarning, is_ukbb_folder, looks_like_dicom
+from .errors import InputError, first_few
+from .io import DeepStrainWarning, is_ukbb_folder, looks_like_dicom, read_info_cfg
 from .outputs import MARKER, apply_umask, write_marker
 
 StudyFn = Callable[..., Any]
@@ -130,8 +130,6 @@ def _is_cine_nifti(path: Path) -> bool:
 def read_info_group(info_cfg: Path) -> str | None:
     """The ``Group`` of an ACDC ``Info.cfg`` (None when absent or unreadable: the study's own run
     then reports the file's problem)."""
-    from .io import read_info_cfg
-
     try:
         info = read_info_cfg(info_cfg)
     except InputError:
@@ -733,7 +731,7 @@ def run_batch(
         unknown = sorted(set(table) - {s.id for s in studies})
         if unknown:  # a typing error in an id: the row's values would be lost silently
             warnings.warn(f"{table_csv}: {len(unknown)} id(s) of the study table are not among the studies found in "
-                          f"{input_dir}: {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}",
+                          f"{input_dir}: {first_few(unknown)}",
                           DeepStrainWarning, stacklevel=2)
     settings = batch_settings(study_fn, study_kwargs)
     out.mkdir(parents=True, exist_ok=True)

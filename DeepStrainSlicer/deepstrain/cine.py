@@ -127,6 +127,13 @@ PLAUSIBLE_SUBJECT = {"height_cm": (40.0, 250.0), "weight_kg": (2.0, 350.0), "hea
 """Ranges outside which a subject value is refused (given by the user) or ignored (read from a header)."""
 
 
+def frame_index(cycle_frames: Sequence[int], number: int) -> int | None:
+    """Index among a cine's frames of the frame ``number`` of the cardiac cycle (0-based, as
+    ``--ed`` / ``--es`` and the report's ``frames.cycle_frames`` give it); None when not among them."""
+    numbers = [int(n) for n in cycle_frames]
+    return numbers.index(int(number)) if int(number) in numbers else None
+
+
 def subject_value_problem(name: str, value: float | None) -> str | None:
     """Why ``value`` is not a plausible ``name`` (a key of :data:`PLAUSIBLE_SUBJECT`), or None."""
     if value is None:

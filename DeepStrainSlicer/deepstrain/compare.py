@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from . import stats
-from .errors import InputError
+from .errors import InputError, first_few
 from .io import DeepStrainWarning
 from .report import json_safe
 from .outputs import atomic_output_dir
@@ -83,7 +83,7 @@ def compare_tables(a_csv: str | os.PathLike, b_csv: str | os.PathLike, out_dir: 
             if any(v is not None and math.isfinite(v) for v in a + b):  # numbers and text: say so
                 bad = [f"{i} ({t!r} in {where})" for where, rows, vals in (("A", rows_a, a), ("B", rows_b, b))
                        for i, v in zip(ids, vals) if v is None for t in [rows[i][col]]]
-                skipped[col] = "not a number in " + ", ".join(bad[:5]) + (" ..." if len(bad) > 5 else "")
+                skipped[col] = "not a number in " + first_few(bad)
                 warnings.warn(f"{b_csv}: column {col!r} left out: {skipped[col]}", DeepStrainWarning, stacklevel=2)
             continue  # a text column
         a_arr, b_arr = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)

@@ -1,4 +1,5 @@
-"""Errors raised for bad input. The command line turns them into one message and exit code 2."""
+"""Errors raised for bad input (the command line turns them into one message and exit code 2), and
+how messages list what they name."""
 from __future__ import annotations
 
 
@@ -9,3 +10,9 @@ class InputError(ValueError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+
+def first_few(items, n: int = 5) -> str:
+    """``items`` for a message: the first ``n`` joined by commas, then " ..." when there are more."""
+    items = [str(i) for i in items]
+    return ", ".join(items[:n]) + (" ..." if len(items) > n else "")

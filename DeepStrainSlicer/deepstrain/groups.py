@@ -32,7 +32,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, first_few
 from .io import DeepStrainWarning
 from .outputs import atomic_output_dir
 
@@ -257,11 +257,10 @@ def make_group_figures(
         unknown = sorted(set(given) - set(groups))
         if unknown and len(unknown) == len(given):
             raise InputError(Path(groups_csv), f"none of its ids is a study of {batch_dir / SUMMARY_NAME}: "
-                                               f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
+                                               f"{first_few(unknown)}")
         if unknown:  # a typing error in an id: that study would keep its old group silently
             warnings.warn(f"{groups_csv}: {len(unknown)} id(s) are not studies of {batch_dir / SUMMARY_NAME}: "
-                          f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}", DeepStrainWarning,
-                          stacklevel=2)
+                          f"{first_few(unknown)}", DeepStrainWarning, stacklevel=2)
         groups.update({k: v for k, v in given.items() if k in groups})
     from .quality import CHECKS
 

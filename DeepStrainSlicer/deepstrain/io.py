@@ -125,7 +125,7 @@ from typing import Sequence
 import nibabel as nib
 import numpy as np
 
-from .cine import Cine, Geometry, Subject, subject_value_problem
+from .cine import Cine, Geometry, Subject, frame_index, subject_value_problem
 from .errors import InputError
 from .outputs import apply_umask
 
@@ -213,14 +213,13 @@ def _other_form(img: nib.Nifti1Image, used: np.ndarray) -> tuple[str, int] | Non
     hdr = img.header
     if int(hdr["sform_code"]) == 0 or int(hdr["qform_code"]) == 0:
         return None
-    forms = {"sform": np.asarray(hdr.get_sform(), dtype=np.float64),
-             "qform": np.asarray(hdr.get_qform(), dtype=np.float64)}
+    a = np.asarray(hdr.get_sform(), dtype=np.float64)
+    b = np.asarray(hdr.get_qform(), dtype=np.float64)
 
-    def unit(a: np.ndarray) -> np.ndarray:  # a zero column gives NaN: counted as disagreeing
+    def unit(m: np.ndarray) -> np.ndarray:  # a zero column gives NaN: counted as disagreeing
         with np.errstate(divide="ignore", invalid="ignore"):
-            return a[:3, :3] / np.linalg.norm(a[:3, :3], axis=0)
+            return m[:3, :3] / np.linalg.norm(m[:3, :3], axis=0)
 
-    a, b = forms["sform"], forms["qform"]
     if np.abs(unit(a) - unit(b)).max() <= 1e-3 and np.abs(a[:3, 3] - b[:3, 3]).max() <= 0.01:
         return None
     name = "sform" if np.array_equal(used, a) else "qform"
@@ -433,12 +432,12 @@ def load_cine(
     for attr, value in (("ed", ed), ("es", es)):
         if value is None:
             continue
-        numbers = [int(n) for n in cine.frame_numbers]
-        if int(value) not in numbers:
+        index = frame_index(cine.frame_numbers, value)
+        if index is None:
             raise InputError(path, f"{attr.upper()} frame {value} is not among the frames of the input: --{attr} "
-                                   f"takes a frame's 0-based number in the cardiac cycle, here one of {numbers} "
-                                   "(report.json: frames.cycle_frames)")
-        setattr(cine, attr, numbers.index(int(value)))
+                                   "takes a frame's 0-based number in the cardiac cycle, here one of "
+                                   f"{[int(n) for n in cine.frame_numbers]} (report.json: frames.cycle_frames)")
+        setattr(cine, attr, index)
 
     sp = cine.geometry.spacing
     if not lost and cine.data.shape[1] > 1 and sp[0] < 0.9 * max(sp[1], sp[2]):
