@@ -278,7 +278,7 @@ def test_motion_training_resumes_exactly(tmp_path, shared_data):
     def run(out, *extra):
         p = argparse.ArgumentParser()
         motion.add_arguments(p)
-        a = p.parse_args(["--data", str(shared_data), "--out", str(tmp_path / out), "--phantoms", "2",
+        a = p.parse_args(["--data", str(shared_data), "--out", str(tmp_path / out), "--phantoms", "2", "--patients", "4",
                           "--phantom-dir", str(tmp_path / "phantoms"), "--steps", "5", "--save-every", "2",
                           "--val-every", "1000", "--seed", "4", "--threads", "1", *extra])
         return motion.main(a)
@@ -296,3 +296,206 @@ def test_motion_training_resumes_exactly(tmp_path, shared_data):
     sa, sb = (x.get("state_dict") or x["model"] for x in (a, b))
     for k in sa:
         assert torch.equal(sa[k], sb[k]), k
+
+
+# --------------------------------------------------------------------------- bad input, existing runs
+def _patient_copy(tmp_path, shared_data, name="patient001"):
+    """An ACDC folder with ``name`` as links to the real files (to break one) and patient005 linked."""
+    data = tmp_path / "acdc"
+    (data / name).mkdir(parents=True)
+    for f in (shared_data / "acdc" / "training" / name).iterdir():
+        (data / name / f.name).symlink_to(f)
+    (data / "patient005").symlink_to(shared_data / "acdc" / "training" / "patient005")
+    return data / name
+
+
+def _truncate(f):
+    raw = f.read_bytes()
+    f.unlink()
+    f.write_bytes(raw[: len(raw) // 2])
+
+
+def _garbage(f):
+    f.unlink()
+    f.write_text("not an image\n")
+
+
+def _no_ed(f):
+    text = f.read_text()
+    f.unlink()
+    f.write_text("".join(line + "\n" for line in text.splitlines() if not line.startswith("ED")))
+
+
+@pytest.mark.parametrize("breaks, file, problem", [
+    (_truncate, "patient001_frame01.nii.gz", "cannot be read as NIfTI"),
+    (_garbage, "patient001_frame01.nii.gz", "cannot be read as NIfTI"),
+    (_no_ed, "Info.cfg", "no ED frame number"),
+    (lambda f: f.unlink(), "patient001_frame01_gt.nii.gz", "missing ACDC label file"),
+])
+def test_bad_acdc_files_are_named_and_leave_no_run_folder(tmp_path, shared_data, breaks, file, problem):
+    patient = _patient_copy(tmp_path, shared_data)
+    breaks(patient / file)
+    args = _args(tmp_path, shared_data, tmp_path / "cache", segmentation.NAME, iterations=1, data=patient.parent)
+    with pytest.raises(InputError, match=problem) as exc:
+        segmentation.main(args)
+    assert exc.value.path == str(patient / file)
+    assert not (tmp_path / segmentation.NAME).exists() and not (tmp_path / "cache").exists()
+
+
+def test_options_and_folders_that_cannot_work_are_refused_before_anything_is_written(tmp_path, shared_data, cache):
+    with pytest.raises(InputError, match="--val-every: must be at least 1, got 0"):
+        segmentation.main(_args(tmp_path, shared_data, cache, segmentation.NAME, iterations=1, val_every=0))
+    (tmp_path / "afile").write_text("x")
+    for where in ("run_dir", "cache", "export_dir"):
+        a = _args(tmp_path, shared_data, cache, segmentation.NAME, iterations=1, export=True)
+        setattr(a, where, tmp_path / "afile" / "sub")
+        with pytest.raises(InputError, match="afile: is not a folder"):
+            segmentation.main(a)
+    assert not (tmp_path / segmentation.NAME).exists()
+    args = _args(tmp_path, shared_data, cache, segmentation.NAME, iterations=1)
+    args.data = tmp_path / "no_such_folder"  # a full cache is no excuse for a wrong --data
+    with pytest.raises(InputError, match="ACDC training folder not found"):
+        segmentation.main(args)
+
+
+def test_a_cache_of_other_data_is_made_again(tmp_path, shared_data, cache):
+    import shutil
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    shutil.copy(cache / "patient005.npz", foreign / "patient001.npz")  # another patient under this name
+    lines = []
+    D.build_cache(shared_data / "acdc" / "training", foreign, ("patient001",), log=lines.append)
+    assert lines == ["cached patient001 again (the cache held another data set's)"]
+    with np.load(foreign / "patient001.npz") as z, np.load(cache / "patient001.npz") as y:
+        assert np.array_equal(z["seg_lab"], y["seg_lab"])
+
+
+def test_a_fresh_run_refuses_a_folder_holding_a_run_and_an_export_unless_overwrite(tmp_path, shared_data, cache):
+    name = segmentation.NAME
+    run = tmp_path / name
+    segmentation.main(_args(tmp_path, shared_data, cache, name, iterations=2, snapshot_every=1))
+    before = (run / "last.pt").read_bytes()
+    with pytest.raises(InputError, match="holds a run.*--resume.*--overwrite"):
+        segmentation.main(_args(tmp_path, shared_data, cache, name, iterations=1))
+    assert (run / "last.pt").read_bytes() == before
+    segmentation.main(_args(tmp_path, shared_data, cache, name, iterations=1, overwrite=True))
+    assert sorted(p.name for p in run.iterdir()) == ["last.pt", "summary.json"]  # the old snapshots went too
+    exp = tmp_path / "exp"
+    segmentation.main(_args(tmp_path / "e1", shared_data, cache, name, iterations=1, export=True, export_dir=exp))
+    weights = (exp / "segmentation.pt").read_bytes()
+    with pytest.raises(InputError, match="already holds exported 'segmentation' weights"):
+        segmentation.main(_args(tmp_path / "e2", shared_data, cache, name, iterations=1, export=True, export_dir=exp))
+    assert (exp / "segmentation.pt").read_bytes() == weights and not (tmp_path / "e2").exists()
+    centring.main(_args(tmp_path / "e3", shared_data, cache, centring.NAME, iterations=1, export=True, export_dir=exp))
+    segmentation.main(_args(tmp_path / "e4", shared_data, cache, name, iterations=1, export=True, export_dir=exp,
+                            overwrite=True, seed=1))
+    assert (exp / "segmentation.pt").read_bytes() != weights  # another seed's weights replaced them
+
+
+def test_unreadable_and_foreign_checkpoints_are_named(tmp_path, shared_data, cache):
+    name = segmentation.NAME
+    centring.main(_args(tmp_path / "c", shared_data, cache, centring.NAME, iterations=1))
+    other = tmp_path / "c" / centring.NAME / "last.pt"
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(other.read_bytes()[:1000])
+    run = tmp_path / "r" / name
+    run.mkdir(parents=True)
+    (run / "last.pt").write_bytes(bad.read_bytes())
+    with pytest.raises(InputError, match="cannot be read as a checkpoint"):
+        segmentation.main(_args(tmp_path / "r", shared_data, cache, name, iterations=1, resume=True))
+    for kw, problem in (({"init": other}, "a checkpoint of the centring network.*cannot start from it"),
+                        ({"init": bad}, "cannot be read as a checkpoint"),
+                        ({"average": [other, other]}, "centring network.*cannot combine"),
+                        ({"average": [tmp_path / "none.pt"]}, "no checkpoint to combine")):
+        with pytest.raises(InputError, match=problem):
+            segmentation.main(_args(tmp_path / "x", shared_data, cache, name, iterations=1, **kw))
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_resumed_run_records_and_prints_the_losses_of_the_uninterrupted_run(tmp_path, shared_data, cache, capsys):
+    def losses(out):
+        printed = [line.split(" lr ")[0] for line in capsys.readouterr().out.splitlines() if " it 3/3 " in line]
+        return [h["loss"] for h in out["history"]], printed
+
+    name = segmentation.NAME
+    straight = losses(segmentation.main(_args(tmp_path / "a", shared_data, cache, name, iterations=3, val_every=1)))
+    segmentation.main(_args(tmp_path / "b", shared_data, cache, name, iterations=3, val_every=1, stop_after=2))
+    capsys.readouterr()
+    resumed = losses(segmentation.main(_args(tmp_path / "b", shared_data, cache, name, iterations=3, val_every=1,
+                                             resume=True)))
+    assert len(straight[0]) == 3 and len(straight[1]) == 1
+    assert resumed == straight
+
+
+def test_short_runs_end_their_warm_up_and_long_runs_keep_the_shipped_schedule():
+    lr = segmentation.learning_rate
+    assert lr(9, 50, 1.0) == 1.0 and lr(49, 50, 1.0) < 0.01  # 50 iterations: 10 of warm-up, then the decay
+    assert lr(0, 1, 1.0) == 1.0
+    for total in (500, 3000, 9500, 10000):  # the shipped weights' lengths: warm-up over 100 as before
+        old = [(i + 1) / 100 if i < 100 else 0.5 * (1 + np.cos(np.pi * min(1.0, (i - 100) / (total - 100))))
+               for i in range(total)]
+        assert [lr(i, total, 1.0) for i in range(total)] == pytest.approx(old, rel=1e-12)
+
+
+def test_the_command_line_names_the_problem_and_the_kept_checkpoint(tmp_path, shared_data, cache, monkeypatch, capsys):
+    from deepstrain import cli
+
+    common = ["train", "segmentation", "--data", str(shared_data / "acdc" / "training"), "--cache", str(cache),
+              "--run-dir", str(tmp_path / "run"), "--patients", "1", "--iterations", "1", "--crop", "64"]
+    assert cli.main(common + ["--val-every", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "deepstrain: error: --val-every: must be at least 1, got 0"
+
+    def interrupted(args):
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / "last.pt").write_bytes(b"")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(segmentation, "main", interrupted)
+    assert cli.main(common) == 130
+    assert capsys.readouterr().err.strip() == (f"deepstrain: interrupted; the last checkpoint is kept in "
+                                               f"{tmp_path / 'run'}: resume with --resume")
+
+
+def _motion_args(tmp_path, data, out, *extra):
+    from deepstrain.training import motion
+
+    p = argparse.ArgumentParser()
+    motion.add_arguments(p)
+    return p.parse_args(["--data", str(data), "--out", str(tmp_path / out), "--phantoms", "1", "--patients", "4",
+                         "--phantom-dir", str(tmp_path / "phantoms"), "--steps", "2", "--val-every", "1000",
+                         "--channels", "4", "4", "4", "4", "4", "--threads", "1", *extra])
+
+
+def test_motion_training_refuses_bad_input_before_writing(tmp_path, shared_data):
+    from deepstrain.training import motion
+
+    data = tmp_path / "data"
+    (data / "acdc" / "training").mkdir(parents=True)
+    for p in (shared_data / "acdc" / "training").glob("patient*"):
+        if p.name != "patient002":  # a training patient of the fixed split is missing
+            (data / "acdc" / "training" / p.name).symlink_to(p)
+    with pytest.raises(InputError, match="patient002: ACDC patient folder not found"):
+        motion.main(_motion_args(tmp_path, data, "out"))
+    (data / "acdc" / "training" / "patient002").symlink_to(shared_data / "acdc" / "training" / "patient002")
+    with pytest.raises(InputError, match="crops.json: missing"):
+        motion.main(_motion_args(tmp_path, data, "out"))
+    with pytest.raises(InputError, match="--save-every: must be at least 1"):
+        motion.main(_motion_args(tmp_path, shared_data, "out", "--save-every", "0"))
+    with pytest.raises(InputError, match="no weights to average"):
+        motion.main(_motion_args(tmp_path, shared_data, "out", "--average", str(tmp_path / "none.pt")))
+    assert not (tmp_path / "out").exists()
+    out = tmp_path / "old"
+    out.mkdir()
+    torch.save({"model": {}, "iteration": 2, "network": "segmentation"}, out / "checkpoint.pt")
+    with pytest.raises(InputError, match="holds a motion run.*--resume.*--overwrite"):
+        motion.main(_motion_args(tmp_path, shared_data, "old"))
+    with pytest.raises(InputError, match="checkpoint of the segmentation network, not of the motion network"):
+        motion.main(_motion_args(tmp_path, shared_data, "old", "--resume"))
+    (out / "checkpoint.pt").write_bytes(b"garbage")
+    with pytest.raises(InputError, match="cannot be read as a checkpoint"):
+        motion.main(_motion_args(tmp_path, shared_data, "old", "--resume"))
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt"]  # no train.log either
+    (tmp_path / "bad.nii.gz").write_bytes(b"\x1f\x8b truncated")
+    with pytest.raises(InputError, match="bad.nii.gz: cannot be read as NIfTI"):
+        motion._read_nifti(tmp_path / "bad.nii.gz")

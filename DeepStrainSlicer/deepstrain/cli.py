@@ -358,12 +358,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
         motion.add_arguments(mp)
         margs = mp.parse_args(args.motion_args)
         margs.command_line = command
-        motion.main(margs)
-        return 0
-    from .training import centring, segmentation
+        run, checkpoint = Path(margs.out), Path(margs.out) / "checkpoint.pt"
+        train, targs = motion.main, margs
+    else:
+        from .training import centring, segmentation
 
-    args.command_line = command
-    (centring if args.network == "centring" else segmentation).main(args)
+        args.command_line = command
+        run = Path(args.run_dir or Path("runs") / args.network)
+        checkpoint = run / "last.pt"
+        train, targs = (centring if args.network == "centring" else segmentation).main, args
+    try:
+        train(targs)
+    except KeyboardInterrupt:  # a run's checkpoints are kept (they are what --resume goes on from)
+        kept = (f"the last checkpoint is kept in {run}: resume with --resume" if checkpoint.is_file()
+                else "no checkpoint was written yet")
+        raise KeyboardInterrupt(kept) from None
     return 0
 
 
@@ -414,7 +423,10 @@ def main(argv: list[str] | None = None) -> int:
         except InputError as exc:
             print(f"deepstrain: error: {exc}", file=sys.stderr)
             return 2
-        except KeyboardInterrupt:  # Ctrl-C: nothing half-written is kept (atomic outputs)
+        except KeyboardInterrupt as exc:  # Ctrl-C: nothing half-written is kept (atomic outputs)
+            if args.command == "train":  # training keeps its checkpoints: say where (_cmd_train)
+                print(f"deepstrain: interrupted; {exc}", file=sys.stderr)
+                return 130
             again = ("; the studies finished are kept: run the same command again to go on"
                      if args.command == "batch" else "")
             print(f"deepstrain: interrupted, no partial output kept{again}", file=sys.stderr)

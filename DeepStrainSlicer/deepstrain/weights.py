@@ -116,11 +116,37 @@ def load_network(name: str, build: Callable[..., nn.Module], weights_dir: Path |
     return net.float().eval()
 
 
+def check_export_target(name: str, out_dir: Path | None, overwrite: bool = False) -> None:
+    """Refuse (:class:`InputError`) to export network ``name`` into ``out_dir`` when that folder is a file
+    or lies under one, or already holds ``name``'s weight file or manifest entry and ``overwrite`` is
+    not given. ``out_dir`` None (the package's weights) is replaced on request: exporting there is the
+    way to ship new weights. Called before training, so a run is not lost to a refused export."""
+    if out_dir is None:
+        return
+    wdir = Path(out_dir)
+    for p in (wdir, *wdir.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise InputError(p, f"is not a folder: cannot export the weights to {wdir}")
+            break
+    if overwrite:
+        return
+    held = [f for f in (wdir / f"{name}.pt",) if f.exists()]
+    if (wdir / MANIFEST).is_file() and name in (read_manifest(wdir).get("models") or {}):
+        held.append(wdir / MANIFEST)
+    if held:
+        raise InputError(wdir, f"already holds exported '{name}' weights ({', '.join(f.name for f in held)}): "
+                               "give another folder, or --overwrite to replace them")
+
+
 def export_weights(name: str, net: nn.Module, config: dict, summary: dict, *, command: str,
-                   out_dir: Path | None = None, extra: dict | None = None) -> Path:
-    """Write ``<name>.pt`` (float16) into ``out_dir`` (default: the package's weights) and its manifest entry."""
+                   out_dir: Path | None = None, extra: dict | None = None, overwrite: bool = False) -> Path:
+    """Write ``<name>.pt`` (float16) into ``out_dir`` (default: the package's weights) and its manifest
+    entry; an ``out_dir`` already holding ``name``'s weights is refused unless ``overwrite``
+    (:func:`check_export_target`)."""
     from .training.data import DATA_DESCRIPTION, VALIDATION_PATIENTS
 
+    check_export_target(name, out_dir, overwrite)
     wdir = Path(out_dir or WEIGHTS_DIR)
     wdir.mkdir(parents=True, exist_ok=True)
     path = wdir / f"{name}.pt"

@@ -49,6 +49,37 @@ def uninterrupted_command(command: str) -> str:
     return " ".join(out)
 
 
+def check_counts(args: argparse.Namespace, positive: tuple[str, ...], non_negative: tuple[str, ...] = ()) -> None:
+    """Refuse (:class:`InputError` naming the option) counts that cannot work: the options ``positive``
+    (e.g. ``val_every``: a modulus) must be at least 1, those of ``non_negative`` at least 0."""
+    from ..errors import InputError
+
+    for names, low in ((positive, 1), (non_negative, 0)):
+        for k in names:
+            v = getattr(args, k, None)
+            if v is not None and v < low:
+                raise InputError("--" + k.replace("_", "-"), f"must be at least {low}, got {v}")
+
+
+def check_output_folder(path: Path, what: str) -> None:
+    """Refuse (:class:`InputError`) an output folder that is a file or lies under one, before anything is written."""
+    from ..errors import InputError
+
+    for p in (Path(path), *Path(path).parents):
+        if p.exists():
+            if not p.is_dir():
+                raise InputError(p, f"is not a folder: cannot hold the {what} {path}")
+            return
+
+
+def remove_if_empty(folder: Path) -> None:
+    """Remove ``folder`` (made by this run) when it holds nothing: a failed run leaves no empty folder."""
+    try:
+        folder.rmdir()
+    except OSError:  # not empty, or already gone
+        pass
+
+
 def mean_state_dict(states: list[dict]) -> dict:
     """Parameter-wise mean of state dicts of one architecture (floating tensors averaged in float64
     and cast back; integer buffers, e.g. batch-norm counters, taken from the first)."""
@@ -65,7 +96,9 @@ def add_training_arguments(p: argparse.ArgumentParser, iterations: int, batch: i
     p.add_argument("--batch", type=int, default=batch)
     p.add_argument("--crop", type=int, default=crop,
                    help=f"side (pixels) of the training crops (default {crop}; the networks accept any size)")
-    p.add_argument("--lr", type=float, default=lr, help="peak learning rate (Adam, warm-up then cosine)")
+    p.add_argument("--lr", type=float, default=lr,
+                   help="peak learning rate (Adam; linear warm-up over 100 iterations, or over the first fifth "
+                        "of a run shorter than 500 iterations, then cosine decay)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--device", default="cpu",
@@ -80,6 +113,11 @@ def add_training_arguments(p: argparse.ArgumentParser, iterations: int, batch: i
     p.add_argument("--stop-after", type=int, default=0,
                    help="stop (with a checkpoint) after this iteration, as if interrupted; 0: run to the end")
     p.add_argument("--resume", action="store_true", help="continue from <run-dir>/last.pt")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in a run folder that holds a run (its last.pt, summary.json and snapshots "
+                        "are deleted), and replace this network's weights and manifest entry in --export-dir; "
+                        "without it such a run folder or export is refused (a run folder holding a run is "
+                        "continued with --resume)")
     p.add_argument("--init", type=Path, default=None,
                    help="start from the weights of this checkpoint (last.pt of another run): fine-tuning")
     p.add_argument("--phantoms", type=int, default=0,
@@ -112,4 +150,6 @@ def add_training_arguments(p: argparse.ArgumentParser, iterations: int, batch: i
                    help="also keep the weights every N iterations as snapshot_NNNNNN.pt in the run folder (for "
                         "--average over one run's late snapshots); 0: off")
     p.add_argument("--export", action="store_true", help="after training, export the weights and manifest entry")
-    p.add_argument("--export-dir", type=Path, default=None, help="where to export (default: the package's weights)")
+    p.add_argument("--export-dir", type=Path, default=None,
+                   help="where to export (default: the package's weights, which --export replaces); a folder "
+                        "that already holds this network's weights is refused unless --overwrite is given")

@@ -24,21 +24,22 @@ augmentation.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..cine import Geometry
 from ..errors import InputError
-from ..io import nifti_affine, read_info_cfg
+from ..io import _load_nifti, nifti_affine, read_info_cfg
 from ..networks.centring import CENTRING_SPACING_MM
 from ..networks.segmentation import context_slices
 from ..preprocess import crop_image, crop_labels, crop_transform, full_view_transform, normalize_intensity
+from . import check_output_folder
 
 VALIDATION_PATIENTS: tuple[str, ...] = tuple(f"patient{n:03d}" for n in range(5, 101, 5))
 """The 20 validation patients (number % 5 == 0; 4 per group)."""
@@ -61,9 +62,9 @@ def read_info(patient_dir: Path) -> dict[str, str]:
 
 
 def load_acdc_volume(path: Path) -> tuple[np.ndarray, Geometry]:
-    """An ACDC 3D NIfTI as ``(Z, Y, X)`` and its geometry (spacing from pixdim: the ACDC sform quirk)."""
-    img = nib.load(str(path))
-    data = np.asarray(img.dataobj)
+    """An ACDC 3D NIfTI as ``(Z, Y, X)`` and its geometry (spacing from pixdim: the ACDC sform quirk);
+    a missing or unreadable file is an :class:`InputError` naming it."""
+    img, data = _load_nifti(Path(path))
     if data.ndim != 3:
         raise InputError(path, f"expected a 3D volume, got shape {data.shape}")
     geom = Geometry.from_nifti_affine(nifti_affine(img)[0], tuple(float(z) for z in img.header.get_zooms()[:3]))
@@ -71,9 +72,46 @@ def load_acdc_volume(path: Path) -> tuple[np.ndarray, Geometry]:
 
 
 def acdc_frames(patient_dir: Path) -> list[tuple[str, int]]:
-    """``[("ED", frame number), ("ES", frame number)]`` (1-based ACDC frame numbers)."""
+    """``[("ED", frame number), ("ES", frame number)]`` (1-based ACDC frame numbers); an ``Info.cfg``
+    without them is an :class:`InputError`."""
     info = read_info(patient_dir)
-    return [("ED", int(info["ED"])), ("ES", int(info["ES"]))]
+    out = []
+    for key in ("ED", "ES"):
+        try:
+            frame = int(info[key])
+        except KeyError:
+            raise InputError(Path(patient_dir) / "Info.cfg", f"no {key} frame number (a line '{key}: N')") from None
+        except ValueError:
+            raise InputError(Path(patient_dir) / "Info.cfg", f"{key} is not a frame number: {info[key]!r}") from None
+        if frame < 1:
+            raise InputError(Path(patient_dir) / "Info.cfg", f"{key} must be a 1-based frame number, got {frame}")
+        out.append((key, frame))
+    return out
+
+
+def check_patient_folder(patient_dir: Path) -> None:
+    """Refuse (:class:`InputError`) an ACDC patient folder that is missing, lacks the ED/ES numbers in
+    its ``Info.cfg`` or one of their image and ``_gt`` files, before anything is read or written."""
+    patient_dir = Path(patient_dir)
+    if not patient_dir.is_dir():
+        raise InputError(patient_dir, "ACDC patient folder not found")
+    for _, fr in acdc_frames(patient_dir):
+        for suffix in ("", "_gt"):
+            f = patient_dir / f"{patient_dir.name}_frame{fr:02d}{suffix}.nii.gz"
+            if not f.is_file():
+                raise InputError(f, "missing ACDC " + ("label file (manual segmentation)" if suffix else "image file"))
+
+
+def source_key(patient_dir: Path) -> str:
+    """What a cache entry was made from: the ``Info.cfg`` text and the names and sizes of the ED/ES
+    files, hashed (so a cache made from other data is not taken for this data's)."""
+    patient_dir = Path(patient_dir)
+    h = hashlib.sha256((patient_dir / "Info.cfg").read_bytes())
+    for _, fr in acdc_frames(patient_dir):
+        for suffix in ("", "_gt"):
+            f = patient_dir / f"{patient_dir.name}_frame{fr:02d}{suffix}.nii.gz"
+            h.update(f"{f.name}:{f.stat().st_size};".encode())
+    return h.hexdigest()
 
 
 def lv_centre_voxel(labels: np.ndarray) -> tuple[float, float]:
@@ -108,22 +146,56 @@ def cache_patient(patient_dir: Path, out_file: Path) -> None:
     np.savez_compressed(
         tmp, seg_img=seg_img, seg_lab=seg_lab, cen_img=cen_img, cen_mask=cen_mask,
         centre=np.array(centre), spacing=geoms[0].spacing, group=np.array(info.get("Group", "")),
+        source=np.array(source_key(patient_dir)),
     )
     os.replace(tmp, out_file)
 
 
+def _cached_source(npz: Path) -> str | None:
+    """The :func:`source_key` a cache entry was made from ("compact" for a compact copy, None for an
+    entry written before the key was stored); an unreadable entry is an :class:`InputError`."""
+    try:
+        with np.load(npz) as z:
+            if "source" in z.files:
+                return str(z["source"])
+            return "compact" if z["seg_img"].dtype == np.uint8 else None
+    except Exception as exc:  # truncated or foreign file
+        raise InputError(npz, f"unreadable cache file ({exc}): delete it to cache the patient again") from exc
+
+
 def build_cache(acdc_dir: Path, cache_dir: Path, patients: tuple[str, ...] = ALL_PATIENTS, log=print) -> None:
-    """Cache every patient of ``patients`` not cached yet."""
+    """Cache every patient of ``patients`` not cached yet, or cached from other data (another
+    :func:`source_key`: the entry is made again).
+
+    ``acdc_dir`` must hold every patient of ``patients`` (checked before anything is written), except
+    where all of them are in a compact cache (:func:`write_compact_cache`, the copy that travels to a
+    machine without the data set). A cache folder this call created is removed again when caching fails.
+    """
     acdc_dir, cache_dir = Path(acdc_dir), Path(cache_dir)
-    missing = [p for p in patients if not (cache_dir / f"{p}.npz").exists()]
-    if missing and not acdc_dir.is_dir():
-        raise InputError(acdc_dir, f"ACDC training folder not found (needed to cache {', '.join(missing[:3])}...)")
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    for p in missing:
-        if not (acdc_dir / p).is_dir():
-            raise InputError(acdc_dir / p, "ACDC patient folder not found")
-        cache_patient(acdc_dir / p, cache_dir / f"{p}.npz")
-        log(f"cached {p}")
+    entries = {p: cache_dir / f"{p}.npz" for p in patients}
+    compact = all(f.is_file() and _cached_source(f) == "compact" for f in entries.values())
+    if compact and not acdc_dir.is_dir():
+        log(f"{acdc_dir} not found: training from the compact cache {cache_dir}")
+        return
+    if not acdc_dir.is_dir():
+        raise InputError(acdc_dir, "ACDC training folder not found")
+    for p in patients:
+        check_patient_folder(acdc_dir / p)
+    todo = [p for p, f in entries.items()
+            if not f.is_file() or _cached_source(f) not in (None, "compact", source_key(acdc_dir / p))]
+    check_output_folder(cache_dir, "cache")
+    created = not cache_dir.exists()
+    if todo:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        for p in todo:
+            stale = entries[p].is_file()
+            cache_patient(acdc_dir / p, entries[p])
+            log(f"cached {p}" + (" again (the cache held another data set's)" if stale else ""))
+    except BaseException:
+        if created and not any(cache_dir.iterdir()):
+            cache_dir.rmdir()
+        raise
 
 
 PHANTOM_SEG_FRAMES = 4
@@ -181,8 +253,12 @@ def load_cache(cache_dir: Path, patients: tuple[str, ...]) -> list[dict[str, np.
     uint8 images of a compact cache come back as float16 in [0, 1]."""
     out = []
     for p in patients:
-        with np.load(Path(cache_dir) / f"{p}.npz") as z:
-            d = {k: z[k] for k in z.files}
+        try:
+            with np.load(Path(cache_dir) / f"{p}.npz") as z:
+                d = {k: z[k] for k in z.files}
+        except Exception as exc:  # truncated or foreign file
+            raise InputError(Path(cache_dir) / f"{p}.npz",
+                             f"unreadable cache file ({exc}): delete it to cache the patient again") from exc
         if d["seg_img"].dtype == np.uint8:
             d["seg_img"] = (d["seg_img"].astype(np.float32) / 255.0).astype(np.float16)
         d["name"] = p

@@ -4,8 +4,8 @@ Data (all on the 1.25 mm heart-centred crop of :mod:`deepstrain.preprocess`, cen
 ground-truth LV centre with random jitter; intensities as at inference: per-frame
 ``normalize_intensity`` then :func:`deepstrain.networks.motion.normalise_pair`):
 
-* ACDC training patients (the validation patients of :mod:`deepstrain.training.data` are
-  excluded): pairs ``[ED, ES]`` and ``[ES, ED]`` with both label maps, and ``[ED, ED]``
+* The 80 ACDC training patients of the fixed split of :mod:`deepstrain.training.data` (all of
+  them must be in ``--data``; ``--patients N``: the first N, for tests): pairs ``[ED, ES]`` and ``[ES, ED]`` with both label maps, and ``[ED, ED]``
   (exact target: zero motion).
 * The full cardiac cycles of ``acdc_cine_crop`` (training patients only; the true spacing from
   ``crops.json``, since three headers lost it): ``[ED, t]`` for any frame ``t``; labels only at
@@ -38,7 +38,8 @@ the weights, so a resumed run continues the uninterrupted one exactly (same opti
 ``<out>/motion_latest.pt`` and kept as ``<out>/motion_stepNNNNNN.pt``; the final weights go to
 ``<out>/motion_final.pt`` (and with ``--ship`` into the package). ``--average W1 W2 ...``
 writes the parameter mean of exported weights (snapshots of one run, or several runs) to
-``<out>/motion_average.pt``.
+``<out>/motion_average.pt``. A fresh run refuses an ``--out`` holding a run (and ``--average`` an
+existing ``motion_average.pt``) unless ``--overwrite``; bad input is refused before ``--out`` is made.
 """
 from __future__ import annotations
 
@@ -57,8 +58,7 @@ import torch.nn.functional as F
 from .. import preprocess as pp
 from ..networks.motion import MotionNet, count_parameters, model_from_blob, normalise_pair, warp
 from ..errors import InputError
-from ..io import read_info_cfg
-from . import mean_state_dict, option_value, resume_mismatch, uninterrupted_command
+from . import check_counts, check_output_folder, mean_state_dict, option_value, resume_mismatch, uninterrupted_command
 
 PHANTOM_TRAIN_SEEDS = range(1000, 2000)
 """Seeds of the training phantoms, in order: ``--phantoms N`` uses the first N (N <= 1000). The
@@ -101,11 +101,11 @@ def _pid(p: object) -> str:
 
 
 def _read_nifti(path: Path, zooms: tuple[float, float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(Z,Y,X[,T]) array with (x,y,z)->(z,y,x) and spacing (slice,row,col) mm."""
-    import nibabel as nib
+    """(Z,Y,X[,T]) array with (x,y,z)->(z,y,x) and spacing (slice,row,col) mm; a missing or unreadable
+    file is an :class:`InputError` naming it."""
+    from ..io import _load_nifti
 
-    img = nib.load(str(path))
-    arr = np.asarray(img.dataobj)
+    img, arr = _load_nifti(Path(path))
     z = zooms if zooms is not None else tuple(float(v) for v in img.header.get_zooms()[:3])
     arr = np.moveaxis(arr, [0, 1, 2], [2, 1, 0])  # (Z, Y, X, ...)
     if arr.ndim == 4:
@@ -127,11 +127,12 @@ def _to_crop(images: np.ndarray, labels: dict[int, np.ndarray], spacing: np.ndar
 
 
 def load_acdc(root: Path, patients: list[str]) -> list[Sample]:
+    from .data import acdc_frames
+
     out = []
     for p in patients:
         folder = root / "acdc" / "training" / p
-        info = read_info_cfg(folder / "Info.cfg")
-        ed_f, es_f = int(info["ED"]), int(info["ES"])
+        (_, ed_f), (_, es_f) = acdc_frames(folder)
         ims, labs, sp = [], [], None
         for f in (ed_f, es_f):
             im, sp = _read_nifti(folder / f"{p}_frame{f:02d}.nii.gz")
@@ -143,13 +144,32 @@ def load_acdc(root: Path, patients: list[str]) -> list[Sample]:
     return out
 
 
+def read_cine_crops(root: Path) -> dict[str, dict]:
+    """``acdc_cine_crop/crops.json`` of the data folder ``root``: per patient the true spacing, the crop
+    offset and ED/ES; :class:`InputError` when it is missing, unreadable or lacks one of them."""
+    path = Path(root) / "acdc_cine_crop" / "crops.json"
+    if not path.is_file():
+        raise InputError(path, "missing: the acdc_cine_crop folder's list of crops (true spacing, offsets, ED/ES)")
+    try:
+        meta = json.loads(path.read_text())
+        for p, m in meta.items():
+            if len(m["true_spacing_mm"]) != 3 or len(m["crop_offset_in_original_frame_xyz"]) != 3:
+                raise ValueError(f"{p}: true_spacing_mm and crop_offset_in_original_frame_xyz need 3 values each")
+            int(m["ED"]), int(m["ES"])  # numbers, or ValueError
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise InputError(path, f"not a valid list of crops ({type(exc).__name__}: {exc})") from None
+    return meta
+
+
 def load_cine_crops(root: Path, patients: list[str]) -> list[Sample]:
-    meta = json.loads((root / "acdc_cine_crop" / "crops.json").read_text())
+    meta = read_cine_crops(root)
     out = []
     for p in patients:
         m = meta[p]
         sx, sy, sz = m["true_spacing_mm"]
         ims, sp = _read_nifti(root / "acdc_cine_crop" / p / f"{p}_4d.nii.gz", (sx, sy, sz))
+        if ims.ndim != 4:
+            raise InputError(root / "acdc_cine_crop" / p / f"{p}_4d.nii.gz", f"not a 4D cine (shape {ims.shape})")
         x0, y0, z0 = m["crop_offset_in_original_frame_xyz"]
         nz, ny, nx = ims.shape[1:]
         ed, es = int(m["ED"]) - 1, int(m["ES"]) - 1
@@ -400,7 +420,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--phantom-dir", type=Path, default=None, help="cached training phantoms (default <out>/phantoms)")
     p.add_argument("--save-every", type=int, default=50)
     p.add_argument("--val-every", type=int, default=250)
-    p.add_argument("--resume", action="store_true")
+    p.add_argument("--resume", action="store_true", help="continue the run of <out>/checkpoint.pt")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an --out folder that holds a run (its checkpoint, motion_*.pt exports and "
+                        "train.log are deleted; stored phantoms are kept), replace <out>/motion_average.pt "
+                        "(--average) and a motion entry in a --ship folder; without it these are refused")
+    p.add_argument("--patients", type=int, default=0,
+                   help="use only the first N training patients of the fixed split, their cine cycles and the "
+                        "first N/4 validation patients (tests; 0: all)")
     p.add_argument("--stop-after", type=int, default=0,
                    help="stop at this step, with a checkpoint, to go on later with --resume (0: no stop)")
     p.add_argument("--init", type=Path, default=None,
@@ -432,7 +459,10 @@ def _result_settings(args: argparse.Namespace) -> dict:
     """The options that decide the trained weights (a resumed run must be given the same ones)."""
     keep = ("steps", "minutes", "lr", "seed", "channels", "flow_scale", "phantoms", "phantom_share", "init",
             "warmup", "refine", "w_sim", "w_dice", "w_smooth", "w_epe", "w_grad")
-    return {k: option_value(v) for k, v in vars(args).items() if k in keep}
+    out = {k: option_value(v) for k, v in vars(args).items() if k in keep}
+    if getattr(args, "patients", 0):  # only when given: checkpoints written before the option still resume
+        out["patients"] = args.patients
+    return out
 
 
 def training_summary(args, step: int, train_s: float, val: dict, train_p, cine_train, phantom_names, w) -> dict:
@@ -471,12 +501,34 @@ def _log(msg: str, fh) -> None:
     fh.flush()
 
 
+def read_weights(path: Path, missing: str) -> dict:
+    """An exported motion network (or checkpoint) as loaded by ``torch.load``; :class:`InputError` with
+    ``missing`` when there is no such file, or when it is unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, missing)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, garbage, or not a torch file
+        raise InputError(path, "cannot be read as motion weights (truncated or corrupt file?): "
+                               + str(exc).split(". ")[0]) from exc
+
+
+def _model_of(path: Path, blob: dict) -> MotionNet:
+    """:func:`model_from_blob`, with :class:`InputError` for weights of another network."""
+    try:
+        return model_from_blob(blob)
+    except Exception as exc:  # other keys, layers or sizes
+        raise InputError(path, f"not weights of the motion network ({type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0][:200]}): a file of another network?") from exc
+
+
 def _average_with_infos(paths: list[Path]) -> tuple[MotionNet, list[dict]]:
     """:func:`average_weights`, and the training ``info`` of each file (each file read once)."""
-    blobs = [torch.load(Path(p), map_location="cpu", weights_only=True) for p in paths]
-    models = [model_from_blob(b) for b in blobs]
+    blobs = [read_weights(p, "no weights to average") for p in paths]
+    models = [_model_of(p, b) for p, b in zip(paths, blobs)]
     if len({json.dumps(m.config, sort_keys=True) for m in models}) != 1:
-        raise ValueError("--average: the weights have different configurations: "
+        raise InputError(paths[0], "--average: the weights have different configurations: "
                          + "; ".join(f"{p}: {m.config}" for p, m in zip(paths, models)))
     models[0].load_state_dict(mean_state_dict([m.state_dict() for m in models]))
     return models[0].eval(), [b.get("info", {}) for b in blobs]
@@ -487,8 +539,20 @@ def average_weights(paths: list[Path]) -> MotionNet:
     return _average_with_infos(paths)[0]
 
 
+def _check_ship(args: argparse.Namespace) -> None:
+    """Refuse, before any work, a ``--ship`` folder already holding motion weights (without ``--overwrite``)."""
+    if args.ship:
+        from ..weights import check_export_target
+
+        check_export_target("motion", None if args.ship == "package" else Path(args.ship), args.overwrite)
+
+
 def _main_average(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    check_output_folder(out, "output folder")
+    if (out / "motion_average.pt").exists() and not args.overwrite:
+        raise InputError(out / "motion_average.pt", "exists: give another --out, or --overwrite to replace it")
+    _check_ship(args)
     model, infos = _average_with_infos(list(args.average))
     export(model, out / "motion_average.pt", {"average_of": [str(p) for p in args.average]})
     print(f"averaged {len(args.average)} weights into {out / 'motion_average.pt'}")
@@ -498,59 +562,97 @@ def _main_average(args: argparse.Namespace) -> int:
         summary = {"parameters": count_parameters(model), "iterations": max(steps), "averaged_steps": steps,
                    "history": [{}], "averaged_from": [str(p) for p in args.average]}
         command = _command(args)
-        path = ship(model, summary, command, None if args.ship == "package" else Path(args.ship))
+        path = ship(model, summary, command, None if args.ship == "package" else Path(args.ship), args.overwrite)
         print(f"shipped {path}")
     return 0
 
 
+RUN_FILES = ("checkpoint.pt", "checkpoint.tmp", "motion_step*.pt", "motion_latest.pt", "motion_final.pt", "train.log")
+"""What a training run writes into ``--out`` (a fresh run refuses a folder holding it, unless --overwrite)."""
+
+
+def _check_data(root: Path, train_p: list[str], val_p: list[str]) -> list[str]:
+    """Refuse (:class:`InputError`) a data folder without the ACDC patients of the fixed split (each
+    with ED/ES and their files) or without ``acdc_cine_crop``; the cine cycles of ``train_p``."""
+    from .data import check_patient_folder
+
+    acdc = root / "acdc" / "training"
+    if not acdc.is_dir():
+        raise InputError(acdc, "ACDC training folder not found (--data: the folder holding acdc/ and acdc_cine_crop/)")
+    for p in train_p + val_p:
+        check_patient_folder(acdc / p)
+    cine = sorted(p for p in read_cine_crops(root) if p in train_p)
+    for p in cine:
+        f = root / "acdc_cine_crop" / p / f"{p}_4d.nii.gz"
+        if not f.is_file():
+            raise InputError(f, "missing cine of the acdc_cine_crop list (crops.json)")
+    return cine
+
+
+def _read_checkpoint(path: Path) -> dict:
+    """The motion training checkpoint ``path`` (:class:`InputError` when missing, unreadable, of another
+    network or of an older version)."""
+    if not path.is_file():
+        raise InputError(path, "no checkpoint to resume from")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # truncated, garbage, or not a torch file
+        raise InputError(path, "cannot be read as a checkpoint (truncated or corrupt file?): "
+                               + str(exc).split(". ")[0]) from exc
+    if not isinstance(ck, dict) or "step" not in ck or "opt" not in ck:
+        other = ck.get("network", "centring or segmentation") if isinstance(ck, dict) and "iteration" in ck else None
+        raise InputError(path, f"a checkpoint of the {other} network, not of the motion network" if other
+                         else "not a checkpoint of the motion training")
+    if "rng" not in ck or "settings" not in ck:
+        raise InputError(path, "a checkpoint of an older version (no random-generator state): it cannot "
+                               "be resumed exactly; start the run again")
+    return ck
+
+
 def main(args: argparse.Namespace) -> int:
+    """Train (or resume, or with ``--average`` combine) the motion network; bad input is refused
+    (:class:`InputError`) before anything is written, and the ``--out`` folder is made only then."""
     if args.average:
         return _main_average(args)
-    check_phantom_count(args.phantoms)
+    try:
+        check_phantom_count(args.phantoms)
+    except ValueError as exc:
+        raise InputError("--phantoms", str(exc)) from None
+    check_counts(args, ("steps", "save_every", "val_every", "threads"), ("stop_after", "warmup", "patients"))
     torch.set_num_threads(max(int(args.threads), 1))
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     root = Path(args.data) if args.data else _default_data()
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    log = open(out / "train.log", "a")
-    t0 = time.time()
-    val = validation_patients()
-    all_p = sorted(d.name for d in (root / "acdc" / "training").iterdir() if d.name.startswith("patient"))
-    train_p = [p for p in all_p if p not in val]
-    cine_all = sorted(json.loads((root / "acdc_cine_crop" / "crops.json").read_text()))
-    cine_train = [p for p in cine_all if p not in val]
-    _log(f"ACDC train {len(train_p)} / val {len(val)}; cine cycles train {cine_train}", log)
-    acdc = load_acdc(root, train_p)
-    acdc_val = load_acdc(root, sorted(val))
-    cine = load_cine_crops(root, cine_train)
     phantom_dir = Path(args.phantom_dir) if args.phantom_dir else out / "phantoms"
-    phantoms: list[Sample] = []
-    allowed = {f"phantom{s}" for s in list(PHANTOM_TRAIN_SEEDS)[: args.phantoms]}
+    check_output_folder(out, "output folder")
+    check_output_folder(phantom_dir, "phantom folder")
+    held = sorted(f.name for pattern in RUN_FILES for f in out.glob(pattern)) if out.is_dir() else []
+    if held and not args.resume and not args.overwrite:
+        raise InputError(out, f"holds a motion run ({', '.join(held[:3])}{' ...' if len(held) > 3 else ''}): "
+                              "continue it with --resume, or give --overwrite to start afresh (its files are deleted)")
+    _check_ship(args)
+    from .data import TRAINING_PATIENTS, VALIDATION_PATIENTS
 
-    def refresh_phantoms() -> None:  # picks up phantoms another process adds to the cache meanwhile
-        have = {s.name for s in phantoms}
-        for f in sorted(phantom_dir.glob("phantom*.npz")):
-            if f.stem in allowed and f.stem not in have and not f.name.endswith(".tmp.npz"):
-                phantoms.append(phantom_sample(f))
-
-    missing = [s for s in list(PHANTOM_TRAIN_SEEDS)[: args.phantoms] if not (phantom_dir / f"phantom{s}.npz").exists()]
-    if missing:
-        _log(f"generating {len(missing)} training phantoms into {phantom_dir}", log)
-        phantom_dir.mkdir(parents=True, exist_ok=True)
-        for s in missing:
-            cache_phantom(training_phantom_params(s), phantom_dir / f"phantom{s}.npz")
-    refresh_phantoms()
-    _log(f"data ready in {time.time() - t0:.0f} s: {len(acdc)} ACDC, {len(cine)} cycles, {len(phantoms)} phantoms", log)
-
+    train_p = list(TRAINING_PATIENTS[: args.patients] if args.patients else TRAINING_PATIENTS)
+    val_p = list(VALIDATION_PATIENTS[: max(1, args.patients // 4)] if args.patients else VALIDATION_PATIENTS)
+    cine_train = _check_data(root, train_p, val_p)
     model = MotionNet(tuple(args.channels), flow_scale=args.flow_scale, refine=args.refine)
+    init_note = None
     if args.init is not None and not args.resume:
-        blob = torch.load(args.init, map_location="cpu", weights_only=True)
-        state = {k: v.float() for k, v in (blob.get("state_dict") or blob["model"]).items()}
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        blob = read_weights(args.init, "no weights to start from")
+        state = blob.get("state_dict") or blob.get("model") if isinstance(blob, dict) else None
+        if not isinstance(state, dict):
+            raise InputError(args.init, "not weights of the motion network (no state_dict)")
+        try:
+            missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+        except (RuntimeError, AttributeError) as exc:
+            raise InputError(args.init, f"its weights do not fit this motion network ({str(exc).splitlines()[-1].strip()}): "
+                                        "weights of another network or of other --channels") from None
         if unexpected:
-            raise ValueError(f"{args.init}: weights of layers this network lacks: {unexpected[:5]}")
-        _log(f"initialised from {args.init}; new layers: {sorted({k.split('.')[0] for k in missing})}", log)
+            raise InputError(args.init, f"weights of layers this network lacks ({', '.join(unexpected[:5])}): "
+                                        "weights of another network?")
+        init_note = f"initialised from {args.init}; new layers: {sorted({k.split('.')[0] for k in missing})}"
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     step = 0
     prev_s = 0.0  # training seconds before this (resumed) run
@@ -558,12 +660,7 @@ def main(args: argparse.Namespace) -> int:
     settings = _result_settings(args)
     hist: dict[str, list[float]] = {}
     if args.resume:
-        if not ckpt_path.is_file():
-            raise InputError(ckpt_path, "no checkpoint to resume from")
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if "rng" not in ck or "settings" not in ck:
-            raise InputError(ckpt_path, "a checkpoint of an older version (no random-generator state): it cannot "
-                                        "be resumed exactly; start the run again")
+        ck = _read_checkpoint(ckpt_path)
         if problem := resume_mismatch(ck["settings"], settings):
             raise InputError(ckpt_path, problem)
         model.load_state_dict(ck["model"])
@@ -574,7 +671,42 @@ def main(args: argparse.Namespace) -> int:
         rng.bit_generator.state = ck["rng"]
         torch.set_rng_state(ck["torch_rng"])
         hist = ck.get("hist", {})
+    t0 = time.time()
+    print(f"ACDC train {len(train_p)} / val {len(val_p)}; cine cycles train {cine_train}", flush=True)
+    acdc = load_acdc(root, train_p)
+    acdc_val = load_acdc(root, val_p)
+    cine = load_cine_crops(root, cine_train)
+    # the inputs are good: only now is anything written
+    if held and not args.resume:  # --overwrite: the old run's files go, so they never mix with this run's
+        for f in held:
+            (out / f).unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    log = open(out / "train.log", "a")
+    _log(f"ACDC train {len(train_p)} / val {len(val_p)}; cine cycles train {cine_train}", log)
+    if init_note:
+        _log(init_note, log)
+    if args.resume:
         _log(f"resumed at step {step}", log)
+    phantoms: list[Sample] = []
+    allowed = {f"phantom{s}" for s in list(PHANTOM_TRAIN_SEEDS)[: args.phantoms]}
+
+    def refresh_phantoms() -> None:  # picks up phantoms another process adds to the cache meanwhile
+        have = {s.name for s in phantoms}
+        for f in sorted(phantom_dir.glob("phantom*.npz")):
+            if f.stem in allowed and f.stem not in have and not f.name.endswith(".tmp.npz"):
+                try:
+                    phantoms.append(phantom_sample(f))
+                except Exception as exc:  # truncated or foreign file
+                    raise InputError(f, f"unreadable training phantom ({exc}): delete it to generate it again") from exc
+
+    missing = [s for s in list(PHANTOM_TRAIN_SEEDS)[: args.phantoms] if not (phantom_dir / f"phantom{s}.npz").exists()]
+    if missing:
+        _log(f"generating {len(missing)} training phantoms into {phantom_dir}", log)
+        phantom_dir.mkdir(parents=True, exist_ok=True)
+        for s in missing:
+            cache_phantom(training_phantom_params(s), phantom_dir / f"phantom{s}.npz")
+    refresh_phantoms()
+    _log(f"data ready in {time.time() - t0:.0f} s: {len(acdc)} ACDC, {len(cine)} cycles, {len(phantoms)} phantoms", log)
     _log(f"MotionNet {tuple(args.channels)}: {count_parameters(model)} parameters", log)
     w = {"sim": args.w_sim, "dice": args.w_dice, "smooth": args.w_smooth, "epe": args.w_epe, "grad": args.w_grad}
     real = [("acdc", "es", 0.30), ("acdc", "swap", 0.15), ("acdc", "identity", 0.08), ("cine", "cycle", 0.22)]
@@ -652,7 +784,7 @@ def main(args: argparse.Namespace) -> int:
                                    [s.name for s in phantoms], w)
         command = _command(args)
         path = ship(model, summary, command,
-                    None if args.ship == "package" else Path(args.ship))
+                    None if args.ship == "package" else Path(args.ship), args.overwrite)
         _log(f"shipped {path}", log)
     return 0
 
@@ -679,7 +811,7 @@ def export(model: MotionNet, path: Path, info: dict) -> None:
     tmp.replace(path)
 
 
-def ship(model: MotionNet, summary: dict, command: str, out_dir: Path | None = None) -> Path:
+def ship(model: MotionNet, summary: dict, command: str, out_dir: Path | None = None, overwrite: bool = False) -> Path:
     """Write ``motion.pt`` (float16) and its manifest entry with :func:`deepstrain.weights.export_weights`."""
     from ..weights import export_weights
 
@@ -688,7 +820,8 @@ def ship(model: MotionNet, summary: dict, command: str, out_dir: Path | None = N
         "additional_training_data": summary.get("additional_data", {}),
         "loss": summary.get("loss", {}),
     }
-    return export_weights("motion", model, dict(model.config), summary, command=command, out_dir=out_dir, extra=extra)
+    return export_weights("motion", model, dict(model.config), summary, command=command, out_dir=out_dir, extra=extra,
+                          overwrite=overwrite)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from ..errors import InputError
 from ..networks.blocks import count_parameters
 from ..networks.segmentation import CONFIG, N_CLASSES, build_segmentation_net, input_channels
-from . import DEFAULTS, add_training_arguments, mean_state_dict, option_value, resume_mismatch, uninterrupted_command
+from . import (DEFAULTS, add_training_arguments, check_counts, check_output_folder, mean_state_dict, option_value,
+               resume_mismatch, uninterrupted_command)
 from . import data as D
 
 NAME = "segmentation"
@@ -102,7 +103,17 @@ def _batches(batch_fn: Callable, data: list[dict], seed: int, start: int, stop: 
     return iter(loader)
 
 
-def learning_rate(i: int, total: int, base: float, warmup: int = 100) -> float:
+def warmup_iterations(total: int) -> int:
+    """Iterations of the linear learning-rate warm-up: 100, or the first fifth of a run shorter than 500
+    (so a short run reaches its peak rate; runs of 500 iterations and more, those of the shipped weights
+    among them, keep the 100)."""
+    return max(1, min(100, total // 5))
+
+
+def learning_rate(i: int, total: int, base: float, warmup: int | None = None) -> float:
+    """Learning rate of iteration ``i`` of ``total``: linear warm-up to ``base`` over ``warmup``
+    iterations (default :func:`warmup_iterations`), then cosine decay to zero at ``total``."""
+    warmup = warmup_iterations(total) if warmup is None else warmup
     if i < warmup:
         return base * (i + 1) / warmup
     return base * 0.5 * (1 + math.cos(math.pi * min(1.0, (i - warmup) / max(1, total - warmup))))
@@ -118,13 +129,66 @@ def evaluate(net: nn.Module, img: torch.Tensor, lab: torch.Tensor, n_classes: in
     return dice_per_class(pred, lab, n_classes)
 
 
+RUN_FILES = ("last.pt", "summary.json", "snapshot_*.pt")
+"""What a run writes into its folder (a fresh run refuses a folder holding any of it, unless --overwrite)."""
+
+
+def check_run_options(args: argparse.Namespace, name: str) -> None:
+    """Refuse (:class:`InputError`), before anything is read or written: counts that cannot work, an
+    output folder under a file, a run folder that holds a run when this is not a ``--resume`` (nor
+    ``--overwrite``), and an export folder already holding this network's weights (without ``--overwrite``)."""
+    from ..weights import check_export_target
+
+    check_counts(args, ("iterations", "batch", "crop", "val_every", "checkpoint_every"),
+                 ("snapshot_every", "stop_after", "patients", "workers"))
+    run = Path(args.run_dir or Path("runs") / name)
+    check_output_folder(run, "run folder")
+    check_output_folder(args.cache, "cache")
+    held = sorted(f.name for pattern in RUN_FILES for f in run.glob(pattern)) if run.is_dir() else []
+    if held and not args.resume and not getattr(args, "overwrite", False):
+        raise InputError(run, f"holds a run ({', '.join(held[:3])}{' ...' if len(held) > 3 else ''}): continue "
+                              "it with --resume, or give --overwrite to start afresh (its files are deleted)")
+    if args.export:
+        check_export_target(name, args.export_dir, getattr(args, "overwrite", False))
+
+
+def read_checkpoint(path: Path, missing: str, keys: tuple[str, ...] = ("model",)) -> dict:
+    """A checkpoint of the 2D training (``last.pt`` or a snapshot); :class:`InputError` with ``missing``
+    when there is no such file, or when it is unreadable or not such a checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, missing)
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # truncated, garbage, or not a torch file
+        raise InputError(path, "cannot be read as a checkpoint (truncated or corrupt file?): "
+                               + str(exc).split(". ")[0]) from exc
+    if not isinstance(blob, dict) or any(k not in blob for k in keys):
+        motion = isinstance(blob, dict) and ("step" in blob or "state_dict" in blob)
+        raise InputError(path, "a file of the motion network, not of the centring or segmentation network" if motion
+                         else "not a checkpoint of the centring or segmentation training (last.pt or a snapshot)")
+    return blob
+
+
+def _another_network(blob: dict, name: str, config: dict) -> str | None:
+    """Why checkpoint ``blob`` is of another network than ``name`` (None when it may be of this one)."""
+    other = blob.get("network")
+    if other is None and isinstance(blob.get("config"), dict) and "n_classes" in blob["config"]:
+        n = blob["config"]["n_classes"]
+        if n != config.get("n_classes"):
+            other = {2: "centring", N_CLASSES: "segmentation"}.get(n, f"a {n}-class")
+    if other is not None and other != name:
+        return f"a checkpoint of the {other} network, not of the {name} network"
+    return None
+
+
 def result_settings(args: argparse.Namespace) -> dict:
     """The options that decide a 2D network's weights (a resumed run must be given the same ones):
     all but where things are read and written, how often, the device, threads and workers, and the
     stop/resume flags."""
     ignore = {"data", "cache", "run_dir", "phantom_dir", "resume", "stop_after", "export", "export_dir", "val_every",
               "checkpoint_every", "snapshot_every", "threads", "workers", "device", "command_line", "network",
-              "func", "command", "context"}  # --context is in the configuration, which resuming checks
+              "func", "command", "context", "overwrite"}  # --context is in the configuration, which resuming checks
     return {k: option_value(v) for k, v in sorted(vars(args).items()) if k not in ignore and not callable(v)}
 
 
@@ -133,22 +197,25 @@ def train_loop(args: argparse.Namespace, *, name: str, build: Callable[..., nn.M
     """Shared training loop of the 2D networks; returns the summary written to ``run-dir/summary.json``.
 
     ``build(**config)`` makes the network; ``--width`` replaces the configuration's ``base``."""
+    check_run_options(args, name)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     run = Path(args.run_dir or Path("runs") / name)
-    run.mkdir(parents=True, exist_ok=True)
     train_patients = D.TRAINING_PATIENTS[: args.patients] if args.patients else D.TRAINING_PATIENTS
     val_patients = D.VALIDATION_PATIENTS[: max(1, args.patients // 4)] if args.patients else D.VALIDATION_PATIENTS
     D.build_cache(args.data, args.cache, train_patients + val_patients, log=log)
     train = D.load_cache(args.cache, train_patients)
     val = D.load_cache(args.cache, val_patients)
+    if name == "centring" and "cen_img" not in train[0]:
+        raise InputError(args.cache, "a compact cache (segmentation arrays only, write_compact_cache): train the "
+                                     "centring network from the full cache")
     if getattr(args, "width", 0):
         config = {**config, "base": args.width}
     bf16 = bool(getattr(args, "bf16", False))
     device = torch.device(getattr(args, "device", "cpu") or "cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(Path(str(device)), "--device cuda was given, but torch sees no CUDA device")
-    start, history, wall, combined_from = 0, [], 0.0, None
+    start, history, wall, combined_from, recent = 0, [], 0.0, None, []
     command = uninterrupted_command(getattr(args, "command_line", "")
                                     or " ".join(["python -m deepstrain.training." + name] + sys.argv[1:]))
     settings = result_settings(args)
@@ -169,12 +236,10 @@ def train_loop(args: argparse.Namespace, *, name: str, build: Callable[..., nn.M
             raise InputError(combine[0], "--average and --ensemble do not train: they cannot be combined with "
                                          "--resume or --init")
         member_config = {k: v for k, v in config.items() if k != "members"}
-        blobs = []
-        for p in combine:
-            if not Path(p).is_file():
-                raise InputError(p, "no checkpoint to combine")
-            blobs.append(torch.load(p, map_location="cpu", weights_only=False))
+        blobs = [read_checkpoint(p, "no checkpoint to combine", ("model", "iteration", "wall_s")) for p in combine]
         for p, b in zip(combine, blobs):
+            if problem := _another_network(b, name, config):
+                raise InputError(p, problem + ": cannot combine")
             if b.get("config") != member_config:
                 raise InputError(p, f"checkpoint configuration {b.get('config')} differs from {member_config}: "
                                     "cannot combine")
@@ -197,9 +262,10 @@ def train_loop(args: argparse.Namespace, *, name: str, build: Callable[..., nn.M
         log(f"{'ensemble of' if getattr(args, 'ensemble', None) else 'averaged'} {len(blobs)} checkpoints: "
             f"{', '.join(map(str, combine))}")
     elif args.resume:
-        if not ckpt.is_file():
-            raise InputError(ckpt, "no checkpoint to resume from")
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        state = read_checkpoint(ckpt, "no checkpoint to resume from",
+                                ("model", "optimizer", "iteration", "history", "wall_s"))
+        if problem := _another_network(state, name, config):
+            raise InputError(ckpt, problem + ": cannot resume")
         if state.get("config") != config:
             raise InputError(ckpt, f"checkpoint configuration {state.get('config')} differs from {config} "
                                    "(a different --width?): cannot resume")
@@ -215,30 +281,43 @@ def train_loop(args: argparse.Namespace, *, name: str, build: Callable[..., nn.M
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start, history, wall = state["iteration"], state["history"], state["wall_s"]
+        recent = list(state.get("recent_losses", []))  # the losses the printed and recorded means go on from
         history = [h for h in history if not h.get("stop")]  # the entry made at the stop: not of the uninterrupted run
         command = state.get("command", command)
         log(f"resumed {name} at iteration {start}")
     elif getattr(args, "init", None) is not None:
-        if not Path(args.init).is_file():
-            raise InputError(args.init, "no checkpoint to start from")
-        widened = load_widening_input(net, torch.load(args.init, map_location="cpu", weights_only=False)["model"])
+        blob = read_checkpoint(args.init, "no checkpoint to start from")
+        if problem := _another_network(blob, name, config):
+            raise InputError(args.init, problem + ": cannot start from it")
+        try:
+            widened = load_widening_input(net, blob["model"])
+        except RuntimeError as exc:  # other layers or sizes: another network or configuration
+            first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+            raise InputError(args.init, f"its weights do not fit the {name} network ({first}): a checkpoint of "
+                                        "another network or configuration (--width, --context)") from None
         log(f"initialised {name} from {args.init}" + (f" (input widened: {', '.join(widened)})" if widened else ""))
     log(f"{name}: {count_parameters(net)} parameters, {len(train)} training / {len(val)} validation patients"
         + (f", on {device}" if device.type != "cpu" else ""))
+    if not args.resume and getattr(args, "overwrite", False):
+        for pattern in RUN_FILES:  # --overwrite: the old run's files go, so they never mix with this run's
+            for f in run.glob(pattern):
+                f.unlink()
     batches = _batches(batch_fn, train, args.seed, start, args.iterations, args.batch, int(getattr(args, "workers", 0)))
     net.train()
-    t0, last_t, losses = time.time(), time.time(), []
+    t0, last_t, losses = time.time(), time.time(), recent
     done = last_i = start
 
     def save(path: Path = ckpt, optimizer: bool = True) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)  # made with the first file: bad input leaves no folder
         tmp = path.with_name(path.stem + ".tmp.pt")
         blob = {"model": {k: v.cpu() for k, v in net.state_dict().items()}, "iteration": done, "history": history,
                 "wall_s": wall + time.time() - t0, "config": config, "seed": args.seed, "command": command,
-                "bf16": bf16, "settings": settings}
+                "bf16": bf16, "settings": settings, "network": name}
         if combined_from:  # like the summary: the seeds are the members', not this command's default
             blob.update(seed=None, combined_from=combined_from)
         if optimizer:
             blob["optimizer"] = opt.state_dict()
+            blob["recent_losses"] = losses[-50:]  # a resumed run's printed and recorded means go on from them
         torch.save(blob, tmp)
         tmp.replace(path)
 
@@ -307,13 +386,15 @@ def train_loop(args: argparse.Namespace, *, name: str, build: Callable[..., nn.M
         summary["lowres_share"] = args.lowres_share
     if done < args.iterations:
         summary["stopped_at"] = done
+    run.mkdir(parents=True, exist_ok=True)
     (run / "summary.json").write_text(json.dumps(summary, indent=1))
     if args.export:
         from ..weights import export_weights
 
         this = getattr(args, "command_line", "") or " ".join(["python -m deepstrain.training." + name] + sys.argv[1:])
         extra = {"export_command": this} if this != command else None
-        path = export_weights(name, net.cpu(), config, summary, command=command, out_dir=args.export_dir, extra=extra)
+        path = export_weights(name, net.cpu(), config, summary, command=command, out_dir=args.export_dir, extra=extra,
+                              overwrite=getattr(args, "overwrite", False))
         log(f"exported {path}")
     return summary
 
@@ -335,6 +416,7 @@ def main(args: argparse.Namespace) -> dict:
     ACDC batches, so that the network also knows the phantom's appearance (the demo). The
     validation figures stay ACDC-only.
     """
+    check_run_options(args, NAME)
     phantoms = None
     if getattr(args, "phantoms", 0):
         phantoms = D.load_phantom_cache(args.phantom_dir, args.cache, args.phantoms)
