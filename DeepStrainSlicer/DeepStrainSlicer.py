@@ -310,11 +310,19 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     cine = self.logic.load_cine_file(p.input_path, p)
                 else:
                     raise ValueError("choose a loaded cine (sequence) or a file/folder first")
-                labels = disp = None
+                labels = disp = origin = None
                 if p.run_mode == "given":
                     labels, disp = self._given_inputs(cine)
+                else:
+                    edited, why_not = self.logic.edited_labels(p, cine)
+                    choice = self._ask_keep_edits(why_not) if edited is not None or why_not else "again"
+                    if choice is None:
+                        self.ui.statusLabel.text = "Run cancelled: the study and your edits are as they were"
+                        return
+                    if choice == "keep":
+                        labels, origin = edited, dlogic.KEPT_EDITS
                 try:
-                    self.logic.run(cine, p, labels, disp, progress=self._progress)
+                    self.logic.run(cine, p, labels, disp, progress=self._progress, labels_origin=origin)
                 except dlogic.Cancelled:
                     self.ui.statusLabel.text = "cancelled: the scene is as it was"
                     return
@@ -323,6 +331,24 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         finally:
             self._busy(False)
             self._to_gui()
+
+    def _ask_keep_edits(self, why_not: str) -> str | None:
+        """Before Run replaces a study whose segmentation was edited (or may have been: a scene loaded
+        from a file): "keep" (Run uses it; the motion is measured again and refined with it),
+        "again" (the networks segment again) or None (cancel). ``why_not``: why the edits cannot be
+        kept (another input grid), when they cannot."""
+        if why_not:
+            ok = slicer.util.confirmOkCancelDisplay(
+                f"Run segments the study again and replaces its segmentation, with any hand edits: {why_not}, "
+                "so they cannot be kept. Run anyway?", windowTitle="DeepStrain")
+            return "again" if ok else None
+        answer = qt.QMessageBox.question(
+            slicer.util.mainWindow(), "DeepStrain",
+            "The study's segmentation differs from the networks' (hand edits; or it may, in a scene loaded from "
+            "a file). Keep it?\n\nYes: Run uses it as it is (the motion is measured again and refined with it).\n"
+            "No: the networks segment the study again and the edits are lost.",
+            qt.QMessageBox.Yes | qt.QMessageBox.No | qt.QMessageBox.Cancel)
+        return {qt.QMessageBox.Yes: "keep", qt.QMessageBox.No: "again"}.get(answer)
 
     def _given_inputs(self, cine):
         """Run mode 'given': a label map and a displacement file chosen by the user (deepstrain.io)."""
@@ -349,8 +375,8 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                         if prov.get("motion_refined_with") == "segmentation edited in Slicer" else "")
                 if str(prov.get("networks_run_again", "")).startswith("no:"):
                     note += "; motion as stored, not refined again (see the report's provenance)"
-                self.ui.statusLabel.text = (f"recomputed: LV EDV {v['lv_edv_ml']:.1f} ml, "
-                                            f"EF {v['lv_ef_percent']:.1f} %{note}")
+                edv, ef = (("n/a" if v.get(k) is None else f"{v[k]:.1f}") for k in ("lv_edv_ml", "lv_ef_percent"))
+                self.ui.statusLabel.text = f"recomputed: LV EDV {edv} ml, EF {ef} %{note}"
                 self._show_findings()
         finally:
             self._busy(False)

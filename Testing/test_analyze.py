@@ -9,6 +9,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from scipy import ndimage
 import pytest
 
 import deepstrain
@@ -166,6 +167,13 @@ def test_networks_run_again_from_the_provenance_reproduce_the_motion(small_study
     moved = first.displacement.copy()
     moved[[f for f in range(moved.shape[0]) if f != first.ed]] += 0.05  # 0.05 mm everywhere
     assert not reproduces(state, moved, first.labels, refined=True)[0]
+    # ED edited by hand (every frame's refinement changes): the stored motion was refined with the
+    # networks' ED (the edit saved before any Recompute) or with the edited one; both are recognised
+    edited = first.labels.copy()
+    ed_lab = edited[first.ed]
+    ed_lab[(ed_lab == 3) & ndimage.binary_dilation(ed_lab == 2)] = 2
+    assert reproduces(state, first.displacement, edited, refined=True)[0]
+    assert reproduces(state, motion_for_labels(state, edited, refine=True), edited, refined=True)[0]
     other = json.loads(json.dumps(prov))
     other["weights"]["segmentation"]["sha256"] = "0" * 64
     with pytest.raises(ValueError, match="segmentation weights .* not the ones"):

@@ -172,6 +172,11 @@ def test_bad_inputs_are_input_errors():
     no_myo[no_myo == 2] = 0
     with pytest.raises(InputError, match="myocardium"):
         compute(cine, no_myo, disp)
+    no_cavity_at_ed = labels.copy()
+    no_cavity_at_ed[0][no_cavity_at_ed[0] == 3] = 0  # erased by hand: EDV 0, EF meaningless
+    for d in (disp, None):
+        with pytest.raises(InputError, match=r"no LV cavity \(label 3\) at ED \(frame 0\)"):
+            compute(cine, no_cavity_at_ed, d, ed=0, es=ES)
     assert labels.dtype == np.uint8 and np.all(disp[0] == 0)  # inputs untouched
 
 

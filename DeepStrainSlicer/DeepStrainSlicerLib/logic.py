@@ -100,6 +100,10 @@ TORCH_MISSING = (
 )
 
 
+KEPT_EDITS = "networks, edited in Slicer (kept at Run)"
+"""The provenance of a segmentation edited by hand and kept when Run analysed the study again."""
+
+
 class Cancelled(Exception):
     """Raised by a progress callback to stop a long operation; nothing is left half-made."""
 
@@ -358,8 +362,11 @@ class DeepStrainLogic:
 
     # ----------------------------------------------------------------- build
     def run(self, cine: Cine, params: Parameters, labels: np.ndarray | None = None,
-            displacement: np.ndarray | None = None, progress: ProgressCallback = _no_progress):
+            displacement: np.ndarray | None = None, progress: ProgressCallback = _no_progress,
+            labels_origin: str | None = None):
         """Analyse ``cine`` and build all nodes. Without ``labels``/``displacement`` the networks run.
+        ``labels_origin``: where given ``labels`` come from, for the report's provenance (e.g. the
+        study's hand-edited segmentation kept at Run: :meth:`edited_labels`).
         The height and weight fields of ``params`` go over the subject of ``cine`` (not changed).
 
         The new study is built beside the previous one, whose nodes are removed only once it is
@@ -382,6 +389,8 @@ class DeepStrainLogic:
                                     weights_dir=params.weights_dir or None, refine_motion=params.refine_motion,
                                     keep_network_motion=True,
                                     spacing_source=MODULE_FIELD if params.spacing_tuple() is not None else "input")
+            if labels_origin and labels is not None:
+                analysis.report["provenance"]["segmentation"] = labels_origin
             previous = [n.GetID() for n in self.study_nodes(params)]
             for role in Parameters.ROLES:
                 if role not in ("InputSequence", "PolarView"):
@@ -403,6 +412,28 @@ class DeepStrainLogic:
         analysis.network_motion = None
         self.analysis = analysis
         return analysis
+
+    def edited_labels(self, params: Parameters, cine: Cine) -> tuple[np.ndarray | None, str]:
+        """The study's segmentation as it is in the scene, when Run is about to replace it: ``(labels on
+        the grid of ``cine`` (the input Run reads), why)``. ``labels`` is None with why ``""`` when
+        there is nothing to keep (no study, or the segmentation is the one the last Run or Recompute
+        of this session analysed), and None with the reason when the segmentation differs (or may:
+        a scene loaded from a file) but ``cine`` is another grid, so it cannot be kept."""
+        if params.ref("Browser") is None or params.ref("SegmentationSequence") is None:
+            return None, ""
+        from deepstrain.cine import reversed_axes
+
+        study_cine, labels, _ = self.study_arrays(params)
+        if self.analysis is not None and np.array_equal(labels, self.analysis.labels):
+            return None, ""
+        if labels.shape[0] != cine.n_frames or study_cine.shape3d != cine.shape3d:
+            return None, (f"the input has {cine.n_frames} frames of {cine.shape3d}, the study "
+                          f"{labels.shape[0]} of {study_cine.shape3d}")
+        try:
+            axes = reversed_axes(study_cine.geometry, cine.geometry, cine.shape3d)
+        except ValueError as exc:
+            return None, f"the input is not on the study's grid: {exc}"
+        return (np.ascontiguousarray(np.flip(labels, axis=[a - 3 for a in axes])) if axes else labels), ""
 
     def _build_nodes(self, cine: Cine, analysis, params: Parameters, progress: ProgressCallback) -> None:
         scene, name = self.scene, cine.name
@@ -1071,11 +1102,12 @@ class DeepStrainLogic:
         ed_field = self._frame_of_field(params.ed, cycle, "ED")
         if ed_field is not None and ed_field != params.analysis_ed:
             raise ValueError(f"the ED field (frame {params.ed}) is not the analysed ED: the motion is measured from "
-                             "ED, so press Run to analyse from the new ED")
+                             "ED, so press Run to analyse from the new ED (Run offers to keep your hand edits)")
         es_field = self._frame_of_field(params.es, cycle, "ES")
         if params.analysis_timing and params.analysis_timing != _timing_fields(params):
             raise ValueError("the heart rate or RR field changed after Run: the frame times are set when the study "
-                             "is read, so press Run to use them (or set the fields back)")
+                             "is read, so press Run to use them (it offers to keep your hand edits), or set the "
+                             "fields back")
         progress(0.0, "reading segmentation")
         cine, labels, disp = self.study_arrays(params)
         # the height and weight fields as they are now (empty: the input's value, or none)
@@ -1182,23 +1214,24 @@ class DeepStrainLogic:
     def _provenance_after_edit(self, params: Parameters, labels: np.ndarray,
                                made: tuple[bool, np.ndarray] | None = None, rerun: str | None = None) -> dict:
         """The run's provenance (kept in the scene's report), with the segmentation marked as edited
-        when it differs from the last analysis (or "as stored in the scene" when that is unknown,
-        e.g. after reloading a saved scene). ``made``: (refined?, labels) of the motion made from the
-        network's field kept in memory; None when there is none. ``rerun``: what running the
-        networks again after a scene reload gave (:meth:`_network_motion_again`)."""
+        when it differs from the last analysis, or after reloading a saved scene from the networks'
+        labels when they were run again (else "as stored in the scene": unknown). ``made``:
+        (refined?, labels) of the motion made from the network's field kept in memory; None when
+        there is none. ``rerun``: what running the networks again after a scene reload gave
+        (:meth:`_network_motion_again`)."""
         prov = dict(self.report(params).get("provenance") or {})
         base = str(prov.get("segmentation", "unknown"))
-        if self.analysis is None:
-            suffix = ", as stored in the scene"
-        elif not np.array_equal(self.analysis.labels, labels):
-            suffix = ", edited in Slicer"
+        run_labels = self._cache.get("run_labels")
+        if self.analysis is not None:
+            suffix = "" if np.array_equal(self.analysis.labels, labels) else ", edited in Slicer"
+        elif run_labels is not None and base.startswith("networks"):
+            suffix = "" if np.array_equal(run_labels, labels) else ", edited in Slicer"
         else:
-            suffix = ""
+            suffix = ", as stored in the scene"
         if suffix and suffix not in base:
             prov["segmentation"] = base + suffix
         if prov.get("motion") != "networks":
             return prov
-        run_labels = self._cache.get("run_labels")
         if rerun is not None:
             prov["networks_run_again"] = rerun
         if made is not None:  # the motion is made from the network's field kept in memory

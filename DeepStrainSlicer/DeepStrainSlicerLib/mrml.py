@@ -266,15 +266,29 @@ def segmentation_to_labels(seg_node: slicer.vtkMRMLSegmentationNode, geometry: G
     """ACDC label map (Z, Y, X) uint8 from the three cardiac segments (found by id or by name).
 
     Where edited segments overlap, the later one in the order RV cavity, LV cavity,
-    LV myocardium wins (myocardium last: the strain is computed on it).
+    LV myocardium wins (myocardium last: the strain is computed on it). Any other segment (one
+    added in Segment Editor) must be empty: ``ValueError`` naming it otherwise, as its voxels
+    would be left out of the analysis without a word.
     """
     segmentation = seg_node.GetSegmentation()
     labels = np.zeros(shape, dtype=np.uint8)
+    known = set()
     for spec in (SEGMENTS[2], SEGMENTS[0], SEGMENTS[1]):
         sid = spec.segment_id if segmentation.GetSegment(spec.segment_id) else segmentation.GetSegmentIdBySegmentName(spec.name)
         if not sid:
             raise ValueError(f"segmentation '{seg_node.GetName()}' has no segment '{spec.name}'")
+        known.add(sid)
         labels[_segment_mask(seg_node, sid, geometry, shape)] = spec.label
+    for i in range(segmentation.GetNumberOfSegments()):
+        sid = segmentation.GetNthSegmentID(i)
+        if sid in known:
+            continue
+        n = int(np.count_nonzero(_segment_mask(seg_node, sid, geometry, shape)))
+        if n:
+            names = ", ".join(spec.name for spec in SEGMENTS)
+            raise ValueError(f"segmentation '{seg_node.GetName()}' has a segment '{segmentation.GetSegment(sid).GetName()}' "
+                             f"with {n} voxels, which is not one of {names}: the analysis would leave them out; move "
+                             "them into one of those segments, or delete it")
     return labels
 
 

@@ -160,6 +160,9 @@ def compute(
         es_i = f_es if es_i is None else es_i
     if ed_i == es_i:
         raise InputError(_where(cine), f"ED and ES are the same frame ({ed_i})")
+    if not np.any(lab[ed_i] == 3):
+        raise InputError(lab_where, f"no LV cavity (label 3) at ED (frame {ed_i}): EDV, EF and strain need it "
+                                    "(is ED the right frame, and are the labels ACDC's: 1 RV, 2 myocardium, 3 LV cavity?)")
     subject = cine.subject
     bsa = body_surface_area(subject.height_cm, subject.weight_kg)
     vol = volumetrics(lab, cine.geometry, ed_i, es_i, bsa_m2=bsa, heart_rate_bpm=subject.heart_rate_bpm)

@@ -227,14 +227,24 @@ def reproduces(state: NetworkMotion, displacement: np.ndarray, labels: np.ndarra
     the largest difference is within ``tol_mm``, that median in mm); (False, nan) when every frame
     other than ED was edited. The median, not the maximum: a frame edited, refined and then restored
     to the networks' labels by hand still carries its earlier motion. ``motion``: the field already
-    made from ``state`` with :func:`motion_for_labels` (any labels, the same ``refined``), to
+    made from ``state`` with :func:`motion_for_labels` (``labels``, the same ``refined``), to
     compare instead of making it again (only its frames not edited are read).
+
+    A refined motion matches every frame to the ED frame, so an edited ED changes every frame's:
+    when ED was edited, the stored motion may have been refined with the edited ED (a Recompute
+    before the scene was saved) or with the networks' (the edit saved before any Recompute), and
+    both are tried.
     """
     displacement = np.asarray(displacement)
-    frames = [f for f in range(displacement.shape[0]) if f != state.ed and f not in set(state.edited_frames(labels))]
+    edited = set(state.edited_frames(labels))
+    frames = [f for f in range(displacement.shape[0]) if f != state.ed and f not in edited]
     if not frames:
         return False, float("nan")
-    fresh = motion_for_labels(state, state.labels, refine=refined) if motion is None else motion
-    worst = [float(np.abs(fresh[f] - displacement[f]).max()) for f in frames]
-    median = float(np.median(worst))
+
+    def median_mm(fresh: np.ndarray) -> float:
+        return float(np.median([float(np.abs(fresh[f] - displacement[f]).max()) for f in frames]))
+
+    median = median_mm(motion_for_labels(state, labels, refine=refined) if motion is None else motion)
+    if refined and state.ed in edited and not median <= tol_mm:
+        median = min(median, median_mm(motion_for_labels(state, state.labels, refine=True)))
     return median <= tol_mm, median

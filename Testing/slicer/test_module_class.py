@@ -11,6 +11,7 @@ import unittest
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import numpy as np
 import pytest
 import slicer
 
@@ -304,3 +305,39 @@ def test_a_heart_rate_entered_after_run_asks_for_run(widget, harness, phantom):
         harness.logic.recompute(widget.params)
     widget.params.heart_rate_bpm = 0.0
     harness.logic.recompute(widget.params)
+
+
+@pytest.mark.parametrize("answer", ["keep", "again", None])
+def test_run_after_hand_edits_asks_whether_to_keep_them(widget, harness, phantom, monkeypatch, answer):
+    """Run on a study whose segmentation was edited asks first: keep (Run gets the edited labels and
+    says where they come from), segment again (the networks' way) or cancel (nothing runs)."""
+    from DeepStrainSlicerLib import mrml
+
+    cine, labels, disp = phantom
+    p = widget.params
+    p.set_ref("InputSequence", mrml.cine_to_sequence(harness.scene, cine, "input cine"))
+    first = widget.logic.run(cine, p, labels, disp)
+    edited = first.labels.copy()
+    edited[first.es][edited[first.es] == 3] = 0  # LV cavity erased at ES
+    browser = p.ref("Browser")
+    browser.SetSelectedItemNumber(first.es)
+    proxy = browser.GetProxyNode(p.ref("SegmentationSequence"))
+    mrml.set_segment_mask(proxy, "lv_cavity", edited[first.es] == 3, cine.geometry)
+    asked, runs = [], []
+    monkeypatch.setattr(widget, "_ask_keep_edits", lambda why: asked.append(why) or answer)
+    monkeypatch.setattr(widget, "on_layout", lambda: None)  # no layout manager here
+    monkeypatch.setattr(widget, "_connect_plot_view", lambda: None)
+    monkeypatch.setattr(widget.logic, "run", lambda c, prm, lab, d, progress=None, labels_origin=None:
+                        runs.append((lab, labels_origin)))
+    p.run_mode = "networks"
+    widget._to_gui()
+    seq = p.ref("InputSequence")
+    widget.ui.inputSequenceSelector.currentNode = lambda: seq
+    widget.on_run()
+    assert asked == [""]
+    if answer is None:
+        assert runs == [] and widget.ui.statusLabel.text.startswith("Run cancelled")
+    elif answer == "keep":
+        assert np.array_equal(runs[0][0], edited) and runs[0][1] == widget.module.dlogic.KEPT_EDITS
+    else:
+        assert runs == [(None, None)]

@@ -90,6 +90,24 @@ def test_segmentation_read_back_after_segment_is_edited(harness):
     assert np.array_equal(back, edited)
 
 
+def test_a_segment_added_by_hand_must_be_empty_or_is_named(harness):
+    """A segment added in Segment Editor (not one of the three) is ignored while empty; with voxels in
+    it, reading the labels fails and names it (its voxels would silently leave the analysis)."""
+    g = _geometry()
+    lab = _labels()[0]
+    node = mrml.labels_to_segmentation(lab, g)
+    sid = node.GetSegmentation().AddEmptySegment("", "Segment_4")
+    assert np.array_equal(mrml.segmentation_to_labels(node, g, lab.shape), lab)
+    mask = (lab == 3).astype(np.uint8)
+    img = slicer.vtkOrientedImageData()
+    img.ShallowCopy(mrml.image_from_array(mask))
+    img.SetImageToWorldMatrix(mrml.ijk_to_ras(g))
+    slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+        img, node, sid, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+    with pytest.raises(ValueError, match=f"segment 'Segment_4' with {int(mask.sum())} voxels, which is not one of"):
+        mrml.segmentation_to_labels(node, g, lab.shape)
+
+
 def test_grid_transform_moves_ed_points_by_the_displacement(harness):
     """To-parent grid = Lagrangian u on the ED grid: TransformPoint(X) == X + u(X), also between voxels."""
     g = _geometry()

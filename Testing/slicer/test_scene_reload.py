@@ -90,6 +90,31 @@ def test_networks_run_again_after_reload_to_refine_new_edits(harness, phantom, t
         h.close()
 
 
+def test_an_ed_edit_saved_before_recompute_is_refined_after_reload(harness, phantom, tmp_path):
+    """The ED myocardium thickened by hand and the scene saved before any Recompute: after loading it,
+    Recompute runs the networks again, recognises the stored motion (refined with the networks' ED,
+    while the edited ED changes every frame's refinement) and gives what Recompute gave in the first
+    session; the provenance says the segmentation was edited."""
+    cine, _, _ = phantom
+    first = harness.logic.run(cine, harness.params)
+    lab = first.labels[first.ed].copy()
+    lab[ndimage.binary_dilation(lab == 2, structure=RING) & (lab == 3)] = 2
+    _set_frame_labels(harness, first.ed, lab, cine.geometry)
+    h = harness.save_and_reload(tmp_path)
+    try:
+        again = h.logic.recompute(h.params)
+        prov = again.report["provenance"]
+        assert prov["networks_run_again"].startswith("yes"), prov
+        assert prov["segmentation"] == "networks, edited in Slicer"
+        assert prov["motion_refined_with"] == "segmentation edited in Slicer"
+    finally:
+        h.close()
+    same_session = harness.logic.recompute(harness.params)
+    for k in ("radial", "circumferential", "longitudinal"):
+        assert again.report["ess"][k] == pytest.approx(same_session.report["ess"][k], abs=1e-3)
+    assert abs(same_session.report["ess"]["radial"] - first.report["ess"]["radial"]) > 1.0  # the edit matters
+
+
 def test_reloaded_scene_shows_and_exports_what_the_session_did(harness, phantom, tmp_path, egl):
     """After a reload the proxies keep their display (glyphs on every frame) and Export writes the
     same pictures (to a grey level) and the same tables as before the scene was saved."""

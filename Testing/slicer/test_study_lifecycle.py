@@ -3,8 +3,12 @@ and opened in the same session, saved studies added to a scene with the user's o
 from __future__ import annotations
 
 import copy
+import dataclasses
 
+import numpy as np
 import pytest
+
+from deepstrain.cine import Geometry
 
 from DeepStrainSlicerLib import logic as dlogic
 from DeepStrainSlicerLib import mrml
@@ -166,3 +170,49 @@ def test_a_new_run_clears_the_segment_highlight(harness, phantom):
     assert not aha.GetVisibility() and not aha.GetSegmentVisibility("aha_5")
     h.logic.highlight_segment(p, 7)  # still works on the new study
     assert p.ref("PolarHighlight").GetDisplayNode().GetVisibility() and aha.GetSegmentVisibility("aha_7")
+
+
+def _erase_es_cavity_slice(harness, analysis, geometry, which: int = 0):
+    """A hand edit: the ES LV cavity of one slice (``which`` from the middle one) erased in the scene."""
+    lab = analysis.labels[analysis.es].copy()
+    ks = np.flatnonzero((lab == 3).any(axis=(1, 2)))
+    k = ks[ks.size // 2 + which]
+    lab[k][lab[k] == 3] = 0
+    browser = harness.params.ref("Browser")
+    browser.SetSelectedItemNumber(analysis.es)
+    proxy = browser.GetProxyNode(harness.params.ref("SegmentationSequence"))
+    for name, value in (("rv_cavity", 1), ("lv_cavity", 3), ("lv_myocardium", 2)):
+        mrml.set_segment_mask(proxy, name, lab == value, geometry)
+    return lab
+
+
+def test_run_again_offers_the_hand_edits_and_keeps_them_when_asked(harness, phantom):
+    """Recompute cannot take a new ED or heart rate and sends the user to Run: Run must not lose the
+    hand edits silently. edited_labels gives them (nothing once they were analysed as they are, and
+    a reason instead for an input on another grid); Run with them keeps them, says so in the
+    provenance and measures the same EF as Recompute did."""
+    cine, labels, disp = phantom
+    p = harness.params
+    first = harness.logic.run(cine, p, labels, disp)
+    assert harness.logic.edited_labels(p, cine) == (None, "")
+    es_lab = _erase_es_cavity_slice(harness, first, cine.geometry)
+    edited, why = harness.logic.edited_labels(p, cine)
+    assert why == "" and np.array_equal(edited[first.es], es_lab) and np.array_equal(edited[first.ed], labels[first.ed])
+    recomputed = harness.logic.recompute(p)
+    assert harness.logic.edited_labels(p, cine) == (None, "")  # analysed as they are now
+    _erase_es_cavity_slice(harness, recomputed, cine.geometry)  # the same edit again: nothing new
+    _erase_es_cavity_slice(harness, recomputed, cine.geometry, which=1)  # ... and another one
+    g = cine.geometry
+    moved = dataclasses.replace(cine, geometry=Geometry(g.spacing, g.origin + 5.0, g.direction))
+    edited, why = harness.logic.edited_labels(p, moved)
+    assert edited is None and "not on the study's grid" in why and "8.66 mm apart" in why  # 5 mm on each axis
+    p.heart_rate_bpm = 50.0  # a new heart rate needs Run
+    with pytest.raises(ValueError, match="offers to keep your hand edits"):
+        harness.logic.recompute(p)
+    edited, _ = harness.logic.edited_labels(p, cine)
+    kept = harness.logic.run(cine, p, edited, disp, labels_origin=dlogic.KEPT_EDITS)
+    assert np.array_equal(kept.labels, edited) and not np.array_equal(kept.labels, recomputed.labels)
+    assert kept.report["provenance"]["segmentation"] == dlogic.KEPT_EDITS
+    check = harness.logic.recompute(p)  # the kept segmentation, analysed as Recompute would
+    assert kept.report["volumetrics"]["lv_ef_percent"] == pytest.approx(check.report["volumetrics"]["lv_ef_percent"])
+    assert kept.report["volumetrics"]["lv_ef_percent"] > first.report["volumetrics"]["lv_ef_percent"]
