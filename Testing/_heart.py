@@ -21,6 +21,26 @@ def rotation(axis: np.ndarray, angle_deg: float) -> np.ndarray:
     return np.eye(3) + np.sin(t) * k + (1 - np.cos(t)) * k @ k
 
 
+APEX_PRIOR_RAS = np.array([-1.0, 1.0, -1.0]) / np.sqrt(3.0)
+"""Left, anterior, inferior: where a patient's LV apex points (deepstrain.strain's anatomical prior)."""
+
+
+def anatomical_rotation(axis: np.ndarray, angle_deg: float) -> np.ndarray:
+    """:func:`rotation`, turned half round the heart's x axis when that is needed for the apex (heart
+    z) to point like a patient's (towards :data:`APEX_PRIOR_RAS`): the engine takes a world whose
+    apex points the other way for a mirror image of the patient."""
+    r = rotation(axis, angle_deg)
+    return r if r[:, 2] @ APEX_PRIOR_RAS > 0 else r @ np.diag([1.0, -1.0, -1.0])
+
+
+def header_without_orientation(geo: Geometry, row_sign: float = -1.0) -> Geometry:
+    """The same voxels under a header with no scanner orientation, as ACDC's: columns along -R (to the
+    left), rows along ``row_sign`` A (ACDC's frames: -1, posterior; the acdc_cine_crop files: +1),
+    slices along +S."""
+    columns = [[0.0, 0.0, 1.0], [0.0, row_sign, 0.0], [-1.0, 0.0, 0.0]]  # slice, row, column axes in RAS
+    return Geometry(geo.spacing.copy(), np.zeros(3), np.stack(columns, axis=1))
+
+
 @dataclass
 class Heart:
     rotation: np.ndarray  # heart -> world

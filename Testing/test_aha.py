@@ -1,17 +1,23 @@
 """AHA 17 segments: signed angles from the RV insertion points, levels along the long axis, invariance."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from _heart import Heart, flip_geometry, grid_for, rotation, sample
+from _heart import (APEX_PRIOR_RAS, Heart, anatomical_rotation, flip_geometry, grid_for, header_without_orientation,
+                    rotation, sample)
 from deepstrain.aha import SEGMENT_NAMES, aha_segments, segment_curves, segment_of, septal_direction
 from deepstrain.cine import Geometry
 from deepstrain.strain import cardiac_frame
 
 
-def _heart(rv_side=1.0, axis=(0.3, 1.0, 0.5), angle=40.0, spacing=(8.0, 1.5, 1.5), tilt=5.0, flip=(False,) * 3):
-    heart = Heart(rotation=rotation(axis, angle), centre=np.array([10.0, -20.0, 30.0]), rv_side=rv_side)
+def _heart(rv_side=1.0, axis=(0.3, 1.0, 0.5), angle=40.0, spacing=(8.0, 1.5, 1.5), tilt=5.0, flip=(False,) * 3,
+           turn=None):
+    """A heart placed as in a patient (apex left-anterior-inferior); ``turn``: a world rotation after that."""
+    rot = anatomical_rotation(axis, angle)
+    heart = Heart(rotation=rot if turn is None else turn @ rot, centre=np.array([10.0, -20.0, 30.0]), rv_side=rv_side)
     geo, shape = grid_for(heart, spacing, tilt_deg=tilt, flip=flip)
     world, h, lab = sample(heart, geo, shape)
     return heart, geo, shape, h, lab
@@ -95,11 +101,12 @@ def test_transposed_rows_and_columns_keep_every_voxel_segment():
     np.testing.assert_array_equal(seg2.transpose(0, 2, 1), seg)
 
 
-@pytest.mark.parametrize("axis,angle", [((0, 0, 1), 90.0), ((1, -1, 0.3), 150.0), ((0.5, 0.2, -1), -70.0)])
-def test_rotating_the_heart_in_the_world_keeps_every_voxel_segment(axis, angle):
+@pytest.mark.parametrize("angle", [90.0, 150.0, -70.0])
+def test_rotating_the_heart_in_the_world_keeps_every_voxel_segment(angle):
+    """Turned about the left-anterior-inferior direction, the apex still points like a patient's."""
     heart, geo, shape, h, lab = _heart()
     seg = aha_segments(lab, geo)
-    heart2, geo2, shape2, h2, lab2 = _heart(axis=axis, angle=angle)
+    heart2, geo2, shape2, h2, lab2 = _heart(turn=rotation(APEX_PRIOR_RAS, angle))
     assert shape2 == shape
     same = lab2 == lab  # the grid moves with the heart: the same voxels, up to rounding at the boundary
     assert same.mean() > 0.999
@@ -182,3 +189,61 @@ def test_a_given_anterior_insertion_point_orients_the_segments(rv_side):
     on_axis = frame.centers[np.nonzero(np.all(np.isfinite(frame.centers), axis=1))[0][3]]
     with pytest.raises(ValueError, match="from the LV centre"):
         aha_segments(lab, geo, rv_insertion_ras=on_axis)
+
+
+@pytest.mark.parametrize("row_sign", [-1.0, 1.0])
+def test_a_header_without_orientation_gives_the_patients_segments(row_sign):
+    """A short-axis stack in the standard layout (RV on the left, anterior at the top, slices base to
+    apex) under a header with no scanner orientation (axes along R, A, S; the apex superior), as
+    ACDC's frames (rows posterior: the patient's mirror image) and the acdc_cine_crop files (rows
+    anterior: not a mirror image): the segments are the patient's, voxel for voxel, and a warning
+    says what was taken."""
+    heart, geo, shape, h, lab = _heart(tilt=0.0, flip=(False, True, True))
+    cols = np.indices(lab.shape)[2]
+    assert cols[lab == 1].mean() < cols[(lab == 2) | (lab == 3)].mean()  # the RV on the left
+    seg = aha_segments(lab, geo)
+    exp, safe = _expected(h, lab, 1.0)
+    np.testing.assert_array_equal(seg[safe], exp[safe])
+    rows = np.indices(lab.shape)[1]
+    assert rows[seg == 7].mean() < rows[seg == 10].mean()  # anterior at the top
+    pseudo = header_without_orientation(geo, row_sign)
+    frame = cardiac_frame(lab, pseudo)
+    assert frame.mirrored == (row_sign < 0) and "standard short-axis layout" in frame.warnings[-1]
+    np.testing.assert_array_equal(aha_segments(lab, pseudo, frame), seg)
+    # with the RV on the right the layout is not the standard one: said, and the file's world followed
+    frame_r = cardiac_frame(np.ascontiguousarray(lab[:, :, ::-1]), pseudo)
+    assert not frame_r.mirrored and "cannot be told" in frame_r.warnings[-1]
+    # an oblique header whose apex points against anatomy: said, the file's world followed
+    tilted = Geometry(geo.spacing, geo.origin, rotation([1.0, 0.3, 0.2], 20.0) @ pseudo.direction)
+    frame_o = cardiac_frame(lab, tilted)
+    assert not frame_o.mirrored and "not the patient's" in frame_o.warnings[-1]
+
+
+ACDC = Path(__file__).resolve().parents[2] / "shared" / "data" / "acdc" / "training"
+
+
+@pytest.mark.skipif(not (ACDC / "patient001").is_dir(), reason="ACDC data not found beside the project")
+@pytest.mark.parametrize("patient", ["patient001", "patient061", "patient083"])
+def test_acdc_anterior_segments_face_the_top_of_the_image(patient):
+    """ACDC's images show the patient with anterior (the chest wall, the lungs) at the top (row 0)
+    and the RV on the left; the frame files' header makes that world a mirror image (slices base to
+    apex along +S, rows posterior), the acdc_cine_crop 4D files' header (rows anterior) does not.
+    Segments 1 and 7 (anterior) lie above 4 and 10 (inferior) in both, on the same voxels."""
+    import warnings
+
+    from deepstrain.io import load_cine
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no timing in ACDC, lost spacing in some crops
+        cine = load_cine(ACDC / patient)
+        crop = load_cine(ACDC.parents[1] / "acdc_cine_crop" / patient / f"{patient}_4d.nii.gz")
+    lab = cine.labels[cine.ed]
+    frame = cardiac_frame(lab, cine.geometry)
+    assert frame.mirrored
+    seg = aha_segments(lab, cine.geometry, frame)
+    row = np.indices(seg.shape)[1]
+    for anterior, inferior in ((1, 4), (7, 10)):
+        assert row[seg == anterior].mean() + 10 < row[seg == inferior].mean()
+    lab_crop = lab[1:1 + crop.shape3d[0], 85:180, 50:150]  # the crop of acdc_cine_crop's README
+    seg_crop = aha_segments(lab_crop, crop.geometry)
+    assert np.mean(seg_crop == seg[1:1 + crop.shape3d[0], 85:180, 50:150]) > 0.95

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from _heart import Heart, grid_for, rotation, sample
+from _heart import Heart, anatomical_rotation, grid_for, header_without_orientation, sample
 from deepstrain import pipeline
 from deepstrain.aha import aha_segments
 from deepstrain.cine import Cine
@@ -17,7 +17,7 @@ LEVEL_ANGLES = {"basal": -4.0, "mid": 1.5, "apical": 8.0}
 def _rotating_heart(flip=(False, False, False), rv_side=1.0):
     """A heart on an oblique grid whose levels turn rigidly by LEVEL_ANGLES (deg, counter-clockwise
     from the apex) and whose slices also shift in plane and along the axis, in frame 1 of 2."""
-    heart = Heart(rotation=rotation([0.3, -0.5, 0.8], 41.0), centre=np.array([5.0, -12.0, 20.0]), rv_side=rv_side)
+    heart = Heart(rotation=anatomical_rotation([0.3, -0.5, 0.8], 41.0), centre=np.array([5.0, -12.0, 20.0]), rv_side=rv_side)
     geo, shape = grid_for(heart, (8.0, 1.6, 1.6), tilt_deg=0.0, flip=flip)
     world, h, lab = sample(heart, geo, shape)
     frame = cardiac_frame(lab, geo)
@@ -47,6 +47,22 @@ def test_rigid_level_rotations_are_recovered_with_sign_on_any_grid(flip):
     rot = level_rotations(u, geo, frame, seg)
     for name, angle in LEVEL_ANGLES.items():
         assert rot[name][0] == pytest.approx(0.0, abs=1e-9)
+        assert rot[name][1] == pytest.approx(angle, abs=1e-6)
+
+
+def test_a_header_that_mirrors_the_patient_gives_the_patients_rotations():
+    """The same voxels and motion under a header without scanner orientation that makes the world the
+    patient's mirror image (as ACDC's frames: the standard layout, slices along +S): the rotations
+    keep the patient's signs."""
+    geo, lab, frame, seg, u = _rotating_heart(flip=(False, True, True))  # RV left, anterior at the top
+    pseudo = header_without_orientation(geo)
+    m = pseudo.direction @ np.linalg.inv(geo.direction)  # the world map, applied to the displacement
+    assert np.linalg.det(m) < 0
+    u_m = np.einsum("ab,tb...->ta...", m, u).astype(np.float32)
+    frame_m = cardiac_frame(lab, pseudo)
+    assert frame_m.mirrored
+    rot = level_rotations(u_m, pseudo, frame_m, aha_segments(lab, pseudo, frame_m))
+    for name, angle in LEVEL_ANGLES.items():
         assert rot[name][1] == pytest.approx(angle, abs=1e-6)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from _heart import Heart, flip_geometry, grid_for, rotation, sample
+from _heart import Heart, anatomical_rotation, flip_geometry, grid_for, rotation, sample
 from deepstrain.cine import Geometry
 from deepstrain.strain import (
     cardiac_frame,
@@ -118,7 +118,8 @@ def test_two_sample_axis_and_bad_shapes():
 
 # ------------------------------------------------------------------ the synthetic heart
 def _heart(rv_side=1.0, angle=40.0, spacing=(8.0, 1.5, 1.5), tilt=5.0, flip=(False, False, False)):
-    heart = Heart(rotation=rotation([0.3, 1.0, 0.5], angle), centre=np.array([10.0, -20.0, 30.0]), rv_side=rv_side)
+    heart = Heart(rotation=anatomical_rotation([0.3, 1.0, 0.5], angle), centre=np.array([10.0, -20.0, 30.0]),
+                  rv_side=rv_side)
     geo, shape = grid_for(heart, spacing, tilt_deg=tilt, flip=flip)
     world, h, lab = sample(heart, geo, shape)
     return heart, geo, shape, world, h, lab

@@ -9,8 +9,10 @@ Definitions follow ``notes/strain_spec.md``; the details decided here:
   The contact arc is the circle minus its largest angular gap; its two ends are the insertion
   points. One septal direction ``s_dir`` (the middle of the arc, which equals the bisector of the
   two insertion directions for arcs under 180 deg) is used for the whole LV.
-* A voxel's signed angle ``phi = atan2((l x s_dir) . r, s_dir . r)`` in degrees, with ``r`` its
-  radial direction and ``l`` the base->apex axis, rounded to 1e-9 deg. This uses world (RAS)
+* A voxel's signed angle ``phi = atan2(h (l x s_dir) . r, s_dir . r)`` in degrees, with ``r`` its
+  radial direction, ``l`` the base->apex axis and ``h`` the frame's handedness (-1 when the
+  file's world is the patient's mirror image, e.g. ACDC's headers: see
+  :func:`deepstrain.strain.cardiac_frame`), rounded to 1e-9 deg. This uses world (RAS)
   vectors only, so it does not depend on how the voxels are stored (nor on the rounding of a
   spacing read back from an affine).
 * Levels: ``f = (s - s_base) / (s_apex - s_base)`` with ``s = p . l`` and the LV cavity extent
@@ -134,7 +136,7 @@ def septal_direction(
     start, end, middle = _arc_middle(angles)
     s_dir = math.cos(middle) * e1 + math.sin(middle) * e2
     ins = np.array([math.cos(start) * e1 + math.sin(start) * e2, math.cos(end) * e1 + math.sin(end) * e2])
-    return s_dir, ins
+    return s_dir, (ins[::-1] if frame.handedness < 0 else ins)
 
 
 INSERTION_TO_SEPTUM_DEG = 60.0
@@ -165,7 +167,7 @@ def septal_direction_from_insertion(point_ras: np.ndarray, frame: CardiacFrame) 
         raise ValueError(f"RV insertion point {np.round(p, 1).tolist()} is {dist:.1f} mm from the LV centre in "
                          "the short-axis plane: place it where the RV wall meets the septum")
     d /= dist
-    a = math.radians(INSERTION_TO_SEPTUM_DEG)
+    a = math.radians(INSERTION_TO_SEPTUM_DEG) * frame.handedness
     return math.cos(a) * d + math.sin(a) * np.cross(l_vec, d)
 
 
@@ -236,7 +238,7 @@ def aha_segments(
     cap_slice = (~has_cav) & np.isfinite(centre_s) & (np.nan_to_num(centre_s, nan=-np.inf) > last_cavity_s)
 
     r, _, _ = frame.directions(pts, kk)
-    t_dir = np.cross(l_vec, s_dir)
+    t_dir = frame.handedness * np.cross(l_vec, s_dir)
     # rounded to ANGLE_DECIMALS: a voxel on a sector boundary (common on regular grids) must not
     # change segment with the last bit of the geometry (a spacing read from an affine)
     phi = np.round(np.degrees(np.arctan2(r @ t_dir, r @ s_dir)), ANGLE_DECIMALS)

@@ -13,7 +13,8 @@ weigh more (the weights are ``|a| |b|``), so the wall's rotation dominates, not 
 centre.
 
 Sign convention (the usual one of tagging and feature tracking): positive = counter-clockwise
-when viewed from the apex towards the base, i.e. right-handed about ``l`` pointing base to apex.
+when viewed from the apex towards the base, i.e. right-handed about ``l`` pointing base to apex
+(left-handed in a file whose world is the patient's mirror image: :attr:`CardiacFrame.mirrored`).
 A normal LV in systole turns clockwise at the base (negative) and counter-clockwise at the apex
 (positive). Twist = apical minus basal rotation (deg); torsion = twist divided by the distance
 along ``l`` between the ED centroids of the basal and apical levels (deg/cm). The twist rate
@@ -67,7 +68,7 @@ def level_rotations(displacement: np.ndarray, geometry: Geometry, frame: Cardiac
         b -= (b @ l_vec)[..., None] * l_vec
         cross = np.cross(a[None], b) @ l_vec  # (T, N)
         dot = np.einsum("nc,tnc->tn", a, b)
-        out[name] = np.degrees(np.arctan2(cross.sum(axis=1), dot.sum(axis=1)))
+        out[name] = frame.handedness * np.degrees(np.arctan2(cross.sum(axis=1), dot.sum(axis=1)))
     return out
 
 

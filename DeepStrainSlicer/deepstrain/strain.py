@@ -85,6 +85,15 @@ class CardiacFrame:
     orientation_rule: str
     """Which rule decided base vs apex (see :func:`cardiac_frame`)."""
     warnings: list[str] = field(default_factory=list)
+    mirrored: bool = False
+    """The image's world is taken to be a mirror image of the patient (see :func:`cardiac_frame`):
+    angles about ``l`` then run the other way (``handedness`` -1) in the AHA numbering and the
+    rotation signs, so that they describe the patient, not the mirror image."""
+
+    @property
+    def handedness(self) -> float:
+        """+1, or -1 when :attr:`mirrored`: multiplies every angle measured about ``long_axis``."""
+        return -1.0 if self.mirrored else 1.0
 
     def directions(self, points: np.ndarray, slices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Unit radial, circumferential and longitudinal vectors at ``points`` ``(N, 3)`` RAS mm.
@@ -156,6 +165,18 @@ def cardiac_frame(labels_ed: np.ndarray, geometry: Geometry) -> CardiacFrame:
          spacing is a tie);
       3. ``"apical cap"``: myocardium-only slices (the myocardium closes) on one end only;
       4. ``"anatomical prior"``: the apex points left-anterior-inferior in RAS (with a warning).
+    * Handedness: angles about ``l`` (AHA numbering, rotation signs) follow the file's world,
+      which is the patient's for a scanner's header. A header that cannot be the scanner's (its
+      axes along R, A, S exactly, and the apex pointing against anatomy: ``l`` has a negative
+      component along left-anterior-inferior, which no heart's apex has) may be the patient's
+      mirror image. Then the image's layout decides, when it is the standard short-axis one
+      (RV cavity at lower column indices than the LV: on the left; anterior at the top; seen
+      from the apex), as in ACDC: in that layout (column, row, base->apex) is a left-handed
+      triple in the patient, so a header in which it is right-handed is a mirror image
+      (:attr:`CardiacFrame.mirrored`). ACDC's frame files (sform diag(-1, -1, 1), slices base to
+      apex along +S) are; the 4D crops of ``acdc_cine_crop`` (rows along +A) are not. Every
+      such header gets a warning saying which was taken; with the RV not on the left the file's
+      world is followed.
     """
     lab = np.asarray(labels_ed)
     if lab.ndim != 3:
@@ -245,6 +266,10 @@ def cardiac_frame(labels_ed: np.ndarray, geometry: Geometry) -> CardiacFrame:
         rule = "anatomical prior"
         warnings.append("base and apex could not be told apart from the labels; the anatomical prior was used")
     l_vec = sign * l_vec
+    mirrored = False
+    if rule != "anatomical prior" and float(l_vec @ _APEX_PRIOR_RAS) < 0.0:
+        mirrored, note = _layout_handedness(lab, geometry, l_vec)
+        warnings.append(note)
     return CardiacFrame(
         long_axis=l_vec,
         centers=centers,
@@ -252,7 +277,37 @@ def cardiac_frame(labels_ed: np.ndarray, geometry: Geometry) -> CardiacFrame:
         axis_source=source,
         orientation_rule=rule,
         warnings=warnings,
+        mirrored=mirrored,
     )
+
+
+def _layout_handedness(lab: np.ndarray, geometry: Geometry, l_vec: np.ndarray) -> tuple[bool, str]:
+    """Whether a world whose apex points against anatomy is the patient's mirror image (see
+    :func:`cardiac_frame`, "Handedness"), and the warning that says what was taken."""
+    d = geometry.direction / np.linalg.norm(geometry.direction, axis=0)
+    head = f"the apex points {_ras_words(l_vec)} in the image's world, against anatomy (left, anterior, inferior)"
+    if not np.all(np.max(np.abs(d), axis=0) > 0.999):
+        return False, (head + ": the file's orientation is not the patient's, so AHA anterior and inferior segments "
+                              "and rotation signs may be swapped; check them on the images")
+    cols = np.nonzero(lab)[2]
+    rv_col = cols[lab[np.nonzero(lab)] == 1].mean() if np.any(lab == 1) else np.inf
+    lv_col = cols[(lab[np.nonzero(lab)] == 2) | (lab[np.nonzero(lab)] == 3)].mean()
+    if not rv_col < lv_col:
+        return False, (head + " and the RV is not on the left of the image: the handedness of this header (no scanner "
+                              "orientation) cannot be told, so AHA anterior and inferior segments and rotation signs may "
+                              "be swapped; check them on the images")
+    mirrored = float(np.linalg.det(np.stack([d[:, 2], d[:, 1], l_vec], axis=1))) > 0
+    return mirrored, (head + ": the header has no scanner orientation, so the image is taken in the standard short-axis "
+                      "layout (RV on the left, anterior at the top, as in ACDC), " + (
+                          "of which the file's world is the mirror image: AHA segments and rotation signs are counted "
+                          "the other way round" if mirrored else "which the file's world keeps"))
+
+
+def _ras_words(v: np.ndarray) -> str:
+    """Direction words of a RAS vector's clear components (above 0.3), e.g. "right and superior"."""
+    names = (("right", "left"), ("anterior", "posterior"), ("superior", "inferior"))
+    words = [pos if x > 0 else neg for x, (pos, neg) in zip(v, names) if abs(x) > 0.3]
+    return " and ".join(words) if words else "along " + str(np.round(v, 2).tolist())
 
 
 def _mask_crop(mask: np.ndarray, margin: int = 1) -> tuple[slice, slice, slice]:
