@@ -176,6 +176,27 @@ def test_mirror_keeps_world_anatomy(small):
         np.testing.assert_array_equal(np.flip(disp, axis=2 + axis), small.displacement)
 
 
+def test_tilted_stack_turns_the_slices_not_the_heart(small):
+    """``tilt_deg``: the slice normal turns that far from the long axis about the row axis; the heart
+    (anatomy, motion, reference) is the untilted one, sampled on the tilted grid, with its apex in
+    the stack, and its exact displacement still carries the ED myocardium onto each frame's."""
+    tilted = generate_phantom(PhantomParams(seed=1, tilt_deg=12.0, **SMALL))
+    g, g0 = tilted.cine.geometry, small.cine.geometry
+    l_vec = np.asarray(tilted.reference["phantom"]["long_axis_ras"])
+    assert math.degrees(math.acos(g.direction[:, 0] @ l_vec)) == pytest.approx(12.0, abs=1e-9)
+    np.testing.assert_allclose(g.direction[:, 1], g0.direction[:, 1], atol=1e-12)  # turned about the rows
+    np.testing.assert_allclose(l_vec, small.reference["phantom"]["long_axis_ras"], atol=1e-12)
+    for key in ("lv_edv_ml", "lv_esv_ml", "lv_mass_g"):
+        assert tilted.reference["volumetrics"][key] == pytest.approx(small.reference["volumetrics"][key], rel=1e-9)
+    vol = float(np.prod(g.spacing)) / 1000.0
+    assert (tilted.labels[0] == 3).sum() * vol == pytest.approx(tilted.reference["volumetrics"]["lv_edv_ml"], rel=0.05)
+    assert (tilted.labels[0, -1] == 2).any() and not (tilted.labels[0, -1] == 3).any()  # the apex is in the stack
+    es = tilted.reference["frames"]["es"]
+    assert _landing_fraction(tilted, es) >= 0.95
+    with pytest.raises(ValueError, match="tilt_deg"):
+        PhantomParams(tilt_deg=31.0)
+
+
 def test_params_validated():
     with pytest.raises(ValueError):
         PhantomParams(rv_side="up")

@@ -154,7 +154,13 @@ class PhantomParams:
     """Amplitude of the smooth static coil-sensitivity field (fraction)."""
     orientation: list | None = None
     """3x3 direction matrix of the grid (columns = RAS of the slice, row, column axes); None = a
-    realistic oblique short-axis orientation. The slice axis is the LV long axis (base -> apex)."""
+    realistic oblique short-axis orientation. The slice axis is the LV long axis (base -> apex)
+    unless ``tilt_deg`` turns the slices."""
+    tilt_deg: float = 0.0
+    """Angle (deg, 0 - 30) between the slice normal and the LV long axis: the grid turns about its
+    row axis (the heart stays where ``orientation`` puts it), as in a short-axis stack not planned
+    exactly across the ventricle. Slices still start at the base-plane centre; by default
+    ``ceil(a_o sin(tilt) / slice spacing)`` more slices keep the apical cap in the stack."""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -193,6 +199,8 @@ class PhantomParams:
             raise ValueError("delay_width_deg must be within 0 - 360")
         if self.noise < 0 or self.blur_px < 0 or self.bias < 0:
             raise ValueError("noise, blur_px and bias must be >= 0")
+        if not 0 <= self.tilt_deg <= 30:
+            raise ValueError("tilt_deg must be within 0 - 30")
         if self.orientation is not None:
             d = np.asarray(self.orientation, dtype=float)
             if d.shape != (3, 3) or not np.allclose(d.T @ d, np.eye(3), atol=1e-6):
@@ -597,7 +605,8 @@ class Phantom:
 
 
 def _grid(params: PhantomParams, shape: _Shape) -> tuple[Geometry, np.ndarray, np.ndarray, np.ndarray]:
-    """Grid geometry, heart axes (e1, e2, l as columns), base-plane centre (RAS) and slice z (mm)."""
+    """Grid geometry, heart axes (e1, e2, l as columns), base-plane centre (RAS) and slice positions
+    (mm from the base-plane centre along the slice normal: along l unless ``params.tilt_deg``)."""
     d = default_orientation() if params.orientation is None else np.asarray(params.orientation, dtype=np.float64)
     l = d[:, 0]
     alpha = math.radians(params.rotation_deg + (180.0 if params.rv_side == "right" else 0.0))
@@ -610,6 +619,11 @@ def _grid(params: PhantomParams, shape: _Shape) -> tuple[Geometry, np.ndarray, n
     n_cap = int(math.floor((shape.c - s / 2) / s)) + 2
     if s / 2 + (n_cap - 1) * s > shape.c_o - 0.5:
         raise PhantomRefused("apex_wall_mm", "too thin for this slice spacing: no slice would show the apical cap")
+    tilt = math.radians(params.tilt_deg)
+    if tilt:  # turn the grid about its row axis: slice normal and column axis leave l and its normal
+        n_cap += int(math.ceil(shape.a_o * math.sin(tilt) / s))
+        d = np.stack([math.cos(tilt) * l + math.sin(tilt) * d[:, 2], d[:, 1],
+                      -math.sin(tilt) * l + math.cos(tilt) * d[:, 2]], axis=1)
     n = params.n_slices if params.n_slices is not None else n_cap
     if n < 1:
         raise ValueError("n_slices must be >= 1")
@@ -618,7 +632,7 @@ def _grid(params: PhantomParams, shape: _Shape) -> tuple[Geometry, np.ndarray, n
     sp = params.pixel_spacing_mm
     m = params.matrix_size
     centre = base + 0.35 * shape.a * e1
-    origin = centre + l * z[0] - (d[:, 1] + d[:, 2]) * sp * (m - 1) / 2.0
+    origin = centre + d[:, 0] * z[0] - (d[:, 1] + d[:, 2]) * sp * (m - 1) / 2.0
     geom = Geometry(spacing=(s, sp, sp), origin=origin, direction=d)
     return geom, axes, base, z
 
@@ -652,11 +666,15 @@ def _heart(p: PhantomParams) -> _Heart:
     geom, axes, base, zs = _grid(p, shape)
     times = np.arange(p.n_frames) * (p.rr_ms / p.n_frames)
     motion = PhantomMotion(p, shape, base, axes, times)
-    # heart coordinates of the in-plane grid (identical for every slice: the slices are normal to l)
+    # heart coordinates of the in-plane grid (identical for every slice when the slices are normal to l)
     h_plane = motion.to_heart(geom.world_points((1, p.matrix_size, p.matrix_size))[0])
     thick = p.slice_thickness_mm if p.slice_thickness_mm is not None else p.slice_spacing_mm
     lo = np.array([h_plane[..., 0].min(), h_plane[..., 1].min(), zs[0] - thick - 30.0])
     hi = np.array([h_plane[..., 0].max(), h_plane[..., 1].max(), zs[-1] + thick + 30.0])
+    if p.tilt_deg:  # tilted slices: the textures must span every slice's points
+        h_all = motion.to_heart(geom.world_points((len(zs), p.matrix_size, p.matrix_size)))
+        lo = np.minimum(lo, h_all.min(axis=(0, 1, 2)) - np.array([0.0, 0.0, thick + 30.0]))
+        hi = np.maximum(hi, h_all.max(axis=(0, 1, 2)) + np.array([0.0, 0.0, thick + 30.0]))
     anatomy = _Anatomy(p, shape, rng, lo, hi)
     return _Heart(rng, motion, anatomy, geom, zs, h_plane, thick)
 
@@ -742,12 +760,17 @@ def generate_phantom(params: PhantomParams | None = None) -> Phantom:
     geom, zs, h_plane, motion = heart.sa_geometry, heart.slice_z, heart.sa_plane, heart.motion
     m, n_z, ns = p.matrix_size, len(zs), p.pv_samples
     offsets = _pv_offsets(p, heart.sa_thickness)
-    # points farther than the motion's reach from the LV axis never move: render them once
-    moving = _within_reach(motion, h_plane[..., 0], h_plane[..., 1])
-    pts = np.empty((n_z, ns, m, m, 3))
-    pts[..., 0] = h_plane[..., 0]
-    pts[..., 1] = h_plane[..., 1]
-    pts[..., 2] = (zs[:, None] + offsets[None, :])[:, :, None, None]
+    if p.tilt_deg:  # sub-samples across each slice along the grid's slice normal, not along l
+        world = geom.world_points((n_z, m, m))[:, None] + offsets[None, :, None, None, None] * geom.direction[:, 0]
+        pts = motion.to_heart(world)
+        moving = _within_reach(motion, pts[..., 0], pts[..., 1]).any(axis=(0, 1))
+    else:
+        # points farther than the motion's reach from the LV axis never move: render them once
+        moving = _within_reach(motion, h_plane[..., 0], h_plane[..., 1])
+        pts = np.empty((n_z, ns, m, m, 3))
+        pts[..., 0] = h_plane[..., 0]
+        pts[..., 1] = h_plane[..., 1]
+        pts[..., 2] = (zs[:, None] + offsets[None, :])[:, :, None, None]
     cine, labels, disp = _view(heart, p, pts, moving, geom, f"phantom_seed{p.seed}")
     reference = _reference(p, motion, heart.anatomy, geom, labels[0], cine.es)
     return Phantom(cine=cine, labels=labels, displacement=disp, reference=reference, params=p, motion=motion)
