@@ -349,7 +349,7 @@ def test_options_and_folders_that_cannot_work_are_refused_before_anything_is_wri
     for where in ("run_dir", "cache", "export_dir"):
         a = _args(tmp_path, shared_data, cache, segmentation.NAME, iterations=1, export=True)
         setattr(a, where, tmp_path / "afile" / "sub")
-        with pytest.raises(InputError, match="afile: is not a folder"):
+        with pytest.raises(InputError, match="afile is a file, not a folder"):
             segmentation.main(a)
     assert not (tmp_path / segmentation.NAME).exists()
     args = _args(tmp_path, shared_data, cache, segmentation.NAME, iterations=1)

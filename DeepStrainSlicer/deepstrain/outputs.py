@@ -71,13 +71,7 @@ def check_output_dir(out: str | os.PathLike, overwrite: bool = False,
         src = Path(given).resolve()
         if src == real_out or real_out in src.parents:
             raise InputError(out, f"the output folder is, or contains, the input {given}: choose another --out")
-    anchor = out.parent
-    while not anchor.exists() and anchor != anchor.parent:
-        anchor = anchor.parent
-    if not anchor.is_dir():
-        raise InputError(out, f"cannot be created: {anchor} is a file, not a folder")
-    if not os.access(anchor, os.W_OK | os.X_OK):
-        raise InputError(out, f"cannot be created: {anchor} is not writable (permissions, or a read-only disk)")
+    check_folder_can_be_made(out)
     if out.exists():
         if not out.is_dir():
             raise InputError(out, "output path exists and is not a folder")
@@ -89,6 +83,20 @@ def check_output_dir(out: str | os.PathLike, overwrite: bool = False,
                                       "file): --overwrite replaces only deepstrain's own result folders; "
                                       "choose another --out")
     return out
+
+
+def check_folder_can_be_made(folder: str | os.PathLike) -> None:
+    """:class:`InputError` naming ``folder`` when it, or the first of its parents that exists, is a
+    file or cannot be written: checked before a run writes anything."""
+    folder = Path(folder)
+    anchor = folder if folder.exists() else folder.parent
+    while not anchor.exists() and anchor != anchor.parent:
+        anchor = anchor.parent
+    if not anchor.is_dir():
+        raise InputError(folder, f"cannot be created: {anchor} is a file, not a folder" if anchor != folder
+                         else "output path exists and is not a folder")
+    if not os.access(anchor, os.W_OK | os.X_OK):
+        raise InputError(folder, f"cannot be created: {anchor} is not writable (permissions, or a read-only disk)")
 
 
 def _remove_empty(folders: list[Path]) -> None:

@@ -123,12 +123,10 @@ def check_export_target(name: str, out_dir: Path | None, overwrite: bool = False
     way to ship new weights. Called before training, so a run is not lost to a refused export."""
     if out_dir is None:
         return
+    from .outputs import check_folder_can_be_made
+
     wdir = Path(out_dir)
-    for p in (wdir, *wdir.parents):
-        if p.exists():
-            if not p.is_dir():
-                raise InputError(p, f"is not a folder: cannot export the weights to {wdir}")
-            break
+    check_folder_can_be_made(wdir)
     if overwrite:
         return
     held = [f for f in (wdir / f"{name}.pt",) if f.exists()]

@@ -62,14 +62,16 @@ def check_counts(args: argparse.Namespace, positive: tuple[str, ...], non_negati
 
 
 def check_output_folder(path: Path, what: str) -> None:
-    """Refuse (:class:`InputError`) an output folder that is a file or lies under one, before anything is written."""
+    """Refuse (:class:`InputError`) an output folder that is a file, lies under one or cannot be
+    written, before anything is written (:func:`deepstrain.outputs.check_folder_can_be_made`);
+    ``what`` names it in the message (e.g. "cache")."""
     from ..errors import InputError
+    from ..outputs import check_folder_can_be_made
 
-    for p in (Path(path), *Path(path).parents):
-        if p.exists():
-            if not p.is_dir():
-                raise InputError(p, f"is not a folder: cannot hold the {what} {path}")
-            return
+    try:
+        check_folder_can_be_made(path)
+    except InputError as exc:
+        raise InputError(exc.path, f"{what}: {exc.problem}") from None
 
 
 def remove_if_empty(folder: Path) -> None:
