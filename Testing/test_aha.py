@@ -227,8 +227,9 @@ ACDC = Path(__file__).resolve().parents[2] / "shared" / "data" / "acdc" / "train
 def test_acdc_anterior_segments_face_the_top_of_the_image(patient):
     """ACDC's images show the patient with anterior (the chest wall, the lungs) at the top (row 0)
     and the RV on the left; the frame files' header makes that world a mirror image (slices base to
-    apex along +S, rows posterior), the acdc_cine_crop 4D files' header (rows anterior) does not.
-    Segments 1 and 7 (anterior) lie above 4 and 10 (inferior) in both, on the same voxels."""
+    apex along +S, rows posterior), the header of most acdc_cine_crop 4D files (rows anterior) does
+    not (patient083's crop has the frame files' header). Segments 1 and 7 (anterior) lie above 4
+    and 10 (inferior) in both, on the same voxels."""
     import warnings
 
     from deepstrain.io import load_cine

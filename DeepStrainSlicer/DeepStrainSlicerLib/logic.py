@@ -389,8 +389,12 @@ class DeepStrainLogic:
                                     weights_dir=params.weights_dir or None, refine_motion=params.refine_motion,
                                     keep_network_motion=True,
                                     spacing_source=MODULE_FIELD if params.spacing_tuple() is not None else "input")
-            if labels_origin and labels is not None:
-                analysis.report["provenance"]["segmentation"] = labels_origin
+            kept = bool(labels_origin) and labels is not None
+            if kept:
+                prov = analysis.report["provenance"]
+                prov["segmentation"] = labels_origin
+                if prov.get("motion_refined_with") == "given segmentation":
+                    prov["motion_refined_with"] = "segmentation edited in Slicer"
             previous = [n.GetID() for n in self.study_nodes(params)]
             for role in Parameters.ROLES:
                 if role not in ("InputSequence", "PolarView"):
@@ -406,8 +410,10 @@ class DeepStrainLogic:
             self._tag(node_ids(self.scene) - before, params.study_id)
             progress(1.0, "done")
         remove_nodes(self.scene, previous)
-        # the network's raw motion (memory only): Recompute refines it again with edited contours
-        self._cache.update(network_motion=analysis.network_motion, run_labels=analysis.labels,
+        # the network's raw motion (memory only): Recompute refines it again with edited contours;
+        # run_labels: the networks' own, which later edits are told from (kept edits are edits)
+        run_labels = analysis.network_motion.labels if kept and analysis.network_motion else analysis.labels
+        self._cache.update(network_motion=analysis.network_motion, run_labels=run_labels,
                            motion_made_with=(bool(params.refine_motion), analysis.labels))
         analysis.network_motion = None
         self.analysis = analysis
@@ -423,7 +429,10 @@ class DeepStrainLogic:
             return None, ""
         from deepstrain.cine import reversed_axes
 
-        study_cine, labels, _ = self.study_arrays(params)
+        try:
+            study_cine, labels, _ = self.study_arrays(params)
+        except ValueError as exc:  # e.g. a segment deleted or added by hand: Run may still segment again
+            return None, f"the study's segmentation cannot be read ({exc})"
         if self.analysis is not None and np.array_equal(labels, self.analysis.labels):
             return None, ""
         if labels.shape[0] != cine.n_frames or study_cine.shape3d != cine.shape3d:
@@ -433,7 +442,11 @@ class DeepStrainLogic:
             axes = reversed_axes(study_cine.geometry, cine.geometry, cine.shape3d)
         except ValueError as exc:
             return None, f"the input is not on the study's grid: {exc}"
-        return (np.ascontiguousarray(np.flip(labels, axis=[a - 3 for a in axes])) if axes else labels), ""
+        flip = [a - 3 for a in axes]
+        study_images = np.flip(study_cine.data, axis=flip) if axes else study_cine.data
+        if not np.allclose(study_images, cine.data, rtol=1e-5, atol=1e-6 * float(np.abs(cine.data).max() or 1.0)):
+            return None, "the input's images are not the study's (another study on the same grid)"
+        return (np.ascontiguousarray(np.flip(labels, axis=flip)) if axes else labels), ""
 
     def _build_nodes(self, cine: Cine, analysis, params: Parameters, progress: ProgressCallback) -> None:
         scene, name = self.scene, cine.name

@@ -174,7 +174,7 @@ def cardiac_frame(labels_ed: np.ndarray, geometry: Geometry) -> CardiacFrame:
       from the apex), as in ACDC: in that layout (column, row, base->apex) is a left-handed
       triple in the patient, so a header in which it is right-handed is a mirror image
       (:attr:`CardiacFrame.mirrored`). ACDC's frame files (sform diag(-1, -1, 1), slices base to
-      apex along +S) are; the 4D crops of ``acdc_cine_crop`` (rows along +A) are not. Every
+      apex along +S) are; 7 of the 10 4D crops of ``acdc_cine_crop`` (rows along +A) are not. Every
       such header gets a warning saying which was taken; with the RV not on the left the file's
       world is followed.
     """

@@ -115,6 +115,31 @@ def test_an_ed_edit_saved_before_recompute_is_refined_after_reload(harness, phan
     assert abs(same_session.report["ess"]["radial"] - first.report["ess"]["radial"]) > 1.0  # the edit matters
 
 
+def test_edits_kept_at_run_are_said_to_be_edits_throughout(harness, phantom, tmp_path):
+    """Run with the hand-edited segmentation kept: the provenance says the motion was refined with the
+    edited contours after that Run, after a Recompute and after the scene is loaded again."""
+    from DeepStrainSlicerLib import logic as dlogic
+
+    cine, _, _ = phantom
+    first = harness.logic.run(cine, harness.params)
+    lab = first.labels[first.es].copy()
+    lab[ndimage.binary_dilation(lab == 2, structure=RING) & (lab == 3)] = 2
+    _set_frame_labels(harness, first.es, lab, cine.geometry)
+    edited, why = harness.logic.edited_labels(harness.params, cine)
+    assert why == "" and np.array_equal(edited[first.es], lab)
+    kept = harness.logic.run(cine, harness.params, edited, None, labels_origin=dlogic.KEPT_EDITS)
+    states = [kept, harness.logic.recompute(harness.params)]
+    h = harness.save_and_reload(tmp_path)
+    try:
+        states.append(h.logic.recompute(h.params))
+    finally:
+        h.close()
+    for a in states:
+        prov = a.report["provenance"]
+        assert prov["segmentation"] == dlogic.KEPT_EDITS and prov["motion_refined_with"] == "segmentation edited in Slicer"
+        assert a.report["ess"]["radial"] == pytest.approx(kept.report["ess"]["radial"], abs=1e-3)
+
+
 def test_reloaded_scene_shows_and_exports_what_the_session_did(harness, phantom, tmp_path, egl):
     """After a reload the proxies keep their display (glyphs on every frame) and Export writes the
     same pictures (to a grey level) and the same tables as before the scene was saved."""

@@ -206,6 +206,9 @@ def test_run_again_offers_the_hand_edits_and_keeps_them_when_asked(harness, phan
     moved = dataclasses.replace(cine, geometry=Geometry(g.spacing, g.origin + 5.0, g.direction))
     edited, why = harness.logic.edited_labels(p, moved)
     assert edited is None and "not on the study's grid" in why and "8.66 mm apart" in why  # 5 mm on each axis
+    other = dataclasses.replace(cine, data=cine.data[::-1].copy())  # another study's images on the same grid
+    edited, why = harness.logic.edited_labels(p, other)
+    assert edited is None and "not the study's" in why
     p.heart_rate_bpm = 50.0  # a new heart rate needs Run
     with pytest.raises(ValueError, match="offers to keep your hand edits"):
         harness.logic.recompute(p)
@@ -216,3 +219,20 @@ def test_run_again_offers_the_hand_edits_and_keeps_them_when_asked(harness, phan
     check = harness.logic.recompute(p)  # the kept segmentation, analysed as Recompute would
     assert kept.report["volumetrics"]["lv_ef_percent"] == pytest.approx(check.report["volumetrics"]["lv_ef_percent"])
     assert kept.report["volumetrics"]["lv_ef_percent"] > first.report["volumetrics"]["lv_ef_percent"]
+
+
+def test_an_unreadable_segmentation_lets_run_segment_again(harness, phantom):
+    """A segment added by hand with voxels in it (or a cardiac segment deleted) makes the study's
+    segmentation unreadable: Run cannot keep it, says why, and may still segment again."""
+    cine, labels, disp = phantom
+    p = harness.params
+    first = harness.logic.run(cine, p, labels, disp)
+    browser = p.ref("Browser")
+    browser.SetSelectedItemNumber(first.es)
+    proxy = browser.GetProxyNode(p.ref("SegmentationSequence"))
+    sid = proxy.GetSegmentation().AddEmptySegment("", "Segment_4")
+    mrml.set_segment_mask(proxy, sid, labels[first.es] == 3, cine.geometry)
+    edited, why = harness.logic.edited_labels(p, cine)
+    assert edited is None and "cannot be read" in why and "Segment_4" in why
+    again = harness.logic.run(cine, p, labels, disp)  # what "segment again" does (given labels here)
+    assert np.array_equal(again.labels, labels)
