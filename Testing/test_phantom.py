@@ -477,6 +477,7 @@ def test_reference_volumes_follow_the_delayed_contraction():
     (["--heart-rate", "inf"], "--heart-rate must be a finite number"),
     (["--noise", "nan"], "--noise must be a finite number"),
     (["--twist", "400"], "--twist must be within -45 - 45"),
+    (["--tilt", "40"], "--tilt must be within 0 - 30"),
 ])
 def test_phantom_command_refuses_bad_parameters_clearly(tmp_path, capsys, flags, message):
     out = tmp_path / "ph"

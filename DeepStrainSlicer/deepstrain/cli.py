@@ -37,6 +37,9 @@ def _add_phantom(sub: argparse._SubParsersAction) -> None:
                    help="regional dyssynchrony: delay of the inferolateral wall's radial contraction (ms)")
     g.add_argument("--rv-side", choices=("left", "right"), help="image side of the RV")
     g.add_argument("--rotation", type=float, metavar="DEG", help="extra in-plane rotation of the heart (deg)")
+    g.add_argument("--tilt", type=float, metavar="DEG",
+                   help="angle between the slice normal and the LV long axis (0-30 deg): a stack not planned "
+                        "across the ventricle")
     g.add_argument("--noise", type=float, help="Rician noise sigma over the blood signal")
 
 
@@ -45,6 +48,7 @@ _PHANTOM_FLAGS = {
     "slice_spacing": "slice_spacing_mm", "slices": "n_slices", "size": "matrix_size", "edv": "lv_edv_ml",
     "ef": "ef_percent", "long_shortening": "longitudinal_shortening_percent", "twist": "twist_deg",
     "hypokinesis": "hypokinesis", "delay": "delay_ms", "rv_side": "rv_side", "rotation": "rotation_deg", "noise": "noise",
+    "tilt": "tilt_deg",
 }  # fmt: skip
 
 
