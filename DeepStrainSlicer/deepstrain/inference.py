@@ -222,6 +222,7 @@ def predict(cine: Cine, *, progress: Progress | None = None, with_motion: bool =
         t = crop_transform(cine.shape3d, g.spacing, centre, CROP_SIZE, TARGET_SPACING_MM)
         report(0.15, "segmenting")
         crops = crop_image(norm, t)
+        del norm  # the networks read the crops only (a full-grid copy of the cine less from here on)
         probs = _segment(_network("segmentation", weights_dir), crops, tta=tta, precision=precision)
         labels = largest_components(uncrop_probabilities(probs, t))
         if cine.ed is not None:

@@ -159,6 +159,10 @@ def _interpolation_matrix(x: np.ndarray, n_in: int) -> tuple[np.ndarray, np.ndar
     return w.astype(np.float32), outside
 
 
+SAMPLE_CHUNK_VOXELS = 8_000_000
+"""Output voxels resampled at a time by :func:`_sample_slices` (about 32 MB of float32 at once)."""
+
+
 def _sample_slices(volumes: np.ndarray, rows: np.ndarray, cols: np.ndarray, order: int, cval: float) -> np.ndarray:
     """Sample every 2D slice of ``volumes`` (..., Z, Y, X) at the (row, col) grids ``rows``/``cols`` (H, W).
 
@@ -184,8 +188,13 @@ def _sample_slices(volumes: np.ndarray, rows: np.ndarray, cols: np.ndarray, orde
     ri, ci = np.flatnonzero(~out_r), np.flatnonzero(~out_c)  # only output rows/columns inside the input
     if ri.size and ci.size:
         r_sl, c_sl = slice(ri[0], ri[-1] + 1), slice(ci[0], ci[-1] + 1)  # contiguous: positions are monotonic
-        by_cols = (flat.reshape(n * h_in, w_in) @ wc[c_sl].T).reshape(n, h_in, -1)  # one matrix product
-        out[:, r_sl, c_sl] = np.einsum("ij,njk->nik", wr[r_sl], by_cols, optimize=True)
+        # in chunks of slices, written straight into ``out``: the intermediate products of a whole
+        # 4D field (e.g. a displacement of 30 frames on a 512 x 512 grid) would double the peak memory
+        step = max(1, SAMPLE_CHUNK_VOXELS // max(1, out.shape[1] * out.shape[2]))
+        for i in range(0, n, step):
+            part = flat[i : i + step]
+            by_cols = (part.reshape(-1, w_in) @ wc[c_sl].T).reshape(part.shape[0], h_in, -1)
+            out[i : i + step, r_sl, c_sl] = np.einsum("ij,njk->nik", wr[r_sl], by_cols, optimize=True)
     return out.reshape(lead + rows.shape)
 
 
@@ -254,9 +263,13 @@ def uncrop_probabilities(probs: np.ndarray, t: CropTransform) -> np.ndarray:
     """Crop-space class probabilities ``(..., C, Z, rows, cols)`` -> input-grid labels ``(..., Z, Y, X)`` uint8.
 
     Each class map is interpolated linearly onto the input grid (background = 1 outside the crop)
-    and the label is the argmax.
+    and the label is the argmax; frame by frame (leading axes), so that no class map of a whole
+    cine is held on the input grid.
     """
     probs = np.asarray(probs, dtype=np.float32)
+    if probs.ndim > 4:
+        return np.stack([uncrop_probabilities(p, t) for p in probs]) if len(probs) else \
+            np.zeros(probs.shape[:-4] + t.input_shape, dtype=np.uint8)
     c_axis = probs.ndim - 4
     n = probs.shape[c_axis]
     best = uncrop(np.take(probs, 0, axis=c_axis), t, order=1, cval=1.0)
