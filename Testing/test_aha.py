@@ -209,6 +209,7 @@ def test_a_header_without_orientation_gives_the_patients_segments(row_sign):
     pseudo = header_without_orientation(geo, row_sign)
     frame = cardiac_frame(lab, pseudo)
     assert frame.mirrored == (row_sign < 0) and "standard short-axis layout" in frame.warnings[-1]
+    assert "if anterior is at the bottom of this image" in frame.warnings[-1]  # the assumption is said
     np.testing.assert_array_equal(aha_segments(lab, pseudo, frame), seg)
     # with the RV on the right the layout is not the standard one: said, and the file's world followed
     frame_r = cardiac_frame(np.ascontiguousarray(lab[:, :, ::-1]), pseudo)

@@ -175,8 +175,10 @@ def cardiac_frame(labels_ed: np.ndarray, geometry: Geometry) -> CardiacFrame:
       triple in the patient, so a header in which it is right-handed is a mirror image
       (:attr:`CardiacFrame.mirrored`). ACDC's frame files (sform diag(-1, -1, 1), slices base to
       apex along +S) are; 7 of the 10 4D crops of ``acdc_cine_crop`` (rows along +A) are not. Every
-      such header gets a warning saying which was taken; with the RV not on the left the file's
-      world is followed.
+      such header gets a warning saying which was taken and that an image stored upside down
+      (anterior at the bottom) would have anterior and inferior swapped: for such headers the
+      answer depends on how the rows are stored, which nothing in the labels can tell; with the
+      RV not on the left the file's world is followed.
     """
     lab = np.asarray(labels_ed)
     if lab.ndim != 3:
@@ -300,7 +302,9 @@ def _layout_handedness(lab: np.ndarray, geometry: Geometry, l_vec: np.ndarray) -
     return mirrored, (head + ": the header has no scanner orientation, so the image is taken in the standard short-axis "
                       "layout (RV on the left, anterior at the top, as in ACDC), " + (
                           "of which the file's world is the mirror image: AHA segments and rotation signs are counted "
-                          "the other way round" if mirrored else "which the file's world keeps"))
+                          "the other way round" if mirrored else "which the file's world keeps")
+                      + "; if anterior is at the bottom of this image, anterior and inferior segments and rotation "
+                        "signs are swapped: check them on the images")
 
 
 def _ras_words(v: np.ndarray) -> str:
