@@ -291,9 +291,10 @@ def _layout_handedness(lab: np.ndarray, geometry: Geometry, l_vec: np.ndarray) -
     if not np.all(np.max(np.abs(d), axis=0) > 0.999):
         return False, (head + ": the file's orientation is not the patient's, so AHA anterior and inferior segments "
                               "and rotation signs may be swapped; check them on the images")
-    cols = np.nonzero(lab)[2]
-    rv_col = cols[lab[np.nonzero(lab)] == 1].mean() if np.any(lab == 1) else np.inf
-    lv_col = cols[(lab[np.nonzero(lab)] == 2) | (lab[np.nonzero(lab)] == 3)].mean()
+    kk, jj, ii = np.nonzero(lab)
+    values = lab[kk, jj, ii]
+    rv_col = ii[values == 1].mean() if np.any(values == 1) else np.inf  # mean column of the RV cavity
+    lv_col = ii[(values == 2) | (values == 3)].mean()
     if not rv_col < lv_col:
         return False, (head + " and the RV is not on the left of the image: the handedness of this header (no scanner "
                               "orientation) cannot be told, so AHA anterior and inferior segments and rotation signs may "
