@@ -180,6 +180,19 @@ def test_bad_inputs_are_input_errors():
     assert labels.dtype == np.uint8 and np.all(disp[0] == 0)  # inputs untouched
 
 
+def test_a_stack_whose_slices_lie_along_another_axis_is_refused():
+    """Slices less than half a pixel apart (a file stored with the short-axis slices along a row or
+    column axis) are refused before anything runs, naming the spacing; a little closer than the
+    pixels (thin slices) is not."""
+    heart, geo, labels, disp = _study()
+    thin = Geometry(spacing=(geo.spacing[1] * 0.6, geo.spacing[1], geo.spacing[2]), origin=geo.origin,
+                    direction=geo.direction)
+    compute(_cine(thin, labels), labels, None)  # thin slices: not refused here (the loader warns)
+    wrong = Geometry(spacing=(geo.spacing[1], 10.0, geo.spacing[2]), origin=geo.origin, direction=geo.direction)
+    with pytest.raises(InputError, match="less than half the pixel size"):
+        compute(_cine(wrong, labels), labels, None)
+
+
 def test_errors_name_the_file_at_fault_and_a_single_slice_is_refused():
     heart, geo, labels, disp = _study()
     cine = _cine(geo, labels)

@@ -72,12 +72,26 @@ def _where(cine: Cine) -> str:
     return cine.source or cine.name
 
 
+SLICE_AXIS_MIN_RATIO = 0.5
+"""Slices closer than this share of the larger pixel size cannot be a short-axis stack along the
+file's third axis (:func:`check_stack`); between it and 0.9 the loader only warns."""
+
+
 def check_stack(cine: Cine) -> None:
-    """:class:`InputError` for a cine that is not a short-axis stack (a single slice): strain needs
-    derivatives along the slice axis, and volumes a stack. Called before the networks run."""
+    """:class:`InputError` for a cine that is not a short-axis stack along its slice axis (array
+    axis 0): a single slice (strain needs derivatives along the slice axis, and volumes a stack),
+    or slices less than half a pixel apart, where the short-axis slices lie along another axis
+    (such a file gave meaningless results and took 7.6 GB for 2 MB of data). Called before the
+    networks run."""
     if cine.data.ndim != 4 or cine.data.shape[1] < 2:
         raise InputError(_where(cine), f"{cine.data.shape[1] if cine.data.ndim == 4 else 0} slice(s): strain and "
                                        "volumes need a short-axis stack of at least 2 slices")
+    sp = cine.geometry.spacing
+    if sp[0] < SLICE_AXIS_MIN_RATIO * max(sp[1], sp[2]):
+        raise InputError(_where(cine), f"the slices are {sp[0]:g} mm apart, less than half the pixel size ({sp[1]:g} x "
+                                       f"{sp[2]:g} mm): the short-axis slices do not lie along the file's third axis "
+                                       "(NIfTI k, the stacked DICOM slices), which deepstrain takes as the slice axis; "
+                                       "store the stack with its slices along that axis")
 
 
 def _check_labels(cine: Cine, labels: np.ndarray, where: str) -> np.ndarray:
