@@ -11,7 +11,10 @@ hand edit of the ES frame (its myocardium grown one voxel into the cavity): the 
 again with the edited contours (:func:`deepstrain.refinement.motion_for_labels`); the global radial
 ESS before and after the edit is printed.
 
-    python benchmarks/slicer_nodes.py [--frames 30] [--matrix 128] [--slices 10] [--networks]
+    python benchmarks/slicer_nodes.py [--frames 30] [--matrix 128] [--slices 10] [--networks] [--keep-export DIR]
+
+The screenshots of the extension (``Resources/Screenshots``) are Export's pictures of this study
+with ``--networks --keep-export DIR``.
 """
 from __future__ import annotations
 
@@ -34,6 +37,8 @@ def main() -> None:
     ap.add_argument("--slices", type=int, default=10)
     ap.add_argument("--switches", type=int, default=30)
     ap.add_argument("--networks", action="store_true", help="run the networks; time Recompute after an ES edit")
+    ap.add_argument("--keep-export", type=Path, default=None, metavar="DIR",
+                    help="keep Export's folder (pictures, QC page, report) in this existing folder")
     a = ap.parse_args()
 
 
@@ -101,7 +106,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        exported = h.logic.export(h.params, tmp)
+        exported = h.logic.export(h.params, a.keep_export or tmp)
         t_export = time.perf_counter() - t0
 
     shape = "x".join(str(s) for s in ph.cine.data.shape)

@@ -54,3 +54,16 @@ def test_every_interactive_widget_has_a_tooltip():
     bare = [w.get("name") for w in widgets if w.get("class") in INTERACTIVE
             and not (w.findtext("property[@name='toolTip']/string") or "").strip()]
     assert not bare, bare
+
+
+def test_extension_urls_point_at_files_of_this_repository():
+    """The icon and screenshot URLs of the top-level CMakeLists.txt (the extension index shows them)
+    name files that are in the repository, and the screenshots are PNG pictures."""
+    text = (MODULE.parent / "CMakeLists.txt").read_text()
+    urls = re.findall(r"https://raw\.githubusercontent\.com/[^/]+/[^/]+/main/([^\s\"]+)", text)
+    shots = [u for u in urls if "Screenshots" in u]
+    assert len(shots) >= 1 and any("Icons" in u for u in urls)
+    for rel in urls:
+        path = MODULE.parent / rel
+        assert path.is_file(), rel
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", rel
