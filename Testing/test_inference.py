@@ -125,16 +125,20 @@ def _reversed_slices(cine: Cine) -> Cine:
                 times_ms=cine.times_ms, ed=cine.ed, es=cine.es)
 
 
-def test_motion_does_not_depend_on_the_stored_slice_order(cine):
-    """ACDC stores the base first; the same study stored apex first must get the same motion in
-    the world (the motion network sees the slice axis as stored: it is given base first)."""
-    a = predict(cine, with_motion=True)
-    b = predict(_reversed_slices(cine), with_motion=True)
+def test_results_do_not_depend_on_the_stored_slice_order(cine):
+    """ACDC stores the base first; the same study stored apex first (as 3D Slicer's reader may give
+    it) gets the same segmentation and motion in the world: the networks see the slice axis as
+    stored, so such a stack is analysed base first and turned back. The raw network field kept
+    for Recompute turns back with it."""
+    a = predict(cine, with_motion=True, keep_network_motion=True, refine_motion=True)
+    b = predict(_reversed_slices(cine), with_motion=True, keep_network_motion=True, refine_motion=True)
     assert (a.motion_slice_order, b.motion_slice_order) == ("as stored", "reversed")
+    np.testing.assert_array_equal(b.labels[:, ::-1], a.labels)
     ub = b.displacement[:, :, ::-1]  # back to the stored order of ``cine``; components are RAS mm
-    myo = np.broadcast_to(a.labels[a.ed] == 2, a.labels.shape[1:])
-    es = cine.es
-    diff = np.linalg.norm(a.displacement[es] - ub[es], axis=0)[myo]
-    size = np.linalg.norm(a.displacement[es], axis=0)[myo]
-    assert np.median(size) > 2.0  # the heart moves
-    assert np.median(diff) < 0.1 * np.median(size), (np.median(diff), np.median(size))
+    assert np.abs(a.displacement).max() > 2.0  # the heart moves
+    np.testing.assert_allclose(ub, a.displacement, atol=1e-4)
+    assert a.lv_centre_voxel == b.lv_centre_voxel and np.allclose(a.lv_centre, b.lv_centre)
+    from deepstrain.refinement import motion_for_labels
+
+    again = motion_for_labels(b.network_motion, b.labels, refine=True)  # Recompute's refinement, in b's order
+    np.testing.assert_allclose(again[:, :, ::-1], a.displacement, atol=0.01)  # refined again: rounding, at the stack ends
