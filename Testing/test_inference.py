@@ -131,7 +131,10 @@ def test_results_do_not_depend_on_the_stored_slice_order(cine):
     stored, so such a stack is analysed base first and turned back. The raw network field kept
     for Recompute turns back with it."""
     a = predict(cine, with_motion=True, keep_network_motion=True, refine_motion=True)
-    b = predict(_reversed_slices(cine), with_motion=True, keep_network_motion=True, refine_motion=True)
+    steps = []
+    b = predict(_reversed_slices(cine), with_motion=True, keep_network_motion=True, refine_motion=True,
+                progress=lambda f, m: steps.append(f))
+    assert steps == sorted(steps) and steps[-1] <= 1.0  # the second pass does not set the progress back
     assert (a.motion_slice_order, b.motion_slice_order) == ("as stored", "reversed")
     np.testing.assert_array_equal(b.labels[:, ::-1], a.labels)
     ub = b.displacement[:, :, ::-1]  # back to the stored order of ``cine``; components are RAS mm

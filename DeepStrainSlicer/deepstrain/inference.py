@@ -269,7 +269,8 @@ def predict(cine: Cine, *, progress: Progress | None = None, with_motion: bool =
         if not _base_first and slices_run_apex_first((labels if refine_with is None else refine_with)[ed], g):
             report(0.15, "the stack is stored apex first: analysing it base first, as the networks learnt")
             given = None if refine_with is None else np.ascontiguousarray(np.asarray(refine_with)[:, ::-1])
-            again = predict(_slices_reversed(cine), progress=progress, with_motion=with_motion,
+            inner = None if progress is None else (lambda f, m: progress(0.15 + 0.85 * f, m))  # never backwards
+            again = predict(_slices_reversed(cine), progress=inner, with_motion=with_motion,
                             weights_dir=weights_dir, tta=tta, precision=precision, refine_motion=refine_motion,
                             refine_with=given, keep_network_motion=keep_network_motion, centre=given_centre,
                             _base_first=True)
