@@ -13,7 +13,8 @@ from scipy import ndimage
 
 from deepstrain.cli import main as cli_main
 from deepstrain.errors import InputError
-from deepstrain.phantom import PhantomParams, generate_long_axis_phantom, generate_phantom, mirror, write_phantom
+from deepstrain.cine import flip_axis
+from deepstrain.phantom import PhantomParams, generate_long_axis_phantom, generate_phantom, write_phantom
 
 SMALL = dict(n_frames=8, matrix_size=64, pixel_spacing_mm=2.0, lv_edv_ml=60.0)
 
@@ -165,9 +166,9 @@ def test_mirror_keeps_world_anatomy(small):
     g = small.cine.geometry
     world = g.world_points(small.cine.shape3d)
     for axis in (0, 1, 2):
-        data, g2 = mirror(small.cine.data, g, axis)
-        lab, _ = mirror(small.labels, g, axis)
-        disp, _ = mirror(small.displacement, g, axis)
+        data, g2 = flip_axis(small.cine.data, g, axis)
+        lab, _ = flip_axis(small.labels, g, axis)
+        disp, _ = flip_axis(small.displacement, g, axis)
         assert np.linalg.det(g2.direction) == pytest.approx(-np.linalg.det(g.direction))
         w2 = np.flip(g2.world_points(small.cine.shape3d), axis=axis)
         np.testing.assert_allclose(w2, world, atol=1e-9)

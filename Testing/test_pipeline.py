@@ -260,7 +260,7 @@ def test_engine_matches_the_phantom_reference(name):
 
 
 def test_mirrored_and_rotated_phantoms_give_the_same_segment_values():
-    from deepstrain.phantom import mirror
+    from deepstrain.cine import flip_axis
 
     ph = _phantom(matrix_size=80, pixel_spacing_mm=1.8)
     geo, lab, disp = ph.cine.geometry, ph.labels, ph.displacement
@@ -269,8 +269,8 @@ def test_mirrored_and_rotated_phantoms_give_the_same_segment_values():
     for axes in ((2,), (1,), (0, 2)):
         lab2, disp2, g2 = lab, disp, geo
         for ax in axes:
-            lab2, g_l = mirror(lab2, g2, ax)
-            disp2, _ = mirror(disp2, g2, ax)
+            lab2, g_l = flip_axis(lab2, g2, ax)
+            disp2, _ = flip_axis(disp2, g2, ax)
             g2 = g_l
         variants.append((g2, lab2, disp2))
     q = rotation([0.4, -1.0, 0.7], 133.0)

@@ -102,6 +102,20 @@ def lost_spacing_hint(spacing: Sequence[float]) -> str | None:
             "(deepstrain analyze --spacing SLICE ROW COL)")
 
 
+def flip_axis(data: np.ndarray, geometry: Geometry, axis: int) -> tuple[np.ndarray, Geometry]:
+    """Flip spatial ``axis`` (0 slice, 1 row, 2 column; the last three array axes) together with its
+    direction column: the same world anatomy in a different storage order. Vector components
+    (RAS) are unchanged."""
+    if axis not in (0, 1, 2):
+        raise ValueError("axis must be 0, 1 or 2")
+    arr = np.asarray(data)
+    n = arr.shape[arr.ndim - 3 + axis]
+    g = geometry.copy()
+    g.origin = g.origin + g.direction[:, axis] * g.spacing[axis] * (n - 1)
+    g.direction[:, axis] *= -1.0
+    return np.flip(arr, axis=arr.ndim - 3 + axis).copy(), g
+
+
 def reversed_axes(src: Geometry, dst: Geometry, shape: tuple[int, int, int], tol_mm: float = 1e-3) -> tuple[int, ...]:
     """The array axes (0 slice, 1 row, 2 column) to reverse so that a ``shape`` grid on ``src`` is
     indexed as on ``dst``, when both describe the same voxel centres with some axes stored in the

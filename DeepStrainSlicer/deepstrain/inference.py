@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .cine import Cine, Geometry, lost_spacing_hint
+from .cine import Cine, Geometry, flip_axis, lost_spacing_hint
 from .errors import InputError
 from .networks.blocks import fuse_batchnorm
 from .networks.centring import CENTRING_SPACING_MM, build_centring_net, lv_centre_from_probability, lv_probability
@@ -199,13 +199,9 @@ def _slices_reversed(cine: Cine) -> Cine:
     """``cine`` with its slice axis stored the other way round: the same voxels in the world."""
     import dataclasses
 
-    g = cine.geometry
-    direction = g.direction.copy()
-    origin = g.origin + direction[:, 0] * g.spacing[0] * (cine.shape3d[0] - 1)
-    direction[:, 0] *= -1
-    return dataclasses.replace(cine, data=np.ascontiguousarray(cine.data[:, ::-1]),
-                               geometry=Geometry(g.spacing.copy(), origin, direction),
-                               labels={k: np.ascontiguousarray(v[::-1]) for k, v in cine.labels.items()})
+    data, geometry = flip_axis(cine.data, cine.geometry, 0)
+    return dataclasses.replace(cine, data=data, geometry=geometry,
+                               labels={k: flip_axis(v, cine.geometry, 0)[0] for k, v in cine.labels.items()})
 
 
 def _turned_back(p: Prediction, geometry: Geometry) -> Prediction:
@@ -266,7 +262,9 @@ def predict(cine: Cine, *, progress: Progress | None = None, with_motion: bool =
             ed = int(cine.ed)
         else:
             ed = int(np.argmax((labels == 3).reshape(labels.shape[0], -1).sum(axis=1)))
-        if not _base_first and slices_run_apex_first((labels if refine_with is None else refine_with)[ed], g):
+        # base and apex from the labels the strain will use (given, else the networks'): decided once, here
+        apex_first = slices_run_apex_first((labels if refine_with is None else refine_with)[ed], g)
+        if apex_first and not _base_first:
             report(0.15, "the stack is stored apex first: analysing it base first, as the networks learnt")
             given = None if refine_with is None else np.ascontiguousarray(np.asarray(refine_with)[:, ::-1])
             inner = None if progress is None else (lambda f, m: progress(0.15 + 0.85 * f, m))  # never backwards
@@ -281,9 +279,9 @@ def predict(cine: Cine, *, progress: Progress | None = None, with_motion: bool =
 
             report(0.45, "estimating motion")
             spacing_crop = np.array([g.spacing[0], t.target_spacing, t.target_spacing])
-            reverse = slices_run_apex_first((labels if refine_with is None else refine_with)[ed], g)
-            order = "reversed" if reverse else "as stored"
-            u_mm = _motion_base_first(crops[ed], crops, spacing_crop, reverse, model=load_model(weights_dir=weights_dir),
+            # apex first only on a second pass whose labels disagree with the first's: the motion is still given base first
+            order = "reversed" if apex_first else "as stored"
+            u_mm = _motion_base_first(crops[ed], crops, spacing_crop, apex_first, model=load_model(weights_dir=weights_dir),
                                       precision=precision)  # zero at ED (the frame equals the reference)
             u_vox = u_mm / spacing_crop.reshape(1, 3, 1, 1, 1).astype(np.float32)
             state = NetworkMotion(u_vox, probs, labels, t, g, ed)

@@ -1045,17 +1045,3 @@ def write_phantom(phantom: Phantom, out_dir: str | Path, overwrite: bool = False
         save_displacement(phantom.displacement, cine.geometry, tmp / "displacement.nii.gz", times_ms=cine.times_ms)
         (tmp / "reference.json").write_text(json.dumps(phantom.reference, indent=1))
     return out
-
-
-def mirror(data: np.ndarray, geometry: Geometry, axis: int) -> tuple[np.ndarray, Geometry]:
-    """Flip spatial ``axis`` (0 slice, 1 row, 2 column; the last three array axes) together with its
-    direction column: the same world anatomy in a different storage order. Vector components
-    (RAS) are unchanged."""
-    if axis not in (0, 1, 2):
-        raise ValueError("axis must be 0, 1 or 2")
-    arr = np.asarray(data)
-    n = arr.shape[arr.ndim - 3 + axis]
-    g = geometry.copy()
-    g.origin = g.origin + g.direction[:, axis] * g.spacing[axis] * (n - 1)
-    g.direction[:, axis] *= -1.0
-    return np.flip(arr, axis=arr.ndim - 3 + axis).copy(), g

@@ -19,6 +19,14 @@ def _set_frame_labels(h, frame: int, lab: np.ndarray, geometry) -> None:
         mrml.set_segment_mask(proxy, name, lab == value, geometry)
 
 
+def _thicken_wall(harness, analysis, frame: int, geometry) -> np.ndarray:
+    """A hand edit in the scene: the myocardium of ``frame`` grown one voxel into the cavity; returns it."""
+    lab = analysis.labels[frame].copy()
+    lab[ndimage.binary_dilation(lab == 2, structure=RING) & (lab == 3)] = 2
+    _set_frame_labels(harness, frame, lab, geometry)
+    return lab
+
+
 def test_given_study_reloads_on_its_own_voxels(harness, phantom, tmp_path):
     """The phantom's grid is left-handed in (column, row, slice) order, which Slicer stores the other
     way round: the cine comes back slice-reversed; Recompute indexes it as the analysis did and gives
@@ -67,9 +75,7 @@ def test_networks_run_again_after_reload_to_refine_new_edits(harness, phantom, t
     cine, _, _ = phantom
     first = harness.logic.run(cine, harness.params)
     es = first.es
-    lab = first.labels[es].copy()
-    lab[ndimage.binary_dilation(lab == 2, structure=RING) & (lab == 3)] = 2
-    _set_frame_labels(harness, es, lab, cine.geometry)
+    _thicken_wall(harness, first, es, cine.geometry)
     edited = harness.logic.recompute(harness.params)
     assert edited.report["provenance"]["motion_refined_with"] == "segmentation edited in Slicer"
     h = harness.save_and_reload(tmp_path)
@@ -97,9 +103,7 @@ def test_an_ed_edit_saved_before_recompute_is_refined_after_reload(harness, phan
     session; the provenance says the segmentation was edited."""
     cine, _, _ = phantom
     first = harness.logic.run(cine, harness.params)
-    lab = first.labels[first.ed].copy()
-    lab[ndimage.binary_dilation(lab == 2, structure=RING) & (lab == 3)] = 2
-    _set_frame_labels(harness, first.ed, lab, cine.geometry)
+    _thicken_wall(harness, first, first.ed, cine.geometry)
     h = harness.save_and_reload(tmp_path)
     try:
         again = h.logic.recompute(h.params)
@@ -122,9 +126,7 @@ def test_edits_kept_at_run_are_said_to_be_edits_throughout(harness, phantom, tmp
 
     cine, _, _ = phantom
     first = harness.logic.run(cine, harness.params)
-    lab = first.labels[first.es].copy()
-    lab[ndimage.binary_dilation(lab == 2, structure=RING) & (lab == 3)] = 2
-    _set_frame_labels(harness, first.es, lab, cine.geometry)
+    lab = _thicken_wall(harness, first, first.es, cine.geometry)
     edited, why = harness.logic.edited_labels(harness.params, cine)
     assert why == "" and np.array_equal(edited[first.es], lab)
     kept = harness.logic.run(cine, harness.params, edited, None, labels_origin=dlogic.KEPT_EDITS)
