@@ -131,6 +131,18 @@ def test_normalize_intensity_per_frame_deterministic():
     assert np.all(normalize_intensity(np.ones((2, 3, 3))) == 0)
 
 
+def test_normalize_intensity_ignores_zero_padding():
+    # a frame padded with zeros (a larger field of view) keeps its normalised values
+    rng = np.random.default_rng(1)
+    x = rng.gamma(2.0, 50.0, size=(2, 3, 20, 24)).astype(np.float32) + 1.0
+    padded = np.zeros((2, 3, 60, 64), np.float32)
+    padded[..., 20:40, 20:44] = x
+    assert np.array_equal(normalize_intensity(padded)[..., 20:40, 20:44], normalize_intensity(x))
+    assert np.all(normalize_intensity(padded)[..., :20, :] == 0)
+    # all zero: zeros, not NaN
+    assert np.all(normalize_intensity(np.zeros((2, 3, 4, 4))) == 0)
+
+
 def test_separable_sampling_equals_map_coordinates():
     from scipy import ndimage
 

@@ -46,6 +46,9 @@ VALIDATION_PATIENTS: tuple[str, ...] = tuple(f"patient{n:03d}" for n in range(5,
 ALL_PATIENTS: tuple[str, ...] = tuple(f"patient{n:03d}" for n in range(1, 101))
 TRAINING_PATIENTS: tuple[str, ...] = tuple(p for p in ALL_PATIENTS if p not in VALIDATION_PATIENTS)
 SEG_CACHE_SIZE = 176
+# How cache entries are made; changed whenever that changes (2026-11-23: intensity percentiles over
+# the non-zero voxels, see :func:`deepstrain.preprocess.normalize_intensity`).
+CACHE_RECIPE = "percentiles over non-zero voxels"
 DATA_DESCRIPTION = (
     "ACDC training set (Bernard et al., 'Deep Learning Techniques for Automatic MRI Cardiac Multi-structures "
     "Segmentation and Diagnosis: Is the Problem Solved?', IEEE TMI 37(11):2514-2525, 2018), ED and ES frames "
@@ -103,10 +106,12 @@ def check_patient_folder(patient_dir: Path) -> None:
 
 
 def source_key(patient_dir: Path) -> str:
-    """What a cache entry was made from: the ``Info.cfg`` text and the names and sizes of the ED/ES
-    files, hashed (so a cache made from other data is not taken for this data's)."""
+    """What a cache entry was made from: the ``Info.cfg`` text, the names and sizes of the ED/ES
+    files and :data:`CACHE_RECIPE`, hashed (so a cache made from other data, or by an older recipe,
+    is not taken for this one)."""
     patient_dir = Path(patient_dir)
-    h = hashlib.sha256((patient_dir / "Info.cfg").read_bytes())
+    h = hashlib.sha256(CACHE_RECIPE.encode())
+    h.update((patient_dir / "Info.cfg").read_bytes())
     for _, fr in acdc_frames(patient_dir):
         for suffix in ("", "_gt"):
             f = patient_dir / f"{patient_dir.name}_frame{fr:02d}{suffix}.nii.gz"
