@@ -155,13 +155,21 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.removeObservers()
 
     def _on_scene_closed(self, caller=None, event=None):
-        """The study kept in memory belonged to the closed scene."""
+        """The study kept in memory belonged to the closed scene; so did the polar view's picking."""
         self.logic.forget_study()
+        self.removeObservers(self._on_polar_click)
+        self.removeObservers(self._on_polar_hover)
+        self._polar_view = None
         self._on_scene_changed()
 
     def _on_scene_changed(self, caller=None, event=None):
         self.params = self.logic.parameter_node()
         self._to_gui()
+        others = self.logic.other_studies(self.params)
+        if others:
+            self.ui.statusLabel.text = (
+                f"the scene holds {len(others) + 1} DeepStrain studies; shown: '{self.params.study_name}' (the newest). "
+                f"Not shown, left in the scene as they are: {', '.join(repr(o) for o in others)}")
 
     # ------------------------------------------------------------------ parameter node <-> GUI
     def _to_gui(self):
@@ -508,9 +516,12 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._polar_view = view
 
     def _pick(self):
+        """The AHA segment under the mouse in the polar view; None off the map or without a study."""
         import vtk
 
-        view = self._polar_view
+        view = getattr(self, "_polar_view", None)
+        if view is None or self.params.ref("PolarModel") is None:
+            return None
         x, y = view.interactor().GetEventPosition()
         picker = vtk.vtkWorldPointPicker()
         picker.Pick(x, y, 0, view.renderWindow().GetRenderers().GetFirstRenderer())
@@ -523,6 +534,8 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = f"segment {info.segment} ({info.name}): {info.component} {value}, frame {info.frame}"
 
     def _on_polar_click(self, caller=None, event=None):
+        if self.params.ref("PolarModel") is None:
+            return
         info = self._pick()
         self.logic.highlight_segment(self.params, info.segment if info else None)
 

@@ -253,7 +253,12 @@ def test_cli_batch_exit_codes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, c
 
     monkeypatch.setattr(batch, "analyze_study", fake)
     assert cli.main(["batch", str(root), "--out", str(tmp_path / "o1"), "--no-figures"]) == 1
-    assert cli.main(["batch", str(root), "--out", str(tmp_path / "o2"), "--limit", "1", "--no-figures"]) == 0
+    table = tmp_path / "t.csv"
+    table.write_text("id,height_cm\npatient001,170\npatient002,180\n")
+    with warnings.catch_warnings():  # both ids are studies found: --limit does not make one "unknown"
+        warnings.simplefilter("error", DeepStrainWarning)
+        assert cli.main(["batch", str(root), "--out", str(tmp_path / "o2"), "--limit", "1", "--no-figures",
+                         "--table", str(table)]) == 0
     assert len(_rows(tmp_path / "o2" / "summary.csv")) == 1
     gcsv = tmp_path / "g.csv"
     gcsv.write_text("id,group\npatient001,HCM\n")
@@ -415,6 +420,11 @@ def test_study_table_indexes_a_cohort_and_a_changed_table_is_not_applied_silentl
     vol = rep["volumetrics"]
     row = _rows(out / "summary.csv")[0]
     assert row["group"] == "NOR" and float(row["height_cm"]) == 180 and float(row["heart_rate_bpm"]) == 75
+    # what was analysed, at a glance: frames, ED / ES and the voxel spacing used
+    assert (int(row["frames"]), int(row["ed_frame"]), int(row["es_frame"])) == (
+        rep["frames"]["count"], rep["frames"]["ed"], rep["frames"]["es"])
+    assert [float(row[k]) for k in ("slice_spacing_mm", "row_spacing_mm", "column_spacing_mm")] == pytest.approx(
+        rep["provenance"]["voxel_spacing_mm"])
     assert float(row["lv_edvi_ml_per_m2"]) == pytest.approx(vol["lv_edv_ml"] / 2.0, abs=1e-3)
     assert float(row["lv_cardiac_output_l_per_min"]) == pytest.approx(vol["lv_sv_ml"] * 75 / 1000, abs=1e-3)
     # the table changes: nothing is re-analysed or overwritten, the study is reported with the reason

@@ -28,7 +28,10 @@ def test_compare_tables_on_the_lancet_data(tmp_path) -> None:
     rows_b.append(["s00x", "failed", "X", "", ""])
     _write_table(tmp_path / "a.csv", rows_a, cols)
     _write_table(tmp_path / "b.csv", rows_b, cols)
-    res = compare_tables(tmp_path / "a.csv", tmp_path / "b.csv", tmp_path / "cmp")
+    from deepstrain.io import DeepStrainWarning
+
+    with pytest.warns(DeepStrainWarning, match="a.csv: 1 study id\\(s\\) not in the other table, left out: only_a"):
+        res = compare_tables(tmp_path / "a.csv", tmp_path / "b.csv", tmp_path / "cmp")
     assert res["n_pairs"] == 17 and res["only_in_a"] == ["only_a"]
     m = {x["metric"]: x for x in res["metrics"]}
     assert set(m) == {"lv_ef_percent", "aha_radial_3"}
@@ -60,9 +63,37 @@ def test_missing_value_marks_are_dropped_pairwise_and_a_column_with_text_is_repo
               ["s5", "ok", 50, 31]]
     _write_table(tmp_path / "a.csv", rows_a, cols)
     _write_table(tmp_path / "b.csv", rows_b, cols)
-    with pytest.warns(DeepStrainWarning, match="'lv_ef_percent' left out: not a number in s2 \\('bad' in B\\)"):
+    with pytest.warns(DeepStrainWarning, match="b.csv: column 'lv_ef_percent' left out: not a finite number in s2 \\('bad'\\)"):
         res = compare_tables(tmp_path / "a.csv", tmp_path / "b.csv", tmp_path / "cmp")
     m = {x["metric"]: x for x in res["metrics"]}
     assert set(m) == {"aha_radial_1"} and m["aha_radial_1"]["n"] == 3  # the NA and N/A pairs dropped
     assert m["aha_radial_1"]["bias"] == pytest.approx(np.mean([1, 2, 1]))
     assert "lv_ef_percent" in res["skipped_columns"]
+
+
+def test_tables_that_do_not_match_are_named_in_warnings_and_errors(tmp_path, capsys) -> None:
+    """The file at fault is named: a text cell in A, an inf cell in B, a column in one table only, a
+    table without rows (exit 2, nothing written)."""
+    from deepstrain import cli
+    from deepstrain.compare import compare_tables
+    from deepstrain.io import DeepStrainWarning
+
+    cols = ["id", "lv_ef_percent", "lv_mass_g", "rv_edv_ml", "ess_radial"]
+    rows = [[f"s{i}", 50 + i, 100 + 3 * i, 150 - i, 20 + i] for i in range(5)]
+    _write_table(tmp_path / "a.csv", [r if r[0] != "s1" else [r[0], "abc"] + r[2:] for r in rows], cols)
+    _write_table(tmp_path / "b.csv", [r[:2] + ["inf" if r[0] == "s2" else r[2], r[3]] for r in rows], cols[:4])
+    with pytest.warns(DeepStrainWarning) as caught:
+        res = compare_tables(tmp_path / "a.csv", tmp_path / "b.csv", tmp_path / "cmp")
+    text = [str(w.message) for w in caught]
+    assert any(t.startswith(str(tmp_path / "a.csv")) and "'lv_ef_percent'" in t and "'abc'" in t for t in text)
+    assert any(t.startswith(str(tmp_path / "b.csv")) and "'lv_mass_g'" in t and "'inf'" in t for t in text)
+    assert any(t.startswith(str(tmp_path / "a.csv")) and "not compared: ess_radial" in t for t in text)
+    assert res["columns_only_in_a"] == ["ess_radial"] and res["columns_only_in_b"] == []
+    assert set(res["skipped_columns"]) == {"lv_ef_percent", "lv_mass_g"}
+    assert [m["metric"] for m in res["metrics"]] == ["rv_edv_ml"]
+    _write_table(tmp_path / "empty.csv", [], cols)
+    capsys.readouterr()
+    assert cli.main(["compare", str(tmp_path / "empty.csv"), str(tmp_path / "b.csv"), "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert "empty.csv" in err and "no rows" in err
+    assert not (tmp_path / "e").exists()

@@ -127,3 +127,30 @@ def test_a_folder_that_cannot_be_made_or_filled_is_a_clear_error_and_leaves_noth
     with pytest.raises(OSError, match="input"):  # an error reading an input stays what it is
         with atomic_output_dir(out):
             raise OSError(5, "input", str(tmp_path / "input.nii.gz"))
+
+
+def test_overwrite_replaces_only_an_output_of_the_same_kind(tmp_path):
+    """``compare --out BATCH --overwrite`` must not delete a cohort's analyses: the marker names the
+    kind of output, and --overwrite replaces only the same kind (also a batch folder whose marker was
+    written before kinds were recorded, known by its settings and summary)."""
+    from deepstrain.outputs import marker_kind
+
+    batch = tmp_path / "batch"
+    with atomic_output_dir(batch, kind="batch") as tmp:
+        (tmp / "study1").mkdir()
+    assert marker_kind(batch) == "batch"
+    with pytest.raises(InputError, match="holds a deepstrain batch output: --overwrite replaces only a compare"):
+        with atomic_output_dir(batch, overwrite=True, kind="compare"):
+            pass
+    assert (batch / "study1").is_dir()
+    (batch / MARKER).write_text("Written by deepstrain; `--overwrite` may replace this folder.\n")  # an older marker
+    (batch / "settings.json").write_text("{}")
+    (batch / "summary.csv").write_text("id\n")
+    assert marker_kind(batch) == "batch"
+    with pytest.raises(InputError, match="holds a deepstrain batch output"):
+        check_output_dir(batch, overwrite=True, kind="analysis")
+    (batch / "settings.json").unlink()
+    assert marker_kind(batch) == ""  # an older marker, kind unknown: replaced as before
+    with atomic_output_dir(batch, overwrite=True, kind="compare") as tmp:
+        (tmp / "agreement.csv").write_text("metric\n")
+    assert marker_kind(batch) == "compare" and not (batch / "study1").exists()

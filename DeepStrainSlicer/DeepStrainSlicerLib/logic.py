@@ -166,6 +166,7 @@ class Parameters:
     weight_kg = _Param(float, 0.0)
     subject = _Param(dict, {})
     input_subject = _Param(dict, {})
+    input_warnings = _Param(list, [])  # what reading the input warned about (a reloaded scene's Recompute reports them)
     ed = _Param(int, -1)
     es = _Param(int, -1)
     run_mode = _Param(str, "networks")  # "networks" or "given"
@@ -303,14 +304,29 @@ class DeepStrainLogic:
         return bool(c) and c.get("browser") is browser and c.get("study") == (browser.GetAttribute(STUDY_ATTRIBUTE) or "")
 
     # ----------------------------------------------------------------- parameters
+    def _module_nodes(self) -> list[slicer.vtkMRMLScriptedModuleNode]:
+        """The module's parameter nodes in the scene, oldest first (several after a saved study was
+        added to a scene that had one)."""
+        nodes = [self.scene.GetNthNodeByClass(i, "vtkMRMLScriptedModuleNode")
+                 for i in range(self.scene.GetNumberOfNodesByClass("vtkMRMLScriptedModuleNode"))]
+        return [n for n in nodes if n.GetAttribute("ModuleName") == "DeepStrainSlicer"]
+
     def parameter_node(self) -> Parameters:
-        for i in range(self.scene.GetNumberOfNodesByClass("vtkMRMLScriptedModuleNode")):
-            node = self.scene.GetNthNodeByClass(i, "vtkMRMLScriptedModuleNode")
-            if node.GetAttribute("ModuleName") == "DeepStrainSlicer":
-                return Parameters(node)
+        """The module's parameter node: of several, the newest that holds a study (the study last
+        added to the scene), else the newest; one is made when there is none."""
+        nodes = self._module_nodes()
+        if nodes:
+            with_study = [n for n in nodes if n.GetNodeReference("Browser") is not None]
+            return Parameters((with_study or nodes)[-1])
         node = self.scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode", "DeepStrainSlicer")
         node.SetAttribute("ModuleName", "DeepStrainSlicer")
         return Parameters(node)
+
+    def other_studies(self, params: Parameters) -> list[str]:
+        """Names of the studies in the scene that other parameter nodes than ``params`` hold: the
+        module does not show them (see :meth:`parameter_node`); they stay in the scene untouched."""
+        return [Parameters(n).study_name for n in self._module_nodes()
+                if n.GetID() != params.node.GetID() and n.GetNodeReference("Browser") is not None]
 
     # ----------------------------------------------------------------- inputs
     @staticmethod
@@ -402,6 +418,7 @@ class DeepStrainLogic:
             params.study_id = uuid.uuid4().hex
             params.highlighted_segment = 0
             params.input_subject, params.subject = input_subject, cine.subject.as_dict()
+            params.input_warnings = list(cine.warnings)
             # the input's own ES, for Recompute on auto; not known when the ES field replaced it
             params.input_es = -2 if params.es >= 0 else (-1 if cine.es is None else int(cine.es))
             params.analysis_timing = _timing_fields(params)
@@ -433,7 +450,10 @@ class DeepStrainLogic:
             study_cine, labels, _ = self.study_arrays(params)
         except ValueError as exc:  # e.g. a segment deleted or added by hand: Run may still segment again
             return None, f"the study's segmentation cannot be read ({exc})"
-        if self.analysis is not None and np.array_equal(labels, self.analysis.labels):
+        # nothing to keep: the segmentation is the networks' own from this session's Run (a segmentation
+        # edited and then recomputed is not: it is asked about like any edit)
+        run_labels = self._cache.get("run_labels") if self._cache_is_for(params.ref("Browser")) else None
+        if run_labels is not None and np.array_equal(labels, run_labels):
             return None, ""
         if labels.shape[0] != cine.n_frames or study_cine.shape3d != cine.shape3d:
             return None, (f"the input has {cine.n_frames} frames of {cine.shape3d}, the study "
@@ -669,7 +689,7 @@ class DeepStrainLogic:
         for c in COMPONENTS:
             v = report["global_strain_rate"][f"{c}_per_s"]
             cols[f"{c} strain rate (1/s)"] = _curve(v, n)
-        for key, column in VOLUME_COLUMNS.items():  # kept in the scene: exports after a reload have them
+        for key, column in VOLUME_COLUMNS.items():  # the volume chart's curves
             cols[column] = np.asarray(volume_curves[key], dtype=float)
         rotation = {**(report.get("rotation") or {}), "twist_deg": (report.get("twist") or {}).get("twist_deg")}
         for key, (column, _) in ROTATION_COLUMNS.items():
@@ -1081,6 +1101,7 @@ class DeepStrainLogic:
 
         cine = mrml.sequence_to_cine(params.ref("CineSequence"), params.study_name)
         cine.subject = Subject.from_dict(params.subject)
+        cine.warnings = list(params.input_warnings)
         disp_seq = params.ref("DisplacementSequence")
         if disp_seq is not None and disp_seq.GetNumberOfDataNodes():
             grid = mrml.grid_transform_geometry(disp_seq.GetNthDataNode(0))
@@ -1302,25 +1323,16 @@ class DeepStrainLogic:
                            rv_insertion_ras=self.rv_insertion_point(params))
         analysis.report = report
         written: list[str] = []
-        with atomic_output_dir(out) as tmp:
-            for name, path in render.export_pictures(self, params, tmp, stem, renderer_factory).items():
+        with atomic_output_dir(out, kind="Slicer export") as tmp:
+            pictures = render.export_pictures(self, params, tmp, stem, analysis.volume_curves, renderer_factory)
+            for name, path in pictures.items():
                 written.append(path.name)
             written.append(qc_figure(analysis, tmp / f"{stem}_qc.png").name)
-            for p in write_report(report, tmp, volume_curves=self._volume_curves(params)):
+            for p in write_report(report, tmp, volume_curves=analysis.volume_curves):  # full precision
                 name = f"{stem}_{p.name}"  # report.json, strain.csv, results.csv, slices.csv
                 os.replace(p, tmp / name)
                 written.append(name)
         return [out / n for n in written]
-
-    @staticmethod
-    def _volume_curves(params: Parameters) -> dict[str, np.ndarray] | None:
-        """LV, myocardium and RV volume per frame (ml) from the curve table (None in scenes saved
-        before it held them)."""
-        table = params.ref("CurveTable")
-        try:
-            return {key: _column(table, column) for key, column in VOLUME_COLUMNS.items()}
-        except (KeyError, AttributeError):
-            return None
 
 
 # --------------------------------------------------------------------------- helpers

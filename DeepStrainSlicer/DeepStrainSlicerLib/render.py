@@ -348,8 +348,9 @@ def render_polar_map(polydata: vtk.vtkPolyData, vmin: float, vmax: float, title:
     return rgb
 
 
-def export_pictures(logic, params, folder: Path, stem: str, renderer_factory=None) -> dict[str, Path]:
-    """Write the study pictures into ``folder``: slice view at ED and ES, curves, polar map."""
+def export_pictures(logic, params, folder: Path, stem: str, volume_curves, renderer_factory=None) -> dict[str, Path]:
+    """Write the study pictures into ``folder``: slice view at ED and ES, curves (with ``volume_curves``,
+    ml per frame: :attr:`deepstrain.pipeline.Analysis.volume_curves`), polar map."""
     report = logic.report(params)
     ed, es = report["frames"]["ed"], report["frames"]["es"]
     current = logic.current_frame(params)
@@ -360,7 +361,7 @@ def export_pictures(logic, params, folder: Path, stem: str, renderer_factory=Non
             out[f"slice_{name}"] = write_png(rgb, Path(folder) / f"{stem}_slice_{name}_frame{frame}.png")
     finally:
         logic.go_to_frame(params, current)
-    out["curves"] = write_png(render_curves(report, logic._volume_curves(params)), Path(folder) / f"{stem}_curves.png")
+    out["curves"] = write_png(render_curves(report, volume_curves), Path(folder) / f"{stem}_curves.png")
     model = params.ref("PolarModel")
     d = model.GetDisplayNode()
     vmin, vmax = d.GetScalarRange()

@@ -163,7 +163,7 @@ def write_analysis(analysis: pipeline.Analysis, out_dir: str | os.PathLike, *, o
     (``qc``: also the picture ``qc.png`` of :mod:`deepstrain.qc`; ``inputs``: the paths read,
     which ``out_dir`` may not be or contain, :func:`deepstrain.outputs.check_output_dir`)."""
     cine = analysis.cine
-    with atomic_output_dir(out_dir, overwrite=overwrite, inputs=inputs) as tmp:
+    with atomic_output_dir(out_dir, overwrite=overwrite, inputs=inputs, kind="analysis") as tmp:
         analysis.write(tmp)
         if qc:
             from .qc import qc_figure
@@ -217,7 +217,7 @@ def analyze_path(
     spacing used (``voxel_spacing_mm``, slice, row, column) and its source.
     """
     inputs = (input_path, segmentation, displacement)
-    check_output_dir(out_dir, overwrite, inputs)  # refuse at once, not after the analysis
+    check_output_dir(out_dir, overwrite, inputs, kind="analysis")  # refuse at once, not after the analysis
     if progress:
         progress(0.0, "loading")
     cine = io.load_cine(input_path, spacing=spacing, heart_rate_bpm=heart_rate_bpm, rr_ms=rr_ms, ed=ed, es=es,

@@ -54,7 +54,7 @@ from typing import Any, Callable, Iterable, Mapping, TextIO
 from .dyssynchrony import KEYS as DYSSYNCHRONY_KEYS
 from .errors import InputError, first_few
 from .io import DeepStrainWarning, is_ukbb_folder, looks_like_dicom, read_info_cfg
-from .outputs import MARKER, apply_umask, write_marker
+from .outputs import MARKER, apply_umask, marker_kind, write_marker
 
 StudyFn = Callable[..., Any]
 
@@ -70,7 +70,12 @@ SUBJECT_SUMMARY_KEYS = ("height_cm", "weight_kg", "bsa_m2", "heart_rate_bpm")
 PEAK_KEYS = tuple(f"{p}_{c}" for p in ("ess", "srs", "sre") for c in COMPONENTS)
 TWIST_SUMMARY_KEYS = ("es_twist_deg", "peak_systolic_twist_deg", "es_torsion_deg_per_cm", "peak_untwisting_rate_deg_per_s")
 AHA_KEYS = tuple(f"aha_{c}_{s}" for c in ("radial", "circumferential") for s in range(1, 18))
-SUMMARY_COLUMNS = (("id", "group", "status", "error", "seconds", "input", "quality") + SUBJECT_SUMMARY_KEYS
+STUDY_KEYS = ("frames", "ed_frame", "es_frame", "slice_spacing_mm", "row_spacing_mm", "column_spacing_mm")
+"""What was analysed: the frame count, ED and ES (frame indices of the input, 0-based) and the voxel
+spacing used (the header's, or the study table's / the flags' when given), so that a cohort table
+shows a study read with another ES or a lost spacing at a glance."""
+SUMMARY_COLUMNS = (("id", "group", "status", "error", "seconds", "input", "quality") + STUDY_KEYS
+                   + SUBJECT_SUMMARY_KEYS
                    + VOLUME_KEYS + PEAK_KEYS
                    + TWIST_SUMMARY_KEYS + DYSSYNCHRONY_KEYS + AHA_KEYS)
 """Columns of ``summary.csv``: ``quality`` = the names of the automatic checks that fired
@@ -338,6 +343,10 @@ def summary_row(
                seconds="" if seconds is None else f"{seconds:.2f}")
     if report:
         row["quality"] = ";".join(dict.fromkeys(str(q.get("check")) for q in report.get("quality") or []))
+        frames = report.get("frames") or {}
+        spacing = (report.get("provenance") or {}).get("voxel_spacing_mm") or [None] * 3
+        for key, value in zip(STUDY_KEYS, (frames.get("count"), frames.get("ed"), frames.get("es"), *spacing)):
+            row[key] = "" if value is None else (str(value) if isinstance(value, int) else _fmt(value))
         for block, keys in (("subject", SUBJECT_SUMMARY_KEYS), ("volumetrics", VOLUME_KEYS),
                             ("twist", TWIST_SUMMARY_KEYS), ("dyssynchrony", DYSSYNCHRONY_KEYS)):
             vals = report.get(block) or {}
@@ -718,24 +727,28 @@ def run_batch(
     if out.exists() and not out.is_dir():
         raise InputError(out, "output path exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not _is_batch_folder(out):
-        raise InputError(out, f"output folder is not empty and is not a batch output folder (no {MARKER} file): "
-                              "choose another --out")
+        there = marker_kind(out)
+        raise InputError(out, "output folder is not empty and is not a batch output folder ("
+                              + (f"it holds a deepstrain {there} output" if there else f"no {MARKER} file")
+                              + "): choose another --out")
     table = read_study_table(table_csv) if table_csv is not None else None
     studies = discover_studies(input_dir, table=table, exclude=[out])
-    if limit is not None:
-        studies = studies[: max(0, int(limit))]
     if not studies:
         raise InputError(input_dir, "no studies found (ACDC folders with Info.cfg, UK Biobank subject folders, "
                                     "4D NIfTI files or DICOM cine folders)")
-    if table:
+    if table:  # against every study found (--limit only chooses which to analyse now)
         unknown = sorted(set(table) - {s.id for s in studies})
         if unknown:  # a typing error in an id: the row's values would be lost silently
             warnings.warn(f"{table_csv}: {len(unknown)} id(s) of the study table are not among the studies found in "
                           f"{input_dir}: {first_few(unknown)}",
                           DeepStrainWarning, stacklevel=2)
+    if limit is not None:
+        studies = studies[: max(0, int(limit))]
+        if not studies:
+            raise InputError(input_dir, f"--limit {limit}: no study to analyse")
     settings = batch_settings(study_fn, study_kwargs)
     out.mkdir(parents=True, exist_ok=True)
-    write_marker(out)
+    write_marker(out, "batch")
     with _Lock(out):
         _check_settings(out, settings)
         shutil.rmtree(out / _TMP_NAME, ignore_errors=True)  # leftovers of a killed run
@@ -790,9 +803,10 @@ def run_batch(
 
 
 def _is_batch_folder(out: Path) -> bool:
-    """A folder a batch wrote: the marker of deepstrain's result folders, or (batches before it)
-    both the settings and the summary; never just a ``summary.csv`` of the user's."""
-    return (out / MARKER).is_file() or ((out / SETTINGS_NAME).is_file() and (out / SUMMARY_NAME).is_file())
+    """A folder a batch wrote: its marker says batch (or, written before markers named their kind,
+    says nothing of it), or (batches before markers) both the settings and the summary; never just a
+    ``summary.csv`` of the user's, nor another command's output (an analysis, a comparison)."""
+    return marker_kind(out) in ("batch", "") or ((out / SETTINGS_NAME).is_file() and (out / SUMMARY_NAME).is_file())
 
 
 def _failed_row(study: Study, message: str) -> dict[str, str]:

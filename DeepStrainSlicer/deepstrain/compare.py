@@ -7,8 +7,10 @@ columns ``aha_<component>_<segment>``); an empty cell or a usual missing-value m
 and other text is left out with a warning, and listed in ``agreement.json`` (``skipped_columns``); for each, :func:`deepstrain.stats.agreement` gives
 Bland-Altman bias / SD / 95 % limits (difference ``B - A``), ICC(A,1) = ICC(2,1) with its
 McGraw & Wong 95 % CI, and the relative changes ``100 (B - A) / ((A + B) / 2)`` (mean and mean
-absolute). Outputs, written atomically: ``agreement.csv`` (one row per metric),
-``agreement.json`` (the same plus the formulas and the unmatched ids) and Bland-Altman plots
+absolute). Study ids in one table only, and columns in one table only, are left out with a
+warning naming the table, and listed in ``agreement.json``; a cell ``inf`` is not a number.
+Outputs, written atomically: ``agreement.csv`` (one row per metric),
+``agreement.json`` (the same plus the formulas and the unmatched ids and columns) and Bland-Altman plots
 ``bland_altman_global.png``, ``bland_altman_aha_radial.png``, ``bland_altman_aha_circumferential.png``.
 """
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from . import stats
+from .batch import STUDY_KEYS
 from .errors import InputError, first_few
 from .io import DeepStrainWarning
 from .report import json_safe
@@ -30,7 +33,8 @@ from .outputs import atomic_output_dir
 
 MISSING = {"", "na", "n/a", "nan", "none", "null", "-", "--", "."}
 """Cell texts (case-insensitive) read as a missing value."""
-NON_METRIC = {"id", "group", "status", "error", "seconds", "input", "quality"}
+NON_METRIC = {"id", "group", "status", "error", "seconds", "input", "quality", *STUDY_KEYS}
+"""Columns that name or describe a study (:data:`deepstrain.batch.STUDY_KEYS`) rather than measure it: not compared."""
 TABLE_COLUMNS = ("metric", "n", "mean_a", "mean_b", "bias", "sd_diff", "loa_low", "loa_high", "icc",
                  "icc_ci_low", "icc_ci_high", "relative_change_percent", "abs_relative_change_percent")
 
@@ -39,7 +43,9 @@ def _table(path: Path) -> tuple[list[str], dict[str, dict[str, str]]]:
     from .batch import read_summary
 
     rows = read_summary(path)
-    cols = list(rows[0].keys()) if rows else []
+    if not rows:
+        raise InputError(path, "the table has no rows (a header only, or empty)")
+    cols = list(rows[0].keys())
     out: dict[str, dict[str, str]] = {}
     for r in rows:
         if "status" in r and r["status"] != "ok":
@@ -52,14 +58,16 @@ def _table(path: Path) -> tuple[list[str], dict[str, dict[str, str]]]:
 
 
 def _number(text: str) -> float | None:
-    """Float of a cell; NaN for a missing value (:data:`MISSING`); None if it is not a number."""
+    """Float of a cell; NaN for a missing value (:data:`MISSING`); None if it is not a (finite) number:
+    ``inf`` is not a measurement, and would otherwise be dropped like a missing value."""
     t = (text or "").strip()
     if t.lower() in MISSING:
         return math.nan
     try:
-        return float(t)
+        v = float(t)
     except ValueError:
         return None
+    return v if math.isfinite(v) else None
 
 
 def compare_tables(a_csv: str | os.PathLike, b_csv: str | os.PathLike, out_dir: str | os.PathLike, *,
@@ -68,9 +76,23 @@ def compare_tables(a_csv: str | os.PathLike, b_csv: str | os.PathLike, out_dir: 
     a_csv, b_csv = Path(a_csv), Path(b_csv)
     cols_a, rows_a = _table(a_csv)
     cols_b, rows_b = _table(b_csv)
+    for name, table in ((a_csv, rows_a), (b_csv, rows_b)):
+        if not table:
+            raise InputError(name, "no row with status ok")
     ids = sorted(set(rows_a) & set(rows_b))
     if not ids:
         raise InputError(b_csv, f"no study id in common with {a_csv} (among rows with status ok)")
+    only = {"a": sorted(set(rows_a) - set(rows_b)), "b": sorted(set(rows_b) - set(rows_a))}
+    for key, name in (("a", a_csv), ("b", b_csv)):
+        if only[key]:  # a typing error in an id: that study would be left out silently
+            warnings.warn(f"{name}: {len(only[key])} study id(s) not in the other table, left out: "
+                          f"{first_few(only[key])}", DeepStrainWarning, stacklevel=2)
+    columns_only = {"a": [c for c in cols_a if c not in cols_b and c not in NON_METRIC],
+                    "b": [c for c in cols_b if c not in cols_a and c not in NON_METRIC]}
+    for key, name in (("a", a_csv), ("b", b_csv)):
+        if columns_only[key]:
+            warnings.warn(f"{name}: {len(columns_only[key])} column(s) not in the other table, not compared: "
+                          f"{first_few(columns_only[key])}", DeepStrainWarning, stacklevel=2)
     metrics: list[dict] = []
     skipped: dict[str, str] = {}
     values: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -81,10 +103,12 @@ def compare_tables(a_csv: str | os.PathLike, b_csv: str | os.PathLike, out_dir: 
         b = [_number(rows_b[i][col]) for i in ids]
         if any(v is None for v in a + b):
             if any(v is not None and math.isfinite(v) for v in a + b):  # numbers and text: say so
-                bad = [f"{i} ({t!r} in {where})" for where, rows, vals in (("A", rows_a, a), ("B", rows_b, b))
-                       for i, v in zip(ids, vals) if v is None for t in [rows[i][col]]]
-                skipped[col] = "not a number in " + first_few(bad)
-                warnings.warn(f"{b_csv}: column {col!r} left out: {skipped[col]}", DeepStrainWarning, stacklevel=2)
+                for name, rows, vals in ((a_csv, rows_a, a), (b_csv, rows_b, b)):
+                    bad = [f"{i} ({rows[i][col]!r})" for i, v in zip(ids, vals) if v is None]
+                    if bad:
+                        why = f"not a finite number in {first_few(bad)}"
+                        skipped[col] = f"{name}: {why}" if col not in skipped else f"{skipped[col]}; {name}: {why}"
+                        warnings.warn(f"{name}: column {col!r} left out: {why}", DeepStrainWarning, stacklevel=2)
             continue  # a text column
         a_arr, b_arr = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
         if not np.any(np.isfinite(a_arr) & np.isfinite(b_arr)):
@@ -95,7 +119,8 @@ def compare_tables(a_csv: str | os.PathLike, b_csv: str | os.PathLike, out_dir: 
         raise InputError(b_csv, f"no numeric column in common with {a_csv}")
     result = {
         "a": str(a_csv), "b": str(b_csv), "n_pairs": len(ids), "ids": ids,
-        "only_in_a": sorted(set(rows_a) - set(rows_b)), "only_in_b": sorted(set(rows_b) - set(rows_a)),
+        "only_in_a": only["a"], "only_in_b": only["b"],
+        "columns_only_in_a": columns_only["a"], "columns_only_in_b": columns_only["b"],
         "skipped_columns": skipped,
         "definitions": {
             "difference": "B - A",
@@ -106,7 +131,7 @@ def compare_tables(a_csv: str | os.PathLike, b_csv: str | os.PathLike, out_dir: 
         },
         "metrics": metrics,
     }
-    with atomic_output_dir(out_dir, overwrite=overwrite, inputs=(a_csv, b_csv)) as tmp:
+    with atomic_output_dir(out_dir, overwrite=overwrite, inputs=(a_csv, b_csv), kind="compare") as tmp:
         with open(tmp / "agreement.csv", "w", newline="") as f:
             w = csv.writer(f, lineterminator="\n")
             w.writerow(TABLE_COLUMNS)

@@ -51,7 +51,7 @@ def run_demo(out: str | os.PathLike, *, seed: int = 2024, overwrite: bool = Fals
     analysis = analyze_cine(ph.cine, progress=progress, refine_motion=refine_motion)
     frames = ph.reference["frames"]
     exact = pipeline.compute(ph.cine, ph.labels, ph.displacement, ed=frames["ed"], es=frames["es"])
-    with atomic_output_dir(out, overwrite=overwrite) as tmp:
+    with atomic_output_dir(out, overwrite=overwrite, kind="demo") as tmp:
         phantom.write_phantom(ph, tmp / "phantom")
         write_analysis(analysis, tmp / "analysis", qc=True)  # analysis/qc.png: the picture to look at first
         comparison = compare_to_reference(analysis.report, ph.reference, exact.report)

@@ -297,7 +297,7 @@ def make_group_figures(
         "excluded_by_quality": {"checks": sorted(exclude_checks), "studies": excluded},
     }
     written: list[str] = []
-    with atomic_output_dir(out, overwrite=True) as tmp:
+    with atomic_output_dir(out, overwrite=True, kind="groups") as tmp:
         for made in (
             _curve_figure(stats, "curves", {"radial_percent": "radial strain", "circumferential_percent":
                           "circumferential strain"}, "strain (%)", tmp / "strain_curves.png"),

@@ -4,7 +4,9 @@ Rules (:func:`check_output_dir`):
 
 * ``out`` must not exist or be an empty folder, unless ``overwrite`` is true;
 * ``overwrite`` replaces only a folder that deepstrain wrote: one holding the marker file
-  :data:`MARKER` (written into every result folder), never an arbitrary folder of the user's;
+  :data:`MARKER` (written into every result folder), never an arbitrary folder of the user's,
+  and only one of the same kind (the marker names it: ``analysis``, ``batch``, ``compare``...):
+  ``compare --out BATCH --overwrite`` must not delete a cohort's analyses;
 * ``out`` may never be, or contain, one of the run's inputs (with ``overwrite`` the input
   would be deleted);
 * the nearest existing folder above ``out`` must be writable (checked before the computation);
@@ -29,9 +31,25 @@ MARKER = ".deepstrain-output"
 """Name of the marker file in every result folder: ``--overwrite`` replaces only folders holding it."""
 
 
-def write_marker(folder: str | os.PathLike) -> None:
-    """Mark ``folder`` as one deepstrain wrote (:data:`MARKER`)."""
-    (Path(folder) / MARKER).write_text("Written by deepstrain; `--overwrite` may replace this folder.\n")
+def write_marker(folder: str | os.PathLike, kind: str) -> None:
+    """Mark ``folder`` as one deepstrain wrote (:data:`MARKER`), holding output of ``kind``."""
+    (Path(folder) / MARKER).write_text(f"Written by deepstrain ({kind}); `--overwrite` may replace this folder "
+                                       f"with another {kind} output.\nkind: {kind}\n")
+
+
+def marker_kind(folder: str | os.PathLike) -> str | None:
+    """The kind of output in ``folder`` (:func:`write_marker`); None without a marker; for a marker
+    written before kinds were recorded, ``"batch"`` where a batch's ``settings.json`` and
+    ``summary.csv`` are beside it, else ``""`` (unknown)."""
+    folder = Path(folder)
+    try:
+        text = (folder / MARKER).read_text(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("kind: "):
+            return line[len("kind: "):].strip()
+    return "batch" if (folder / "settings.json").is_file() and (folder / "summary.csv").is_file() else ""
 
 
 def _umask() -> int:
@@ -57,7 +75,7 @@ def apply_umask(path: str | os.PathLike) -> None:
 
 
 def check_output_dir(out: str | os.PathLike, overwrite: bool = False,
-                     inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
+                     inputs: Iterable[str | os.PathLike | None] = (), kind: str = "analysis") -> Path:
     """Raise :class:`InputError` unless ``out`` may be written (module docstring); returns it absolute.
 
     Call it before a long computation, so a refusal comes at once; :func:`atomic_output_dir`
@@ -78,10 +96,14 @@ def check_output_dir(out: str | os.PathLike, overwrite: bool = False,
         if any(out.iterdir()):
             if not overwrite:
                 raise InputError(out, "output folder exists and is not empty (use --overwrite to replace it)")
-            if not (out / MARKER).is_file():
+            there = marker_kind(out)
+            if there is None:
                 raise InputError(out, f"output folder exists and was not written by deepstrain (no {MARKER} "
                                       "file): --overwrite replaces only deepstrain's own result folders; "
                                       "choose another --out")
+            if there and there != kind:
+                raise InputError(out, f"output folder holds a deepstrain {there} output: --overwrite replaces "
+                                      f"only a {kind} output; choose another --out")
     return out
 
 
@@ -110,14 +132,15 @@ def _remove_empty(folders: list[Path]) -> None:
 
 @contextlib.contextmanager
 def atomic_output_dir(out: str | os.PathLike, overwrite: bool = False,
-                      inputs: Iterable[str | os.PathLike | None] = ()) -> Iterator[Path]:
+                      inputs: Iterable[str | os.PathLike | None] = (), kind: str = "analysis") -> Iterator[Path]:
     """Yield a temporary folder beside ``out``; rename it to ``out`` only if the block succeeds.
 
-    ``out`` is checked by :func:`check_output_dir` (with ``inputs``, the paths the run reads).
+    ``out`` is checked by :func:`check_output_dir` (with ``inputs``, the paths the run reads, and
+    ``kind``, the kind of output written: the marker records it).
     An old folder is replaced only after the new one is complete. On any exception the
     temporary folder is removed and ``out`` is left as it was.
     """
-    out = check_output_dir(out, overwrite, inputs)
+    out = check_output_dir(out, overwrite, inputs, kind)
     created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -126,7 +149,7 @@ def atomic_output_dir(out: str | os.PathLike, overwrite: bool = False,
         _remove_empty(created)
         raise InputError(out, f"cannot be created ({exc.strerror or exc})") from exc
     try:
-        write_marker(tmp)
+        write_marker(tmp, kind)
         yield tmp
         apply_umask(tmp)
     except BaseException as exc:

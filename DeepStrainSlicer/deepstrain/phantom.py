@@ -1039,7 +1039,7 @@ def write_phantom(phantom: Phantom, out_dir: str | Path, overwrite: bool = False
 
     cine = phantom.cine
     out = Path(out_dir)
-    with atomic_output_dir(out, overwrite=overwrite) as tmp:
+    with atomic_output_dir(out, overwrite=overwrite, kind="phantom") as tmp:
         save_cine(cine, tmp / "cine.nii.gz")
         save_labels(phantom.labels, cine.geometry, tmp / "labels.nii.gz", times_ms=cine.times_ms)
         save_displacement(phantom.displacement, cine.geometry, tmp / "displacement.nii.gz", times_ms=cine.times_ms)

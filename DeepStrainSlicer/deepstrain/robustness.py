@@ -199,8 +199,8 @@ def robustness_study(
     describe = {"shift": "one-voxel in-plane shift (first NIfTI axis), edge replicated",
                 "noise": f"Rician noise, SNR {snr:g} (sigma = 95th percentile / SNR), seed {seed}",
                 "scale": f"intensities x {scale:g}"}
-    check_output_dir(out_dir, overwrite, (src,))  # refuse at once, not after the analyses
-    with atomic_output_dir(out_dir, overwrite=overwrite, inputs=(src,)) as tmp:
+    check_output_dir(out_dir, overwrite, (src,), kind="robustness")  # refuse at once, not after the analyses
+    with atomic_output_dir(out_dir, overwrite=overwrite, inputs=(src,), kind="robustness") as tmp:
         fn(str(src), str(tmp / "baseline"), **kw)
         base = load_report(tmp / "baseline")
         if base is None:

@@ -610,3 +610,19 @@ def test_report_says_where_the_voxel_spacing_came_from(harness, phantom):
     prov = a.report["provenance"]
     assert prov["voxel_spacing_source"] == dlogic.MODULE_FIELD
     assert prov["voxel_spacing_mm"] == [float(v) for v in cine.geometry.spacing]
+
+
+def test_exported_volumes_come_from_the_segmentation_not_the_chart_table(study, tmp_path, egl):
+    """A saved scene stores the chart's table with 6 significant digits: Export computes the volume
+    columns of strain.csv from the segmentation at full precision, as deepstrain analyze does."""
+    import csv
+
+    h, _, _, _, analysis = study
+    table = h.params.ref("CurveTable")
+    col = table.GetTable().GetColumnByName(dlogic.VOLUME_COLUMNS["lv"])
+    col.SetValue(0, float(col.GetValue(0)) + 0.123)  # the table no longer holds the exact volume
+    files = h.logic.export(h.params, tmp_path)
+    rows = list(csv.DictReader(open(next(f for f in files if f.name.endswith("_strain.csv")))))
+    key = next(k for k in rows[0] if k.startswith("lv_volume"))
+    got = np.array([float(r[key]) for r in rows])
+    np.testing.assert_allclose(got, analysis.volume_curves["lv"], rtol=1e-6)

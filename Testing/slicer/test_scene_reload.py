@@ -171,3 +171,19 @@ def test_reloaded_scene_shows_and_exports_what_the_session_did(harness, phantom,
             assert pa.shape == pb.shape and np.abs(pa - pb).max() <= 2, a.name
         elif a.suffix == ".csv":
             assert a.read_text() == b.read_text()
+
+
+def test_recompute_after_reload_keeps_the_inputs_warnings(harness, phantom, tmp_path):
+    """What reading the input warned about (e.g. a lost voxel spacing) is stored with the study and
+    listed again when a reloaded scene is recomputed."""
+    import dataclasses
+
+    cine, labels, disp = phantom
+    note = "voxel spacing looks lost (test)"
+    harness.logic.run(dataclasses.replace(cine, warnings=[note]), harness.params, labels, disp)
+    assert note in harness.logic.report(harness.params)["warnings"]
+    h = harness.save_and_reload(tmp_path)
+    try:
+        assert note in h.logic.recompute(h.params).report["warnings"]
+    finally:
+        h.close()

@@ -199,7 +199,8 @@ def test_run_again_offers_the_hand_edits_and_keeps_them_when_asked(harness, phan
     edited, why = harness.logic.edited_labels(p, cine)
     assert why == "" and np.array_equal(edited[first.es], es_lab) and np.array_equal(edited[first.ed], labels[first.ed])
     recomputed = harness.logic.recompute(p)
-    assert harness.logic.edited_labels(p, cine) == (None, "")  # analysed as they are now
+    edited, why = harness.logic.edited_labels(p, cine)  # analysed as they are now, but still edits
+    assert why == "" and np.array_equal(edited, recomputed.labels) and not np.array_equal(edited, first.labels)
     _erase_es_cavity_slice(harness, recomputed, cine.geometry)  # the same edit again: nothing new
     _erase_es_cavity_slice(harness, recomputed, cine.geometry, which=1)  # ... and another one
     g = cine.geometry
@@ -236,3 +237,30 @@ def test_an_unreadable_segmentation_lets_run_segment_again(harness, phantom):
     assert edited is None and "cannot be read" in why and "Segment_4" in why
     again = harness.logic.run(cine, p, labels, disp)  # what "segment again" does (given labels here)
     assert np.array_equal(again.labels, labels)
+
+
+def test_a_saved_study_added_to_a_scene_with_a_module_node_is_the_one_shown(harness, phantom, tmp_path):
+    """A study's .mrb added to a scene that already has the module's parameter node (the panel was
+    opened; or another study is shown): the module shows the study added, and names the one it does
+    not show, which stays in the scene as it is."""
+    cine, labels, disp = phantom
+    hs = type(harness)()
+    try:
+        _run_other_patient(hs, hs.params, cine, labels, disp)
+        saved = hs.write_mrb(tmp_path)
+    finally:
+        hs.close()
+    h = harness  # its empty parameter node stays in the scene
+    h.read_mrb(saved, tmp_path / "cache")
+    p = h.params
+    assert p.ref("Browser") is not None and h.logic.other_studies(p) == []
+    assert h.logic.recompute(p).report["volumetrics"]
+    h2 = type(harness)()
+    try:
+        h2.logic.run(cine, h2.params, labels, disp)
+        shown_before = h2.params.study_name
+        h2.read_mrb(saved, tmp_path / "cache2")
+        assert h2.params.study_name != shown_before and h2.params.ref("Browser") is not None
+        assert h2.logic.other_studies(h2.params) == [shown_before]
+    finally:
+        h2.close()
