@@ -160,6 +160,8 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.removeObservers(self._on_polar_click)
         self.removeObservers(self._on_polar_hover)
         self._polar_view = None
+        self.ui.statusLabel.text = ""
+        self.ui.progressBar.value = 0
         self._on_scene_changed()
 
     def _on_scene_changed(self, caller=None, event=None):
@@ -168,7 +170,7 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         others = self.logic.other_studies(self.params)
         if others:
             self.ui.statusLabel.text = (
-                f"the scene holds {len(others) + 1} DeepStrain studies; shown: '{self.params.study_name}' (the newest). "
+                f"the scene holds {len(others) + 1} DeepStrain studies; shown: '{self.params.study_name}' (added last). "
                 f"Not shown, left in the scene as they are: {', '.join(repr(o) for o in others)}")
 
     # ------------------------------------------------------------------ parameter node <-> GUI
@@ -267,10 +269,15 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _busy(self, busy):
         """While Run or Recompute works, only Cancel is enabled (the study is being rebuilt)."""
-        self._cancel = False
+        cancelled, self._cancel = self._cancel, False
         ui = self.ui
         ui.cancelButton.enabled = busy
         ui.runButton.enabled = not busy
+        # the input fields are read when Run starts: a value typed while it works would be taken for it
+        ui.inputCollapsible.enabled = not busy
+        ui.qualityList.enabled = not busy
+        if not busy and cancelled:
+            ui.progressBar.value = 0
         self._enable_study_buttons(not busy and self.params.ref("Browser") is not None)
 
     def _enable_study_buttons(self, enabled):
@@ -322,6 +329,9 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 labels = disp = origin = None
                 if p.run_mode == "given":
                     labels, disp = self._given_inputs(cine)
+                    if labels is None:
+                        self.ui.statusLabel.text = "Run cancelled: run mode 'given' needs a label map and a displacement file"
+                        return
                 else:
                     edited, why_not = self.logic.edited_labels(p, cine)
                     choice = self._ask_keep_edits(why_not) if edited is not None or why_not else "again"
@@ -360,13 +370,15 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return {qt.QMessageBox.Yes: "keep", qt.QMessageBox.No: "again"}.get(answer)
 
     def _given_inputs(self, cine):
-        """Run mode 'given': a label map and a displacement file chosen by the user (deepstrain.io)."""
+        """Run mode 'given': a label map and a displacement file chosen by the user (deepstrain.io);
+        (None, None) when the user cancels a file dialog."""
         from deepstrain.io import load_displacement, load_labels
 
         labels_path = qt.QFileDialog.getOpenFileName(None, "Label map (T,Z,Y,X) NIfTI", "", "NIfTI (*.nii *.nii.gz)")
-        disp_path = qt.QFileDialog.getOpenFileName(None, "Displacement NIfTI (mm, RAS)", "", "NIfTI (*.nii *.nii.gz)")
+        disp_path = labels_path and qt.QFileDialog.getOpenFileName(None, "Displacement NIfTI (mm, RAS)", "",
+                                                                   "NIfTI (*.nii *.nii.gz)")
         if not labels_path or not disp_path:
-            raise ValueError("run mode 'given' needs a label map and a displacement file")
+            return None, None
         return load_labels(labels_path, cine), load_displacement(disp_path, cine)
 
     def on_recompute(self):
@@ -401,8 +413,11 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.qualityList.addItem(f"{f['check']}: {f['message']}")
         finally:
             self._updating = was_updating
-        self.ui.qualityLabel.text = (f"Automatic checks: {len(findings)} finding(s); click one to show it"
-                                     if findings else "Automatic checks: no finding")
+        if self.params.ref("Browser") is None:
+            self.ui.qualityLabel.text = "Automatic checks: no analysis yet"
+        else:
+            self.ui.qualityLabel.text = (f"Automatic checks: {len(findings)} finding(s); click one to show it"
+                                         if findings else "Automatic checks: no finding")
         notes = self.logic.analysis_warnings(self.params)
         self.ui.warningsLabel.text = "Warnings:\n" + "\n".join(f"- {w}" for w in notes) if notes else ""
         self.ui.warningsLabel.visible = bool(notes)
@@ -511,6 +526,7 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _connect_polar_picking(self, view):
         interactor = view.interactor()
         self.removeObservers(self._on_polar_click)
+        self.removeObservers(self._on_polar_hover)
         self.addObserver(interactor, "LeftButtonReleaseEvent", self._on_polar_click)
         self.addObserver(interactor, "MouseMoveEvent", self._on_polar_hover)
         self._polar_view = view

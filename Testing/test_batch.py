@@ -136,6 +136,17 @@ def test_summary_row_names_the_quality_checks_that_fired() -> None:
     assert "quality" in batch.SUMMARY_COLUMNS
 
 
+def test_summary_row_gives_ed_and_es_as_frames_of_the_cycle() -> None:
+    """An ACDC folder's two frames (Info.cfg ED 1, ES 12): the table says 0 and 11, as cycle_frames."""
+    study = batch.Study(id="p1", path=Path("p1"), kind="acdc")
+    rep = batch_fakes.fake_report("p1")
+    rep["frames"] = {"count": 2, "ed": 0, "es": 1, "cycle_frames": [0, 11]}
+    rep.setdefault("provenance", {})["voxel_spacing_mm"] = [10.0, 1.5625, 1.5625]
+    row = batch.summary_row(study, rep, status="ok")
+    assert (row["frames"], row["ed_frame"], row["es_frame"]) == ("2", "0", "11")
+    assert (row["slice_spacing_mm"], row["column_spacing_mm"]) == ("10.0", "1.5625")
+
+
 def test_pool_gives_the_same_table_as_serial(tmp_path: Path) -> None:
     root = batch_fakes.make_cohort(tmp_path / "in", GROUPS, with_others=False)
     a = batch.run_batch(root, tmp_path / "a", study_fn=batch_fakes.fake_study, progress=None, figures=False)
@@ -488,3 +499,20 @@ def test_acdc_group_read_from_an_info_cfg_with_a_byte_order_mark(tmp_path):
     assert read_info_group(cfg) == "DCM"
     cfg.write_bytes(b"\xff\xfe\x00")  # unreadable: no group (the study's own run reports the file)
     assert read_info_group(cfg) is None
+
+
+def test_an_analysis_folder_is_not_taken_for_a_batch_folder(tmp_path: Path) -> None:
+    """A folder another command wrote (an analysis, also one whose marker predates the kinds) is not
+    a batch's output: batch refuses it and leaves it as it was."""
+    from deepstrain.outputs import MARKER
+
+    root = batch_fakes.make_cohort(tmp_path / "in", {"patient001": "NOR"}, with_others=False)
+    for name, marker in (("new", "Written by deepstrain (analysis)\nkind: analysis\n"),
+                         ("old", "Written by deepstrain; `--overwrite` may replace this folder.\n")):
+        out = tmp_path / name
+        out.mkdir()
+        (out / MARKER).write_text(marker)
+        (out / "report.json").write_text("{}")
+        with pytest.raises(InputError, match="not a batch output folder"):
+            batch.run_batch(root, out, study_fn=batch_fakes.fake_study, progress=None, figures=False)
+        assert sorted(p.name for p in out.iterdir()) == sorted([MARKER, "report.json"])

@@ -97,3 +97,15 @@ def test_tables_that_do_not_match_are_named_in_warnings_and_errors(tmp_path, cap
     err = capsys.readouterr().err
     assert "empty.csv" in err and "no rows" in err
     assert not (tmp_path / "e").exists()
+
+
+def test_every_common_column_left_out_names_the_table_at_fault(tmp_path, capsys) -> None:
+    from deepstrain import cli
+
+    cols = ["id", "lv_ef_percent"]
+    _write_table(tmp_path / "a.csv", [["s1", 50], ["s2", "inf"], ["s3", 60]], cols)
+    _write_table(tmp_path / "b.csv", [["s1", 51], ["s2", 55], ["s3", 61]], cols)
+    assert cli.main(["compare", str(tmp_path / "a.csv"), str(tmp_path / "b.csv"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'a.csv'}: every column in common with the other table was left out" in err
+    assert not (tmp_path / "o").exists()

@@ -139,7 +139,7 @@ def test_overwrite_replaces_only_an_output_of_the_same_kind(tmp_path):
     with atomic_output_dir(batch, kind="batch") as tmp:
         (tmp / "study1").mkdir()
     assert marker_kind(batch) == "batch"
-    with pytest.raises(InputError, match="holds a deepstrain batch output: --overwrite replaces only a compare"):
+    with pytest.raises(InputError, match=r"holds a deepstrain batch output: --overwrite replaces only an output of the same kind \(compare\)"):
         with atomic_output_dir(batch, overwrite=True, kind="compare"):
             pass
     assert (batch / "study1").is_dir()

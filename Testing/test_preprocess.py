@@ -141,6 +141,10 @@ def test_normalize_intensity_ignores_zero_padding():
     assert np.all(normalize_intensity(padded)[..., :20, :] == 0)
     # all zero: zeros, not NaN
     assert np.all(normalize_intensity(np.zeros((2, 3, 4, 4))) == 0)
+    # a mask-like frame (one non-zero value): over all voxels, as before (not a blank input)
+    mask = np.zeros((1, 2, 10, 10), np.float32)
+    mask[..., 3:7, 3:7] = 100.0
+    assert np.array_equal(normalize_intensity(mask), mask / 100.0)
 
 
 def test_separable_sampling_equals_map_coordinates():

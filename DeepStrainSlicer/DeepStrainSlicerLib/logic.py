@@ -392,6 +392,7 @@ class DeepStrainLogic:
         """
         from deepstrain.analyze import analyze_cine
 
+        timing = _timing_fields(params)  # as the input was read: the fields may change while Run works
         with self._study_or_nothing(params):
             progress(0.0, "starting")
             if labels is None or displacement is None:
@@ -421,7 +422,7 @@ class DeepStrainLogic:
             params.input_warnings = list(cine.warnings)
             # the input's own ES, for Recompute on auto; not known when the ES field replaced it
             params.input_es = -2 if params.es >= 0 else (-1 if cine.es is None else int(cine.es))
-            params.analysis_timing = _timing_fields(params)
+            params.analysis_timing = timing
             before = node_ids(self.scene)
             self._build_nodes(cine, analysis, params, progress)
             self._tag(node_ids(self.scene) - before, params.study_id)
@@ -439,9 +440,10 @@ class DeepStrainLogic:
     def edited_labels(self, params: Parameters, cine: Cine) -> tuple[np.ndarray | None, str]:
         """The study's segmentation as it is in the scene, when Run is about to replace it: ``(labels on
         the grid of ``cine`` (the input Run reads), why)``. ``labels`` is None with why ``""`` when
-        there is nothing to keep (no study, or the segmentation is the one the last Run or Recompute
-        of this session analysed), and None with the reason when the segmentation differs (or may:
-        a scene loaded from a file) but ``cine`` is another grid, so it cannot be kept."""
+        there is nothing to keep (no study, or the segmentation is as the last Run made it:
+        :meth:`_as_run_made_it`), and None with the reason when the segmentation differs (hand edits,
+        also those already recomputed; or, in a scene saved before edits were recorded, may differ)
+        but ``cine`` is another grid, so it cannot be kept."""
         if params.ref("Browser") is None or params.ref("SegmentationSequence") is None:
             return None, ""
         from deepstrain.cine import reversed_axes
@@ -450,10 +452,7 @@ class DeepStrainLogic:
             study_cine, labels, _ = self.study_arrays(params)
         except ValueError as exc:  # e.g. a segment deleted or added by hand: Run may still segment again
             return None, f"the study's segmentation cannot be read ({exc})"
-        # nothing to keep: the segmentation is the networks' own from this session's Run (a segmentation
-        # edited and then recomputed is not: it is asked about like any edit)
-        run_labels = self._cache.get("run_labels") if self._cache_is_for(params.ref("Browser")) else None
-        if run_labels is not None and np.array_equal(labels, run_labels):
+        if self._as_run_made_it(params, labels):
             return None, ""
         if labels.shape[0] != cine.n_frames or study_cine.shape3d != cine.shape3d:
             return None, (f"the input has {cine.n_frames} frames of {cine.shape3d}, the study "
@@ -467,6 +466,17 @@ class DeepStrainLogic:
         if not np.allclose(study_images, cine.data, rtol=1e-5, atol=1e-6 * float(np.abs(cine.data).max() or 1.0)):
             return None, "the input's images are not the study's (another study on the same grid)"
         return (np.ascontiguousarray(np.flip(labels, axis=flip)) if axes else labels), ""
+
+    def _as_run_made_it(self, params: Parameters, labels: np.ndarray) -> bool:
+        """Whether ``labels`` are the study's segmentation as the last Run made it (the networks', or
+        the one given), not edited since (a segmentation edited and then recomputed is edited): known
+        from memory in the session that ran it; in a scene loaded from a file, from the stored report
+        (its provenance marks no edit) and the checksum of the labels its results were computed from."""
+        if self._cache_is_for(params.ref("Browser")) and self._cache.get("run_labels") is not None:
+            return bool(np.array_equal(labels, self._cache["run_labels"]))
+        seg = str((self.report(params).get("provenance") or {}).get("segmentation", ""))
+        return (bool(params.results_labels_sha256) and labels_digest(labels) == params.results_labels_sha256
+                and "edited" not in seg and "as stored" not in seg)
 
     def _build_nodes(self, cine: Cine, analysis, params: Parameters, progress: ProgressCallback) -> None:
         scene, name = self.scene, cine.name
@@ -494,9 +504,9 @@ class DeepStrainLogic:
             params.set_ref(role, node)
         self._cache = {"study": params.study_id, "browser": browser, "cine": cine, "displacement": disp}
         self._setup_proxy_display(params)
+        browser.SetSelectedItemNumber(analysis.ed)  # before the polar map, which may follow the shown frame
         progress(0.92, "curves and polar map")
         self._update_results(analysis, params)
-        browser.SetSelectedItemNumber(analysis.ed)
 
     def _glyph_sequence(self, disp: np.ndarray, myo: np.ndarray, cine: Cine, name: str) -> slicer.vtkMRMLSequenceNode:
         box = mrml.crop_box(myo, margin=1)
@@ -1249,7 +1259,8 @@ class DeepStrainLogic:
                                made: tuple[bool, np.ndarray] | None = None, rerun: str | None = None) -> dict:
         """The run's provenance (kept in the scene's report), with the segmentation marked as edited
         when it differs from the last analysis, or after reloading a saved scene from the networks'
-        labels when they were run again (else "as stored in the scene": unknown). ``made``:
+        labels when they were run again, else from the labels the stored results were computed from
+        (their checksum; "as stored in the scene", unknown, in scenes saved without it). ``made``:
         (refined?, labels) of the motion made from the network's field kept in memory; None when
         there is none. ``rerun``: what running the networks again after a scene reload gave
         (:meth:`_network_motion_again`)."""
@@ -1260,6 +1271,8 @@ class DeepStrainLogic:
             suffix = "" if np.array_equal(self.analysis.labels, labels) else ", edited in Slicer"
         elif run_labels is not None and base.startswith("networks"):
             suffix = "" if np.array_equal(run_labels, labels) else ", edited in Slicer"
+        elif params.results_labels_sha256:  # the stored results' labels: unchanged, or edited since
+            suffix = "" if labels_digest(labels) == params.results_labels_sha256 else ", edited in Slicer"
         else:
             suffix = ", as stored in the scene"
         if suffix and suffix not in base:

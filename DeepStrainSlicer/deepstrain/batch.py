@@ -71,7 +71,8 @@ PEAK_KEYS = tuple(f"{p}_{c}" for p in ("ess", "srs", "sre") for c in COMPONENTS)
 TWIST_SUMMARY_KEYS = ("es_twist_deg", "peak_systolic_twist_deg", "es_torsion_deg_per_cm", "peak_untwisting_rate_deg_per_s")
 AHA_KEYS = tuple(f"aha_{c}_{s}" for c in ("radial", "circumferential") for s in range(1, 18))
 STUDY_KEYS = ("frames", "ed_frame", "es_frame", "slice_spacing_mm", "row_spacing_mm", "column_spacing_mm")
-"""What was analysed: the frame count, ED and ES (frame indices of the input, 0-based) and the voxel
+"""What was analysed: the frame count, ED and ES (0-based frame numbers of the cardiac cycle: an ACDC
+folder's two frames give its Info.cfg ED and ES less one, as the report's ``cycle_frames``) and the voxel
 spacing used (the header's, or the study table's / the flags' when given), so that a cohort table
 shows a study read with another ES or a lost spacing at a glance."""
 SUMMARY_COLUMNS = (("id", "group", "status", "error", "seconds", "input", "quality") + STUDY_KEYS
@@ -344,8 +345,10 @@ def summary_row(
     if report:
         row["quality"] = ";".join(dict.fromkeys(str(q.get("check")) for q in report.get("quality") or []))
         frames = report.get("frames") or {}
+        cycle = frames.get("cycle_frames") or list(range(int(frames.get("count") or 0)))
+        ed, es = (None if frames.get(k) is None else cycle[int(frames[k])] for k in ("ed", "es"))
         spacing = (report.get("provenance") or {}).get("voxel_spacing_mm") or [None] * 3
-        for key, value in zip(STUDY_KEYS, (frames.get("count"), frames.get("ed"), frames.get("es"), *spacing)):
+        for key, value in zip(STUDY_KEYS, (frames.get("count"), ed, es, *spacing)):
             row[key] = "" if value is None else (str(value) if isinstance(value, int) else _fmt(value))
         for block, keys in (("subject", SUBJECT_SUMMARY_KEYS), ("volumetrics", VOLUME_KEYS),
                             ("twist", TWIST_SUMMARY_KEYS), ("dyssynchrony", DYSSYNCHRONY_KEYS)):
@@ -803,10 +806,11 @@ def run_batch(
 
 
 def _is_batch_folder(out: Path) -> bool:
-    """A folder a batch wrote: its marker says batch (or, written before markers named their kind,
-    says nothing of it), or (batches before markers) both the settings and the summary; never just a
-    ``summary.csv`` of the user's, nor another command's output (an analysis, a comparison)."""
-    return marker_kind(out) in ("batch", "") or ((out / SETTINGS_NAME).is_file() and (out / SUMMARY_NAME).is_file())
+    """A folder a batch wrote: its marker says batch (a marker written before markers named their
+    kind: when the batch's settings and summary are beside it), or (batches before markers) both the
+    settings and the summary; never just a ``summary.csv`` of the user's, nor another command's
+    output (an analysis, a comparison)."""
+    return marker_kind(out) == "batch" or ((out / SETTINGS_NAME).is_file() and (out / SUMMARY_NAME).is_file())
 
 
 def _failed_row(study: Study, message: str) -> dict[str, str]:

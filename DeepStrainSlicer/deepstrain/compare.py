@@ -116,6 +116,10 @@ def compare_tables(a_csv: str | os.PathLike, b_csv: str | os.PathLike, out_dir: 
         values[col] = (a_arr, b_arr)
         metrics.append({"metric": col, **stats.agreement(a_arr, b_arr, multiplier=multiplier)})
     if not metrics:
+        if skipped:  # every column in common was left out: name the file(s) at fault
+            at_fault = a_csv if all(v.startswith(str(a_csv)) for v in skipped.values()) else b_csv
+            raise InputError(at_fault, "every column in common with the other table was left out: "
+                             + "; ".join(f"{c} ({why})" for c, why in skipped.items()))
         raise InputError(b_csv, f"no numeric column in common with {a_csv}")
     result = {
         "a": str(a_csv), "b": str(b_csv), "n_pairs": len(ids), "ids": ids,

@@ -103,7 +103,7 @@ def check_output_dir(out: str | os.PathLike, overwrite: bool = False,
                                       "choose another --out")
             if there and there != kind:
                 raise InputError(out, f"output folder holds a deepstrain {there} output: --overwrite replaces "
-                                      f"only a {kind} output; choose another --out")
+                                      f"only an output of the same kind ({kind}); choose another --out")
     return out
 
 

@@ -321,8 +321,19 @@ def test_recompute_after_reload_keeps_the_stored_motion_when_the_networks_cannot
     p.ref("ReportText").SetText(json.dumps(report))
     h.logic._cache = {}
     h.logic.analysis = None
+    unedited = h.logic.recompute(p).report["provenance"]  # the segmentation the stored motion was refined with
+    assert unedited["segmentation"] == "networks" and unedited["motion_refined_with"] == "network segmentation"
+    h.logic._cache, h.logic.analysis = {}, None
+    browser = p.ref("Browser")
+    browser.SetSelectedItemNumber(first.es)
+    lab = first.labels[first.es].copy()
+    lab[(lab == 3) & np.roll(lab == 2, 1, axis=1)] = 2  # a hand edit: the stored motion is not refined with it
+    proxy = browser.GetProxyNode(p.ref("SegmentationSequence"))
+    for name, value in (("lv_cavity", 3), ("lv_myocardium", 2)):
+        mrml.set_segment_mask(proxy, name, lab == value, cine.geometry)
     again = h.logic.recompute(p)
     prov = again.report["provenance"]
+    assert prov["segmentation"] == "networks, edited in Slicer"
     assert prov["networks_run_again"].startswith("no: the motion weights"), prov
     assert "not refined again" in prov["motion_refined_with"] and "sha256" in prov["motion_refined_with"]
     np.testing.assert_allclose(again.displacement, first.displacement, atol=1e-4)

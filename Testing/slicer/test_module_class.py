@@ -66,18 +66,6 @@ def test_the_modules_self_test_passes(monkeypatch, harness, egl):
     test.runTest()
 
 
-def test_closing_the_scene_forgets_the_study_in_memory(monkeypatch, harness, phantom):
-    cine, labels, disp = phantom
-    module = _module(monkeypatch, harness)
-    harness.logic.run(cine, harness.params, labels, disp)
-    widget = module.DeepStrainSlicerWidget()
-    widget.logic, widget._to_gui = harness.logic, lambda: None
-    harness.scene.Clear(0)
-    widget._on_scene_closed()
-    assert harness.logic._cache == {} and harness.logic.analysis is None
-    assert widget.params.node is harness.logic.parameter_node().node
-
-
 class FakeWidget:
     """A Qt widget stand-in: attributes as set, connect() records the slot, emit() calls the slots."""
 
@@ -341,3 +329,54 @@ def test_run_after_hand_edits_asks_whether_to_keep_them(widget, harness, phantom
         assert np.array_equal(runs[0][0], edited) and runs[0][1] == widget.module.dlogic.KEPT_EDITS
     else:
         assert runs == [(None, None)]
+
+
+def test_closing_the_scene_forgets_the_study_and_clears_what_it_showed(widget, harness, phantom):
+    """After Close Scene: the study in memory is dropped, the status line and the progress bar no
+    longer show the closed study's results, and the checks say there is no analysis."""
+    cine, labels, disp = phantom
+    widget.logic.run(cine, widget.params, labels, disp)
+    assert widget.logic._cache
+    widget.ui.statusLabel.text, widget.ui.progressBar.value = "done: LV EDV 123.4 ml", 100
+    harness.scene.Clear(0)
+    widget._on_scene_closed()
+    assert widget.logic._cache == {} and widget.logic.analysis is None
+    assert widget.params.node is widget.logic.parameter_node().node
+    assert widget.ui.statusLabel.text == "" and widget.ui.progressBar.value == 0
+    assert widget.ui.qualityLabel.text == "Automatic checks: no analysis yet"
+    assert widget._pick() is None  # the polar view's picking has nothing to pick
+
+
+def test_the_polar_map_follows_the_frame_shown_after_run(widget, harness, phantom):
+    """With "follows the current frame" on, Run shows ED and the map is drawn for ED, not frame 0."""
+    import dataclasses
+
+    cine, labels, disp = phantom
+    p = widget.params
+    p.polar_follows_frame = True
+    shifted = dataclasses.replace(cine, data=np.roll(cine.data, 3, axis=0), ed=3,
+                                  es=None if cine.es is None else (cine.es + 3) % cine.n_frames)
+    harness.logic.run(shifted, p, np.roll(labels, 3, axis=0), np.roll(disp, 3, axis=0))
+    assert harness.logic.current_frame(p) == 3
+    assert p.ref("PolarModel").GetAttribute("DeepStrain.title").endswith("at frame 3")
+
+
+def test_the_input_fields_are_locked_while_run_works(widget, harness, phantom, monkeypatch):
+    """The fields are read when Run starts: they are disabled while it works, and the timing fields
+    recorded are those Run read, even if one changes meanwhile."""
+    cine, labels, disp = phantom
+    p = widget.params
+    widget._busy(True)
+    assert not widget.ui.inputCollapsible.enabled and not widget.ui.qualityList.enabled
+    widget._busy(False)
+    assert widget.ui.inputCollapsible.enabled
+
+    def typed_meanwhile(fraction, message):
+        p.heart_rate_bpm = 75.0
+
+    harness.logic.run(cine, p, labels, disp, progress=typed_meanwhile)
+    p.heart_rate_bpm = 0.0
+    harness.logic.recompute(p)  # the fields as Run read them: no heart rate
+    p.heart_rate_bpm = 75.0
+    with pytest.raises(ValueError, match="press Run"):
+        harness.logic.recompute(p)

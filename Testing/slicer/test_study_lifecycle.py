@@ -89,7 +89,7 @@ def test_recompute_after_closing_the_scene_uses_the_study_opened(harness, phanto
     b = h.logic.recompute(h.params)
     assert b.report["global_strain"] == expected["global_strain"] != a.report["global_strain"]
     assert b.report["volumetrics"] == expected["volumetrics"]
-    assert b.report["provenance"]["segmentation"] == "given, as stored in the scene"
+    assert b.report["provenance"]["segmentation"] == "given"  # unchanged since the stored results
     h.logic.forget_study()
     assert h.logic._cache == {} and h.logic.analysis is None
 
