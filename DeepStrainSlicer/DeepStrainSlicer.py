@@ -464,9 +464,15 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         folder = self.params.export_folder or qt.QFileDialog.getExistingDirectory(None, "Export folder")
         if not folder:
             return
+        self.ui.statusLabel.text = f"exporting pictures and tables to {folder} (a few seconds)"
+        slicer.app.processEvents()
+        done = False
         with slicer.util.tryWithErrorDisplay("Export failed.", waitCursor=True):
             files = self.logic.export(self.params, folder)
             self.ui.statusLabel.text = f"exported {len(files)} files to {files[0].parent}"
+            done = True
+        if not done:  # the error was shown; the export writes all of its folder or nothing
+            self.ui.statusLabel.text = "export failed: nothing was written"
 
     # ------------------------------------------------------------------ layout, plots, polar map picking
     def _register_layout(self):

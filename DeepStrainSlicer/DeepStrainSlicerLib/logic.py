@@ -969,7 +969,10 @@ class DeepStrainLogic:
         d.SetAmbient(1.0)
         d.SetDiffuse(0.0)
         d.SetSpecular(0.0)
-        when = f"frame {frame}" if params.polar_follows_frame else f"ES (frame {frame})"
+        # frames named as the ED/ES fields and the report name them: frames of the cycle (an ACDC folder's
+        # ES is its Info.cfg frame less one, not the index 1 of its two frames)
+        shown = (report["frames"].get("cycle_frames") or list(range(int(report["frames"]["count"]))))[frame]
+        when = f"frame {shown}" if params.polar_follows_frame else f"ES (frame {shown})"
         model.SetAttribute("DeepStrain.title", f"{comp} strain (%) at {when}")  # the exported picture's caption
         self._color_legend(d, f"{comp} (%)\n{when}", view)  # two short lines: one long line runs over the map
 

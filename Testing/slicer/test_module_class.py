@@ -380,3 +380,18 @@ def test_the_input_fields_are_locked_while_run_works(widget, harness, phantom, m
     p.heart_rate_bpm = 75.0
     with pytest.raises(ValueError, match="press Run"):
         harness.logic.recompute(p)
+
+
+def test_the_polar_caption_names_frames_of_the_cycle(harness, phantom):
+    """A study of two frames of a cycle (an ACDC folder: frames 0 and 11 of the cycle): the map's
+    caption names ES as the ES field and the report do (11), not by its index among the two (1)."""
+    import dataclasses
+
+    cine, labels, disp = phantom
+    es = int(np.argmin([(lab == 3).sum() for lab in labels]))
+    two = dataclasses.replace(cine, data=cine.data[[0, es]], times_ms=np.full(2, np.nan), frame_numbers=np.array([0, 11]),
+                              ed=0, es=1)
+    p = harness.params
+    harness.logic.run(two, p, labels[[0, es]], disp[[0, es]])
+    assert harness.logic.report(p)["frames"]["cycle_frames"] == [0, 11]
+    assert p.ref("PolarModel").GetAttribute("DeepStrain.title").endswith("at ES (frame 11)")
