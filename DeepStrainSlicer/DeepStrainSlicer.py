@@ -276,7 +276,7 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # the input fields are read when Run starts: a value typed while it works would be taken for it
         ui.inputCollapsible.enabled = not busy
         ui.qualityList.enabled = not busy
-        if not busy and cancelled:
+        if not busy and cancelled and ui.progressBar.value < 100:  # Cancel at the very end came too late
             ui.progressBar.value = 0
         self._enable_study_buttons(not busy and self.params.ref("Browser") is not None)
 
@@ -339,7 +339,7 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                         self.ui.statusLabel.text = "Run cancelled: the study and your edits are as they were"
                         return
                     if choice == "keep":
-                        labels, origin = edited, dlogic.KEPT_EDITS
+                        labels, origin = edited, self.logic.kept_edits_origin(p)
                 try:
                     self.logic.run(cine, p, labels, disp, progress=self._progress, labels_origin=origin)
                 except dlogic.Cancelled:
@@ -363,8 +363,8 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return "again" if ok else None
         answer = qt.QMessageBox.question(
             slicer.util.mainWindow(), "DeepStrain",
-            "The study's segmentation differs from the networks' (hand edits; or it may, in a scene loaded from "
-            "a file). Keep it?\n\nYes: Run uses it as it is (the motion is measured again and refined with it).\n"
+            "The study's segmentation was edited since Run made it (or may have been: a scene saved by an older "
+            "version). Keep it?\n\nYes: Run uses it as it is (the motion is measured again and refined with it).\n"
             "No: the networks segment the study again and the edits are lost.",
             qt.QMessageBox.Yes | qt.QMessageBox.No | qt.QMessageBox.Cancel)
         return {qt.QMessageBox.Yes: "keep", qt.QMessageBox.No: "again"}.get(answer)

@@ -109,3 +109,8 @@ def test_every_common_column_left_out_names_the_table_at_fault(tmp_path, capsys)
     err = capsys.readouterr().err
     assert f"{tmp_path / 'a.csv'}: every column in common with the other table was left out" in err
     assert not (tmp_path / "o").exists()
+    # B's name starts with A's: B is still the one named
+    _write_table(tmp_path / "a.csv", [["s1", 50], ["s2", 52], ["s3", 60]], cols)
+    _write_table(tmp_path / "a.csv.new", [["s1", 51], ["s2", "inf"], ["s3", 61]], cols)
+    assert cli.main(["compare", str(tmp_path / "a.csv"), str(tmp_path / "a.csv.new"), "--out", str(tmp_path / "o")]) == 2
+    assert f"{tmp_path / 'a.csv.new'}: every column in common" in capsys.readouterr().err

@@ -145,6 +145,12 @@ def test_normalize_intensity_ignores_zero_padding():
     mask = np.zeros((1, 2, 10, 10), np.float32)
     mask[..., 3:7, 3:7] = 100.0
     assert np.array_equal(normalize_intensity(mask), mask / 100.0)
+    nearly_full = np.full((1, 2, 30, 30), 100.0, np.float32)
+    nearly_full[0, 0, 0, 0] = 0.0  # one zero voxel in 1800
+    assert normalize_intensity(nearly_full)[0, 1].min() == 1.0
+    one_voxel = np.zeros((1, 2, 30, 30), np.float32)
+    one_voxel[0, 1, 5, 5] = 7.0
+    assert normalize_intensity(one_voxel).max() == 1.0
 
 
 def test_separable_sampling_equals_map_coordinates():

@@ -467,6 +467,13 @@ class DeepStrainLogic:
             return None, "the input's images are not the study's (another study on the same grid)"
         return (np.ascontiguousarray(np.flip(labels, axis=flip)) if axes else labels), ""
 
+    def kept_edits_origin(self, params: Parameters) -> str:
+        """The provenance of the study's edited segmentation kept at Run: :data:`KEPT_EDITS` for the
+        networks' labels edited by hand, else the same for the labels' own origin (e.g. "given")."""
+        seg = str((self.report(params).get("provenance") or {}).get("segmentation") or "networks")
+        base = seg.split(",")[0].strip() or "networks"
+        return KEPT_EDITS if base == "networks" else f"{base}, edited in Slicer (kept at Run)"
+
     def _as_run_made_it(self, params: Parameters, labels: np.ndarray) -> bool:
         """Whether ``labels`` are the study's segmentation as the last Run made it (the networks', or
         the one given), not edited since (a segmentation edited and then recomputed is edited): known
@@ -969,10 +976,12 @@ class DeepStrainLogic:
         d.SetAmbient(1.0)
         d.SetDiffuse(0.0)
         d.SetSpecular(0.0)
-        # frames named as the ED/ES fields and the report name them: frames of the cycle (an ACDC folder's
-        # ES is its Info.cfg frame less one, not the index 1 of its two frames)
-        shown = (report["frames"].get("cycle_frames") or list(range(int(report["frames"]["count"]))))[frame]
-        when = f"frame {shown}" if params.polar_follows_frame else f"ES (frame {shown})"
+        # frames are the study's (as the browser, the tables, the findings and the file names number them);
+        # where the study holds only some frames of the cycle (an ACDC folder: ED and ES), the frame of the
+        # cycle too, as the ED / ES fields take it
+        cycle = int((report["frames"].get("cycle_frames") or list(range(int(report["frames"]["count"]))))[frame])
+        shown = f"frame {frame}" + (f", frame {cycle} of the cycle" if cycle != frame else "")
+        when = shown if params.polar_follows_frame else f"ES ({shown})"
         model.SetAttribute("DeepStrain.title", f"{comp} strain (%) at {when}")  # the exported picture's caption
         self._color_legend(d, f"{comp} (%)\n{when}", view)  # two short lines: one long line runs over the map
 

@@ -95,6 +95,7 @@ def compare_tables(a_csv: str | os.PathLike, b_csv: str | os.PathLike, out_dir: 
                           f"{first_few(columns_only[key])}", DeepStrainWarning, stacklevel=2)
     metrics: list[dict] = []
     skipped: dict[str, str] = {}
+    at_fault: list[Path] = []  # the tables with cells that are not numbers, in the order A, B
     values: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for col in cols_a:
         if col in NON_METRIC or col not in cols_b:
@@ -106,6 +107,7 @@ def compare_tables(a_csv: str | os.PathLike, b_csv: str | os.PathLike, out_dir: 
                 for name, rows, vals in ((a_csv, rows_a, a), (b_csv, rows_b, b)):
                     bad = [f"{i} ({rows[i][col]!r})" for i, v in zip(ids, vals) if v is None]
                     if bad:
+                        at_fault += [name] if name not in at_fault else []
                         why = f"not a finite number in {first_few(bad)}"
                         skipped[col] = f"{name}: {why}" if col not in skipped else f"{skipped[col]}; {name}: {why}"
                         warnings.warn(f"{name}: column {col!r} left out: {why}", DeepStrainWarning, stacklevel=2)
@@ -117,8 +119,9 @@ def compare_tables(a_csv: str | os.PathLike, b_csv: str | os.PathLike, out_dir: 
         metrics.append({"metric": col, **stats.agreement(a_arr, b_arr, multiplier=multiplier)})
     if not metrics:
         if skipped:  # every column in common was left out: name the file(s) at fault
-            at_fault = a_csv if all(v.startswith(str(a_csv)) for v in skipped.values()) else b_csv
-            raise InputError(at_fault, "every column in common with the other table was left out: "
+            also = f" (and in {at_fault[1]})" if len(at_fault) > 1 else ""
+            raise InputError(at_fault[0], f"every column in common with the other table was left out for cells that "
+                                          f"are not numbers here{also}: "
                              + "; ".join(f"{c} ({why})" for c, why in skipped.items()))
         raise InputError(b_csv, f"no numeric column in common with {a_csv}")
     result = {

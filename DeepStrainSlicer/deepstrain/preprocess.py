@@ -314,8 +314,8 @@ def normalize_intensity(image: np.ndarray, low: float = 0.5, high: float = 99.5)
     23.3 % when the percentiles were taken over the whole frame, 23.27 % with this rule (the shipped
     networks were trained with whole-frame percentiles; their validation figures are the same with
     either rule to three decimals). A volume whose non-zero voxels all have one value (a mask-like
-    image) is normalised over all its voxels instead. Deterministic; a constant volume maps to zeros.
-    Leading axes (frames) are normalised separately.
+    image) is scaled between its minimum and maximum instead. Deterministic; a constant volume maps
+    to zeros. Leading axes (frames) are normalised separately.
     """
     image = np.asarray(image, dtype=np.float32)
     flat = image.reshape((-1,) + image.shape[-3:])
@@ -323,8 +323,8 @@ def normalize_intensity(image: np.ndarray, low: float = 0.5, high: float = 99.5)
     for n in range(flat.shape[0]):
         values = flat[n][flat[n] != 0]
         lo, hi = np.percentile(values, [low, high]) if values.size else (0.0, 0.0)
-        if hi - lo <= 1e-12:  # no spread over the non-zero voxels: over all of them
-            lo, hi = np.percentile(flat[n], [low, high])
+        if hi - lo <= 1e-12:  # no spread over the non-zero voxels: between the minimum and the maximum
+            lo, hi = float(flat[n].min()), float(flat[n].max())
         if hi - lo <= 1e-12:
             out[n] = 0.0
         else:

@@ -326,7 +326,8 @@ def test_run_after_hand_edits_asks_whether_to_keep_them(widget, harness, phantom
     if answer is None:
         assert runs == [] and widget.ui.statusLabel.text.startswith("Run cancelled")
     elif answer == "keep":
-        assert np.array_equal(runs[0][0], edited) and runs[0][1] == widget.module.dlogic.KEPT_EDITS
+        # the labels were given (a file) and edited: the provenance says so, not "networks"
+        assert np.array_equal(runs[0][0], edited) and runs[0][1] == "given, edited in Slicer (kept at Run)"
     else:
         assert runs == [(None, None)]
 
@@ -382,9 +383,10 @@ def test_the_input_fields_are_locked_while_run_works(widget, harness, phantom, m
         harness.logic.recompute(p)
 
 
-def test_the_polar_caption_names_frames_of_the_cycle(harness, phantom):
+def test_the_polar_caption_names_the_frame_of_the_cycle_too(harness, phantom):
     """A study of two frames of a cycle (an ACDC folder: frames 0 and 11 of the cycle): the map's
-    caption names ES as the ES field and the report do (11), not by its index among the two (1)."""
+    caption names ES as the study's frame 1 (as the browser, the tables and the findings do) and as
+    frame 11 of the cycle (as the ES field takes it)."""
     import dataclasses
 
     cine, labels, disp = phantom
@@ -394,4 +396,4 @@ def test_the_polar_caption_names_frames_of_the_cycle(harness, phantom):
     p = harness.params
     harness.logic.run(two, p, labels[[0, es]], disp[[0, es]])
     assert harness.logic.report(p)["frames"]["cycle_frames"] == [0, 11]
-    assert p.ref("PolarModel").GetAttribute("DeepStrain.title").endswith("at ES (frame 11)")
+    assert p.ref("PolarModel").GetAttribute("DeepStrain.title").endswith("at ES (frame 1, frame 11 of the cycle)")

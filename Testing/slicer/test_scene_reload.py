@@ -129,6 +129,7 @@ def test_edits_kept_at_run_are_said_to_be_edits_throughout(harness, phantom, tmp
     lab = _thicken_wall(harness, first, first.es, cine.geometry)
     edited, why = harness.logic.edited_labels(harness.params, cine)
     assert why == "" and np.array_equal(edited[first.es], lab)
+    assert harness.logic.kept_edits_origin(harness.params) == dlogic.KEPT_EDITS  # the networks' labels, edited
     kept = harness.logic.run(cine, harness.params, edited, None, labels_origin=dlogic.KEPT_EDITS)
     states = [kept, harness.logic.recompute(harness.params)]
     h = harness.save_and_reload(tmp_path)
