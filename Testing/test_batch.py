@@ -44,7 +44,9 @@ def _log_names(log: Path) -> list[str]:
 
 def test_discovery_rules_and_groups(tmp_path: Path) -> None:
     root = batch_fakes.make_cohort(tmp_path / "in", GROUPS)
-    studies = batch.discover_studies(root)
+    with pytest.warns(DeepStrainWarning, match=r"1 NIfTI file\(s\) of one frame \(not a cine\) left out: "
+                                               r"more/single3d.nii.gz"):  # said, not skipped silently
+        studies = batch.discover_studies(root)
     assert [s.id for s in studies] == ALL_IDS
     kinds = {s.id: s.kind for s in studies}
     assert kinds["patient001"] == "acdc" and kinds["more__cine4d"] == "nifti" and kinds["more__dicomseries"] == "dicom"

@@ -7,8 +7,8 @@
   that directly holds ``*.dcm`` files or files with the ``DICM`` magic (its sub-folders belong to
   it); a **4D NIfTI** is a ``.nii``/``.nii.gz`` file whose header has 4 dimensions and more than
   one frame, unless its name marks a label map (``seg``, ``gt``, ``label``, ``mask`` or
-  ``segmentation`` as a ``_``-separated word of the name, e.g. ``seg_sa``, ``x_gt``).
-  Hidden folders (``.name``) and the output folder are not searched. A study's id is its path
+  ``segmentation`` as a ``_``-separated word of the name, e.g. ``seg_sa``, ``x_gt``); other NIfTI
+  files of one frame are named in a warning, not analysed. Hidden folders (``.name``) and the output folder are not searched. A study's id is its path
   relative to the input folder with ``/`` replaced by ``__`` (NIfTI suffix removed).
 * Each study is analysed into ``OUT/<id>/`` atomically: the per-study function writes into a
   folder under ``OUT/.tmp/`` which is renamed to ``OUT/<id>`` only when complete, so a killed run
@@ -263,6 +263,7 @@ def discover_studies(
     root = root.absolute()
     skip = {Path(p).absolute() for p in exclude}
     found: list[tuple[str, Path, str, str | None]] = []
+    not_cines: list[str] = []  # NIfTI files of one frame (3D), not named as labels: said, not analysed
 
     def rel_id(p: Path, stem: str | None = None) -> str:
         if p == root:
@@ -289,13 +290,19 @@ def discover_studies(
             return
         for f in files:
             stem = _nifti_stem(f.name)
-            if stem is not None and not _LABEL_WORDS.search(stem) and _is_cine_nifti(f):
-                found.append((rel_id(f, stem), f, "nifti", None))
+            if stem is not None and not _LABEL_WORDS.search(stem):
+                if _is_cine_nifti(f):
+                    found.append((rel_id(f, stem), f, "nifti", None))
+                else:
+                    not_cines.append(str(f.relative_to(root)))
         for sub in entries:
             if sub.is_dir() and not sub.name.startswith(".") and sub.absolute() not in skip:
                 walk(sub)
 
     walk(root)
+    if not_cines:
+        warnings.warn(f"{root}: {len(not_cines)} NIfTI file(s) of one frame (not a cine) left out: "
+                      f"{first_few(not_cines)}", DeepStrainWarning, stacklevel=2)
     seen: dict[str, Path] = {}
     studies = []
     for sid, path, kind, grp in sorted(found, key=lambda t: str(t[1])):
