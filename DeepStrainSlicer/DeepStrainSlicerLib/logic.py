@@ -351,6 +351,10 @@ class DeepStrainLogic:
         fields: applied by :meth:`run`)."""
         if params.heart_rate_bpm and params.rr_ms:  # as deepstrain.io.load_cine refuses for a file
             raise ValueError("give either the heart rate or the RR interval, not both")
+        own_cine = params.ref("CineSequence")
+        if seq.GetAttribute(STUDY_ATTRIBUTE) is not None and (own_cine is None or seq.GetID() != own_cine.GetID()):
+            raise ValueError(f"the sequence '{seq.GetName()}' is one of the study's results (segmentation, "
+                             "displacement or glyphs), not a cine: choose the input cine (or the study's cine)")
         cine = mrml.sequence_to_cine(seq, name=seq.GetName() or "study")
         sp = params.spacing_tuple()
         if sp is not None:

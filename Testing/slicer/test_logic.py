@@ -393,6 +393,16 @@ def test_cine_from_loaded_sequence_with_overrides(harness, phantom):
     assert (c.ed, c.es) == (0, 3)
 
 
+def test_a_result_sequence_of_the_study_is_refused_as_input(study):
+    """The input selector lists every sequence: the study's segmentation (or displacement, glyphs)
+    picked as the input is refused with a message that says what it is; the study's cine is a cine."""
+    h = study[0]
+    p = h.params
+    with pytest.raises(ValueError, match="is one of the study's results .* not a cine"):
+        h.logic.cine_from_sequence(p.ref("SegmentationSequence"), p)
+    assert h.logic.cine_from_sequence(p.ref("CineSequence"), p).n_frames == study[1].n_frames
+
+
 def test_cine_from_sequence_refuses_heart_rate_and_rr_together(harness, phantom):
     """As a file input does (deepstrain.io.load_cine): one of the two, not both."""
     cine, labels, disp = phantom
