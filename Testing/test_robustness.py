@@ -90,7 +90,7 @@ def test_robustness_study_numbers(tmp_path: Path) -> None:
     assert rows["scale"]["ess_radial_diff"] == pytest.approx(0.2 * base["ess"]["radial"], rel=1e-4)
     # segments are ESS + segment number in the fake: every segment moves by dESS
     assert rows["scale"]["segments_radial_max_abs_diff"] == pytest.approx(abs(rows["scale"]["ess_radial_diff"]))
-    assert rows["scale"]["n_segments"] == 32
+    assert rows["scale"]["n_segment_values"] == 32  # 16 segments x radial and circumferential
     assert rows["shift"]["within_tolerance"] is True and rows["scale"]["within_tolerance"] is False
     assert rows["noise"]["ess_circumferential_diff"] != 0
     saved = json.loads((tmp_path / "rob" / "robustness.json").read_text())
@@ -131,3 +131,37 @@ def test_failures_and_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert cli.main(["robustness", str(src), "--out", str(tmp_path / "r2")]) == 1  # scale is outside
     assert cli.main(["robustness", str(src), "--out", str(tmp_path / "r2")]) == 2  # not overwritten
     assert cli.main(["robustness", str(tmp_path / "nope"), "--out", str(tmp_path / "r3")]) == 2
+
+
+def test_overrides_reach_every_analysis_and_reports_name_the_copy_not_the_scratch_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--spacing (and the other overrides of analyze) go to the baseline and every perturbed analysis;
+    a perturbed report names its copy, not the scratch folder deleted afterwards; the baseline's
+    quality findings are listed."""
+    src = _acdc_folder(tmp_path / "in")
+    calls = []
+
+    def study(input_path: str, out_dir: str, **kw) -> dict:
+        calls.append(kw)
+        rep = batch_fakes.perturbation_sensitive_study(input_path, out_dir)
+        rep["warnings"] = [f"{input_path}/Info.cfg: a warning naming the input"]
+        rep["quality"] = [{"check": "heart_size", "message": "m"}]
+        (Path(out_dir) / "report.json").write_text(json.dumps(rep))
+        return rep
+
+    monkeypatch.setattr(batch, "analyze_study", study)
+    assert cli.main(["robustness", str(src), "--out", str(tmp_path / "r"), "--spacing", "10", "1.5", "1.5",
+                     "--es", "1"]) == 1
+    assert calls == [{"spacing": (10.0, 1.5, 1.5), "es": 1}] * 4
+    shifted = json.loads((tmp_path / "r" / "shift" / "report.json").read_text())
+    assert shifted["warnings"] == [f"<shift copy of {src.name}>/{src.name}/Info.cfg: a warning naming the input"]
+    assert json.loads((tmp_path / "r" / "robustness.json").read_text())["baseline_quality"] == ["heart_size"]
+
+
+def test_an_input_the_perturbations_cannot_copy_is_refused_before_any_analysis(tmp_path: Path) -> None:
+    folder = tmp_path / "dicom_or_ukbb"
+    folder.mkdir()
+    calls = []
+    with pytest.raises(InputError, match="robustness perturbs a 4D NIfTI file or an ACDC patient folder"):
+        robustness.robustness_study(folder, tmp_path / "r", study_fn=lambda *a, **k: calls.append(a))
+    assert calls == [] and not (tmp_path / "r").exists()

@@ -82,7 +82,7 @@ def test_twist_torsion_and_rates():
     rot5 = {"basal": np.array([0.0, -2, -4, -2, 0]), "apical": np.array([0.0, 4, 8, 4, 0])}
     s5 = twist_summary(rot5, 50.0, np.array([0.0, 100, 200, 300, 400]), 0, 2)
     assert np.allclose(s5["twist_deg"], [0, 6, 12, 6, 0])
-    assert np.allclose(s5["twist_rate_deg_per_s"], [60, 60, 0, -60, -60])
+    assert np.allclose(s5["twist_rate_deg_per_s"], [30, 60, 0, -60, -30])  # the cycle repeats: frame 4 -> frame 0
     assert s5["peak_systolic_twist_deg"] == 12.0
     assert s5["peak_untwisting_rate_deg_per_s"] == pytest.approx(-60.0)  # frame 3: early diastole after ES = 2
 

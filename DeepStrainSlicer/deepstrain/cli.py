@@ -113,6 +113,12 @@ def _add_study_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--es", type=int, help="end-systolic frame, 0-based (default: from the input, else smallest LV)")
 
 
+def _study_kwargs(args: argparse.Namespace) -> dict:
+    """The overrides of :func:`_add_study_options` as keyword arguments of :func:`deepstrain.analyze.analyze_path`."""
+    return dict(spacing=tuple(args.spacing) if args.spacing else None, heart_rate_bpm=args.heart_rate,
+                rr_ms=args.rr_ms, ed=args.ed, es=args.es, height_cm=args.height, weight_kg=args.weight)
+
+
 def _add_refine_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--refine-motion", action=argparse.BooleanOptionalAction, default=True,
                    help="correct the motion network's field so that every frame's segmentation, pulled back to "
@@ -195,10 +201,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
     rep = analyze_path(
         args.input, args.out,
-        segmentation=args.segmentation, displacement=args.displacement,
-        spacing=tuple(args.spacing) if args.spacing else None,
-        heart_rate_bpm=args.heart_rate, rr_ms=args.rr_ms, ed=args.ed, es=args.es,
-        height_cm=args.height, weight_kg=args.weight, overwrite=args.overwrite, progress=_ProgressLine(args.quiet), tta=args.tta,
+        segmentation=args.segmentation, displacement=args.displacement, **_study_kwargs(args),
+        overwrite=args.overwrite, progress=_ProgressLine(args.quiet), tta=args.tta,
         precision=args.precision, weights_dir=args.weights, refine_motion=args.refine_motion, qc=args.qc,
         rv_insertion_ras=tuple(args.rv_insertion) if args.rv_insertion else None,
     )
@@ -323,16 +327,24 @@ def _add_robustness(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--snr", type=float, default=20.0, help="SNR of the added Rician noise (default 20)")
     p.add_argument("--seed", type=int, default=0, help="noise seed")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    _add_study_options(p)
 
 
 def _cmd_robustness(args: argparse.Namespace) -> int:
     from .robustness import robustness_study
 
-    res = robustness_study(args.input, args.out, snr=args.snr, seed=args.seed, overwrite=args.overwrite)
+    kw = {k: v for k, v in _study_kwargs(args).items() if v is not None}
+    res = robustness_study(args.input, args.out, snr=args.snr, seed=args.seed, overwrite=args.overwrite,
+                           study_kwargs=kw)
+    if res["baseline_quality"]:
+        print(f"note: the baseline analysis has quality findings ({', '.join(res['baseline_quality'])}; see "
+              f"{Path(args.out) / 'baseline' / 'report.json'}): how stable a result is says little when the result "
+              "itself is doubtful")
     for r in res["perturbations"]:
         print(f"{r['name']:>14}: dESS radial {r['ess_radial_diff']:+.2f}, circumferential "
               f"{r['ess_circumferential_diff']:+.2f} %; segments mean |d| {r['segments_mean_abs_diff']:.2f}, "
-              f"max {r['segments_max_abs_diff']:.2f} %: {'within' if r['within_tolerance'] else 'OUTSIDE'} tolerance")
+              f"max {r['segments_max_abs_diff']:.2f} %: {'within' if r['within_tolerance'] else 'OUTSIDE'} tolerance"
+              + (f" (analysis failed: {r['error']})" if r["error"] else ""))
     return 0 if all(r["within_tolerance"] for r in res["perturbations"]) else 1
 
 

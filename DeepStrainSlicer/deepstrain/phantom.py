@@ -50,6 +50,7 @@ import numpy as np
 from scipy import ndimage, special
 
 from .cine import Cine, Geometry
+from .strain import peak_values, strain_rate
 
 # --------------------------------------------------------------------------- calibration
 # Real-data targets, measured by ``benchmarks/realism.py`` (function ``acdc_cine_statistics``)
@@ -886,14 +887,6 @@ def _rv_volume_ml(motion: PhantomMotion, anatomy: _Anatomy, f: int) -> float:
     return total / 1000.0
 
 
-def _strain_rate(curve_percent: np.ndarray, times_ms: np.ndarray) -> np.ndarray:
-    return np.gradient(curve_percent / 100.0, times_ms / 1000.0)
-
-
-def _extreme(values: np.ndarray) -> float:
-    return float(values[int(np.argmax(np.abs(values)))])
-
-
 def _aha_segments(theta_deg: np.ndarray, z: np.ndarray, cavity_z: np.ndarray) -> np.ndarray:
     """AHA segment (1..17) of each ED myocardium voxel from its angle (deg) and position along l."""
     s_base, s_apex = float(cavity_z.min()), float(cavity_z.max())
@@ -977,8 +970,8 @@ def _reference(p: PhantomParams, motion: PhantomMotion, anatomy: _Anatomy, geom:
     cavity_z = motion.to_heart(centres[labels_ed == 3])[:, 2]
     seg = _aha_segments(np.degrees(theta), hx[:, 2], cavity_z)
     glob = {k: v.mean(axis=1) for k, v in per_voxel.items()}
-    rates = {k: _strain_rate(v, times) for k, v in glob.items()}
-    n_early = es + int(math.ceil((T - es) / 2))
+    rates = {k: strain_rate(v, times) for k, v in glob.items()}  # the engine's definitions (deepstrain.strain)
+    peaks = peak_values(glob, rates, 0, es)
     aha_curves = {
         f"{k}_percent": {str(i): (per_voxel[k][:, seg == i].mean(axis=1).tolist() if np.any(seg == i) else None) for i in range(1, 18)}
         for k in comps
@@ -1003,8 +996,8 @@ def _reference(p: PhantomParams, motion: PhantomMotion, anatomy: _Anatomy, geom:
         "global_strain": {f"{k}_percent": v.tolist() for k, v in glob.items()},
         "global_strain_rate": {f"{k}_per_s": v.tolist() for k, v in rates.items()},
         "ess": {k: float(v[es]) for k, v in glob.items()},
-        "srs": {k: _extreme(v[: es + 1]) for k, v in rates.items()},
-        "sre": {k: _extreme(v[es + 1 : n_early + 1]) for k, v in rates.items()},
+        "srs": peaks["srs"],
+        "sre": peaks["sre"],
         "aha": aha,
         "aha_curves": aha_curves,
         **_reference_rotation(motion, x, seg, T, es),

@@ -43,7 +43,7 @@ PERTURBATIONS = ("shift", "noise", "scale")
 CSV_COLUMNS = ("name", "description", "error", "ess_radial_diff", "ess_circumferential_diff",
                "segments_radial_mean_abs_diff", "segments_radial_max_abs_diff",
                "segments_circumferential_mean_abs_diff", "segments_circumferential_max_abs_diff",
-               "segments_mean_abs_diff", "segments_max_abs_diff", "n_segments", "within_tolerance")
+               "segments_mean_abs_diff", "segments_max_abs_diff", "n_segment_values", "within_tolerance")
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,15 @@ def _shift_labels(data: np.ndarray) -> np.ndarray:
     return out
 
 
+def check_input(src: Path) -> None:
+    """:class:`InputError` unless ``src`` is what the perturbations can copy: a 4D NIfTI file or an
+    ACDC patient folder (checked before any analysis runs)."""
+    if src.is_file() and _is_nifti(src) or src.is_dir() and (src / "Info.cfg").is_file():
+        return
+    raise InputError(src, "robustness perturbs a 4D NIfTI file or an ACDC patient folder; write a DICOM or UK "
+                          "Biobank cine as a 4D NIfTI first (e.g. the cine that 3D Slicer loads, saved as .nii.gz)")
+
+
 def perturbed_copy(input_path: str | os.PathLike, kind: str, dest: str | os.PathLike, *, snr: float = 20.0,
                    scale: float = 1.2, seed: int = 0) -> Path:
     """Write a perturbed copy of a 4D NIfTI file or an ACDC folder under ``dest``; returns its path."""
@@ -113,16 +122,13 @@ def perturbed_copy(input_path: str | os.PathLike, kind: str, dest: str | os.Path
     src = Path(input_path)
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
+    check_input(src)
     if src.is_file():
-        if not _is_nifti(src):
-            raise InputError(src, "robustness needs a 4D NIfTI file or an ACDC patient folder")
         files, out_root = [src], dest
-    elif (src / "Info.cfg").is_file():
+    else:
         out_root = dest / src.name
         out_root.mkdir()
         files = sorted(f for f in src.iterdir() if f.is_file())
-    else:
-        raise InputError(src, "robustness needs a 4D NIfTI file or an ACDC patient folder (convert DICOM first)")
     images = [f for f in files if _is_nifti(f) and not _is_label_file(f)]
     if not images:
         raise InputError(src, "no NIfTI image to perturb")
@@ -140,6 +146,16 @@ def perturbed_copy(input_path: str | os.PathLike, kind: str, dest: str | os.Path
         else:
             shutil.copy2(f, target)
     return out_root if src.is_dir() else dest / src.name
+
+
+def _name_the_copy(folder: Path, scratch: Path, name: str) -> None:
+    """Replace the path of the perturbed copy's scratch folder (deleted afterwards) by ``name`` in the
+    text files of the analysis written to ``folder`` (its report's warnings and sources)."""
+    for f in folder.rglob("*"):
+        if f.suffix in (".json", ".csv") and f.is_file():
+            text = f.read_text()
+            if str(scratch) in text:
+                f.write_text(text.replace(str(scratch), name))
 
 
 def _num(x: Any) -> float:
@@ -161,7 +177,7 @@ def compare_reports(base: Mapping, other: Mapping) -> dict[str, float | int]:
         pooled += d
     out["segments_mean_abs_diff"] = float(np.mean(pooled)) if pooled else math.nan
     out["segments_max_abs_diff"] = float(np.max(pooled)) if pooled else math.nan
-    out["n_segments"] = len(pooled)
+    out["n_segment_values"] = len(pooled)  # segments x components
     return out
 
 
@@ -196,6 +212,7 @@ def robustness_study(
             raise InputError(src, f"unknown perturbation {p!r}; known: {', '.join(PERTURBATIONS)}")
     if not snr > 0:
         raise InputError(src, f"SNR must be positive, got {snr}")
+    check_input(src)
     describe = {"shift": "one-voxel in-plane shift (first NIfTI axis), edge replicated",
                 "noise": f"Rician noise, SNR {snr:g} (sigma = 95th percentile / SNR), seed {seed}",
                 "scale": f"intensities x {scale:g}"}
@@ -214,6 +231,7 @@ def robustness_study(
             copy = perturbed_copy(src, name, scratch / name, snr=snr, scale=scale, seed=seed)
             try:
                 fn(str(copy), str(tmp / name), **kw)
+                _name_the_copy(tmp / name, scratch / name, f"<{name} copy of {src.name}>")
                 rep = load_report(tmp / name)
                 if rep is None:
                     raise RuntimeError("the analysis wrote no valid report.json")
@@ -224,7 +242,7 @@ def robustness_study(
                     and row["segments_mean_abs_diff"] <= tolerance.segment_mean)
             except Exception as exc:
                 msg = _one_line(exc).replace(str(copy), f"<{name} copy of {src.name}>")  # not the scratch path
-                row.update({k: math.nan for k in CSV_COLUMNS[3:-2]}, n_segments=0, within_tolerance=False,
+                row.update({k: math.nan for k in CSV_COLUMNS[3:-2]}, n_segment_values=0, within_tolerance=False,
                            error=msg)
             rows.append(row)
         shutil.rmtree(scratch, ignore_errors=True)
@@ -236,6 +254,7 @@ def robustness_study(
                             "within_tolerance": "|dESS radial|, |dESS circumferential| <= global_ess and pooled "
                                                 "segment mean |d| <= segment_mean"},
             "perturbations": rows,
+            "baseline_quality": sorted({str(q.get("check")) for q in base.get("quality") or []}),
         }
         (tmp / "robustness.json").write_text(json.dumps(json_safe(result), indent=1) + "\n")
         with open(tmp / "robustness.csv", "w", newline="") as f:

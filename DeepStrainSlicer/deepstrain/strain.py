@@ -376,17 +376,24 @@ def global_curves(components: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def time_derivative(values: np.ndarray, times_ms: np.ndarray) -> np.ndarray | None:
-    """Derivative per second of a curve ``(T,)`` sampled at ``times_ms``.
+    """Derivative per second of a curve ``(T,)`` sampled at ``times_ms`` over one cardiac cycle.
 
-    Central differences on the frame times (``numpy.gradient``; one-sided at the ends). Returns
-    ``None`` when the timing is unknown (any NaN), there are fewer than 3 frames, or the times do
-    not strictly increase.
+    The frames are one cycle that repeats, as the systolic and early-diastolic windows take them
+    (:func:`systole_frames`, :func:`early_diastole_frames` wrap around): central differences on the
+    frame times (second order on uneven times, as ``numpy.gradient``) at every frame, the first
+    frame's neighbour before it being the last frame one cycle earlier; the cycle lasts the span of
+    the times plus their median interval. So a cine stored from another frame of the cycle gives
+    the same rates, shifted. Returns ``None`` when the timing is unknown (any NaN), there are fewer
+    than 3 frames, or the times do not strictly increase.
     """
     y = np.asarray(values, dtype=np.float64)
     t = np.asarray(times_ms, dtype=np.float64).reshape(-1) / 1000.0
     if y.shape != t.shape or y.size < 3 or not np.all(np.isfinite(t)) or np.any(np.diff(t) <= 0):
         return None
-    return np.gradient(y, t)
+    period = float(t[-1] - t[0] + np.median(np.diff(t)))
+    y_ext = np.concatenate([y[-1:], y, y[:1]])
+    t_ext = np.concatenate([[t[-1] - period], t, [t[0] + period]])
+    return np.gradient(y_ext, t_ext)[1:-1]
 
 
 def strain_rate(curve_percent: np.ndarray, times_ms: np.ndarray) -> np.ndarray | None:
