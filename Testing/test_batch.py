@@ -44,8 +44,8 @@ def _log_names(log: Path) -> list[str]:
 
 def test_discovery_rules_and_groups(tmp_path: Path) -> None:
     root = batch_fakes.make_cohort(tmp_path / "in", GROUPS)
-    with pytest.warns(DeepStrainWarning, match=r"1 NIfTI file\(s\) of one frame \(not a cine\) left out: "
-                                               r"more/single3d.nii.gz"):  # said, not skipped silently
+    with pytest.warns(DeepStrainWarning, match=r"1 NIfTI file\(s\) that are not 4D cines of several frames left "
+                                               r"out: more/single3d.nii.gz"):  # said, not skipped silently
         studies = batch.discover_studies(root)
     assert [s.id for s in studies] == ALL_IDS
     kinds = {s.id: s.kind for s in studies}

@@ -150,12 +150,12 @@ def test_overrides_reach_every_analysis_and_reports_name_the_copy_not_the_scratc
         return rep
 
     monkeypatch.setattr(batch, "analyze_study", study)
-    assert cli.main(["robustness", str(src), "--out", str(tmp_path / "r"), "--spacing", "10", "1.5", "1.5",
-                     "--es", "1"]) == 1
+    out = tmp_path / "résultats"  # written \u00e9-escaped in the JSON: the names are replaced in its strings
+    assert cli.main(["robustness", str(src), "--out", str(out), "--spacing", "10", "1.5", "1.5", "--es", "1"]) == 1
     assert calls == [{"spacing": (10.0, 1.5, 1.5), "es": 1}] * 4
-    shifted = json.loads((tmp_path / "r" / "shift" / "report.json").read_text())
+    shifted = json.loads((out / "shift" / "report.json").read_text())
     assert shifted["warnings"] == [f"<shift copy of {src.name}>/{src.name}/Info.cfg: a warning naming the input"]
-    assert json.loads((tmp_path / "r" / "robustness.json").read_text())["baseline_quality"] == ["heart_size"]
+    assert json.loads((out / "robustness.json").read_text())["baseline_quality"] == ["heart_size"]
 
 
 def test_an_input_the_perturbations_cannot_copy_is_refused_before_any_analysis(tmp_path: Path) -> None:
@@ -165,3 +165,8 @@ def test_an_input_the_perturbations_cannot_copy_is_refused_before_any_analysis(t
     with pytest.raises(InputError, match="robustness perturbs a 4D NIfTI file or an ACDC patient folder"):
         robustness.robustness_study(folder, tmp_path / "r", study_fn=lambda *a, **k: calls.append(a))
     assert calls == [] and not (tmp_path / "r").exists()
+    single = tmp_path / "one_frame.nii.gz"  # a 3D NIfTI is not a cine either
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 3), np.float32), np.eye(4)), str(single))
+    with pytest.raises(InputError, match="robustness perturbs a 4D NIfTI file"):
+        robustness.robustness_study(single, tmp_path / "r", study_fn=lambda *a, **k: calls.append(a))
+    assert calls == []

@@ -269,6 +269,14 @@ def test_strain_rate_units_and_missing_timing():
     np.testing.assert_allclose(rate, expected, atol=0.02 * np.abs(expected).max())
     # the same cycle stored from another frame gives the same rates, shifted (ED near the end of a cine)
     np.testing.assert_allclose(strain_rate(np.roll(curve, 7), t), np.roll(rate, 7), atol=1e-12)
+    # a prospectively triggered cine (25 frames of 32 ms: 800 ms of a 1000 ms RR): with the RR known the
+    # last frame's neighbour is the next cycle's first frame 232 ms later, not 32 ms
+    tp = np.arange(25) * 32.0
+    yp = 20 * np.sin(2 * np.pi * tp / 1000)
+    true = 0.2 * 2 * np.pi / 1.0 * np.cos(2 * np.pi * tp / 1000)
+    with_rr, without = strain_rate(yp, tp, rr_ms=1000.0), strain_rate(yp, tp)
+    assert abs(with_rr[-1] - true[-1]) < 0.25 * abs(true[-1]) < abs(without[-1] - true[-1])
+    np.testing.assert_allclose(strain_rate(yp, tp, rr_ms=500.0), without)  # an RR shorter than the frames: not used
     assert strain_rate(curve, t * np.nan) is None
     assert strain_rate(curve[:2], t[:2]) is None
     assert strain_rate(curve, t[::-1]) is None

@@ -345,15 +345,15 @@ class DeepStrainLogic:
             given_source=MODULE_FIELD,
         )
 
-    @staticmethod
-    def cine_from_sequence(seq: slicer.vtkMRMLSequenceNode, params: Parameters) -> Cine:
+    def cine_from_sequence(self, seq: slicer.vtkMRMLSequenceNode, params: Parameters) -> Cine:
         """A Cine named after the sequence ``seq``, with the overrides of ``params`` (height and weight
         fields: applied by :meth:`run`)."""
         if params.heart_rate_bpm and params.rr_ms:  # as deepstrain.io.load_cine refuses for a file
             raise ValueError("give either the heart rate or the RR interval, not both")
-        own_cine = params.ref("CineSequence")
-        if seq.GetAttribute(STUDY_ATTRIBUTE) is not None and (own_cine is None or seq.GetID() != own_cine.GetID()):
-            raise ValueError(f"the sequence '{seq.GetName()}' is one of the study's results (segmentation, "
+        results = {n.GetNodeReferenceID(role) for n in self._module_nodes()
+                   for role in ("SegmentationSequence", "DisplacementSequence", "GlyphSequence")}
+        if seq.GetID() in results:
+            raise ValueError(f"the sequence '{seq.GetName()}' is one of a study's results (segmentation, "
                              "displacement or glyphs), not a cine: choose the input cine (or the study's cine)")
         cine = mrml.sequence_to_cine(seq, name=seq.GetName() or "study")
         sp = params.spacing_tuple()

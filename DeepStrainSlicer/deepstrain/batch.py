@@ -8,7 +8,7 @@
   it); a **4D NIfTI** is a ``.nii``/``.nii.gz`` file whose header has 4 dimensions and more than
   one frame, unless its name marks a label map (``seg``, ``gt``, ``label``, ``mask`` or
   ``segmentation`` as a ``_``-separated word of the name, e.g. ``seg_sa``, ``x_gt``); other NIfTI
-  files of one frame are named in a warning, not analysed. Hidden folders (``.name``) and the output folder are not searched. A study's id is its path
+  files (3D, one frame, 5D such as a displacement) are named in a warning, not analysed. Hidden folders (``.name``) and the output folder are not searched. A study's id is its path
   relative to the input folder with ``/`` replaced by ``__`` (NIfTI suffix removed).
 * Each study is analysed into ``OUT/<id>/`` atomically: the per-study function writes into a
   folder under ``OUT/.tmp/`` which is renamed to ``OUT/<id>`` only when complete, so a killed run
@@ -263,7 +263,7 @@ def discover_studies(
     root = root.absolute()
     skip = {Path(p).absolute() for p in exclude}
     found: list[tuple[str, Path, str, str | None]] = []
-    not_cines: list[str] = []  # NIfTI files of one frame (3D), not named as labels: said, not analysed
+    not_cines: list[str] = []  # NIfTI files not 4D of several frames, not named as labels: said, not analysed
 
     def rel_id(p: Path, stem: str | None = None) -> str:
         if p == root:
@@ -301,7 +301,7 @@ def discover_studies(
 
     walk(root)
     if not_cines:
-        warnings.warn(f"{root}: {len(not_cines)} NIfTI file(s) of one frame (not a cine) left out: "
+        warnings.warn(f"{root}: {len(not_cines)} NIfTI file(s) that are not 4D cines of several frames left out: "
                       f"{first_few(not_cines)}", DeepStrainWarning, stacklevel=2)
     seen: dict[str, Path] = {}
     studies = []

@@ -218,6 +218,8 @@ def compute(
         comps = strain_components(disp, cine.geometry, frame, myo)
         curves = global_curves(comps)
         consecutive = n >= 3 and not np.any(np.diff(np.asarray(cine.frame_numbers)) != 1)
+        hr = cine.subject.heart_rate_bpm
+        rr_ms = 60000.0 / hr if hr else None  # the cycle's length for the rates, where known
         if n < 3:
             warnings.append(f"only {n} frames: strain rates not computed")
         elif not cine.has_timing:
@@ -225,7 +227,7 @@ def compute(
         elif not consecutive:
             warnings.append("the frames are not consecutive in the cycle: strain rates not computed")
         else:
-            r = {c: strain_rate(curves[c], cine.times_ms) for c in COMPONENTS}
+            r = {c: strain_rate(curves[c], cine.times_ms, rr_ms) for c in COMPONENTS}
             if any(v is None for v in r.values()):
                 warnings.append("frame times do not increase: strain rates not computed")
             else:
@@ -236,7 +238,7 @@ def compute(
             aha_c = {c: aha_mod.segment_curves(comps[c], ids) for c in COMPONENTS}
             rotations = level_rotations(disp, cine.geometry, frame, segments)
             twist = twist_summary(rotations, level_separation_mm(cine.geometry, frame, segments),
-                                  cine.times_ms if rates is not None else None, ed_i, es_i)
+                                  cine.times_ms if rates is not None else None, ed_i, es_i, rr_ms)
             if consecutive:
                 # times to peak need the frame times (None without them); CURE only the frames
                 dys = dyssynchrony(aha_c, cine.times_ms if rates is not None else np.full(n, np.nan), ed_i, es_i)

@@ -106,9 +106,12 @@ def _shift_labels(data: np.ndarray) -> np.ndarray:
 
 
 def check_input(src: Path) -> None:
-    """:class:`InputError` unless ``src`` is what the perturbations can copy: a 4D NIfTI file or an
-    ACDC patient folder (checked before any analysis runs)."""
-    if src.is_file() and _is_nifti(src) or src.is_dir() and (src / "Info.cfg").is_file():
+    """:class:`InputError` unless ``src`` is what the perturbations can copy: a 4D NIfTI file of
+    several frames (as a batch finds studies: :func:`deepstrain.batch._is_cine_nifti`) or an ACDC
+    patient folder (checked before any analysis runs)."""
+    from .batch import _is_cine_nifti
+
+    if src.is_file() and _is_nifti(src) and _is_cine_nifti(src) or src.is_dir() and (src / "Info.cfg").is_file():
         return
     raise InputError(src, "robustness perturbs a 4D NIfTI file or an ACDC patient folder; write a DICOM or UK "
                           "Biobank cine as a 4D NIfTI first (e.g. the cine that 3D Slicer loads, saved as .nii.gz)")
@@ -150,12 +153,29 @@ def perturbed_copy(input_path: str | os.PathLike, kind: str, dest: str | os.Path
 
 def _name_the_copy(folder: Path, scratch: Path, name: str) -> None:
     """Replace the path of the perturbed copy's scratch folder (deleted afterwards) by ``name`` in the
-    text files of the analysis written to ``folder`` (its report's warnings and sources)."""
-    for f in folder.rglob("*"):
-        if f.suffix in (".json", ".csv") and f.is_file():
+    analysis written to ``folder``: inside the strings of its JSON files (its report's warnings and
+    sources; written back as :func:`deepstrain.report.write_report` writes them) and in its CSV files."""
+    old = str(scratch)
+
+    def fix(v: Any) -> Any:
+        if isinstance(v, str):
+            return v.replace(old, name)
+        if isinstance(v, list):
+            return [fix(x) for x in v]
+        if isinstance(v, dict):
+            return {k: fix(x) for k, x in v.items()}
+        return v
+
+    for f in sorted(folder.rglob("*")):
+        if f.suffix == ".json" and f.is_file():
+            data = json.loads(f.read_text())
+            fixed = fix(data)
+            if fixed != data:
+                f.write_text(json.dumps(fixed, indent=2, allow_nan=False) + "\n")
+        elif f.suffix == ".csv" and f.is_file():
             text = f.read_text()
-            if str(scratch) in text:
-                f.write_text(text.replace(str(scratch), name))
+            if old in text:
+                f.write_text(text.replace(old, name))
 
 
 def _num(x: Any) -> float:

@@ -86,11 +86,12 @@ def level_separation_mm(geometry: Geometry, frame: CardiacFrame, segments: np.nd
 
 
 def twist_summary(rotations: dict[str, np.ndarray | None], separation_mm: float | None, times_ms: np.ndarray | None,
-                  ed: int, es: int) -> dict[str, Any]:
+                  ed: int, es: int, rr_ms: float | None = None) -> dict[str, Any]:
     """Twist curve and its figures from :func:`level_rotations` (deg, deg/cm, deg/s; ``None`` when undefined).
 
     ``times_ms``: frame times for the twist rate, or ``None`` when rates cannot be computed (no
-    timing, fewer than 3 frames, frames not consecutive in the cycle).
+    timing, fewer than 3 frames, frames not consecutive in the cycle); ``rr_ms``: the RR interval
+    when known (:func:`deepstrain.strain.time_derivative`).
     """
     base, apex = rotations.get("basal"), rotations.get("apical")
     out: dict[str, Any] = {"twist_deg": None, "twist_rate_deg_per_s": None, "es_twist_deg": None,
@@ -105,7 +106,7 @@ def twist_summary(rotations: dict[str, np.ndarray | None], separation_mm: float 
     out["peak_systolic_twist_deg"] = signed_peak(twist, systole_frames(ed, es, n))
     if separation_mm:
         out["es_torsion_deg_per_cm"] = float(twist[es] / (separation_mm / 10.0))
-    rate = None if times_ms is None else time_derivative(twist, times_ms)
+    rate = None if times_ms is None else time_derivative(twist, times_ms, rr_ms)
     if rate is not None:
         out["twist_rate_deg_per_s"] = rate
         out["peak_untwisting_rate_deg_per_s"] = signed_peak(rate, early_diastole_frames(ed, es, n))

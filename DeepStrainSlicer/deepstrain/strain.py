@@ -375,31 +375,35 @@ def global_curves(components: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def time_derivative(values: np.ndarray, times_ms: np.ndarray) -> np.ndarray | None:
+def time_derivative(values: np.ndarray, times_ms: np.ndarray, rr_ms: float | None = None) -> np.ndarray | None:
     """Derivative per second of a curve ``(T,)`` sampled at ``times_ms`` over one cardiac cycle.
 
     The frames are one cycle that repeats, as the systolic and early-diastolic windows take them
     (:func:`systole_frames`, :func:`early_diastole_frames` wrap around): central differences on the
     frame times (second order on uneven times, as ``numpy.gradient``) at every frame, the first
-    frame's neighbour before it being the last frame one cycle earlier; the cycle lasts the span of
-    the times plus their median interval. So a cine stored from another frame of the cycle gives
-    the same rates, shifted. Returns ``None`` when the timing is unknown (any NaN), there are fewer
-    than 3 frames, or the times do not strictly increase.
+    frame's neighbour before it being the last frame one cycle earlier. The cycle lasts ``rr_ms``
+    when the RR interval is known (heart rate from the input or given) and longer than the frames'
+    span, e.g. a prospectively triggered cine that stops before the next R wave; else the span of the
+    times plus their median interval (a cine that covers the cycle). So a cine stored from another
+    frame of the cycle gives the same rates, shifted. Returns ``None`` when the timing is unknown
+    (any NaN), there are fewer than 3 frames, or the times do not strictly increase.
     """
     y = np.asarray(values, dtype=np.float64)
     t = np.asarray(times_ms, dtype=np.float64).reshape(-1) / 1000.0
     if y.shape != t.shape or y.size < 3 or not np.all(np.isfinite(t)) or np.any(np.diff(t) <= 0):
         return None
-    period = float(t[-1] - t[0] + np.median(np.diff(t)))
+    span = float(t[-1] - t[0])
+    known = None if rr_ms is None or not np.isfinite(rr_ms) else float(rr_ms) / 1000.0
+    period = known if known is not None and known > span else span + float(np.median(np.diff(t)))
     y_ext = np.concatenate([y[-1:], y, y[:1]])
     t_ext = np.concatenate([[t[-1] - period], t, [t[0] + period]])
     return np.gradient(y_ext, t_ext)[1:-1]
 
 
-def strain_rate(curve_percent: np.ndarray, times_ms: np.ndarray) -> np.ndarray | None:
+def strain_rate(curve_percent: np.ndarray, times_ms: np.ndarray, rr_ms: float | None = None) -> np.ndarray | None:
     """Strain rate (1/s) of a strain curve given in percent: :func:`time_derivative` of the curve
     as a fraction (``None`` in the same cases)."""
-    return time_derivative(np.asarray(curve_percent, dtype=np.float64) / 100.0, times_ms)
+    return time_derivative(np.asarray(curve_percent, dtype=np.float64) / 100.0, times_ms, rr_ms)
 
 
 def systole_frames(ed: int, es: int, n_frames: int) -> np.ndarray:

@@ -398,7 +398,7 @@ def test_a_result_sequence_of_the_study_is_refused_as_input(study):
     picked as the input is refused with a message that says what it is; the study's cine is a cine."""
     h = study[0]
     p = h.params
-    with pytest.raises(ValueError, match="is one of the study's results .* not a cine"):
+    with pytest.raises(ValueError, match="is one of a study's results .* not a cine"):
         h.logic.cine_from_sequence(p.ref("SegmentationSequence"), p)
     assert h.logic.cine_from_sequence(p.ref("CineSequence"), p).n_frames == study[1].n_frames
 
