@@ -154,3 +154,17 @@ def test_overwrite_replaces_only_an_output_of_the_same_kind(tmp_path):
     with atomic_output_dir(batch, overwrite=True, kind="compare") as tmp:
         (tmp / "agreement.csv").write_text("metric\n")
     assert marker_kind(batch) == "compare" and not (batch / "study1").exists()
+
+
+def test_an_output_inside_an_input_folder_is_refused(tmp_path):
+    """An ACDC or DICOM study folder keeps only its own files: --out inside it is refused (a sibling is fine)."""
+    study = tmp_path / "patient001"
+    study.mkdir()
+    (study / "Info.cfg").write_text("ED: 1\n")
+    with pytest.raises(InputError, match="is inside the input folder"):
+        check_output_dir(study / "results", inputs=[study])
+    assert not (study / "results").exists()
+    assert check_output_dir(tmp_path / "results", inputs=[study]) == tmp_path / "results"
+    cine = tmp_path / "cine.nii.gz"  # a file input: results beside it are fine
+    cine.write_bytes(b"")
+    assert check_output_dir(tmp_path / "out2", inputs=[cine]) == tmp_path / "out2"

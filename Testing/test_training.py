@@ -352,6 +352,10 @@ def test_options_and_folders_that_cannot_work_are_refused_before_anything_is_wri
         with pytest.raises(InputError, match="afile is a file, not a folder"):
             segmentation.main(a)
     assert not (tmp_path / segmentation.NAME).exists()
+    for option, value in (("context", 5), ("phantoms", 2), ("lowres_share", 0.2)):  # not the centring's options
+        with pytest.raises(InputError, match=f"--{option.replace('_', '-')}: is for the segmentation network, not centring"):
+            centring.main(_args(tmp_path, shared_data, cache, centring.NAME, iterations=1, **{option: value}))
+    assert not (tmp_path / centring.NAME).exists()
     args = _args(tmp_path, shared_data, cache, segmentation.NAME, iterations=1)
     args.data = tmp_path / "no_such_folder"  # a full cache is no excuse for a wrong --data
     with pytest.raises(InputError, match="ACDC training folder not found"):

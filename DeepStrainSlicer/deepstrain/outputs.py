@@ -8,7 +8,8 @@ Rules (:func:`check_output_dir`):
   and only one of the same kind (the marker names it: ``analysis``, ``batch``, ``compare``...):
   ``compare --out BATCH --overwrite`` must not delete a cohort's analyses;
 * ``out`` may never be, or contain, one of the run's inputs (with ``overwrite`` the input
-  would be deleted);
+  would be deleted), nor lie inside an input folder (an ACDC or DICOM study folder keeps only its
+  own files);
 * the nearest existing folder above ``out`` must be writable (checked before the computation);
   a folder that cannot be created or written later (a full disk) is an :class:`InputError`, and
   the folders made for it are removed again.
@@ -89,6 +90,9 @@ def check_output_dir(out: str | os.PathLike, overwrite: bool = False,
         src = Path(given).resolve()
         if src == real_out or real_out in src.parents:
             raise InputError(out, f"the output folder is, or contains, the input {given}: choose another --out")
+        if src.is_dir() and src in real_out.parents:  # a study folder (ACDC, DICOM) keeps only its own files
+            raise InputError(out, f"the output folder is inside the input folder {given}: the results would be "
+                                  "mixed with the study's files; choose an --out outside it")
     check_folder_can_be_made(out)
     if out.exists():
         if not out.is_dir():

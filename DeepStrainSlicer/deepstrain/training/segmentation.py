@@ -141,6 +141,10 @@ def check_run_options(args: argparse.Namespace, name: str) -> None:
 
     check_counts(args, ("iterations", "batch", "crop", "val_every", "checkpoint_every"),
                  ("snapshot_every", "stop_after", "patients", "workers"))
+    if name != "segmentation":  # options of the segmentation network's training, which this one would ignore
+        for option in ("context", "phantoms", "lowres_share"):
+            if getattr(args, option, 0):
+                raise InputError("--" + option.replace("_", "-"), f"is for the segmentation network, not {name}")
     run = Path(args.run_dir or Path("runs") / name)
     check_output_folder(run, "run folder")
     check_output_folder(args.cache, "cache")
