@@ -323,6 +323,8 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 if p.ref("InputSequence") is not None:
                     cine = self.logic.cine_from_sequence(p.ref("InputSequence"), p)
                 elif p.input_path:
+                    self.ui.statusLabel.text = f"reading {p.input_path}"  # a DICOM folder can take a while
+                    slicer.app.processEvents()
                     cine = self.logic.load_cine_file(p.input_path, p)
                 else:
                     raise ValueError("choose a loaded cine (sequence) or a file/folder first")
