@@ -70,6 +70,16 @@ def _number(text: str) -> float | None:
     return v if math.isfinite(v) else None
 
 
+def _one_sided(a_csv: Path, b_csv: Path, a: list[str], b: list[str], what: str) -> dict[str, list[str]]:
+    """The items of ``a`` not in ``b`` and of ``b`` not in ``a`` (ids, or columns), each table's
+    named in a warning (a typing error would otherwise drop a study or a column silently)."""
+    only = {"a": [x for x in a if x not in set(b)], "b": [x for x in b if x not in set(a)]}
+    for key, name in (("a", a_csv), ("b", b_csv)):
+        if only[key]:
+            warnings.warn(f"{name}: {len(only[key])} {what}: {first_few(only[key])}", DeepStrainWarning, stacklevel=3)
+    return only
+
+
 def compare_tables(a_csv: str | os.PathLike, b_csv: str | os.PathLike, out_dir: str | os.PathLike, *,
                    overwrite: bool = False, multiplier: float = 1.96) -> dict:
     """Agreement of table B against table A per metric (see the module docstring); returns the JSON dict."""
@@ -82,17 +92,9 @@ def compare_tables(a_csv: str | os.PathLike, b_csv: str | os.PathLike, out_dir: 
     ids = sorted(set(rows_a) & set(rows_b))
     if not ids:
         raise InputError(b_csv, f"no study id in common with {a_csv} (among rows with status ok)")
-    only = {"a": sorted(set(rows_a) - set(rows_b)), "b": sorted(set(rows_b) - set(rows_a))}
-    for key, name in (("a", a_csv), ("b", b_csv)):
-        if only[key]:  # a typing error in an id: that study would be left out silently
-            warnings.warn(f"{name}: {len(only[key])} study id(s) not in the other table, left out: "
-                          f"{first_few(only[key])}", DeepStrainWarning, stacklevel=2)
-    columns_only = {"a": [c for c in cols_a if c not in cols_b and c not in NON_METRIC],
-                    "b": [c for c in cols_b if c not in cols_a and c not in NON_METRIC]}
-    for key, name in (("a", a_csv), ("b", b_csv)):
-        if columns_only[key]:
-            warnings.warn(f"{name}: {len(columns_only[key])} column(s) not in the other table, not compared: "
-                          f"{first_few(columns_only[key])}", DeepStrainWarning, stacklevel=2)
+    only = _one_sided(a_csv, b_csv, sorted(rows_a), sorted(rows_b), "study id(s) not in the other table, left out")
+    columns_only = _one_sided(a_csv, b_csv, [c for c in cols_a if c not in NON_METRIC],
+                              [c for c in cols_b if c not in NON_METRIC], "column(s) not in the other table, not compared")
     metrics: list[dict] = []
     skipped: dict[str, str] = {}
     at_fault: list[Path] = []  # the tables with cells that are not numbers, in the order A, B
