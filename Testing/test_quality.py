@@ -180,6 +180,11 @@ def test_motion_mismatch_fires_for_a_wrong_convention_not_for_the_true_motion(sm
     report = pipeline.compute(cine, lab, lps).report["quality"]
     assert "motion_mismatch" in [q["check"] for q in report]
     assert "motion_mismatch" not in [q["check"] for q in pipeline.compute(cine, lab, disp).report["quality"]]
+    # the field in voxels (pixels far from 1 mm): it carries the heart back better once multiplied by the pixel size
+    pixel = float(np.mean(cine.geometry.spacing[1:]))
+    assert abs(pixel - 1.0) > 0.15
+    found = quality.check_motion(lab, disp / pixel, cine.geometry, ed, es)
+    assert _names(found) == ["motion_mismatch"] and "may be in voxels" in found[0].message
 
 
 def test_manual_acdc_labels(shared_data):

@@ -18,7 +18,7 @@
 5. **Motion** (``motion_mismatch``, ``strain_sign``) on the 20 validation patients, analysed as
    ``deepstrain analyze`` does (motion refined), with the motion network's field alone
    (``--no-refine-motion``), and with the refined motion given in a wrong convention (LPS
-   components as RAS).
+   components as RAS; in pixels instead of mm: divided by the mean in-plane pixel size).
 
 Sections 1, 2 and 4 run the checks through :func:`deepstrain.pipeline.compute` with labels only, i.e.
 exactly as in ``report.json``. Usage: python benchmarks/quality_checks.py [--data ../shared/data] [--threads 2]
@@ -237,8 +237,8 @@ def main(argv: list[str] | None = None) -> int:
           "segmentation of every frame, ED / ES as given by ACDC:")
     full_cycles()
     print("\n5. motion_mismatch on the validation patients: the motion deepstrain analyze makes (refined), the "
-          "motion network's field alone (--no-refine-motion), and the refined motion given in the wrong convention "
-          "(LPS components read as RAS):")
+          "motion network's field alone (--no-refine-motion), and the refined motion given in a wrong convention "
+          "(LPS components read as RAS; in pixels instead of mm):")
     fired = Counter()
     for name in val:
         cine = load(name)
@@ -247,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                   "network alone": motion_for_labels(a.network_motion, a.labels, refine=False)}
         fields["LPS mistake"] = a.displacement.copy()
         fields["LPS mistake"][:, :2] *= -1
+        fields["voxels mistake"] = a.displacement / float(np.mean(cine.geometry.spacing[1:]))  # in pixels, not mm
         parts = []
         for kind, u in fields.items():
             d_motion, d_none = motion_overlap(a.labels, u, cine.geometry, a.ed, a.es)
@@ -259,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"   {name}: myocardium Dice at ES pulled back to ED: without motion {d_none:.3f}; " + ", ".join(parts)
               + (f"; strain_sign: {', '.join(signs)}" if signs else ""))
     print("   motion_mismatch fires on " + ", ".join(f"{n} of {len(val)} ({k})" for k, n in
-                                                 ((k, fired[k]) for k in ("refined", "network alone", "LPS mistake"))))
+                                                 ((k, fired[k]) for k in ("refined", "network alone", "LPS mistake",
+                                                                          "voxels mistake"))))
     print(f"   strain_sign fires on {fired['strain_sign']} of {len(val)} analyses")
 
     return 0
