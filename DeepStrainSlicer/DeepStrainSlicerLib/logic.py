@@ -41,6 +41,7 @@ import vtk
 import slicer
 from deepstrain.cine import Cine, Subject, frame_index
 from deepstrain.qc import COMPONENT_COLORS, VOLUME_COLORS, time_axis
+from deepstrain.report import cycle_frames
 
 from . import dependencies, mrml, polarmap
 
@@ -486,8 +487,7 @@ class DeepStrainLogic:
         if self._cache_is_for(params.ref("Browser")) and self._cache.get("run_labels") is not None:
             return bool(np.array_equal(labels, self._cache["run_labels"]))
         seg = str((self.report(params).get("provenance") or {}).get("segmentation", ""))
-        return (bool(params.results_labels_sha256) and labels_digest(labels) == params.results_labels_sha256
-                and "edited" not in seg and "as stored" not in seg)
+        return _are_results_labels(params, labels) is True and "edited" not in seg and "as stored" not in seg
 
     def _build_nodes(self, cine: Cine, analysis, params: Parameters, progress: ProgressCallback) -> None:
         scene, name = self.scene, cine.name
@@ -983,7 +983,7 @@ class DeepStrainLogic:
         # frames are the study's (as the browser, the tables, the findings and the file names number them);
         # where the study holds only some frames of the cycle (an ACDC folder: ED and ES), the frame of the
         # cycle too, as the ED / ES fields take it
-        cycle = int((report["frames"].get("cycle_frames") or list(range(int(report["frames"]["count"]))))[frame])
+        cycle = cycle_frames(report["frames"])[frame]
         shown = f"frame {frame}" + (f", frame {cycle} of the cycle" if cycle != frame else "")
         when = shown if params.polar_follows_frame else f"ES ({shown})"
         model.SetAttribute("DeepStrain.title", f"{comp} strain (%) at {when}")  # the exported picture's caption
@@ -1158,7 +1158,7 @@ class DeepStrainLogic:
         from deepstrain.pipeline import compute
 
         frames = self.report(params)["frames"]  # the fields hold frame numbers of the cycle, as at Run
-        cycle = list(frames.get("cycle_frames") or range(int(frames["count"])))
+        cycle = cycle_frames(frames)
         ed_field = self._frame_of_field(params.ed, cycle, "ED")
         if ed_field is not None and ed_field != params.analysis_ed:
             raise ValueError(f"the ED field (frame {params.ed}) is not the analysed ED: the motion is measured from "
@@ -1287,8 +1287,8 @@ class DeepStrainLogic:
             suffix = "" if np.array_equal(self.analysis.labels, labels) else ", edited in Slicer"
         elif run_labels is not None and base.startswith("networks"):
             suffix = "" if np.array_equal(run_labels, labels) else ", edited in Slicer"
-        elif params.results_labels_sha256:  # the stored results' labels: unchanged, or edited since
-            suffix = "" if labels_digest(labels) == params.results_labels_sha256 else ", edited in Slicer"
+        elif (same := _are_results_labels(params, labels)) is not None:  # the stored results' labels, or edited since
+            suffix = "" if same else ", edited in Slicer"
         else:
             suffix = ", as stored in the scene"
         if suffix and suffix not in base:
@@ -1344,7 +1344,7 @@ class DeepStrainLogic:
             k += 1
         report = self.report(params)
         cine, labels, disp = self.study_arrays(params)
-        if params.results_labels_sha256 and labels_digest(labels) != params.results_labels_sha256:
+        if _are_results_labels(params, labels) is False:
             raise ValueError("the segmentation was edited after the results were computed: press Recompute "
                              "before exporting, so that the pictures and the tables describe the same contours")
         # the QC page from the contours shown, with the report as computed (its numbers and provenance)
@@ -1415,6 +1415,12 @@ def _owned_nodes(node: slicer.vtkMRMLNode) -> list[slicer.vtkMRMLNode]:
         node.GetAllProxyNodes(proxies)
         parts += [proxies.GetItemAsObject(i) for i in range(proxies.GetNumberOfItems())]
     return [p for p in parts if p is not None]
+
+
+def _are_results_labels(params: Parameters, labels: np.ndarray) -> bool | None:
+    """Whether ``labels`` are those the shown results were computed from (their checksum); None in
+    scenes saved before the checksum was kept."""
+    return labels_digest(labels) == params.results_labels_sha256 if params.results_labels_sha256 else None
 
 
 def labels_digest(labels: np.ndarray) -> str:

@@ -55,6 +55,7 @@ from .dyssynchrony import KEYS as DYSSYNCHRONY_KEYS
 from .errors import InputError, first_few
 from .io import DeepStrainWarning, is_ukbb_folder, looks_like_dicom, read_info_cfg
 from .outputs import MARKER, apply_umask, marker_kind, write_marker
+from .report import cycle_frames
 
 StudyFn = Callable[..., Any]
 
@@ -352,7 +353,7 @@ def summary_row(
     if report:
         row["quality"] = ";".join(dict.fromkeys(str(q.get("check")) for q in report.get("quality") or []))
         frames = report.get("frames") or {}
-        cycle = frames.get("cycle_frames") or list(range(int(frames.get("count") or 0)))
+        cycle = cycle_frames(frames)
         ed, es = (None if frames.get(k) is None else cycle[int(frames[k])] for k in ("ed", "es"))
         spacing = (report.get("provenance") or {}).get("voxel_spacing_mm") or [None] * 3
         for key, value in zip(STUDY_KEYS, (frames.get("count"), ed, es, *spacing)):

@@ -69,6 +69,12 @@ def _num(x: Any) -> float | None:
     return round(v, DECIMALS)
 
 
+def cycle_frames(frames: Mapping[str, Any]) -> list[int]:
+    """The frame of the cardiac cycle (0-based) of each of a report's frames (its ``frames`` block;
+    reports written before ``cycle_frames`` was recorded: the frames are the cycle's)."""
+    return [int(f) for f in (frames.get("cycle_frames") or range(int(frames.get("count") or 0)))]
+
+
 def json_safe(x: Any) -> Any:
     """``x`` with every non-finite float (NaN, inf) in nested dicts/lists replaced by None."""
     if isinstance(x, float):
