@@ -181,3 +181,16 @@ def test_networks_run_again_from_the_provenance_reproduce_the_motion(small_study
     older = {k: v for k, v in prov.items() if k != "crop_centre_voxel"}
     with pytest.raises(ValueError, match="crop_centre_voxel"):
         network_motion_again(cine, older)
+    # the frames flipped are recorded and flipped again; a report from before they were recorded
+    # (test_time_flips a bool) is run with the flips it says: none here
+    assert prov["test_time_flips"] == "ed-es" and set(prov["test_time_flipped_frames"]) >= {first.ed}
+    legacy = {k: v for k, v in prov.items() if k != "test_time_flipped_frames"}
+    legacy["test_time_flips"] = False
+    plain = network_motion_again(cine, legacy)
+    flipped = prov["test_time_flipped_frames"]
+    assert not np.array_equal(plain.probabilities[flipped], state.probabilities[flipped])
+    others = [f for f in range(cine.n_frames) if f not in flipped]
+    np.testing.assert_array_equal(plain.probabilities[others], state.probabilities[others])
+    legacy["test_time_flips"] = "ed-es"  # a mode without its frames cannot be repeated
+    with pytest.raises(ValueError, match="which frames"):
+        network_motion_again(cine, legacy)

@@ -287,8 +287,8 @@ def test_cli_batch_exit_codes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, c
     # the analysis options reach the study function and are stored with the results
     calls.clear()
     assert cli.main(["batch", str(root), "--out", str(tmp_path / "o4"), "--limit", "1", "--no-figures", "--tta",
-                     "--precision", "float32", "--qc"]) == 0
-    assert calls == [{"tta": True, "precision": "float32", "weights_dir": None, "refine_motion": True, "qc": True}]
+                     "all", "--precision", "float32", "--qc"]) == 0
+    assert calls == [{"tta": "all", "precision": "float32", "weights_dir": None, "refine_motion": True, "qc": True}]
     stored = json.loads((tmp_path / "o4" / "settings.json").read_text())
     assert stored["options"] == calls[0] and stored["weights_sha256"]["motion"] == read_manifest()["models"]["motion"]["sha256"]
     # a re-run with other settings is refused, naming the settings file; nothing is analysed or changed
@@ -301,7 +301,7 @@ def test_cli_batch_exit_codes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, c
     assert (tmp_path / "o4" / "summary.csv").read_bytes() == before
     # the same settings resume (the second study is analysed, the first kept)
     assert cli.main(["batch", str(root), "--out", str(tmp_path / "o4"), "--no-figures", "--tta",
-                     "--precision", "float32", "--qc"]) == 1  # patient002 fails by design of the fake
+                     "all", "--precision", "float32", "--qc"]) == 1  # patient002 fails by design of the fake
     # a weights folder without a manifest is refused before anything is written
     assert cli.main(["batch", str(root), "--out", str(tmp_path / "o5"), "--weights", str(empty)]) == 2
     assert "manifest" in capsys.readouterr().err and not (tmp_path / "o5").exists()

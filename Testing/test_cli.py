@@ -105,7 +105,7 @@ def test_network_options_with_given_labels_and_motion_are_reported_as_ignored(st
     out = tmp_path / "out"
     code = main(["analyze", str(study["cine"]), "--segmentation", str(study["labels"]), "--displacement",
                  str(study["disp"]), "--ed", "0", "--es", "2", "--out", str(out), "--quiet", "--tta",
-                 "--weights", str(tmp_path / "nowhere")])
+                 "all", "--weights", str(tmp_path / "nowhere")])
     err = capsys.readouterr().err
     assert code == 0, err
     assert "--tta and --weights ignored" in err

@@ -145,3 +145,51 @@ def test_results_do_not_depend_on_the_stored_slice_order(cine):
 
     again = motion_for_labels(b.network_motion, b.labels, refine=True)  # Recompute's refinement, in b's order
     np.testing.assert_allclose(again[:, :, ::-1], a.displacement, atol=0.01)  # refined again: rounding, at the stack ends
+
+
+@pytest.fixture(scope="module")
+def six_frames(tmp_path_factory):
+    from deepstrain import phantom
+
+    ph = phantom.generate_phantom(phantom.PhantomParams(
+        n_frames=6, matrix_size=96, pv_samples=1, seed=4321, heart_rate_bpm=75))
+    out = tmp_path_factory.mktemp("six") / "ph"
+    phantom.write_phantom(ph, out)
+    return io.load_cine(out / "cine.nii.gz")
+
+
+def test_ed_and_es_frames_get_test_time_flips(six_frames):
+    """The default flips the frames of largest and smallest LV cavity (of the final labels) and no
+    other; those frames are labelled as with flips on every frame, the rest as without flips."""
+    cine = six_frames
+    assert cine.ed is None and cine.es is None
+    key = predict(cine, with_motion=False)
+    every = predict(cine, with_motion=False, tta="all")
+    none = predict(cine, with_motion=False, tta="off")
+    assert every.flipped_frames == tuple(range(6)) and none.flipped_frames == ()
+    lv = (key.labels == 3).reshape(6, -1).sum(axis=1)
+    ed, es = int(np.argmax(lv)), int(np.argmin(lv))
+    assert key.ed == ed and {ed, es} <= set(key.flipped_frames) and len(key.flipped_frames) < 6
+
+    def differ(a, b):  # voxels labelled differently
+        return int((a != b).sum())
+
+    changed = 0
+    for f in range(6):
+        same_as, other = (every, none) if f in key.flipped_frames else (none, every)
+        assert differ(key.labels[f], same_as.labels[f]) <= 2  # batch composition: float rounding at most
+        changed += differ(key.labels[f], other.labels[f])
+    assert changed > 20  # the flips change the labels: the comparison above can fail
+    # the frames of an earlier run, given explicitly, repeat it exactly
+    np.testing.assert_array_equal(predict(cine, with_motion=False, tta=key.flipped_frames).labels, key.labels)
+    # given ED and ES are the frames flipped
+    import dataclasses
+
+    given = predict(dataclasses.replace(cine, ed=1, es=4), with_motion=False)
+    assert given.flipped_frames == (1, 4) and given.ed == 1
+
+
+@pytest.mark.parametrize("tta", [True, "some", (0, 9)])
+def test_unknown_test_time_flips_are_refused(six_frames, tta):
+    with pytest.raises(ValueError, match="tta must be|outside the study"):
+        predict(six_frames, with_motion=False, tta=tta)

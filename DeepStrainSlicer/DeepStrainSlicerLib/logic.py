@@ -171,7 +171,7 @@ class Parameters:
     ed = _Param(int, -1)
     es = _Param(int, -1)
     run_mode = _Param(str, "networks")  # "networks" or "given"
-    tta = _Param(bool, False)  # segmentation with test-time flips
+    tta = _Param(bool, False)  # test-time flips on every frame (ED and ES always have them)
     weights_dir = _Param(str, "")  # "" = the shipped weights; else a folder with its manifest.json
     refine_motion = _Param(bool, True)  # correct the motion with the segmentation (deepstrain.refinement)
     study_name = _Param(str, "study")
@@ -407,7 +407,7 @@ class DeepStrainLogic:
             # the same engine as deepstrain analyze: networks for what is missing, strain, volumes, provenance
             analysis = analyze_cine(cine, labels=labels, displacement=displacement,
                                     ed=cine.ed, es=cine.es,  # the fields, read as frame indices by the loaders
-                                    progress=lambda f, m: progress(0.5 * f, m), tta=params.tta,
+                                    progress=lambda f, m: progress(0.5 * f, m), tta="all" if params.tta else "ed-es",
                                     weights_dir=params.weights_dir or None, refine_motion=params.refine_motion,
                                     keep_network_motion=True,
                                     spacing_source=MODULE_FIELD if params.spacing_tuple() is not None else "input")

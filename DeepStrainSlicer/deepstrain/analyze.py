@@ -38,7 +38,7 @@ def analyze_cine(
     ed: int | None = None,
     es: int | None = None,
     progress: Progress | None = None,
-    tta: bool = False,
+    tta: str = "ed-es",
     precision: str = "auto",
     weights_dir: str | os.PathLike | None = None,
     refine_motion: bool = True,
@@ -56,7 +56,8 @@ def analyze_cine(
     voxel spacing used (``voxel_spacing_mm``: slice, row, column) and ``spacing_source`` (where
     it came from: "input", an option or a field).
 
-    ``tta``: segmentation with test-time flips; ``precision``: network arithmetic;
+    ``tta``: the frames segmented with test-time flips (:data:`deepstrain.networks.TTA_MODES`:
+    ED and ES, the default; every frame; none); ``precision``: network arithmetic;
     ``weights_dir``: a weights folder with its manifest instead of the shipped weights;
     ``refine_motion``: correct the motion with the segmentation of every frame (the default)
     (:func:`deepstrain.inference.predict`); with given ``labels`` the motion is refined with them
@@ -98,7 +99,8 @@ def analyze_cine(
         network_motion = pred.network_motion
         used = NETWORKS if prov["motion"] == "networks" else NETWORKS[:2]
         refined = bool(refine_motion and prov["motion"] == "networks")
-        prov.update(weights=provenance(used, wdir), precision=resolve(precision), test_time_flips=bool(tta),
+        prov.update(weights=provenance(used, wdir), precision=resolve(precision), test_time_flips=tta,
+                    test_time_flipped_frames=list(pred.flipped_frames),
                     motion_refined_with_segmentation=refined,
                     crop_centre_voxel=[pred.lv_centre_voxel[0], pred.lv_centre_voxel[1]])
         if prov["motion"] == "networks":
@@ -115,6 +117,18 @@ def analyze_cine(
     analysis.report["provenance"] = prov
     analysis.network_motion = network_motion
     return analysis
+
+
+def _flipped_frames(provenance: dict) -> str | tuple[int, ...]:
+    """The frames an earlier run segmented with test-time flips, from its report's ``provenance``
+    (earlier reports recorded only whether every frame was flipped: a bool)."""
+    frames = provenance.get("test_time_flipped_frames")
+    if frames is not None:
+        return tuple(int(f) for f in frames)
+    old = provenance.get("test_time_flips", False)
+    if isinstance(old, bool):
+        return "all" if old else "off"
+    raise ValueError(f"the report records test-time flips {old!r} but not which frames were flipped")
 
 
 def network_motion_again(cine: Cine, provenance: dict, *, weights_dir: str | os.PathLike | None = None,
@@ -152,7 +166,7 @@ def network_motion_again(cine: Cine, provenance: dict, *, weights_dir: str | os.
     centre = provenance["crop_centre_voxel"]
     again = dataclasses.replace(cine, ed=ref)
     pred = inference.predict(again, progress=progress, with_motion=True, weights_dir=wdir,
-                             tta=bool(provenance.get("test_time_flips", False)), precision=provenance["precision"],
+                             tta=_flipped_frames(provenance), precision=provenance["precision"],
                              centre=(float(centre[0]), float(centre[1])), keep_network_motion=True)
     return pred.network_motion
 
@@ -199,7 +213,7 @@ def analyze_path(
     given_source: str | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
-    tta: bool = False,
+    tta: str = "ed-es",
     precision: str = "auto",
     weights_dir: str | os.PathLike | None = None,
     refine_motion: bool = True,
@@ -230,7 +244,7 @@ def analyze_path(
         if point.shape != (3,) or not np.all(np.isfinite(point)):
             raise InputError(input_path, f"the RV insertion point must be three finite numbers (R A S, mm), got "
                                          f"{rv_insertion_ras}")
-    unused = [flag for flag, given in (("--tta", tta), ("--precision", precision != "auto"),
+    unused = [flag for flag, given in (("--tta", tta != "ed-es"), ("--precision", precision != "auto"),
                                        ("--weights", weights_dir is not None)) if given]
     if labels is not None and disp is not None and unused:
         message = (f"{' and '.join(unused)} ignored: the segmentation and the displacement were both given, "

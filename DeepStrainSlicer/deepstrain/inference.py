@@ -9,9 +9,16 @@
 3. Segmentation of all frames in one batched pass over the ``T * Z`` slices (chunks of 16), each
    slice with its two neighbours of the same frame as extra channels
    (:func:`deepstrain.networks.segmentation.context_slices`);
-   with ``tta=True`` also with test-time flips (:data:`deepstrain.networks.segmentation.FLIPS`:
-   left-right, up-down, both; probabilities averaged; 4x the segmentation time). Class
-   probabilities are mapped back to the input grid (linear), then argmax. The 2D networks run
+   Class probabilities are mapped back to the input grid (linear), then argmax.
+   Test-time flips (:data:`deepstrain.networks.segmentation.FLIPS`: plain, left-right, up-down,
+   both; probabilities averaged; 4x the time of a frame) are used, by default, on the ED and ES
+   frames only (``tta="ed-es"``): those two frames give every volume, the EF, the LV mass and
+   the myocardium that strain is measured in, and flipping them costs about 0.4 s on a 30-frame
+   study, where flipping every frame (``tta="all"``) would more than double the network time.
+   ED and ES are the given frames, else the frames of largest and smallest LV cavity; they are
+   found again after the flips, and a frame that has become ED or ES is flipped too, until both
+   are flipped frames (:func:`key_frames_flipped`). The other frames are segmented once, so
+   their labels can differ by a voxel at the edges from what the flips would give. The 2D networks run
    with their batch norms folded into the convolutions (:func:`deepstrain.networks.blocks.fuse_batchnorm`)
    in channels-last memory layout: same results to float rounding, about twice as fast on a CPU.
    With ``precision="auto"`` the networks compute in bfloat16 on CPUs that have it natively
@@ -50,6 +57,7 @@ from scipy import ndimage
 
 from .cine import Cine, Geometry, flip_axis, lost_spacing_hint
 from .errors import InputError
+from .networks import TTA_MODES
 from .networks.blocks import fuse_batchnorm
 from .networks.centring import CENTRING_SPACING_MM, build_centring_net, lv_centre_from_probability, lv_probability
 from .networks.segmentation import (FLIPS, N_CLASSES, build_segmentation_net, context_slices, input_channels,
@@ -91,6 +99,8 @@ class Prediction:
     network_motion: NetworkMotion | None = None
     """With ``keep_network_motion=True``: what :func:`deepstrain.refinement.motion_for_labels` needs
     to refine the motion again after hand edits."""
+    flipped_frames: tuple[int, ...] = ()
+    """Frames segmented with test-time flips (step 3), sorted."""
 
 
 _NETS: dict[tuple, torch.nn.Module] = {}
@@ -134,13 +144,44 @@ def largest_components(labels: np.ndarray, n_classes: int = N_CLASSES) -> np.nda
     return out
 
 
-def _segment(net: torch.nn.Module, crops: np.ndarray, tta: bool = False, precision: str = "auto") -> np.ndarray:
-    """Class probabilities ``(T, C, Z, H, W)`` of normalised crops ``(T, Z, H, W)`` (``tta``: with :data:`FLIPS`)."""
+def _segment(net: torch.nn.Module, crops: np.ndarray, flips: tuple[tuple[int, ...], ...] = ((),),
+             precision: str = "auto") -> np.ndarray:
+    """Class probabilities ``(T, C, Z, H, W)`` of normalised crops ``(T, Z, H, W)``, averaged over ``flips``
+    (:func:`deepstrain.networks.segmentation.segment_slices`)."""
     t, z, h, w = crops.shape
     x = context_slices(torch.from_numpy(np.ascontiguousarray(crops, dtype=np.float32)), input_channels(net))
-    p = segment_slices(net, x, flips=FLIPS if tta else ((),), precision=precision).numpy()
+    p = segment_slices(net, x, flips=flips, precision=precision).numpy()
     # contiguous: every later step reads one class (or one frame) at a time (3.5x faster uncropping)
     return np.ascontiguousarray(p.reshape(t, z, N_CLASSES, h, w).transpose(0, 2, 1, 3, 4))
+
+
+def _lv_extremes(labels: np.ndarray, ed: int | None, es: int | None) -> tuple[int, int]:
+    """ED and ES: ``ed`` / ``es`` where given, else the frames of largest / smallest LV cavity
+    (label 3) in ``labels`` ``(T, Z, Y, X)``, the earliest on ties (as :func:`deepstrain.volumetrics.find_ed_es`)."""
+    lv = (labels == 3).reshape(labels.shape[0], -1).sum(axis=1)
+    return (int(np.argmax(lv)) if ed is None else int(ed)), (int(np.argmin(lv)) if es is None else int(es))
+
+
+def key_frames_flipped(net: torch.nn.Module, crops: np.ndarray, probs: np.ndarray, labels: np.ndarray,
+                       t: CropTransform, ed: int | None, es: int | None, precision: str = "auto",
+                       frames: tuple[int, ...] | None = None) -> tuple[int, ...]:
+    """Segment ED and ES again with test-time flips, in place in ``probs`` (the plain pass) and
+    ``labels`` (see the module docstring).
+
+    ED / ES: ``ed`` / ``es`` where given, else found from ``labels`` after each round of flips,
+    until both are flipped frames. ``frames``: flip exactly these instead (to repeat an earlier
+    run). Returns the frames flipped, sorted.
+    """
+    done: set[int] = set()
+    while True:
+        todo = sorted(set(frames) - done) if frames is not None else sorted(set(_lv_extremes(labels, ed, es)) - done)
+        if not todo:
+            return tuple(sorted(done))
+        # the plain pass is in ``probs`` already: the three flipped passes are added to it (mean of the four)
+        flipped = _segment(net, crops[todo], flips=FLIPS[1:], precision=precision)
+        probs[todo] = (probs[todo] + (len(FLIPS) - 1) * flipped) / len(FLIPS)
+        labels[todo] = largest_components(uncrop_probabilities(probs[todo], t))
+        done.update(todo)
 
 
 def slices_run_apex_first(labels_ed: np.ndarray, geometry) -> bool:
@@ -217,18 +258,20 @@ def _turned_back(p: Prediction, geometry: Geometry) -> Prediction:
     disp = None if p.displacement is None else np.ascontiguousarray(p.displacement[:, :, ::-1])
     return Prediction(labels=np.ascontiguousarray(p.labels[:, ::-1]), displacement=disp, lv_centre=p.lv_centre,
                       lv_centre_voxel=p.lv_centre_voxel, crop=p.crop, ed=p.ed,
-                      motion_slice_order=None if p.displacement is None else "reversed", network_motion=nm)
+                      motion_slice_order=None if p.displacement is None else "reversed", network_motion=nm,
+                      flipped_frames=p.flipped_frames)
 
 
 def predict(cine: Cine, *, progress: Progress | None = None, with_motion: bool = True,
-            weights_dir: Path | None = None, tta: bool = False, precision: str = "auto",
+            weights_dir: Path | None = None, tta: str | tuple[int, ...] = "ed-es", precision: str = "auto",
             refine_motion: bool = False, refine_with: np.ndarray | None = None,
             keep_network_motion: bool = False, centre: tuple[float, float] | None = None,
             _base_first: bool = False) -> Prediction:
     """Segmentation (and motion) of every frame of ``cine`` on its own grid (see the module docstring).
 
-    ``tta``: average the segmentation over the 4 flips of :data:`FLIPS` (slower; see benchmarks/README.md
-    for its measured effect on accuracy). ``precision``: ``"auto"``, ``"float32"`` or
+    ``tta``: the frames segmented with the 4 flips of :data:`FLIPS`: one of :data:`TTA_MODES`, or
+    the frame indices to flip (to repeat an earlier run exactly, :attr:`Prediction.flipped_frames`);
+    see benchmarks/README.md for the measured effect on accuracy. ``precision``: ``"auto"``, ``"float32"`` or
     ``"bfloat16"`` (:mod:`deepstrain.networks.precision`). ``refine_motion``: correct the motion
     network's field with the segmentation of every frame (:mod:`deepstrain.refinement`);
     ``refine_with``: labels ``(T, Z, Y, X)`` to refine it with instead of the network's (a given
@@ -243,6 +286,12 @@ def predict(cine: Cine, *, progress: Progress | None = None, with_motion: bool =
 
     g = cine.geometry
     given_centre = centre
+    if isinstance(tta, bool) or (isinstance(tta, str) and tta not in TTA_MODES):
+        raise ValueError(f"tta must be one of {', '.join(TTA_MODES)} or frame indices, got {tta!r}")
+    if not isinstance(tta, str):
+        tta = tuple(int(f) for f in tta)
+        if not all(0 <= f < cine.n_frames for f in tta):
+            raise ValueError(f"test-time flip frames {list(tta)} are outside the study's {cine.n_frames} frames")
     with torch.no_grad():
         report(0.0, "normalising intensities")
         norm = normalize_intensity(cine.data)
@@ -256,12 +305,18 @@ def predict(cine: Cine, *, progress: Progress | None = None, with_motion: bool =
         report(0.15, "segmenting")
         crops = crop_image(norm, t)
         del norm  # the networks read the crops only (a full-grid copy of the cine less from here on)
-        probs = _segment(_network("segmentation", weights_dir), crops, tta=tta, precision=precision)
+        net = _network("segmentation", weights_dir)
+        probs = _segment(net, crops, flips=FLIPS if tta == "all" else ((),), precision=precision)
         labels = largest_components(uncrop_probabilities(probs, t))
-        if cine.ed is not None:
-            ed = int(cine.ed)
+        if tta == "all":
+            flipped = tuple(range(cine.n_frames))
+        elif tta == "off":
+            flipped = ()
         else:
-            ed = int(np.argmax((labels == 3).reshape(labels.shape[0], -1).sum(axis=1)))
+            report(0.15, "segmenting ED and ES again with test-time flips")
+            flipped = key_frames_flipped(net, crops, probs, labels, t, cine.ed, cine.es, precision=precision,
+                                         frames=None if isinstance(tta, str) else tta)
+        ed = _lv_extremes(labels, cine.ed, cine.es)[0]
         # base and apex from the labels the strain will use (given, else the networks'): decided once, here
         apex_first = slices_run_apex_first((labels if refine_with is None else refine_with)[ed], g)
         if apex_first and not _base_first:
@@ -293,4 +348,5 @@ def predict(cine: Cine, *, progress: Progress | None = None, with_motion: bool =
     k_mid = (cine.shape3d[0] - 1) / 2.0
     centre_ras = g.origin + g.direction @ (g.spacing * np.array([k_mid, centre[0], centre[1]]))
     return Prediction(labels=labels, displacement=disp, lv_centre=centre_ras, lv_centre_voxel=centre,
-                      crop=t, ed=ed, motion_slice_order=order, network_motion=network_motion)
+                      crop=t, ed=ed, motion_slice_order=order, network_motion=network_motion,
+                      flipped_frames=flipped)

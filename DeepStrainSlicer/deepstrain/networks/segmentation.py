@@ -76,7 +76,8 @@ chunks of 64 (smaller chunks keep the feature maps in the caches). The chunk siz
 time, not the result beyond float rounding (tested)."""
 
 FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-1, -2))
-"""Test-time augmentation (``tta=True``): the image axes flipped in each pass (probabilities are averaged)."""
+"""Test-time augmentation (:func:`deepstrain.inference.predict`'s ``tta``): the image axes flipped in
+each pass (probabilities are averaged)."""
 
 
 @torch.no_grad()
