@@ -191,6 +191,9 @@ def test_networks_run_again_from_the_provenance_reproduce_the_motion(small_study
     assert not np.array_equal(plain.probabilities[flipped], state.probabilities[flipped])
     others = [f for f in range(cine.n_frames) if f not in flipped]
     np.testing.assert_array_equal(plain.probabilities[others], state.probabilities[others])
+    every = analyze_cine(cine, tta="all", keep_network_motion=True)  # repeated by the same path, exactly
+    again = network_motion_again(cine, json.loads(json.dumps(every.report["provenance"])))
+    np.testing.assert_array_equal(again.probabilities, every.network_motion.probabilities)
     legacy["test_time_flips"] = "ed-es"  # a mode without its frames cannot be repeated
     with pytest.raises(ValueError, match="which frames"):
         network_motion_again(cine, legacy)

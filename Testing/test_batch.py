@@ -302,6 +302,17 @@ def test_cli_batch_exit_codes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, c
     # the same settings resume (the second study is analysed, the first kept)
     assert cli.main(["batch", str(root), "--out", str(tmp_path / "o4"), "--no-figures", "--tta",
                      "all", "--precision", "float32", "--qc"]) == 1  # patient002 fails by design of the fake
+    # settings stored when tta was a bool (true: every frame) resume with --tta all; others are named
+    settings_file = tmp_path / "o4" / "settings.json"
+    legacy = json.loads(settings_file.read_text())
+    legacy["options"]["tta"] = True
+    settings_file.write_text(json.dumps(legacy))
+    assert cli.main(["batch", str(root), "--out", str(tmp_path / "o4"), "--no-figures", "--tta",
+                     "all", "--precision", "float32", "--qc"]) == 1
+    capsys.readouterr()
+    assert cli.main(["batch", str(root), "--out", str(tmp_path / "o4"), "--no-figures", "--tta",
+                     "off", "--precision", "float32", "--qc"]) == 2
+    assert "tta: 'all' stored, 'off' now" in capsys.readouterr().err
     # a weights folder without a manifest is refused before anything is written
     assert cli.main(["batch", str(root), "--out", str(tmp_path / "o5"), "--weights", str(empty)]) == 2
     assert "manifest" in capsys.readouterr().err and not (tmp_path / "o5").exists()

@@ -189,6 +189,24 @@ def test_ed_and_es_frames_get_test_time_flips(six_frames):
     assert given.flipped_frames == (1, 4) and given.ed == 1
 
 
+def test_given_labels_decide_the_frames_flipped_and_the_motion_reference(six_frames):
+    """With a given segmentation (refined with), ED and ES are its frames of largest / smallest LV
+    cavity, as the analysis takes them: those are flipped, and the motion starts from that ED."""
+    from pathlib import Path
+
+    labels = io.load_labels(Path(six_frames.source).parent / "labels.nii.gz", six_frames)
+    lv = (labels == 3).reshape(6, -1).sum(axis=1)
+    ed, es = int(np.argmax(lv)), int(np.argmin(lv))
+    other_es = next(f for f in range(6) if f not in (ed, es))
+    moved = labels.copy()
+    cavity = np.argwhere(moved[other_es] == 3)
+    gone = cavity[: int(0.8 * len(cavity))]  # most of its cavity relabelled myocardium: now the smallest
+    moved[other_es][tuple(gone.T)] = 2
+    assert int(np.argmin((moved == 3).reshape(6, -1).sum(axis=1))) == other_es
+    pred = predict(six_frames, with_motion=True, refine_with=moved, refine_motion=True)
+    assert pred.flipped_frames == tuple(sorted({ed, other_es})) and pred.ed == ed
+
+
 @pytest.mark.parametrize("tta", [True, "some", (0, 9)])
 def test_unknown_test_time_flips_are_refused(six_frames, tta):
     with pytest.raises(ValueError, match="tta must be|outside the study"):

@@ -122,13 +122,15 @@ def analyze_cine(
 def _flipped_frames(provenance: dict) -> str | tuple[int, ...]:
     """The frames an earlier run segmented with test-time flips, from its report's ``provenance``
     (earlier reports recorded only whether every frame was flipped: a bool)."""
+    mode = provenance.get("test_time_flips", False)
+    if mode in ("all", "off"):  # the same path as the first run (a frame list would sum the flips in another order)
+        return mode
     frames = provenance.get("test_time_flipped_frames")
     if frames is not None:
         return tuple(int(f) for f in frames)
-    old = provenance.get("test_time_flips", False)
-    if isinstance(old, bool):
-        return "all" if old else "off"
-    raise ValueError(f"the report records test-time flips {old!r} but not which frames were flipped")
+    if isinstance(mode, bool):
+        return "all" if mode else "off"
+    raise ValueError(f"the report records test-time flips {mode!r} but not which frames were flipped")
 
 
 def network_motion_again(cine: Cine, provenance: dict, *, weights_dir: str | os.PathLike | None = None,

@@ -689,6 +689,15 @@ def batch_settings(study_fn: StudyFn | None, study_kwargs: Mapping[str, Any] | N
     return json.loads(json.dumps(settings))  # plain JSON types, comparable with a stored copy
 
 
+def _read_legacy_settings(stored: dict) -> dict:
+    """Stored batch settings in today's terms: ``tta`` was a bool before the test-time flips of the
+    ED and ES frames became the default (false = no flips, ``"off"``; true = every frame, ``"all"``)."""
+    options = stored.get("options")
+    if isinstance(options, dict) and isinstance(options.get("tta"), bool):
+        stored = {**stored, "options": {**options, "tta": "all" if options["tta"] else "off"}}
+    return stored
+
+
 def _check_settings(out: Path, settings: dict) -> None:
     """Store ``settings`` in a new batch folder; refuse a folder whose stored settings differ."""
     path = out / SETTINGS_NAME
@@ -697,10 +706,15 @@ def _check_settings(out: Path, settings: dict) -> None:
             stored = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise InputError(path, f"unreadable batch settings ({exc})") from exc
+        stored = _read_legacy_settings(stored)
         if stored != settings:
             changed = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
+            old, new = stored.get("options") or {}, settings.get("options") or {}
+            options = [f"{k}: {old.get(k)!r} stored, {new.get(k)!r} now" for k in sorted(set(old) | set(new))
+                       if old.get(k) != new.get(k)]
             raise InputError(path, f"this folder holds results made with other settings ({', '.join(changed)} "
-                                   f"differ): use a new output folder, or the settings stored here")
+                                   f"differ{': ' + '; '.join(options) if options else ''}): use a new output "
+                                   "folder, or the settings stored here")
         return
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(settings, indent=1) + "\n")

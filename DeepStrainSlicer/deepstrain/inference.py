@@ -8,16 +8,17 @@
    centroid of its LV (labels 2+3). The crop (128 x 128 at 1.25 mm) is centred on that point.
 3. Segmentation of all frames in one batched pass over the ``T * Z`` slices (chunks of 16), each
    slice with its two neighbours of the same frame as extra channels
-   (:func:`deepstrain.networks.segmentation.context_slices`);
+   (:func:`deepstrain.networks.segmentation.context_slices`).
    Class probabilities are mapped back to the input grid (linear), then argmax.
    Test-time flips (:data:`deepstrain.networks.segmentation.FLIPS`: plain, left-right, up-down,
    both; probabilities averaged; 4x the time of a frame) are used, by default, on the ED and ES
    frames only (``tta="ed-es"``): those two frames give every volume, the EF, the LV mass and
-   the myocardium that strain is measured in, and flipping them costs about 0.4 s on a 30-frame
+   the myocardium that strain is measured in, and flipping them costs about 0.5 s on a 30-frame
    study, where flipping every frame (``tta="all"``) would more than double the network time.
-   ED and ES are the given frames, else the frames of largest and smallest LV cavity; they are
-   found again after the flips, and a frame that has become ED or ES is flipped too, until both
-   are flipped frames (:func:`key_frames_flipped`). The other frames are segmented once, so
+   ED and ES are the given frames, else the frames of largest and smallest LV cavity of the given
+   segmentation (``refine_with``) or, without one, of the networks' labels: found again after the
+   flips, and a frame that has become ED or ES is flipped too, until both are flipped frames
+   (:func:`key_frames_flipped`). The motion's reference frame is that ED. The other frames are segmented once, so
    their labels can differ by a voxel at the edges from what the flips would give. The 2D networks run
    with their batch norms folded into the convolutions (:func:`deepstrain.networks.blocks.fuse_batchnorm`)
    in channels-last memory layout: same results to float rounding, about twice as fast on a CPU.
@@ -39,7 +40,7 @@ and everything turned back (the through-plane component of the motion negated): 
 the same result to float rounding, at the cost of a second centring and segmentation for stacks
 stored apex first.
 
-ED is ``cine.ed`` when the input says so, else the frame with the largest predicted LV cavity.
+ED is ``cine.ed`` when the input says so, else the frame with the largest LV cavity (step 3).
 Deterministic: networks in eval mode, no randomness, and CPU kernels that give the same result on
 the same input (checked by the tests and ``benchmarks/end_to_end.py``). torch's
 ``use_deterministic_algorithms`` switch is not used: it changes nothing for these CPU kernels and its
@@ -308,17 +309,23 @@ def predict(cine: Cine, *, progress: Progress | None = None, with_motion: bool =
         net = _network("segmentation", weights_dir)
         probs = _segment(net, crops, flips=FLIPS if tta == "all" else ((),), precision=precision)
         labels = largest_components(uncrop_probabilities(probs, t))
+        # ED and ES of the labels the analysis will use: given, else the networks' (found again after the flips)
+        given_labels = None if refine_with is None else np.asarray(refine_with)
         if tta == "all":
             flipped = tuple(range(cine.n_frames))
         elif tta == "off":
             flipped = ()
         else:
-            report(0.15, "segmenting ED and ES again with test-time flips")
+            frames = tta if not isinstance(tta, str) else (
+                None if given_labels is None else tuple(sorted(set(_lv_extremes(given_labels, cine.ed, cine.es)))))
+            if frames != ():
+                report(0.15, "segmenting ED and ES again with test-time flips" if tta == "ed-es"
+                       else "segmenting the frames flipped before with test-time flips")
             flipped = key_frames_flipped(net, crops, probs, labels, t, cine.ed, cine.es, precision=precision,
-                                         frames=None if isinstance(tta, str) else tta)
-        ed = _lv_extremes(labels, cine.ed, cine.es)[0]
+                                         frames=frames)
+        ed = _lv_extremes(labels if given_labels is None else given_labels, cine.ed, cine.es)[0]
         # base and apex from the labels the strain will use (given, else the networks'): decided once, here
-        apex_first = slices_run_apex_first((labels if refine_with is None else refine_with)[ed], g)
+        apex_first = slices_run_apex_first((labels if given_labels is None else given_labels)[ed], g)
         if apex_first and not _base_first:
             report(0.15, "the stack is stored apex first: analysing it base first, as the networks learnt")
             given = None if refine_with is None else np.ascontiguousarray(np.asarray(refine_with)[:, ::-1])
