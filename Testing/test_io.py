@@ -975,3 +975,124 @@ def test_a_stack_whose_slices_lie_along_another_axis_is_named(tmp_path):
     ok = write_cine_nifti(tmp_path / "sa.nii.gz", random_cine(), Geometry(spacing=(8.0, 1.5, 1.5), origin=(0, 0, 0),
                                                                           direction=np.eye(3)))
     assert not any("closer than the pixels" in w for w in quiet_load(ok).warnings)
+
+
+# --------------------------------------------------------------------------- input defects named clearly
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e400"])
+def test_acdc_info_cfg_non_finite_frame_is_a_clear_error(shared_data, tmp_path, value):
+    _, folder = _acdc_patient001_images(shared_data, tmp_path)
+    (folder / "Info.cfg").write_text(f"ED: {value}\nES: 12\nNbFrame: 30\n")
+    with pytest.raises(InputError, match=r"ED must be a positive whole number \(1-based\), got '") as e:
+        quiet_load(folder)
+    assert e.value.path.endswith("Info.cfg") and value in str(e.value)
+
+
+def test_acdc_nbframe_smaller_than_a_frame_is_refused(shared_data, tmp_path):
+    _, folder = _acdc_patient001_images(shared_data, tmp_path, "patient001_frame[01][12].nii.gz")
+    (folder / "Info.cfg").write_text("ED: 1\nES: 12\nNbFrame: 5\n")
+    with pytest.raises(InputError, match="ES frame 12 is beyond NbFrame 5") as e:
+        quiet_load(folder, heart_rate_bpm=60)
+    assert e.value.path.endswith("Info.cfg")
+    # ED and ES within NbFrame, but another frame file past it
+    (folder / "Info.cfg").write_text("ED: 1\nES: 11\nNbFrame: 11\n")
+    (folder / "patient001_frame11.nii.gz").write_bytes((folder / "patient001_frame12.nii.gz").read_bytes())
+    with pytest.raises(InputError, match=r"NbFrame is 11 but the folder holds frame\(s\) beyond it: "
+                                         r"patient001_frame12\.nii\.gz") as e:
+        quiet_load(folder)
+    assert e.value.path.endswith("Info.cfg")
+
+
+def test_complex_nifti_is_refused(tmp_path):
+    geom = oblique_geometry()
+    data = random_cine()
+    img = nib.Nifti1Image(np.transpose(data, (3, 2, 1, 0)).astype(np.complex64) * (1 + 1j), geom.to_nifti_affine())
+    nib.save(img, str(tmp_path / "c.nii.gz"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no numpy ComplexWarning: refused before any cast
+        with pytest.raises(InputError, match="complex-valued image .*: give a magnitude image") as e:
+            load_cine(tmp_path / "c.nii.gz")
+    assert e.value.path.endswith("c.nii.gz")
+
+
+def test_incomplete_acdc_or_ukbb_folder_names_the_missing_file(shared_data, tmp_path):
+    _, folder = _acdc_patient001_images(shared_data, tmp_path)  # frames, no Info.cfg
+    with pytest.raises(InputError, match="not found: .*ACDC images .*no Info.cfg") as e:
+        quiet_load(folder)
+    assert e.value.path == str(folder / "Info.cfg") and "no DICOM" not in str(e.value)
+    ukbb = tmp_path / "1000003"
+    ukbb.mkdir()
+    _write_frame(ukbb / "sa_ED.nii.gz", random_cine((1, 4, 6, 7))[0], oblique_geometry())
+    with pytest.raises(InputError, match="UK Biobank subject folder with sa_ED.nii.gz but no sa_ES.nii.gz") as e:
+        quiet_load(ukbb)
+    assert e.value.path == str(ukbb / "sa_ES.nii.gz") and "no DICOM" not in str(e.value)
+
+
+def _dicomdir(path: Path) -> None:
+    """A minimal DICOMDIR (Media Storage Directory Storage): a whole DICOM object that is no image."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"
+    meta.MediaStorageSOPInstanceUID = "1.2.3.4.5"
+    meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.FileSetID = "TEST"
+    ds.save_as(str(path), enforce_file_format=True)
+
+
+def test_unreadable_dicom_files_are_named(shared_data, tmp_path):
+    src = shared_data / "sunnybrook" / "SCD0000101"
+    names = [z * 20 + t + 1 for z in range(2) for t in range(20)]
+    ok = tmp_path / "ok"
+    _copy_dicoms(src, ok, names)
+    # junk beside a cine stays quietly ignored
+    (ok / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1" + bytes(200))
+    (ok / "notes.txt").write_text("scanned on Tuesday\n")
+    (ok / "Thumbs.db").write_bytes(bytes(range(256)) * 4)
+    (ok / "report.pdf").write_bytes(b"%PDF-1.4\n" + bytes(300))
+    _dicomdir(ok / "DICOMDIR")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeepStrainWarning)
+        reference = load_cine(ok)
+    assert reference.data.shape == (20, 2, 256, 256)
+
+    # a truncated image of the cine: the series then fails, and the error names the file
+    broken = tmp_path / "broken"
+    _copy_dicoms(src, broken, names)
+    (broken / "30.dcm").write_bytes((src / "30.dcm").read_bytes()[:400])
+    with pytest.raises(InputError, match="different numbers of frames") as e:
+        quiet_load(broken)
+    assert "30.dcm (a DICOM image without geometry or pixel data (truncated file?))" in str(e.value)
+    # an empty file and a truncated one that are not needed: the series loads, with a warning naming them
+    extra = tmp_path / "extra"
+    _copy_dicoms(src, extra, names)
+    (extra / "50.dcm").write_bytes(b"")
+    (extra / "IM0051").write_bytes((src / "51.dcm").read_bytes()[:400])
+    with pytest.warns(DeepStrainWarning, match=r"2 file\(s\) that look like DICOM could not be read") as record:
+        cine = load_cine(extra)
+    message = " ".join(str(w.message) for w in record)
+    assert "50.dcm (empty file (0 bytes))" in message and "IM0051 (" in message
+    np.testing.assert_array_equal(cine.data, reference.data)
+    assert any("50.dcm" in w for w in cine.warnings)
+    # no image at all: the "no DICOM images" error names them too; a broken file given directly is named
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / "50.dcm").write_bytes(b"")
+    with pytest.raises(InputError, match=r"no DICOM images found.*50\.dcm \(empty file"):
+        quiet_load(lone)
+    with pytest.raises(InputError, match="empty file") as e:
+        quiet_load(lone / "50.dcm")
+    assert e.value.path.endswith("50.dcm")
+
+
+def test_dicom_frames_missing_from_every_slice_are_warned(shared_data, tmp_path):
+    src = shared_data / "sunnybrook" / "SCD0000101"
+    names = [z * 20 + t + 1 for z in range(2) for t in range(20) if t != 9]  # phase 10 missing everywhere
+    _copy_dicoms(src, tmp_path / "gap", names)
+    with pytest.warns(DeepStrainWarning, match="19 frames per slice found, but the header's CardiacNumberOfImages "
+                                               "says 20"):
+        cine = load_cine(tmp_path / "gap")
+    assert cine.n_frames == 19

@@ -503,3 +503,125 @@ def test_motion_training_refuses_bad_input_before_writing(tmp_path, shared_data)
     (tmp_path / "bad.nii.gz").write_bytes(b"\x1f\x8b truncated")
     with pytest.raises(InputError, match="bad.nii.gz: cannot be read as NIfTI"):
         motion._read_nifti(tmp_path / "bad.nii.gz")
+
+
+_BAD_OPTIONS = [  # (option words, message) refused by every trainer before anything is written
+    (["--lr", "-1"], "--lr: must be a positive number, got -1.0"),
+    (["--lr", "0"], "--lr: must be a positive number, got 0.0"),
+    (["--lr", "nan"], "--lr: must be a positive number, got nan"),
+    (["--lr", "inf"], "--lr: must be a positive number, got inf"),
+    (["--threads", "0"], "--threads: must be at least 1, got 0"),
+    (["--seed", "-1"], "--seed: must be between 0 and 9223372036854775807, got -1"),
+    (["--seed", str(2**63)], "--seed: must be between 0 and 9223372036854775807, got 9223372036854775808"),
+    (["--phantom-share", "1.5"], "--phantom-share: must be a share between 0 and 1, got 1.5"),
+    (["--phantom-share", "-0.1"], "--phantom-share: must be a share between 0 and 1, got -0.1"),
+    (["--phantom-share", "nan"], "--phantom-share: must be a share between 0 and 1, got nan"),
+]
+_BAD_2D_OPTIONS = [  # only the centring and segmentation trainers have these options
+    (["--device", "foo"], "--device: must be cpu or cuda[:N], got 'foo'"),
+    (["--device", "meta"], "--device: must be cpu or cuda[:N], got 'meta'"),
+    (["--lowres-share", "2"], "--lowres-share: must be a share between 0 and 1, got 2.0"),
+]
+_BAD_MOTION_OPTIONS = [
+    (["--channels", "0", "0", "0", "0", "0"], "--channels: must all be at least 1, got 0 0 0 0 0"),
+    (["--channels", "4", "4", "-4", "4", "4"], "--channels: must all be at least 1, got 4 4 -4 4 4"),
+    (["--minutes", "-1"], "--minutes: must be a number of at least 0, got -1.0"),
+    (["--w-dice", "nan"], "--w-dice: must be a number of at least 0, got nan"),
+]
+
+
+@pytest.mark.parametrize("network", ["segmentation", "centring"])
+@pytest.mark.parametrize("words, message", _BAD_OPTIONS + _BAD_2D_OPTIONS)
+def test_bad_option_values_of_the_2d_trainers_are_refused_before_anything_is_written(tmp_path, network, words,
+                                                                                     message, capsys):
+    from deepstrain import cli
+
+    data = tmp_path / "data"  # refused before the data are read: no data needed
+    argv = ["train", network, "--data", str(data), "--cache", str(tmp_path / "cache"), "--run-dir",
+            str(tmp_path / "run"), "--patients", "4", "--iterations", "1", "--threads", "1", *words]
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err.strip() == f"deepstrain: error: {message}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no cache, no run folder
+
+
+@pytest.mark.parametrize("words, message", _BAD_OPTIONS + _BAD_MOTION_OPTIONS)
+def test_bad_option_values_of_the_motion_trainer_are_refused_before_anything_is_written(tmp_path, words, message,
+                                                                                       capsys):
+    from deepstrain import cli
+
+    argv = ["train", "motion", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--patients", "4",
+            "--phantoms", "1", "--steps", "1", "--threads", "1", *words]
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err.strip() == f"deepstrain: error: {message}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no out folder, no phantoms
+
+
+def test_a_cuda_device_torch_does_not_have_is_refused(tmp_path, monkeypatch):
+    from deepstrain.training import check_option_values
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    check_option_values(argparse.Namespace(device="cuda:0"))
+    with pytest.raises(InputError, match=r"--device: cuda:1 was given, but torch sees 1 CUDA device\(s\)"):
+        check_option_values(argparse.Namespace(device="cuda:1"))
+
+
+@pytest.mark.parametrize("failure", [KeyboardInterrupt, OSError])
+def test_an_interrupted_or_failed_atomic_write_leaves_no_temporary_file(tmp_path, monkeypatch, failure):
+    from deepstrain.training import save_atomically
+
+    target = tmp_path / "last.pt"
+    save_atomically({"a": 1}, target, tmp_path / "last.tmp.pt")
+    before = target.read_bytes()
+
+    def broken_save(obj, f):
+        with open(f, "wb") as fh:
+            fh.write(b"half a checkpoint")
+        raise failure("stopped while writing")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(failure):
+        save_atomically({"a": 2}, target, tmp_path / "last.tmp.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"] and target.read_bytes() == before
+
+
+def test_a_checkpoint_save_interrupted_in_a_2d_run_leaves_no_temporary_file(tmp_path, shared_data, cache,
+                                                                             monkeypatch):
+    real_save = torch.save
+
+    def interrupted(obj, f, *a, **kw):
+        real_save(obj, f, *a, **kw)  # the file is written, then Ctrl-C before the rename
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        segmentation.main(_args(tmp_path, shared_data, cache, segmentation.NAME, iterations=1))
+    assert list((tmp_path / segmentation.NAME).iterdir()) == []
+
+
+def test_a_motion_run_failing_before_its_first_checkpoint_does_not_block_its_re_run(tmp_path, shared_data,
+                                                                                    monkeypatch):
+    from deepstrain.training import motion
+
+    def fails(*a, **kw):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(motion, "pair_loss", fails)
+    phantom = tmp_path / "phantoms" / "phantom1000.npz"  # a stored phantom: no generation needed
+    phantom.parent.mkdir()
+    real_cache = motion.cache_phantom
+    monkeypatch.setattr(motion, "cache_phantom", lambda params, f: real_cache(
+        motion.training_phantom_params(1000), f))
+    with pytest.raises(RuntimeError, match="out of memory"):
+        motion.main(_motion_args(tmp_path, shared_data, "out"))
+    assert not (tmp_path / "out").exists()  # no train.log that a re-run would have to --overwrite
+    with pytest.raises(RuntimeError, match="out of memory"):  # the re-run is not refused as "holds a motion run"
+        motion.main(_motion_args(tmp_path, shared_data, "out"))
+
+
+def test_motion_validation_names_the_patients_it_used(tmp_path, shared_data, capsys):
+    from deepstrain.training import motion
+
+    motion.main(_motion_args(tmp_path, shared_data, "out", "--steps", "1", "--val-every", "1"))
+    lines = [line for line in capsys.readouterr().out.splitlines() if "validation (" in line and " step 1:" in line]
+    assert len(lines) == 1 and "validation (1 patient) step 1:" in lines[0]  # --patients 4: 1 validation patient

@@ -4,7 +4,8 @@ Inputs understood by :func:`load_cine` (array conventions: :mod:`deepstrain.cine
 
 * **4D NIfTI** ``(x, y, z, t)`` (``.nii`` / ``.nii.gz``). The NIfTI axes ``i, j, k`` are the
   array's column, row and slice axes; the array becomes ``(T, Z, Y, X)`` ``float32`` with the
-  header's ``scl_slope``/``scl_inter`` applied.
+  header's ``scl_slope``/``scl_inter`` applied. Complex-valued images are refused (give a
+  magnitude image).
 
   - *Orientation* comes from the sform or the qform as ITK (and so 3D Slicer) chooses:
     the sform of code 1 (scanner), else the qform when ``qform_code > 0``, else the sform of
@@ -31,7 +32,10 @@ Inputs understood by :func:`load_cine` (array conventions: :mod:`deepstrain.cine
   ``Info.cfg``; ``Group``; ``NbFrame``. If a ``<name>_4d.nii.gz`` is present the whole cycle
   is loaded from it; otherwise the cine holds only the ``<name>_frameXX.nii.gz`` images (ED
   and ES: 2 frames), with ``frame_numbers`` their 0-based indices in the cycle (``XX - 1``)
-  and ``frame_files`` their paths. The ``<name>_frameXX_gt.nii.gz`` manual labels are
+  and ``frame_files`` their paths. ED, ES and NbFrame must be positive whole numbers; ED, ES or a
+  frame file beyond NbFrame is an error. A folder of ``<name>_frameXX.nii.gz`` files without
+  ``Info.cfg`` (or UK Biobank's ``sa_ED.nii.gz`` without ``sa_ES.nii.gz``, or the reverse) is an
+  error naming the missing file. The ``<name>_frameXX_gt.nii.gz`` manual labels are
   attached as ``cine.labels[index into data]``. ``cine.ed`` / ``cine.es`` are **indices into
   ``cine.data``** (for patient001: ``frame_numbers == [0, 11]``, ``ed == 0``, ``es == 1``).
 
@@ -42,7 +46,10 @@ Inputs understood by :func:`load_cine` (array conventions: :mod:`deepstrain.cine
   are attached as ``cine.labels`` in ACDC values. Long-axis images are not used.
 
 * **DICOM cine folder** (any other folder; searched recursively; files read with
-  ``force=True``; files that are not DICOM images are skipped). Images with pixel data and
+  ``force=True``; files that are not DICOM images are skipped). A file that looks like DICOM
+  (``.dcm``/``.ima``/``.dicom``, no or a numeric extension, or the DICM magic; not hidden files nor
+  ``DICOMDIR``) and cannot be parsed, is empty or is an image without geometry or pixel data
+  (truncated) is left out and named: in the error when the series then fails, else in a warning. Images with pixel data and
   ``ImagePositionPatient``/``ImageOrientationPatient`` are grouped by ``SeriesInstanceUID``.
   A study stored as **one series per slice** (common for cine stacks) is assembled: series
   that each hold a single slice position (and more than one image), with the same orientation,
@@ -61,7 +68,8 @@ Inputs understood by :func:`load_cine` (array conventions: :mod:`deepstrain.cine
     warning and no timing, as for NIfTI; a slice whose own frame interval differs from the
     median of the slices' by more than 25 % gives a warning (its frames cover another part of
     the cycle than the other slices'; breath-holds at other heart rates differ by a few %: up to
-    6 % in the Sunnybrook cine);
+    6 % in the Sunnybrook cine); fewer frames than the header's ``CardiacNumberOfImages`` (a
+    phase missing from every slice) give a warning;
   - spacing: rows/columns from ``PixelSpacing`` (row spacing, column spacing); the slice
     spacing is the median distance between neighbouring slice positions (not
     ``SliceThickness``); gaps more than 10 % off the median (a missing slice) are an error,
@@ -127,7 +135,7 @@ import nibabel as nib
 import numpy as np
 
 from .cine import Cine, Geometry, Subject, frame_index, subject_value_problem
-from .errors import InputError
+from .errors import InputError, first_few
 from .outputs import apply_umask
 
 __all__ = [
@@ -180,6 +188,8 @@ def _load_nifti(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
         raise InputError(path, f"cannot be read as NIfTI (truncated or corrupt file?): {exc}") from exc
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise InputError(path, f"not a NIfTI image ({type(img).__name__})")
+    if np.iscomplexobj(data):  # its real part alone is not the image (and numpy would drop the rest silently)
+        raise InputError(path, f"complex-valued image ({data.dtype}): give a magnitude image")
     return img, data
 
 
@@ -454,16 +464,62 @@ def load_cine(
     return cine
 
 
-def looks_like_dicom(path: Path) -> bool:
-    """True for a ``.dcm``/``.ima`` file or a file with the DICM magic at byte 128."""
-    if path.suffix.lower() in (".dcm", ".ima"):
-        return True
+_DICOM_SUFFIXES = (".dcm", ".ima", ".dicom")
+
+
+def _has_dicm_magic(path: Path) -> bool:
     try:
         with open(path, "rb") as fh:
             head = fh.read(132)
     except OSError:
         return False
     return head[128:132] == b"DICM"
+
+
+def looks_like_dicom(path: Path) -> bool:
+    """True for a ``.dcm``/``.ima``/``.dicom`` file or a file with the DICM magic at byte 128."""
+    return path.suffix.lower() in _DICOM_SUFFIXES or _has_dicm_magic(path)
+
+
+def _meant_as_dicom(path: Path) -> bool:
+    """Whether a file in a DICOM folder that cannot be read is worth naming: a DICOM extension, the DICM
+    magic, no extension or a numeric one (scanners often write ``IM0001`` or UID-named files). Hidden
+    files (``.DS_Store``), ``DICOMDIR`` and files of other types (``.txt``, ``Thumbs.db``, ``.pdf``) are
+    not: they stay quietly ignored."""
+    if path.name.startswith(".") or path.name.upper() == "DICOMDIR":
+        return False
+    suffix = path.suffix.lower()
+    return suffix in _DICOM_SUFFIXES or suffix == "" or suffix[1:].isdigit() or _has_dicm_magic(path)
+
+
+_PIXEL_DATA_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+def _broken_dicom(path: Path, ds: object) -> str | None:
+    """Why a file that parsed without an image's geometry is a broken DICOM file (empty, no DICOM header,
+    an image whose pixel data is missing: truncated), or None for a whole DICOM object that is simply
+    not a cine image (DICOMDIR, structured report, secondary capture, ...)."""
+    import pydicom
+
+    try:
+        if path.stat().st_size == 0:
+            return "empty file (0 bytes)"
+    except OSError as exc:
+        return f"cannot be read: {exc}"
+    meta = getattr(ds, "file_meta", None)
+    sop = str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta is not None else ""))
+    if not sop:
+        return "no DICOM header could be read (truncated, or not a DICOM file)"
+    if "Image Storage" not in pydicom.uid.UID(sop).name:
+        return None
+    try:
+        full = pydicom.dcmread(str(path), force=True, defer_size=1024)
+        has_pixels = any(tag in full for tag in _PIXEL_DATA_TAGS)
+    except Exception as exc:
+        return f"cannot be parsed as DICOM ({type(exc).__name__}: {exc})"
+    if not has_pixels:
+        return "a DICOM image without geometry or pixel data (truncated file?)"
+    return None
 
 
 def _nifti_stem(path: Path) -> str:
@@ -502,7 +558,7 @@ def _cfg_int(cfg_path: Path, info: dict[str, str], key: str) -> int | None:
         value = float(info[key])
     except ValueError:
         raise InputError(cfg_path, f"{key} is not a number: {info[key]!r}") from None
-    if value != int(value) or value < 1:
+    if not np.isfinite(value) or value != int(value) or value < 1:  # NaN / inf: int() would raise
         raise InputError(cfg_path, f"{key} must be a positive whole number (1-based), got {info[key]!r}")
     return int(value)
 
@@ -643,6 +699,14 @@ def _load_acdc_folder(folder: Path, messages: list[str]) -> tuple[Cine, bool, in
     if ed_1 is None or es_1 is None:
         messages_missing = [k for k, v in (("ED", ed_1), ("ES", es_1)) if v is None]
         raise InputError(cfg, f"missing {' and '.join(messages_missing)}")
+    if nb is not None:  # frames past the end of the cycle would get times later than the RR interval
+        for key, one_based in (("ED", ed_1), ("ES", es_1)):
+            if one_based > nb:
+                raise InputError(cfg, f"{key} frame {one_based} is beyond NbFrame {nb} (the number of frames in the "
+                                      "cycle): ED, ES and NbFrame contradict each other")
+        beyond = [frames[k].name for k in sorted(frames) if k > nb]
+        if beyond and not fourd:
+            raise InputError(cfg, f"NbFrame is {nb} but the folder holds frame(s) beyond it: {first_few(beyond)}")
 
     lost = False
     if fourd:
@@ -714,6 +778,7 @@ def _read_dicom_folder(folder: Path, messages: list[str]) -> Cine:
     files = [folder] if folder.is_file() else _files_below(folder)
     series: dict[str, list[tuple[Path, object]]] = {}
     nifti_seen = []
+    unreadable: list[tuple[Path, str]] = []  # files meant as DICOM that cannot be read: named, never hidden
     multi_frame = False
     for f in files:
         if _is_nifti(f):
@@ -721,12 +786,16 @@ def _read_dicom_folder(folder: Path, messages: list[str]) -> Cine:
             continue
         try:
             ds = pydicom.dcmread(str(f), stop_before_pixels=True, force=True)
-        except Exception:
+        except Exception as exc:
+            if folder.is_file() or _meant_as_dicom(f):
+                unreadable.append((f, f"cannot be parsed as DICOM ({type(exc).__name__}: {exc})"))
             continue  # not DICOM
         if int(ds.get("NumberOfFrames", 1) or 1) > 1 and "PerFrameFunctionalGroupsSequence" in ds:
             images = _enhanced_frames(f, ds)
             multi_frame = True
         elif "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds or "Rows" not in ds:
+            if (folder.is_file() or _meant_as_dicom(f)) and (problem := _broken_dicom(f, ds)):
+                unreadable.append((f, problem))
             continue  # not an image with geometry (DICOMDIR, report, ...)
         elif "Columns" not in ds:
             raise InputError(f, "DICOM image without Columns (0028,0011): its pixel data cannot be read")
@@ -734,12 +803,49 @@ def _read_dicom_folder(folder: Path, messages: list[str]) -> Cine:
             images = [ds]
         uid = str(ds.get("SeriesInstanceUID", ""))
         series.setdefault(uid, []).extend((f, d) for d in images)
+    if folder.is_file() and unreadable:
+        raise InputError(folder, unreadable[0][1])
     if folder.is_file() and not multi_frame:
         raise InputError(folder, "a single DICOM image; give the folder that holds the whole cine series")
+    left_out = ""
+    if unreadable:
+        left_out = (f"{len(unreadable)} file(s) that look like DICOM could not be read and were left out: "
+                    + first_few(f"{_within(f, folder)} ({why})" for f, why in unreadable))
     if not series:
+        _refuse_incomplete_nifti_folder(folder, [f.name for f in files if f.parent == folder])
         hint = f"; it holds NIfTI files ({', '.join(nifti_seen[:3])}): give the file itself" if nifti_seen else ""
         raise InputError(folder, "no DICOM images found (and neither an ACDC folder's Info.cfg nor a UK Biobank "
-                                 f"folder's sa.nii.gz or sa_ED.nii.gz + sa_ES.nii.gz){hint}")
+                                 f"folder's sa.nii.gz or sa_ED.nii.gz + sa_ES.nii.gz){hint}"
+                                 + (f"; {left_out}" if left_out else ""))
+    try:
+        cine = _choose_dicom_series(folder, series, messages)
+    except InputError as exc:
+        if not left_out:
+            raise
+        raise InputError(exc.path, f"{exc.problem}; note: {left_out}") from exc
+    if left_out:
+        _warn(messages, f"{folder}: {left_out}")
+    return cine
+
+
+def _refuse_incomplete_nifti_folder(folder: Path, names: list[str]) -> None:
+    """A folder without DICOM images whose NIfTI files are named as in an ACDC patient folder or a UK
+    Biobank subject folder: the error names the file that is missing (rather than "no DICOM images")."""
+    acdc = sorted(n for n in names if _ACDC_FRAME.match(n) or _ACDC_4D.match(n) or _ACDC_GT.match(n))
+    if acdc:
+        raise InputError(folder / "Info.cfg", f"not found: {folder} holds ACDC images ({first_few(acdc, 3)}) but no "
+                                              "Info.cfg, which gives the ED and ES frames (lines 'ED: <n>', "
+                                              "'ES: <n>', 1-based); add it, or give a 4D NIfTI file itself")
+    phases = [p for p in ("ED", "ES") if f"sa_{p}.nii.gz" in names]
+    if len(phases) == 1 and "sa.nii.gz" not in names:
+        missing = "sa_ES.nii.gz" if phases == ["ED"] else "sa_ED.nii.gz"
+        raise InputError(folder / missing, f"not found: {folder} is a UK Biobank subject folder with "
+                                           f"sa_{phases[0]}.nii.gz but no {missing} (and no sa.nii.gz, the whole "
+                                           "cycle): both the ED and the ES frame are needed")
+
+
+def _choose_dicom_series(folder: Path, series: dict[str, list[tuple[Path, object]]], messages: list[str]) -> Cine:
+    """The cine of the series (or assembled stack) with the most images; see the module docstring."""
 
     def describe(what: str, items: list[tuple[Path, object]]) -> str:
         desc = str(items[0][1].get("SeriesDescription", "")).strip()
@@ -953,6 +1059,11 @@ def _assemble_dicom_series(folder: Path, items: list[tuple[Path, object]], messa
     Z = len(per_slice)
     if T < 2:
         raise InputError(folder, f"only one frame per slice ({Z} slices): not a cine")
+    expected = _dicom_cardiac_images(recs)
+    if expected is not None and T < expected:
+        _warn(messages, f"{folder}: {T} frames per slice found, but the header's CardiacNumberOfImages says "
+                        f"{expected} frames per cycle: frames missing from every slice? (where a frame is missing, "
+                        "the interval between its neighbours is longer than the others)")
 
     # geometry
     positions = np.array([recs[m[0]][1] for m in per_slice])  # LPS, first frame of each slice
@@ -1015,6 +1126,19 @@ def _assemble_dicom_series(folder: Path, items: list[tuple[Path, object]], messa
     name = folder.stem if folder.is_file() else folder.name
     return Cine(data=data, geometry=geom, times_ms=times, name=name, source=str(folder),
                 subject=_dicom_subject(folder, [r[4] for r in recs], messages))
+
+
+def _dicom_cardiac_images(recs: list) -> int | None:
+    """The median ``CardiacNumberOfImages`` (frames per cycle) of the images that carry a positive one."""
+    values = []
+    for rec in recs:
+        try:
+            v = int(float(rec[4].get("CardiacNumberOfImages")))
+        except (TypeError, ValueError, OverflowError):
+            continue
+        if v > 0:
+            values.append(v)
+    return int(np.median(values)) if values else None
 
 
 def _dicom_frame_times(folder: Path, trigger_ms: np.ndarray, positions: list[float], messages: list[str]) -> np.ndarray:

@@ -61,6 +61,60 @@ def check_counts(args: argparse.Namespace, positive: tuple[str, ...], non_negati
                 raise InputError("--" + k.replace("_", "-"), f"must be at least {low}, got {v}")
 
 
+SEED_LIMIT = 2**63
+"""Seeds are 0 .. SEED_LIMIT - 1 (numpy's generators take no negative seed, torch none above 2**64 - 1)."""
+
+
+def check_option_values(args: argparse.Namespace) -> None:
+    """Refuse (:class:`InputError` naming the option), before anything is read or written, the values of
+    the options common to the trainers that cannot work: ``--lr`` not a positive finite number,
+    ``--seed`` outside 0 .. 2**63 - 1, ``--threads`` below 1, a ``--device`` torch does not know (or
+    ``cuda`` where torch sees none), a share (``--phantom-share``, ``--lowres-share``) outside 0..1,
+    ``--channels`` not all at least 1, ``--minutes`` and loss weights (``--w-*``) negative or not finite.
+    Options ``args`` lacks are not checked."""
+    import math
+
+    from ..errors import InputError
+
+    def option(k: str) -> str:
+        return "--" + k.replace("_", "-")
+
+    def given(k: str):
+        return getattr(args, k, None)
+
+    if given("lr") is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        raise InputError("--lr", f"must be a positive number, got {args.lr}")
+    if given("seed") is not None and not 0 <= args.seed < SEED_LIMIT:
+        raise InputError("--seed", f"must be between 0 and {SEED_LIMIT - 1}, got {args.seed}")
+    check_counts(args, ("threads",))
+    for k in ("phantom_share", "lowres_share"):
+        v = given(k)
+        if v is not None and not 0.0 <= v <= 1.0:  # also refuses nan
+            raise InputError(option(k), f"must be a share between 0 and 1, got {v}")
+    for k in ("minutes", "w_sim", "w_dice", "w_smooth", "w_epe", "w_grad"):
+        v = given(k)
+        if v is not None and not (math.isfinite(v) and v >= 0):
+            raise InputError(option(k), f"must be a number of at least 0, got {v}")
+    channels = given("channels")
+    if channels is not None and any(c < 1 for c in channels):
+        raise InputError("--channels", f"must all be at least 1, got {' '.join(map(str, channels))}")
+    device = given("device")
+    if device:
+        import torch
+
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError, ValueError):
+            raise InputError("--device", f"must be cpu or cuda[:N], got {device!r}") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise InputError("--device", f"{device} was given, but torch sees no CUDA device")
+        if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InputError("--device", f"{device} was given, but torch sees {torch.cuda.device_count()} CUDA "
+                                         "device(s), numbered from 0")
+        if dev.type not in ("cpu", "cuda"):
+            raise InputError("--device", f"must be cpu or cuda[:N], got {device!r}")
+
+
 def check_output_folder(path: Path, what: str) -> None:
     """Refuse (:class:`InputError`) an output folder that is a file, lies under one or cannot be
     written, before anything is written (:func:`deepstrain.outputs.check_folder_can_be_made`);
@@ -72,6 +126,27 @@ def check_output_folder(path: Path, what: str) -> None:
         check_folder_can_be_made(path)
     except InputError as exc:
         raise InputError(exc.path, f"{what}: {exc.problem}") from None
+
+
+def write_atomically(path: Path, tmp: Path, write) -> None:
+    """``write(tmp)``, then ``tmp`` replaces ``path``: a reader never sees a half-written ``path``. When
+    writing fails or is interrupted (Ctrl-C), ``tmp`` is removed, so no partial file is left behind."""
+    tmp = Path(tmp)
+    try:
+        write(tmp)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_atomically(obj, path: Path, tmp: Path | None = None) -> None:
+    """``torch.save(obj)`` to ``path`` through ``tmp`` (default ``path`` with suffix ``.tmp``,
+    :func:`write_atomically`)."""
+    import torch
+
+    path = Path(path)
+    write_atomically(path, path.with_suffix(".tmp") if tmp is None else tmp, lambda t: torch.save(obj, t))
 
 
 def remove_if_empty(folder: Path) -> None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +38,7 @@ from ..io import _load_nifti, nifti_affine, read_info_cfg
 from ..networks.centring import CENTRING_SPACING_MM
 from ..networks.segmentation import context_slices
 from ..preprocess import crop_image, crop_labels, crop_transform, full_view_transform, normalize_intensity
-from . import check_output_folder
+from . import check_output_folder, write_atomically
 
 VALIDATION_PATIENTS: tuple[str, ...] = tuple(f"patient{n:03d}" for n in range(5, 101, 5))
 """The 20 validation patients (number % 5 == 0; 4 per group)."""
@@ -147,13 +146,11 @@ def cache_patient(patient_dir: Path, out_file: Path) -> None:
     cen_lab = np.stack([crop_labels(lb, tf) for lb in labs])
     cen_mask = ((cen_lab == 2) | (cen_lab == 3)).astype(np.uint8)
     info = read_info(patient_dir)
-    tmp = out_file.with_suffix(".tmp.npz")
-    np.savez_compressed(
+    write_atomically(out_file, out_file.with_suffix(".tmp.npz"), lambda tmp: np.savez_compressed(
         tmp, seg_img=seg_img, seg_lab=seg_lab, cen_img=cen_img, cen_mask=cen_mask,
         centre=np.array(centre), spacing=geoms[0].spacing, group=np.array(info.get("Group", "")),
         source=np.array(source_key(patient_dir)),
-    )
-    os.replace(tmp, out_file)
+    ))
 
 
 def _cached_source(npz: Path) -> str | None:
@@ -224,9 +221,8 @@ def cache_phantom_for_segmentation(phantom_npz: Path, out_file: Path) -> None:
     t = crop_transform(images.shape[-3:], spacing, lv_centre_voxel(labels[ed]), SEG_CACHE_SIZE)
     seg_img = np.stack([crop_image(normalize_intensity(images[f]), t) for f in frames]).astype(np.float16)
     seg_lab = np.stack([crop_labels(labels[f], t) for f in frames])
-    tmp = out_file.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, seg_img=seg_img, seg_lab=seg_lab, spacing=spacing, group=np.array("PHANTOM"))
-    os.replace(tmp, out_file)
+    write_atomically(out_file, out_file.with_suffix(".tmp.npz"), lambda tmp: np.savez_compressed(
+        tmp, seg_img=seg_img, seg_lab=seg_lab, spacing=spacing, group=np.array("PHANTOM")))
 
 
 def load_phantom_cache(phantom_dir: Path, cache_dir: Path, n: int, log=print) -> list[dict[str, np.ndarray]]:
@@ -281,9 +277,8 @@ def write_compact_cache(cache_dir: Path, out_dir: Path, patients: tuple[str, ...
             img = np.round(z["seg_img"].astype(np.float32) * 255.0).astype(np.uint8)
             extra = {k: z[k] for k in ("spacing", "group", "centre") if k in z.files}
             lab = z["seg_lab"]
-        tmp = out_dir / f"{p}.tmp.npz"
-        np.savez_compressed(tmp, seg_img=img, seg_lab=lab, **extra)
-        os.replace(tmp, out_dir / f"{p}.npz")
+        write_atomically(out_dir / f"{p}.npz", out_dir / f"{p}.tmp.npz",
+                         lambda tmp: np.savez_compressed(tmp, seg_img=img, seg_lab=lab, **extra))
 
 
 def _affine_theta(n: int, rng: np.random.Generator, rot: float, scale: tuple[float, float], shift: float,

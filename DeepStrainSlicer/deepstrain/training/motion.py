@@ -58,7 +58,8 @@ import torch.nn.functional as F
 from .. import preprocess as pp
 from ..networks.motion import MotionNet, count_parameters, model_from_blob, normalise_pair, warp
 from ..errors import InputError
-from . import check_counts, check_output_folder, mean_state_dict, option_value, resume_mismatch, uninterrupted_command
+from . import (check_counts, check_option_values, check_output_folder, mean_state_dict, option_value, remove_if_empty,
+               resume_mismatch, save_atomically, uninterrupted_command, write_atomically)
 
 PHANTOM_TRAIN_SEEDS = range(1000, 2000)
 """Seeds of the training phantoms, in order: ``--phantoms N`` uses the first N (N <= 1000). The
@@ -233,11 +234,10 @@ def cache_phantom(params, out_file: Path) -> None:
     and geometry (``.npz``)."""
     P = accepted_phantom(params)
     g = P.cine.geometry
-    tmp = out_file.with_suffix(".tmp.npz")
-    np.savez(tmp, images=P.cine.data, labels=P.labels, displacement=P.displacement, spacing=g.spacing,
-             origin=g.origin, direction=g.direction, times_ms=P.cine.times_ms, ed=P.cine.ed, es=P.cine.es,
-             reference=json.dumps(P.reference))
-    tmp.replace(out_file)
+    write_atomically(out_file, out_file.with_suffix(".tmp.npz"), lambda tmp: np.savez(
+        tmp, images=P.cine.data, labels=P.labels, displacement=P.displacement, spacing=g.spacing,
+        origin=g.origin, direction=g.direction, times_ms=P.cine.times_ms, ed=P.cine.ed, es=P.cine.es,
+        reference=json.dumps(P.reference)))
 
 
 def phantom_sample(npz: Path) -> Sample:
@@ -618,8 +618,9 @@ def main(args: argparse.Namespace) -> int:
         check_phantom_count(args.phantoms)
     except ValueError as exc:
         raise InputError("--phantoms", str(exc)) from None
-    check_counts(args, ("steps", "save_every", "val_every", "threads"), ("stop_after", "warmup", "patients"))
-    torch.set_num_threads(max(int(args.threads), 1))
+    check_counts(args, ("steps", "save_every", "val_every"), ("stop_after", "warmup", "patients"))
+    check_option_values(args)  # --lr, --seed, --threads, --phantom-share, --channels, ...
+    torch.set_num_threads(int(args.threads))
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     root = Path(args.data) if args.data else _default_data()
@@ -682,111 +683,120 @@ def main(args: argparse.Namespace) -> int:
             (out / f).unlink()
     out.mkdir(parents=True, exist_ok=True)
     log = open(out / "train.log", "a")
-    _log(f"ACDC train {len(train_p)} / val {len(val_p)}; cine cycles train {cine_train}", log)
-    if init_note:
-        _log(init_note, log)
-    if args.resume:
-        _log(f"resumed at step {step}", log)
-    phantoms: list[Sample] = []
-    allowed = {f"phantom{s}" for s in list(PHANTOM_TRAIN_SEEDS)[: args.phantoms]}
+    try:
+        _log(f"ACDC train {len(train_p)} / val {len(val_p)}; cine cycles train {cine_train}", log)
+        if init_note:
+            _log(init_note, log)
+        if args.resume:
+            _log(f"resumed at step {step}", log)
+        phantoms: list[Sample] = []
+        allowed = {f"phantom{s}" for s in list(PHANTOM_TRAIN_SEEDS)[: args.phantoms]}
 
-    def refresh_phantoms() -> None:  # picks up phantoms another process adds to the cache meanwhile
-        have = {s.name for s in phantoms}
-        for f in sorted(phantom_dir.glob("phantom*.npz")):
-            if f.stem in allowed and f.stem not in have and not f.name.endswith(".tmp.npz"):
-                try:
-                    phantoms.append(phantom_sample(f))
-                except Exception as exc:  # truncated or foreign file
-                    raise InputError(f, f"unreadable training phantom ({exc}): delete it to generate it again") from exc
+        def refresh_phantoms() -> None:  # picks up phantoms another process adds to the cache meanwhile
+            have = {s.name for s in phantoms}
+            for f in sorted(phantom_dir.glob("phantom*.npz")):
+                if f.stem in allowed and f.stem not in have and not f.name.endswith(".tmp.npz"):
+                    try:
+                        phantoms.append(phantom_sample(f))
+                    except Exception as exc:  # truncated or foreign file
+                        raise InputError(f, f"unreadable training phantom ({exc}): delete it to generate it again") from exc
 
-    missing = [s for s in list(PHANTOM_TRAIN_SEEDS)[: args.phantoms] if not (phantom_dir / f"phantom{s}.npz").exists()]
-    if missing:
-        _log(f"generating {len(missing)} training phantoms into {phantom_dir}", log)
-        phantom_dir.mkdir(parents=True, exist_ok=True)
-        for s in missing:
-            cache_phantom(training_phantom_params(s), phantom_dir / f"phantom{s}.npz")
-    refresh_phantoms()
-    _log(f"data ready in {time.time() - t0:.0f} s: {len(acdc)} ACDC, {len(cine)} cycles, {len(phantoms)} phantoms", log)
-    _log(f"MotionNet {tuple(args.channels)}: {count_parameters(model)} parameters", log)
-    w = {"sim": args.w_sim, "dice": args.w_dice, "smooth": args.w_smooth, "epe": args.w_epe, "grad": args.w_grad}
-    real = [("acdc", "es", 0.30), ("acdc", "swap", 0.15), ("acdc", "identity", 0.08), ("cine", "cycle", 0.22)]
-    rest = (1.0 - args.phantom_share) / sum(k[2] for k in real)  # real-data kinds keep their proportions
-    kinds = [(src, kind, share * rest) for src, kind, share in real] + [("phantom", "cycle", args.phantom_share)]
-    pools = {"acdc": acdc, "cine": cine, "phantom": phantoms}
+        missing = [s for s in list(PHANTOM_TRAIN_SEEDS)[: args.phantoms] if not (phantom_dir / f"phantom{s}.npz").exists()]
+        if missing:
+            _log(f"generating {len(missing)} training phantoms into {phantom_dir}", log)
+            phantom_dir.mkdir(parents=True, exist_ok=True)
+            for s in missing:
+                cache_phantom(training_phantom_params(s), phantom_dir / f"phantom{s}.npz")
+        refresh_phantoms()
+        _log(f"data ready in {time.time() - t0:.0f} s: {len(acdc)} ACDC, {len(cine)} cycles, {len(phantoms)} phantoms", log)
+        _log(f"MotionNet {tuple(args.channels)}: {count_parameters(model)} parameters", log)
+        w = {"sim": args.w_sim, "dice": args.w_dice, "smooth": args.w_smooth, "epe": args.w_epe, "grad": args.w_grad}
+        real = [("acdc", "es", 0.30), ("acdc", "swap", 0.15), ("acdc", "identity", 0.08), ("cine", "cycle", 0.22)]
+        rest = (1.0 - args.phantom_share) / sum(k[2] for k in real)  # real-data kinds keep their proportions
+        kinds = [(src, kind, share * rest) for src, kind, share in real] + [("phantom", "cycle", args.phantom_share)]
+        pools = {"acdc": acdc, "cine": cine, "phantom": phantoms}
 
-    def active():
-        ks = [k for k in kinds if pools[k[0]]]
-        pr = np.array([k[2] for k in ks])
-        return ks, pr / pr.sum()
+        def active():
+            ks = [k for k in kinds if pools[k[0]]]
+            pr = np.array([k[2] for k in ks])
+            return ks, pr / pr.sum()
 
-    act, probs = active()
-    model.train()
-    t_start = time.time()
-    def checkpoint() -> None:
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
-                    "train_s": prev_s + time.time() - t_start, "channels": list(args.channels),
-                    "config": dict(model.config), "settings": settings, "rng": rng.bit_generator.state,
-                    "torch_rng": torch.get_rng_state(), "hist": {k: v[-50:] for k, v in hist.items()}},
-                   ckpt_path.with_suffix(".tmp"))
-        ckpt_path.with_suffix(".tmp").replace(ckpt_path)
+        act, probs = active()
+        model.train()
+        t_start = time.time()
+        def checkpoint() -> None:
+            save_atomically({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
+                             "train_s": prev_s + time.time() - t_start, "channels": list(args.channels),
+                             "config": dict(model.config), "settings": settings, "rng": rng.bit_generator.state,
+                             "torch_rng": torch.get_rng_state(), "hist": {k: v[-50:] for k, v in hist.items()}},
+                            ckpt_path, ckpt_path.with_suffix(".tmp"))
 
-    while step < args.steps:
-        if args.stop_after and step >= args.stop_after:
-            checkpoint()
-            _log(f"stopped at step {step} of {args.steps} (--stop-after): go on with --resume", log)
-            return 0
-        if args.minutes and (prev_s + time.time() - t_start) / 60 > args.minutes:
-            _log("wall-time limit reached", log)
-            break
-        done = step / args.steps
-        if args.minutes:
-            done = max(done, (prev_s + time.time() - t_start) / 60 / args.minutes)
-        lr = args.lr * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
-        if step < args.warmup:
-            lr *= (step + 1) / args.warmup
-        for g in opt.param_groups:
-            g["lr"] = lr
-        if step % 100 == 0 and len(phantoms) < len(allowed):
-            n0 = len(phantoms)
-            refresh_phantoms()
-            if len(phantoms) != n0:
-                _log(f"{len(phantoms)} phantoms loaded", log)
-            act, probs = active()
-        src, kind, _ = act[int(rng.choice(len(act), p=probs))]
-        pool = pools[src]
-        s = pool[int(rng.integers(len(pool)))]
-        ref, mov, rl, ml, target = make_pair(s, rng, kind)
-        loss, parts = pair_loss(model, ref, mov, rl, ml, target, s.spacing, w)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        opt.step()
-        step += 1
-        for k, v in parts.items():
-            hist.setdefault(f"{src}/{k}", []).append(v)
-        if step % 25 == 0:
-            msg = " ".join(f"{k}={np.mean(v[-50:]):.4f}" for k, v in sorted(hist.items()))
-            _log(f"step {step} lr {lr:.2e} {msg} ({time.time() - t0:.0f} s)", log)
-        if step % args.save_every == 0 or step == args.steps:
-            checkpoint()
-        if step % args.val_every == 0 or step == args.steps:
-            v = validate(model, acdc_val[::3])
-            _log(f"validation (7 patients) step {step}: {v}", log)
-            info = {"steps": step, "validation": v, "seed": args.seed}
-            snapshot = out / f"motion_step{step:06d}.pt"  # kept: snapshots to average (--average)
-            export(model, snapshot, info)
-            _same_file_as(out / "motion_latest.pt", snapshot)
-    v = validate(model, acdc_val)
-    _log(f"final validation ({step} steps, {time.time() - t0:.0f} s): {v}", log)
-    export(model, out / "motion_final.pt", {"steps": step, "validation": v, "seed": args.seed})
-    if args.ship:
-        summary = training_summary(args, step, prev_s + time.time() - t_start, v, train_p, cine_train,
-                                   [s.name for s in phantoms], w)
-        command = _command(args)
-        path = ship(model, summary, command,
-                    None if args.ship == "package" else Path(args.ship), args.overwrite)
-        _log(f"shipped {path}", log)
-    return 0
+        while step < args.steps:
+            if args.stop_after and step >= args.stop_after:
+                checkpoint()
+                _log(f"stopped at step {step} of {args.steps} (--stop-after): go on with --resume", log)
+                return 0
+            if args.minutes and (prev_s + time.time() - t_start) / 60 > args.minutes:
+                _log("wall-time limit reached", log)
+                break
+            done = step / args.steps
+            if args.minutes:
+                done = max(done, (prev_s + time.time() - t_start) / 60 / args.minutes)
+            lr = args.lr * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
+            if step < args.warmup:
+                lr *= (step + 1) / args.warmup
+            for g in opt.param_groups:
+                g["lr"] = lr
+            if step % 100 == 0 and len(phantoms) < len(allowed):
+                n0 = len(phantoms)
+                refresh_phantoms()
+                if len(phantoms) != n0:
+                    _log(f"{len(phantoms)} phantoms loaded", log)
+                act, probs = active()
+            src, kind, _ = act[int(rng.choice(len(act), p=probs))]
+            pool = pools[src]
+            s = pool[int(rng.integers(len(pool)))]
+            ref, mov, rl, ml, target = make_pair(s, rng, kind)
+            loss, parts = pair_loss(model, ref, mov, rl, ml, target, s.spacing, w)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            step += 1
+            for k, v in parts.items():
+                hist.setdefault(f"{src}/{k}", []).append(v)
+            if step % 25 == 0:
+                msg = " ".join(f"{k}={np.mean(v[-50:]):.4f}" for k, v in sorted(hist.items()))
+                _log(f"step {step} lr {lr:.2e} {msg} ({time.time() - t0:.0f} s)", log)
+            if step % args.save_every == 0 or step == args.steps:
+                checkpoint()
+            if step % args.val_every == 0 or step == args.steps:
+                some = acdc_val[::3]  # every third validation patient: a quick look
+                v = validate(model, some)
+                _log(f"validation ({len(some)} patient{'s' if len(some) != 1 else ''}) step {step}: {v}", log)
+                info = {"steps": step, "validation": v, "seed": args.seed}
+                snapshot = out / f"motion_step{step:06d}.pt"  # kept: snapshots to average (--average)
+                export(model, snapshot, info)
+                _same_file_as(out / "motion_latest.pt", snapshot)
+        v = validate(model, acdc_val)
+        _log(f"final validation ({step} steps, {time.time() - t0:.0f} s): {v}", log)
+        export(model, out / "motion_final.pt", {"steps": step, "validation": v, "seed": args.seed})
+        if args.ship:
+            summary = training_summary(args, step, prev_s + time.time() - t_start, v, train_p, cine_train,
+                                       [s.name for s in phantoms], w)
+            command = _command(args)
+            path = ship(model, summary, command,
+                        None if args.ship == "package" else Path(args.ship), args.overwrite)
+            _log(f"shipped {path}", log)
+        return 0
+    except BaseException:  # a run that failed (or was stopped) before writing anything resumable
+        if not args.resume and not any(f.name != "train.log" for pattern in RUN_FILES for f in out.glob(pattern)):
+            log.close()  # ... leaves no train.log that would make its corrected re-run need --overwrite
+            (out / "train.log").unlink(missing_ok=True)
+            remove_if_empty(out)
+        raise
+    finally:
+        log.close()
 
 
 def _same_file_as(path: Path, source: Path) -> None:
@@ -794,21 +804,20 @@ def _same_file_as(path: Path, source: Path) -> None:
     file system has none."""
     import shutil
 
-    tmp = path.with_suffix(".tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        tmp.hardlink_to(source)
-    except OSError:
-        shutil.copyfile(source, tmp)
-    tmp.replace(path)
+    def write(tmp: Path) -> None:
+        tmp.unlink(missing_ok=True)
+        try:
+            tmp.hardlink_to(source)
+        except OSError:
+            shutil.copyfile(source, tmp)
+
+    write_atomically(path, path.with_suffix(".tmp"), write)
 
 
 def export(model: MotionNet, path: Path, info: dict) -> None:
     """Write a float32 snapshot (``config`` + ``state_dict`` + training info) for :func:`deepstrain.networks.motion.load_model`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"config": dict(model.config), "state_dict": model.state_dict(), "info": info}, tmp)
-    tmp.replace(path)
+    save_atomically({"config": dict(model.config), "state_dict": model.state_dict(), "info": info}, path)
 
 
 def ship(model: MotionNet, summary: dict, command: str, out_dir: Path | None = None, overwrite: bool = False) -> Path:

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from ..errors import InputError
 from ..networks.blocks import count_parameters
 from ..networks.segmentation import CONFIG, N_CLASSES, build_segmentation_net, input_channels
-from . import (DEFAULTS, add_training_arguments, check_counts, check_output_folder, mean_state_dict, option_value,
-               resume_mismatch, uninterrupted_command)
+from . import (DEFAULTS, add_training_arguments, check_counts, check_option_values, check_output_folder,
+               mean_state_dict, option_value, resume_mismatch, save_atomically, uninterrupted_command)
 from . import data as D
 
 NAME = "segmentation"
@@ -139,6 +139,7 @@ def check_run_options(args: argparse.Namespace, name: str) -> None:
     ``--overwrite``), and an export folder already holding this network's weights (without ``--overwrite``)."""
     from ..weights import check_export_target
 
+    check_option_values(args)
     check_counts(args, ("iterations", "batch", "crop", "val_every", "checkpoint_every"),
                  ("snapshot_every", "stop_after", "patients", "workers"))
     if name != "segmentation":  # options of the segmentation network's training, which this one would ignore
@@ -216,9 +217,7 @@ def train_loop(args: argparse.Namespace, *, name: str, build: Callable[..., nn.M
     if getattr(args, "width", 0):
         config = {**config, "base": args.width}
     bf16 = bool(getattr(args, "bf16", False))
-    device = torch.device(getattr(args, "device", "cpu") or "cpu")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(Path(str(device)), "--device cuda was given, but torch sees no CUDA device")
+    device = torch.device(getattr(args, "device", "cpu") or "cpu")  # checked by check_run_options
     start, history, wall, combined_from, recent = 0, [], 0.0, None, []
     command = uninterrupted_command(getattr(args, "command_line", "")
                                     or " ".join(["python -m deepstrain.training." + name] + sys.argv[1:]))
@@ -303,7 +302,8 @@ def train_loop(args: argparse.Namespace, *, name: str, build: Callable[..., nn.M
     log(f"{name}: {count_parameters(net)} parameters, {len(train)} training / {len(val)} validation patients"
         + (f", on {device}" if device.type != "cpu" else ""))
     if not args.resume and getattr(args, "overwrite", False):
-        for pattern in RUN_FILES:  # --overwrite: the old run's files go, so they never mix with this run's
+        # --overwrite: the old run's files (and a temporary file a killed save left) go: they never mix with this run
+        for pattern in RUN_FILES + ("*.tmp.pt",):
             for f in run.glob(pattern):
                 f.unlink()
     batches = _batches(batch_fn, train, args.seed, start, args.iterations, args.batch, int(getattr(args, "workers", 0)))
@@ -322,8 +322,7 @@ def train_loop(args: argparse.Namespace, *, name: str, build: Callable[..., nn.M
         if optimizer:
             blob["optimizer"] = opt.state_dict()
             blob["recent_losses"] = losses[-50:]  # a resumed run's printed and recorded means go on from them
-        torch.save(blob, tmp)
-        tmp.replace(path)
+        save_atomically(blob, path, tmp)
 
     snapshot_every = int(getattr(args, "snapshot_every", 0) or 0)
 
