@@ -54,7 +54,7 @@ from typing import Any, Callable, Iterable, Mapping, TextIO
 from .dyssynchrony import KEYS as DYSSYNCHRONY_KEYS
 from .errors import InputError, first_few
 from .io import DeepStrainWarning, is_ukbb_folder, looks_like_dicom, read_info_cfg
-from .outputs import MARKER, apply_umask, marker_kind, write_marker
+from .outputs import MARKER, apply_umask, marker_kind, write_atomically, write_marker
 from .report import cycle_frames
 
 StudyFn = Callable[..., Any]
@@ -716,9 +716,7 @@ def _check_settings(out: Path, settings: dict) -> None:
                                    f"differ{': ' + '; '.join(options) if options else ''}): use a new output "
                                    "folder, or the settings stored here")
         return
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(settings, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_atomically(path, path.with_name(path.name + ".tmp"), lambda tmp: tmp.write_text(json.dumps(settings, indent=1) + "\n"))
 
 
 def run_batch(

@@ -53,6 +53,18 @@ def marker_kind(folder: str | os.PathLike) -> str | None:
     return "batch" if (folder / "settings.json").is_file() and (folder / "summary.csv").is_file() else ""
 
 
+def write_atomically(path: str | os.PathLike, tmp: str | os.PathLike, write) -> None:
+    """``write(tmp)``, then ``tmp`` replaces ``path``: a reader never sees a half-written ``path``. When
+    writing fails or is interrupted (Ctrl-C), ``tmp`` is removed, so no partial file is left behind."""
+    tmp = Path(tmp)
+    try:
+        write(tmp)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)

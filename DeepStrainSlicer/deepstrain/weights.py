@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -20,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from .errors import InputError
+from .outputs import write_atomically
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 MANIFEST = "manifest.json"
@@ -149,9 +149,8 @@ def export_weights(name: str, net: nn.Module, config: dict, summary: dict, *, co
     wdir.mkdir(parents=True, exist_ok=True)
     path = wdir / f"{name}.pt"
     state = {k: (v.detach().half() if v.is_floating_point() else v.detach()).clone() for k, v in net.state_dict().items()}
-    tmp = path.with_suffix(".pt.tmp")
-    torch.save({"config": dict(config), "state_dict": state}, tmp)
-    os.replace(tmp, path)
+    write_atomically(path, path.with_suffix(".pt.tmp"),
+                     lambda tmp: torch.save({"config": dict(config), "state_dict": state}, tmp))
     history = summary.get("history") or [{}]
     entry = {
         "file": path.name,
@@ -198,6 +197,5 @@ def update_manifest(name: str, entry: dict, weights_dir: Path | None = None, *, 
     }
     models = manifest.setdefault("models", {})
     models[name] = {**models.get(name, {}), **entry} if merge else entry
-    tmp = mpath.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=False) + "\n")
-    os.replace(tmp, mpath)
+    write_atomically(mpath, mpath.with_suffix(".json.tmp"),
+                     lambda tmp: tmp.write_text(json.dumps(manifest, indent=1, sort_keys=False) + "\n"))

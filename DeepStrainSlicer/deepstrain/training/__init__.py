@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..outputs import write_atomically
+
 DEFAULTS = {
     "segmentation": {"iterations": 3000, "batch": 12, "lr": 2e-3, "crop": 96},
     "centring": {"iterations": 500, "batch": 16, "lr": 2e-3, "crop": 128},
@@ -126,18 +128,6 @@ def check_output_folder(path: Path, what: str) -> None:
         check_folder_can_be_made(path)
     except InputError as exc:
         raise InputError(exc.path, f"{what}: {exc.problem}") from None
-
-
-def write_atomically(path: Path, tmp: Path, write) -> None:
-    """``write(tmp)``, then ``tmp`` replaces ``path``: a reader never sees a half-written ``path``. When
-    writing fails or is interrupted (Ctrl-C), ``tmp`` is removed, so no partial file is left behind."""
-    tmp = Path(tmp)
-    try:
-        write(tmp)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def save_atomically(obj, path: Path, tmp: Path | None = None) -> None:

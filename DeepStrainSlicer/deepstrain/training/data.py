@@ -38,7 +38,8 @@ from ..io import _load_nifti, nifti_affine, read_info_cfg
 from ..networks.centring import CENTRING_SPACING_MM
 from ..networks.segmentation import context_slices
 from ..preprocess import crop_image, crop_labels, crop_transform, full_view_transform, normalize_intensity
-from . import check_output_folder, write_atomically
+from ..outputs import write_atomically
+from . import check_output_folder
 
 VALIDATION_PATIENTS: tuple[str, ...] = tuple(f"patient{n:03d}" for n in range(5, 101, 5))
 """The 20 validation patients (number % 5 == 0; 4 per group)."""

@@ -58,8 +58,9 @@ import torch.nn.functional as F
 from .. import preprocess as pp
 from ..networks.motion import MotionNet, count_parameters, model_from_blob, normalise_pair, warp
 from ..errors import InputError
+from ..outputs import write_atomically
 from . import (check_counts, check_option_values, check_output_folder, mean_state_dict, option_value, remove_if_empty,
-               resume_mismatch, save_atomically, uninterrupted_command, write_atomically)
+               resume_mismatch, save_atomically, uninterrupted_command)
 
 PHANTOM_TRAIN_SEEDS = range(1000, 2000)
 """Seeds of the training phantoms, in order: ``--phantoms N`` uses the first N (N <= 1000). The
