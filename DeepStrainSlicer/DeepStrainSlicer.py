@@ -167,12 +167,13 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _on_scene_changed(self, caller=None, event=None):
         self.params = self.logic.parameter_node()
+        self.logic.show_study(self.params)
         self._to_gui()
         others = self.logic.other_studies(self.params)
         if others:
             self.ui.statusLabel.text = (
                 f"the scene holds {len(others) + 1} DeepStrain studies; shown: '{self.params.study_name}' (added last). "
-                f"Not shown, left in the scene as they are: {', '.join(repr(o) for o in others)}")
+                f"Not shown (hidden in the views; their nodes are left in the scene as they are): {', '.join(repr(o) for o in others)}")
 
     # ------------------------------------------------------------------ parameter node <-> GUI
     def _to_gui(self):
@@ -343,6 +344,12 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                         return
                     if choice == "keep":
                         labels, origin = edited, self.logic.kept_edits_origin(p)
+                point_lost = self.logic.kept_rv_insertion(p, cine)[1]  # Run keeps it for the same input
+                if point_lost and not slicer.util.confirmOkCancelDisplay(
+                        f"The anterior RV insertion point placed in the study cannot be kept: {point_lost}. "
+                        "Run anyway (the point is removed with the study)?", windowTitle="DeepStrain"):
+                    self.ui.statusLabel.text = "Run cancelled: the study and its RV insertion point are as they were"
+                    return
                 try:
                     self.logic.run(cine, p, labels, disp, progress=self._progress, labels_origin=origin)
                 except dlogic.Cancelled:

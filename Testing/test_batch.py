@@ -106,9 +106,11 @@ def test_serial_batch_records_failures_and_resumes(tmp_path: Path) -> None:
     ok = by_id["patient003"]
     rep = batch_fakes.fake_report(str(root / "patient003"))
     assert ok["status"] == "ok" and ok["group"] == "NOR" and ok["error"] == ""
-    assert float(ok["ess_radial"]) == pytest.approx(rep["ess"]["radial"], abs=1e-4)
-    assert float(ok["aha_circumferential_5"]) == pytest.approx(rep["aha"]["circumferential_percent"]["5"], abs=1e-4)
-    assert ok["srs_radial"] != "" and float(ok["seconds"]) >= 0
+    assert float(ok["ess_radial_percent"]) == pytest.approx(rep["ess"]["radial"], abs=1e-4)
+    assert float(ok["aha_circumferential_5_percent"]) == pytest.approx(rep["aha"]["circumferential_percent"]["5"], abs=1e-4)
+    assert float(ok["srs_radial_per_s"]) == pytest.approx(rep["srs"]["radial"], abs=1e-4)
+    assert float(ok["sre_longitudinal_per_s"]) == pytest.approx(rep["sre"]["longitudinal"], abs=1e-4)
+    assert float(ok["seconds"]) >= 0
     assert ok["lv_ef_percent"] != "" and by_id["patient002"]["lv_ef_percent"] == ""
     assert (out / "patient003" / "report.json").is_file() and (out / "patient003" / "batch.json").is_file()
     assert not (out / ".tmp").exists()
@@ -136,6 +138,14 @@ def test_summary_row_names_the_quality_checks_that_fired() -> None:
     rep["quality"] = []
     assert batch.summary_row(study, rep, status="ok")["quality"] == ""
     assert "quality" in batch.SUMMARY_COLUMNS
+
+
+def test_summary_columns_name_their_units() -> None:
+    """ESS in %, SRs and SRe in 1/s, AHA segments in %: the unit is part of the column name."""
+    assert batch.PEAK_KEYS == tuple(f"ess_{c}_percent" for c in batch.COMPONENTS) + tuple(
+        f"{p}_{c}_per_s" for p in ("srs", "sre") for c in batch.COMPONENTS)
+    assert batch.AHA_KEYS[0] == "aha_radial_1_percent" and batch.AHA_KEYS[-1] == "aha_circumferential_17_percent"
+    assert len(set(batch.SUMMARY_COLUMNS)) == len(batch.SUMMARY_COLUMNS)
 
 
 def test_summary_row_gives_ed_and_es_as_frames_of_the_cycle() -> None:
@@ -395,6 +405,110 @@ def test_study_table_is_read_strictly(tmp_path: Path) -> None:
         batch.read_study_table(tmp_path / "missing.csv")
 
 
+def test_a_table_that_is_not_utf8_is_refused_naming_the_byte_and_the_remedy(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Excel's plain "CSV" is cp1252: an error naming the file, where the bad byte is and how to save
+    it, never a traceback nor a guessed encoding. A UTF-8 file with a byte order mark is read."""
+    cp1252 = tmp_path / "excel.csv"
+    cp1252.write_bytes(b"id,group\npatient001,G\xe9n\n")
+    for read in (batch.read_study_table, batch.read_groups_csv, batch.read_summary):
+        with pytest.raises(InputError) as err:
+            read(cp1252)
+        message = str(err.value)
+        assert message.startswith(f"{cp1252}: not UTF-8 text: byte at offset 21 (line 2) is 0xe9"), message
+        assert "CSV UTF-8" in message
+    with_bom = tmp_path / "bom.csv"
+    with_bom.write_bytes("\ufeffid,group\npatient001,Gén\n".encode())
+    assert batch.read_groups_csv(with_bom) == {"patient001": "Gén"}
+    assert batch.read_summary(with_bom) == [{"id": "patient001", "group": "Gén"}]
+    with_bom.write_bytes(b"\xef\xbb\xbfid,group\npatient001,G\xe9n\n")  # the offset counts the mark
+    with pytest.raises(InputError, match=r"byte at offset 24 \(line 2\) is 0xe9"):
+        batch.read_study_table(with_bom)
+    utf16 = tmp_path / "utf16.csv"
+    utf16.write_bytes("id,group\npatient001,A\n".encode("utf-16"))
+    with pytest.raises(InputError, match="UTF-16 text, not UTF-8.*CSV UTF-8"):
+        batch.read_study_table(utf16)
+    root = batch_fakes.make_cohort(tmp_path / "in", {"patient001": "NOR"}, with_others=False)
+    monkeypatch.setattr(batch, "analyze_study", batch_fakes.fake_study)
+    assert cli.main(["batch", str(root), "--out", str(tmp_path / "o"), "--table", str(cp1252)]) == 2
+    assert capsys.readouterr().err.startswith(f"deepstrain: error: {cp1252}: not UTF-8 text")
+    assert not (tmp_path / "o").exists()
+
+
+def test_table_lines_count_blank_lines_and_name_where_a_row_starts(tmp_path: Path, monkeypatch) -> None:
+    """The line in messages and in the provenance of a study is the file's line where its row starts:
+    blank lines (which the CSV reader skips) and the lines of a multi-line quoted cell count."""
+    table = tmp_path / "t.csv"
+    table.write_text('id,group,height_cm,notes\n\npatient001,NOR,180,"two\nlines"\n\npatient002,DCM,170,\n')
+    got = batch.read_study_table(table)
+    assert got["patient001"].source == f"{table} line 3"
+    assert got["patient002"].source == f"{table} line 6"
+    bad = tmp_path / "bad.csv"
+    bad.write_text('id,height_cm,notes\n\na,180,"x\ny"\n\nb,tall,\n')
+    with pytest.raises(InputError, match=r"line 6 \(b\): height_cm 'tall' is not a number"):
+        batch.read_study_table(bad)
+    bad.write_text('id,height_cm\n\na,180\n\na,181\n')
+    with pytest.raises(InputError, match="line 5: id 'a' listed twice"):
+        batch.read_study_table(bad)
+    summary = tmp_path / "summary.csv"
+    summary.write_text('id,group\n\na,"N\nOR"\n\nb\n')
+    with pytest.raises(InputError, match="line 6: wrong number of cells"):
+        batch.read_summary(summary)
+    summary.write_text('id,group\n\na,"N\nOR"\n\nb,DCM\n')
+    assert batch.read_summary(summary) == [{"id": "a", "group": "N\nOR"}, {"id": "b", "group": "DCM"}]
+    # the provenance handed to the study names the same line
+    root = batch_fakes.make_cohort(tmp_path / "in", {"patient001": "NOR", "patient002": "DCM"}, with_others=False)
+    calls = []
+
+    def fake(input_path: str, out_dir: str, **kw: object) -> dict:
+        calls.append(kw)
+        return batch_fakes.fake_study(input_path, out_dir)
+
+    monkeypatch.setattr(batch, "analyze_study", fake)
+    assert cli.main(["batch", str(root), "--out", str(tmp_path / "o"), "--no-figures", "--quiet",
+                     "--table", str(table)]) == 0
+    assert sorted(c["given_source"] for c in calls) == [f"study table {table} line 3", f"study table {table} line 6"]
+
+
+def test_a_table_column_of_a_known_quantity_in_another_unit_is_refused(tmp_path: Path) -> None:
+    """height_m, weight_lb... would be ignored silently (the study's own values used): refused, naming the
+    column to use; columns of other things are still ignored."""
+    table = tmp_path / "t.csv"
+    table.write_text("id,group,height_m,weight_lb\npatient001,A,1.80,176\n")
+    with pytest.raises(InputError) as err:
+        batch.read_study_table(table)
+    assert str(err.value) == (f"{table}: column 'height_m': the study table takes the height in cm as column "
+                              "height_cm: rename it (converting its values to that unit)")
+    cases = {
+        "weight_lb": "the weight in kg as column weight_kg", "Weight (kg)": "weight in kg as column weight_kg",
+        "heart_rate_per_min": "heart rate in beats/min as column heart_rate_bpm",
+        "Heart rate": "name the unit in the header (heart_rate_bpm)",
+        "hr_bpm": "as column heart_rate_bpm", "HR (bpm)": "as column heart_rate_bpm",
+        "rr_ms": "60000 / the RR interval in ms", "spacing_mm": "as column slice_mm, row_mm, col_mm",
+        "slice_cm": "rename it slice_mm", "row_in": "rename it row_mm", "column_mm": "rename it col_mm",
+        "Slice (mm)": "rename it slice_mm",
+    }
+    for i, (column, message) in enumerate(cases.items()):
+        bad = tmp_path / f"bad{i}.csv"
+        bad.write_text(f'id,group,"{column}"\na,NOR,1\n')
+        with pytest.raises(InputError) as err:
+            batch.read_study_table(bad)
+        assert str(err.value).startswith(f"{bad}: column {column!r}: ") and message in str(err.value), str(err.value)
+    # other columns are ignored as before, also a batch summary's own columns (a summary.csv given as groups)
+    fine = tmp_path / "fine.csv"
+    fine.write_text("id,group,HEIGHT_CM,notes,age_years,slice_spacing_mm,column_spacing_mm,bsa_m2,hrs_sleep\n"
+                    "a,NOR,180,x,50,8,1.5,1.9,7\n")
+    assert batch.read_study_table(fine)["a"].options == {"height_cm": 180.0}
+
+
+def test_a_folder_given_as_a_table_is_named_a_folder(tmp_path: Path) -> None:
+    for read in (batch.read_study_table, batch.read_summary):
+        with pytest.raises(InputError) as err:
+            read(tmp_path)
+        assert str(err.value).startswith(f"{tmp_path}: is a folder, not a CSV file"), str(err.value)
+        with pytest.raises(InputError, match="not found"):
+            read(tmp_path / "missing.csv")
+
+
 def _small_nifti_study(folder: Path, zooms: tuple[float, float, float] = (1.5, 1.5, 8.0)) -> dict[str, str]:
     """A 4D cine without body size in its header, with labels and zero motion on its grid (no networks)."""
     import nibabel as nib
@@ -529,3 +643,41 @@ def test_an_analysis_folder_is_not_taken_for_a_batch_folder(tmp_path: Path) -> N
         with pytest.raises(InputError, match="not a batch output folder"):
             batch.run_batch(root, out, study_fn=batch_fakes.fake_study, progress=None, figures=False)
         assert sorted(p.name for p in out.iterdir()) == sorted([MARKER, "report.json"])
+
+
+def test_sigterm_stops_a_pool_batch_at_once(tmp_path: Path) -> None:
+    """SIGTERM to a batch with worker processes (the ``deepstrain`` command handles it as Ctrl-C)
+    stops it at once: the queued studies are cancelled and the workers stopped, not waited for."""
+    names = {f"patient{i:03d}": "NOR" for i in range(1, 7)}
+    root = batch_fakes.make_cohort(tmp_path / "in", names, with_others=False)
+    out, log = tmp_path / "out", tmp_path / "calls.log"
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import batch_fakes
+        from deepstrain import batch, cli
+        with cli._sigterm_as_interrupt([]):
+            try:
+                batch.run_batch({str(root)!r}, {str(out)!r}, workers=2, threads=1, study_fn=batch_fakes.fake_study,
+                                study_kwargs={{"delay": 60, "log": {str(log)!r}}}, progress=None, figures=False)
+            except KeyboardInterrupt:
+                sys.exit(143)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 60
+        while len(_log_names(log) if log.exists() else []) < 2:  # both workers are in a study
+            assert proc.poll() is None and time.monotonic() < deadline, "the workers did not start"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=20) == 143  # not after the 60 s studies (3 rounds of them)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    pids = {int(line.split()[1]) for line in log.read_text().splitlines()}
+    time.sleep(1.0)
+    for pid in pids:  # the workers are gone
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert not any(p.name.startswith("patient") for p in out.iterdir())

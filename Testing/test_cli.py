@@ -262,3 +262,26 @@ def test_ctrl_c_is_one_line_and_says_how_to_go_on(monkeypatch, capsys):
     assert cli.main(["batch", "in", "--out", "out"]) == 130
     err = capsys.readouterr().err
     assert err.startswith("deepstrain: interrupted") and "run the same command again" in err and "Traceback" not in err
+
+
+def test_sigterm_removes_the_unfinished_output_and_exits_143(monkeypatch, capsys, tmp_path):
+    """A job scheduler's or `timeout`'s stop (SIGTERM) is handled as Ctrl-C: the output being written
+    is removed, nothing is left beside it, exit status 143; the handler before it is restored."""
+    import os
+    import signal
+
+    from deepstrain import cli
+    from deepstrain.outputs import atomic_output_dir
+
+    def stopped_while_writing(args):
+        with atomic_output_dir(tmp_path / "cmp", kind="compare") as tmp:
+            (tmp / "agreement.csv").write_text("metric\n")
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise AssertionError("SIGTERM did not stop the command")
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(cli, "_cmd_compare", stopped_while_writing)
+    assert cli.main(["compare", "a.csv", "b.csv", "--out", str(tmp_path / "cmp")]) == 143
+    assert list(tmp_path.iterdir()) == []
+    assert capsys.readouterr().err.startswith("deepstrain: terminated, no partial output kept")
+    assert signal.getsignal(signal.SIGTERM) == before

@@ -168,3 +168,28 @@ def test_an_output_inside_an_input_folder_is_refused(tmp_path):
     cine = tmp_path / "cine.nii.gz"  # a file input: results beside it are fine
     cine.write_bytes(b"")
     assert check_output_dir(tmp_path / "out2", inputs=[cine]) == tmp_path / "out2"
+
+
+def test_orphans_of_killed_runs_are_removed_and_live_ones_kept(tmp_path):
+    """A run killed with SIGKILL leaves `.res.partial-<pid>-*` / `.res.old-<pid>`: the next run writing
+    `res` removes those of processes that no longer exist, and keeps those of live processes, its
+    own, older unnamed ones and anything that is not such a folder."""
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    dead_pid = int(dead.stdout)
+    names = {
+        f".res.partial-{dead_pid}-abc": False, f".res.old-{dead_pid}": False,  # removed
+        f".res.partial-{os.getppid()}-abc": True, f".res.partial-{os.getpid()}-abc": True,
+        ".res.partial-xyz": True, f".other.partial-{dead_pid}-abc": True,
+    }
+    for name in names:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "half.txt").write_text("x")
+    (tmp_path / f".res.partial-{dead_pid}-file").write_text("a file, not a folder")
+    with atomic_output_dir(tmp_path / "res") as tmp:
+        (tmp / "a.txt").write_text("x")
+    left = {p.name for p in tmp_path.iterdir()}
+    assert left == {"res", f".res.partial-{dead_pid}-file"} | {n for n, kept in names.items() if kept}

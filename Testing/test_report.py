@@ -81,13 +81,13 @@ def test_write_report_files_and_no_overwrite(tmp_path):
     assert rows[0]["frame"] == "0" and rows[2]["time_ms"] == "80.0"
     assert float(rows[2]["global_radial_percent"]) == 40.0 and rows[2]["global_longitudinal_percent"] == ""
     assert float(rows[1]["lv_volume_ml"]) == 90.0 and float(rows[2]["rv_volume_ml"]) == 40.0
-    assert float(rows[1]["aha_radial_1"]) == 21.0 and rows[1]["aha_radial_17"] == ""
+    assert float(rows[1]["aha_radial_1_percent"]) == 21.0 and rows[1]["aha_radial_17_percent"] == ""
     assert float(rows[1]["radial_rate_per_s"]) == pytest.approx(5.0)
     header = list(rows[0])
     assert header[:8] == ["frame", "time_ms", "global_radial_percent", "global_circumferential_percent",
                           "global_longitudinal_percent", "radial_rate_per_s", "circumferential_rate_per_s",
                           "longitudinal_rate_per_s"]
-    assert header[-1] == "aha_longitudinal_17" and len(header) == 8 + 3 + 5 + 51  # volumes, rotation + twist, AHA
+    assert header[-1] == "aha_longitudinal_17_percent" and len(header) == 8 + 3 + 5 + 51  # volumes, rotation + twist, AHA
     results = {row["quantity"]: row for row in csv.DictReader(rp.open())}
     assert results["lv_edv"]["value"] == "120.1235" and results["lv_edv"]["unit"] == "ml"
     assert results["bsa"]["value"] == "2.0" and results["bsa"]["unit"] == "m2"

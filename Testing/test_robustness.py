@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -12,6 +13,7 @@ import pytest
 import batch_fakes
 from deepstrain import batch, cli, robustness
 from deepstrain.errors import InputError
+from deepstrain.io import DeepStrainWarning
 
 
 def _acdc_folder(root: Path) -> Path:
@@ -83,16 +85,16 @@ def test_robustness_study_numbers(tmp_path: Path) -> None:
     base = batch.load_report(tmp_path / "rob" / "baseline")
     for name, r in rows.items():
         rep = batch.load_report(tmp_path / "rob" / name)
-        assert r["ess_radial_diff"] == pytest.approx(rep["ess"]["radial"] - base["ess"]["radial"])
+        assert r["ess_radial_diff_percent"] == pytest.approx(rep["ess"]["radial"] - base["ess"]["radial"])
         assert r == {**r, **robustness.compare_reports(base, rep)}
     # the fake's radial ESS is the mean intensity: a zero-bordered shift keeps it, x1.2 scales it
-    assert rows["shift"]["ess_radial_diff"] == pytest.approx(0.0, abs=1e-4)
-    assert rows["scale"]["ess_radial_diff"] == pytest.approx(0.2 * base["ess"]["radial"], rel=1e-4)
+    assert rows["shift"]["ess_radial_diff_percent"] == pytest.approx(0.0, abs=1e-4)
+    assert rows["scale"]["ess_radial_diff_percent"] == pytest.approx(0.2 * base["ess"]["radial"], rel=1e-4)
     # segments are ESS + segment number in the fake: every segment moves by dESS
-    assert rows["scale"]["segments_radial_max_abs_diff"] == pytest.approx(abs(rows["scale"]["ess_radial_diff"]))
+    assert rows["scale"]["segments_radial_max_abs_diff_percent"] == pytest.approx(abs(rows["scale"]["ess_radial_diff_percent"]))
     assert rows["scale"]["n_segment_values"] == 32  # 16 segments x radial and circumferential
     assert rows["shift"]["within_tolerance"] is True and rows["scale"]["within_tolerance"] is False
-    assert rows["noise"]["ess_circumferential_diff"] != 0
+    assert rows["noise"]["ess_circumferential_diff_percent"] != 0
     saved = json.loads((tmp_path / "rob" / "robustness.json").read_text())
     assert [r["name"] for r in saved["perturbations"]] == ["shift", "noise", "scale"]
     assert (tmp_path / "rob" / "robustness.csv").read_text().count("\n") == 4
@@ -134,7 +136,7 @@ def test_failures_and_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_overrides_reach_every_analysis_and_reports_name_the_copy_not_the_scratch_folder(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     """--spacing (and the other overrides of analyze) go to the baseline and every perturbed analysis;
     a perturbed report names its copy, not the scratch folder deleted afterwards; the baseline's
     quality findings are listed."""
@@ -145,6 +147,7 @@ def test_overrides_reach_every_analysis_and_reports_name_the_copy_not_the_scratc
         calls.append(kw)
         rep = batch_fakes.perturbation_sensitive_study(input_path, out_dir)
         rep["warnings"] = [f"{input_path}/Info.cfg: a warning naming the input"]
+        warnings.warn(rep["warnings"][0], DeepStrainWarning, stacklevel=1)  # printed on the console
         rep["quality"] = [{"check": "heart_size", "message": "m"}]
         (Path(out_dir) / "report.json").write_text(json.dumps(rep))
         return rep
@@ -155,6 +158,9 @@ def test_overrides_reach_every_analysis_and_reports_name_the_copy_not_the_scratc
     assert calls == [{"spacing": (10.0, 1.5, 1.5), "es": 1}] * 4
     shifted = json.loads((out / "shift" / "report.json").read_text())
     assert shifted["warnings"] == [f"<shift copy of {src.name}>/{src.name}/Info.cfg: a warning naming the input"]
+    console = capsys.readouterr().err
+    assert f"<shift copy of {src.name}>/{src.name}/Info.cfg: a warning naming the input" in console
+    assert ".inputs" not in console and console.count("a warning naming the input") == 4
     assert json.loads((out / "robustness.json").read_text())["baseline_quality"] == ["heart_size"]
 
 

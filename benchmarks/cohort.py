@@ -56,7 +56,9 @@ def max_difference(a: list[dict], b: list[dict]) -> float:
         o = bi.get(r["id"])
         if o is None or r["status"] != "ok" or o["status"] != "ok":
             continue
-        for k in SUMMARY_COLUMNS[6:]:
+        if r["quality"] != o["quality"]:  # the findings named: text, not a number
+            return math.inf
+        for k in SUMMARY_COLUMNS[SUMMARY_COLUMNS.index("quality") + 1:]:
             if r[k] and o[k]:
                 worst = max(worst, abs(float(r[k]) - float(o[k])))
             elif bool(r[k]) != bool(o[k]):
@@ -67,12 +69,14 @@ def max_difference(a: list[dict], b: list[dict]) -> float:
 def group_means(rows: list[dict]) -> dict:
     import numpy as np
 
+    from deepstrain.batch import peak_column
+
     out: dict = {}
     for g in sorted({r["group"] or "none" for r in rows if r["status"] == "ok"}):
         sel = [r for r in rows if r["status"] == "ok" and (r["group"] or "none") == g]
         entry = {"n": len(sel)}
         for c in ("radial", "circumferential"):
-            v = np.asarray([float(r[f"ess_{c}"]) for r in sel if r[f"ess_{c}"]])
+            v = np.asarray([float(r[peak_column("ess", c)]) for r in sel if r[peak_column("ess", c)]])
             entry[c] = {"mean": float(v.mean()) if v.size else None,
                         "sd": float(v.std(ddof=1)) if v.size > 1 else None}
         out[g] = entry
@@ -155,9 +159,9 @@ def main() -> int:
             result["robustness"][sid] = res["perturbations"]
             print(f"\nrobustness {sid} ({time.perf_counter() - t0:.0f} s), tolerance {res['tolerance']}:")
             for p in res["perturbations"]:
-                print(f"  {p['name']:>6}: dESS radial {p['ess_radial_diff']:+6.2f}"
-                      f"  circ {p['ess_circumferential_diff']:+6.2f}"
-                      f"  segments mean|d| {p['segments_mean_abs_diff']:5.2f} max {p['segments_max_abs_diff']:5.2f}"
+                print(f"  {p['name']:>6}: dESS radial {p['ess_radial_diff_percent']:+6.2f}"
+                      f"  circ {p['ess_circumferential_diff_percent']:+6.2f}"
+                      f"  segments mean|d| {p['segments_mean_abs_diff_percent']:5.2f} max {p['segments_max_abs_diff_percent']:5.2f}"
                       f"  {'ok' if p['within_tolerance'] else 'OUTSIDE'} {p['error']}")
 
     (out / "cohort_benchmark.json").write_text(json.dumps(result, indent=1, default=str) + "\n")

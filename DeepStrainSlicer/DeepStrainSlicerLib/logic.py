@@ -389,6 +389,8 @@ class DeepStrainLogic:
         ``labels_origin``: where given ``labels`` come from, for the report's provenance (e.g. the
         study's hand-edited segmentation kept at Run: :meth:`edited_labels`).
         The height and weight fields of ``params`` go over the subject of ``cine`` (not changed).
+        An anterior RV insertion point placed in the study is kept, and orients the AHA segments,
+        when ``cine`` is the study's input (:meth:`kept_rv_insertion`); else it goes with the study.
 
         The new study is built beside the previous one, whose nodes are removed only once it is
         complete: on any error or :class:`Cancelled` raised by ``progress`` the new nodes are removed
@@ -402,6 +404,8 @@ class DeepStrainLogic:
             progress(0.0, "starting")
             if labels is None or displacement is None:
                 self.require_torch()
+            point = self.kept_rv_insertion(params, cine)[0]
+            point_node = params.ref("RvInsertion") if point is not None else None
             input_subject = _input_part(cine.subject.as_dict())
             cine = dataclasses.replace(cine, subject=subject_with_fields(input_subject, params))
             # the same engine as deepstrain analyze: networks for what is missing, strain, volumes, provenance
@@ -409,7 +413,7 @@ class DeepStrainLogic:
                                     ed=cine.ed, es=cine.es,  # the fields, read as frame indices by the loaders
                                     progress=lambda f, m: progress(0.5 * f, m), tta="all" if params.tta else "ed-es",
                                     weights_dir=params.weights_dir or None, refine_motion=params.refine_motion,
-                                    keep_network_motion=True,
+                                    keep_network_motion=True, rv_insertion_ras=point,
                                     spacing_source=MODULE_FIELD if params.spacing_tuple() is not None else "input")
             kept = bool(labels_origin) and labels is not None
             if kept:
@@ -417,7 +421,8 @@ class DeepStrainLogic:
                 prov["segmentation"] = labels_origin
                 if prov.get("motion_refined_with") == "given segmentation":
                     prov["motion_refined_with"] = "segmentation edited in Slicer"
-            previous = [n.GetID() for n in self.study_nodes(params)]
+            kept_ids = set() if point_node is None else {n.GetID() for n in [point_node, *_owned_nodes(point_node)]}
+            previous = [n.GetID() for n in self.study_nodes(params) if n.GetID() not in kept_ids]
             for role in Parameters.ROLES:
                 if role not in ("InputSequence", "PolarView"):
                     params.set_ref(role, None)
@@ -430,9 +435,15 @@ class DeepStrainLogic:
             params.analysis_timing = timing
             before = node_ids(self.scene)
             self._build_nodes(cine, analysis, params, progress)
+            if point_node is not None:  # the user's point, as it was: now the new study's
+                params.set_ref("RvInsertion", point_node)
             self._tag(node_ids(self.scene) - before, params.study_id)
             progress(1.0, "done")
+        if point_node is not None:  # after the block: a failed Run leaves the point the old study's
+            point_node.SetName(f"{params.study_name} anterior RV insertion")
+            self._tag(kept_ids, params.study_id)
         remove_nodes(self.scene, previous)
+        self.show_study(params)
         # the network's raw motion (memory only): Recompute refines it again with edited contours;
         # run_labels: the networks' own, which later edits are told from (kept edits are edits)
         run_labels = analysis.network_motion.labels if kept and analysis.network_motion else analysis.labels
@@ -451,26 +462,32 @@ class DeepStrainLogic:
         but ``cine`` is another grid, so it cannot be kept."""
         if params.ref("Browser") is None or params.ref("SegmentationSequence") is None:
             return None, ""
-        from deepstrain.cine import reversed_axes
-
         try:
             study_cine, labels, _ = self.study_arrays(params)
         except ValueError as exc:  # e.g. a segment deleted or added by hand: Run may still segment again
             return None, f"the study's segmentation cannot be read ({exc})"
         if self._as_run_made_it(params, labels):
             return None, ""
-        if labels.shape[0] != cine.n_frames or study_cine.shape3d != cine.shape3d:
-            return None, (f"the input has {cine.n_frames} frames of {cine.shape3d}, the study "
-                          f"{labels.shape[0]} of {study_cine.shape3d}")
+        flip, why_not = _study_axes_on(study_cine, cine)
+        if flip is None:
+            return None, why_not
+        return (np.ascontiguousarray(np.flip(labels, axis=flip)) if flip else labels), ""
+
+    def kept_rv_insertion(self, params: Parameters, cine: Cine) -> tuple[np.ndarray | None, str]:
+        """The anterior RV insertion point placed in the study (:meth:`rv_insertion_node`), when Run is
+        about to replace the study with an analysis of ``cine``: ``(point RAS mm, "")`` when ``cine`` is
+        the study's input (same grid and images: the point keeps its place, and Run keeps it);
+        ``(None, why)`` when a point is placed but ``cine`` is another input (Run removes it); ``(None,
+        "")`` when no point is placed."""
+        point = self.rv_insertion_point(params)
+        if point is None or params.ref("Browser") is None:
+            return None, ""
         try:
-            axes = reversed_axes(study_cine.geometry, cine.geometry, cine.shape3d)
+            study_cine = self.study_arrays(params)[0]
         except ValueError as exc:
-            return None, f"the input is not on the study's grid: {exc}"
-        flip = [a - 3 for a in axes]
-        study_images = np.flip(study_cine.data, axis=flip) if axes else study_cine.data
-        if not np.allclose(study_images, cine.data, rtol=1e-5, atol=1e-6 * float(np.abs(cine.data).max() or 1.0)):
-            return None, "the input's images are not the study's (another study on the same grid)"
-        return (np.ascontiguousarray(np.flip(labels, axis=flip)) if axes else labels), ""
+            return None, f"the study cannot be read ({exc})"
+        flip, why_not = _study_axes_on(study_cine, cine)
+        return (point, "") if flip is not None else (None, why_not)
 
     def kept_edits_origin(self, params: Parameters) -> str:
         """The provenance of the study's edited segmentation kept at Run: :data:`KEPT_EDITS` for the
@@ -593,6 +610,34 @@ class DeepStrainLogic:
             d = tr.GetDisplayNode()
             d.SetVisibility(bool(glyphs))
             d.SetVisibility2D(bool(glyphs))
+
+    def show_study(self, params: Parameters) -> None:
+        """Show the study of ``params`` in the views and hide every other study's (a scene may hold
+        several: :meth:`parameter_node`): the other studies' nodes stay in the scene, unchanged but
+        for the visibility of their display nodes (segmentation, glyphs, polar map and its legend,
+        AHA segmentation, RV insertion point); the shown study's follow its settings (overlay
+        toggles, highlighted segment). The module calls it whenever the shown study may change."""
+        mine = {n.GetID() for n in self.study_nodes(params)}
+        others = [Parameters(n) for n in self._module_nodes() if n.GetID() != params.node.GetID()]
+        for other in others:
+            if other.ref("Browser") is None:
+                continue
+            for node in self.study_nodes(other):
+                if (node.GetID() in mine or not node.IsA("vtkMRMLDisplayableNode")
+                        or node.IsA("vtkMRMLVolumeNode")):  # a cine shows where the slice views put it
+                    continue
+                for i in range(node.GetNumberOfDisplayNodes()):
+                    if (d := node.GetNthDisplayNode(i)) is not None:
+                        d.SetVisibility(False)
+        if params.ref("Browser") is None:
+            return
+        for role in ("PolarModel", "PolarLabels", "RvInsertion"):  # the polar map's legend is the model's
+            if (node := params.ref(role)) is not None:
+                for i in range(node.GetNumberOfDisplayNodes()):
+                    if (d := node.GetNthDisplayNode(i)) is not None:
+                        d.SetVisibility(True)
+        self.set_overlays(params, params.show_segmentation, params.show_glyphs)
+        self.highlight_segment(params, params.highlighted_segment or None)
 
     @contextlib.contextmanager
     def _study_or_nothing(self, params: Parameters) -> Iterator[None]:
@@ -1194,13 +1239,7 @@ class DeepStrainLogic:
             progress(0.6, "refining the motion with the edited segmentation" if want else "motion network's field")
             disp = motion_for_labels(state, labels, refine=want)
         progress(0.7, "computing strain")
-        # ES: the field; on auto the input's own ES, else the frame of smallest LV in the edited labels
-        if es_field is not None:
-            es = es_field
-        elif params.input_es == -2:  # the input's not known (the field set at Run, or an older scene)
-            es = params.analysis_es
-        else:
-            es = None if params.input_es == -1 else params.input_es
+        es = self._es_to_compute(params, es_field)
         analysis = compute(dataclasses.replace(cine, es=None), labels, disp, ed=params.analysis_ed, es=es,
                            rv_insertion_ras=self.rv_insertion_point(params))
         params.subject = cine.subject.as_dict()
@@ -1221,6 +1260,47 @@ class DeepStrainLogic:
         self.analysis = analysis
         progress(1.0, "done")
         return analysis
+
+    @staticmethod
+    def _es_to_compute(params: Parameters, es_field: int | None) -> int | None:
+        """The ES frame (index) Recompute uses: the ES field's (``es_field``); on auto the input's own
+        ES, else None (the frame of smallest LV cavity in the labels)."""
+        if es_field is not None:
+            return es_field
+        if params.input_es == -2:  # the input's not known (the field set at Run, or an older scene)
+            return params.analysis_es
+        return None if params.input_es == -1 else params.input_es
+
+    def changes_since_results(self, params: Parameters, cine: Cine, labels: np.ndarray) -> list[str]:
+        """What was changed since the shown results were computed (``cine``, ``labels``: the study's
+        now, :meth:`study_arrays`), each with the button that applies it: edited contours, height or
+        weight fields, the RV insertion point, the ES field (Recompute); the ED, heart-rate or RR
+        fields (Run). Empty when the results are those of the study as it is."""
+        from deepstrain.volumetrics import find_ed_es, label_volumes_ml
+
+        report = self.report(params)
+        cycle = cycle_frames(report["frames"])
+        changes = []
+        if _are_results_labels(params, labels) is False:
+            changes.append("the segmentation was edited (press Recompute)")
+        if params.subject and subject_with_fields(params.input_subject or params.subject, params).as_dict() != params.subject:
+            changes.append("the height or weight field was changed (press Recompute)")
+        point = self.rv_insertion_point(params)
+        used = (report.get("aha_reference") or {}).get("rv_insertion_ras")
+        if (point is None) != (used is None) or (point is not None and not np.allclose(point, used, atol=1e-3)):
+            changes.append("the anterior RV insertion point was placed, moved or deleted (press Recompute)")
+        ed_field = self._frame_of_field(params.ed, cycle, "ED")
+        if ed_field is not None and ed_field != params.analysis_ed:
+            changes.append(f"the ED field (frame {params.ed}) is not the analysed ED (press Run)")
+        if params.analysis_timing and params.analysis_timing != _timing_fields(params):
+            changes.append("the heart rate or RR field was changed (press Run)")
+        es = self._es_to_compute(params, self._frame_of_field(params.es, cycle, "ES"))
+        if es is None:
+            es = find_ed_es(label_volumes_ml(labels, cine.geometry)["lv"])[1]
+        if es != int(report["frames"]["es"]):
+            changes.append(f"the ES field gives frame {cycle[es]}, the results are at frame "
+                           f"{cycle[int(report['frames']['es'])]} (press Recompute)")
+        return changes
 
     @staticmethod
     def _frame_of_field(value: int, cycle: list[int], name: str) -> int | None:
@@ -1322,8 +1402,9 @@ class DeepStrainLogic:
 
         File names carry the study name and the time stamp; an existing folder is never reused or
         overwritten (a ``-2``, ``-3``... suffix is added). All or nothing: on error nothing is left.
-        Refused when the segmentation was edited after the results were computed (press Recompute
-        first), so that the pictures and the tables always describe the same contours.
+        Refused when anything the results depend on was changed since they were computed
+        (:meth:`changes_since_results`: contours, fields, RV insertion point), so that the pictures
+        and the tables always describe the same study.
         """
         from deepstrain.outputs import atomic_output_dir
         from deepstrain.pipeline import compute
@@ -1344,9 +1425,10 @@ class DeepStrainLogic:
             k += 1
         report = self.report(params)
         cine, labels, disp = self.study_arrays(params)
-        if _are_results_labels(params, labels) is False:
-            raise ValueError("the segmentation was edited after the results were computed: press Recompute "
-                             "before exporting, so that the pictures and the tables describe the same contours")
+        if changes := self.changes_since_results(params, cine, labels):
+            raise ValueError("the results are not those of the study as it is now: " + "; ".join(changes)
+                             + ". Export writes the results with the pictures of the same study, so apply "
+                             "the changes first (or undo them)")
         # the QC page from the contours shown, with the report as computed (its numbers and provenance)
         analysis = compute(cine, labels, disp, ed=report["frames"]["ed"], es=report["frames"]["es"],
                            rv_insertion_ras=self.rv_insertion_point(params))
@@ -1415,6 +1497,26 @@ def _owned_nodes(node: slicer.vtkMRMLNode) -> list[slicer.vtkMRMLNode]:
         node.GetAllProxyNodes(proxies)
         parts += [proxies.GetItemAsObject(i) for i in range(proxies.GetNumberOfItems())]
     return [p for p in parts if p is not None]
+
+
+def _study_axes_on(study_cine: Cine, cine: Cine) -> tuple[list[int] | None, str]:
+    """The axes of a 4D array (frames first) to flip to bring the study's arrays onto the grid of
+    ``cine`` ([] for none), or ``(None, why)`` when ``cine`` is another grid or other images (another
+    study): a saved scene may hold the study's volumes with an axis in the opposite order."""
+    from deepstrain.cine import reversed_axes
+
+    if study_cine.n_frames != cine.n_frames or study_cine.shape3d != cine.shape3d:
+        return None, (f"the input has {cine.n_frames} frames of {cine.shape3d}, the study "
+                      f"{study_cine.n_frames} of {study_cine.shape3d}")
+    try:
+        axes = reversed_axes(study_cine.geometry, cine.geometry, cine.shape3d)
+    except ValueError as exc:
+        return None, f"the input is not on the study's grid: {exc}"
+    flip = [a - 3 for a in axes]
+    study_images = np.flip(study_cine.data, axis=flip) if axes else study_cine.data
+    if not np.allclose(study_images, cine.data, rtol=1e-5, atol=1e-6 * float(np.abs(cine.data).max() or 1.0)):
+        return None, "the input's images are not the study's (another study on the same grid)"
+    return flip, ""
 
 
 def _are_results_labels(params: Parameters, labels: np.ndarray) -> bool | None:

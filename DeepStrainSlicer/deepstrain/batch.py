@@ -49,13 +49,13 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, TextIO
+from typing import Any, Callable, Iterable, Iterator, Mapping, TextIO
 
 from .dyssynchrony import KEYS as DYSSYNCHRONY_KEYS
 from .errors import InputError, first_few
 from .io import DeepStrainWarning, is_ukbb_folder, looks_like_dicom, read_info_cfg
 from .outputs import MARKER, apply_umask, marker_kind, write_atomically, write_marker
-from .report import cycle_frames
+from .report import aha_column, cycle_frames
 
 StudyFn = Callable[..., Any]
 
@@ -68,9 +68,20 @@ VOLUME_KEYS = (
     "lv_cardiac_output_l_per_min", "lv_cardiac_index_l_per_min_per_m2",
 )  # fmt: skip
 SUBJECT_SUMMARY_KEYS = ("height_cm", "weight_kg", "bsa_m2", "heart_rate_bpm")
-PEAK_KEYS = tuple(f"{p}_{c}" for p in ("ess", "srs", "sre") for c in COMPONENTS)
+PEAK_UNITS = {"ess": "percent", "srs": "per_s", "sre": "per_s"}
+"""Unit suffix of the report's peak blocks' columns: ESS in %, SRs and SRe in 1/s."""
+
+
+def peak_column(peak: str, component: str) -> str:
+    """The ``summary.csv`` column of the report's ``peak`` block (``ess``, ``srs``, ``sre``) for
+    ``component``: ``<peak>_<component>_<unit>``, e.g. ``ess_radial_percent``, ``srs_radial_per_s``."""
+    return f"{peak}_{component}_{PEAK_UNITS[peak]}"
+
+
+PEAK_KEYS = tuple(peak_column(p, c) for p in PEAK_UNITS for c in COMPONENTS)
 TWIST_SUMMARY_KEYS = ("es_twist_deg", "peak_systolic_twist_deg", "es_torsion_deg_per_cm", "peak_untwisting_rate_deg_per_s")
-AHA_KEYS = tuple(f"aha_{c}_{s}" for c in ("radial", "circumferential") for s in range(1, 18))
+AHA_COMPONENTS = ("radial", "circumferential")
+AHA_KEYS = tuple(aha_column(c, s) for c in AHA_COMPONENTS for s in range(1, 18))
 STUDY_KEYS = ("frames", "ed_frame", "es_frame", "slice_spacing_mm", "row_spacing_mm", "column_spacing_mm")
 """What was analysed: the frame count, ED and ES (0-based frame numbers of the cardiac cycle: an ACDC
 folder's two frames give its Info.cfg ED and ES less one, as the report's ``cycle_frames``) and the voxel
@@ -82,10 +93,13 @@ SUMMARY_COLUMNS = (("id", "group", "status", "error", "seconds", "input", "quali
                    + TWIST_SUMMARY_KEYS + DYSSYNCHRONY_KEYS + AHA_KEYS)
 """Columns of ``summary.csv``: ``quality`` = the names of the automatic checks that fired
 (:mod:`deepstrain.quality`; ``;``-separated, empty = none; the messages are in the study's
-report.json), volumes in ml / g / %, ESS in %, SRs and SRe in 1/s, twist in deg, torsion in
+report.json), volumes in ml / g / %, ESS in % (``ess_<component>_percent``), SRs and SRe in 1/s
+(``srs_<component>_per_s``, ``sre_<component>_per_s``: :func:`peak_column`), twist in deg, torsion in
 deg/cm, untwisting rate in deg/s (:mod:`deepstrain.rotation`), dyssynchrony in ms, segments and
-CURE (:mod:`deepstrain.dyssynchrony`), AHA values (segment mean at ES)
-in %. Empty cell = not available."""
+CURE (:mod:`deepstrain.dyssynchrony`), AHA values (segment mean at ES) in %
+(``aha_<component>_<segment>_percent``: :func:`deepstrain.report.aha_column`). Tables written before
+the unit suffixes were added (``ess_radial``, ``aha_radial_3``, ...) are still read by
+:mod:`deepstrain.compare` (:data:`deepstrain.compare.LEGACY_COLUMNS`). Empty cell = not available."""
 
 SUMMARY_NAME = "summary.csv"
 SETTINGS_NAME = "settings.json"
@@ -97,6 +111,7 @@ RESERVED_IDS = ("figures", _TMP_NAME)
 """Study ids that would name the batch's own folders (group figures, scratch): such a study is failed."""
 _LOCK_NAME = ".deepstrain-batch.lock"
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
+_BOM = b"\xef\xbb\xbf"
 _LABEL_WORDS = re.compile(r"(^|_)(seg|gt|label|labels|mask|segmentation)\d*(_|$)", re.IGNORECASE)
 
 
@@ -153,6 +168,38 @@ SPACING_COLUMNS = ("slice_mm", "row_mm", "col_mm")
 ``--spacing SLICE ROW COL`` does for one study (files whose header lost it)."""
 _UNITLESS = {"height": "height_cm", "weight": "weight_kg", "heart_rate": "heart_rate_bpm", "hr": "heart_rate_bpm",
              "spacing": "slice_mm, row_mm, col_mm"}
+_QUANTITIES = {  # first word(s) of a header -> (the column to use, what it holds)
+    ("height",): ("height_cm", "the height in cm"),
+    ("weight",): ("weight_kg", "the weight in kg"),
+    ("heart", "rate"): ("heart_rate_bpm", "the heart rate in beats/min"),
+    ("heartrate",): ("heart_rate_bpm", "the heart rate in beats/min"),
+    ("hr",): ("heart_rate_bpm", "the heart rate in beats/min"),
+    ("rr",): ("heart_rate_bpm", "the heart rate in beats/min (60000 / the RR interval in ms)"),
+    ("spacing",): ("slice_mm, row_mm, col_mm", "the voxel spacing in mm"),
+}
+_SPACING_WORDS = {"slice": "slice_mm", "row": "row_mm", "col": "col_mm", "column": "col_mm"}
+_LENGTH_UNITS = {"m", "cm", "mm", "um", "µm", "nm", "in", "inch", "inches", "ft", "px", "pixel", "pixels", "vox", "voxel",
+                 "voxels"}
+
+
+def _column_problem(name: str) -> str | None:
+    """Why a study-table header ``name`` (not an accepted column) is refused, or None for a column that is
+    ignored: a known quantity with another unit or spelling (``height_m``, ``weight_lb``, ``Height (cm)``,
+    ``hr_bpm``, ``rr_ms``, ``spacing_mm``, ``slice_cm``...), which would otherwise be ignored silently."""
+    low = name.strip().lower()
+    if low in _UNITLESS:
+        return f"name the unit in the header ({_UNITLESS[low]})"
+    words = tuple(w for w in re.split(r"[^a-z0-9µ]+", low) if w)
+    if words == ("heart", "rate"):
+        return f"name the unit in the header ({_UNITLESS['heart_rate']})"
+    for start, (column, what) in _QUANTITIES.items():
+        if words[: len(start)] == start:
+            return f"the study table takes {what} as column {column}: rename it (converting its values to that unit)"
+    if len(words) == 2 and words[0] in _SPACING_WORDS and words[1] in _LENGTH_UNITS:
+        column = _SPACING_WORDS[words[0]]
+        return (f"the study table takes the voxel spacing in mm as columns {', '.join(SPACING_COLUMNS)}: "
+                f"rename it {column} (converting its values to mm)")
+    return None
 
 
 @dataclass(frozen=True)
@@ -176,61 +223,117 @@ def _table_number(path: Path, line: int, sid: str, name: str, text: str) -> floa
     return value
 
 
+def _read_csv(path: Path, what: str) -> tuple[list[str], list[tuple[int, dict]]]:
+    """The header and rows of the CSV ``path``, the rows as ``(line, {header: cell})``, like
+    :class:`csv.DictReader` (blank lines skipped; extra cells under the key None, missing cells None).
+    ``line`` is the 1-based line of the file where the row starts (blank lines and the lines of
+    multi-line quoted cells counted). The header is the first non-blank row (``[]`` for an empty file).
+
+    Raises :class:`InputError` for a missing file, a folder, a file that cannot be read, text that is
+    not UTF-8 (a UTF-8 byte order mark is allowed) and a malformed CSV (e.g. a NUL byte)."""
+    if path.is_dir():
+        raise InputError(path, f"is a folder, not a CSV file (give the {what} itself)")
+    if not path.exists():
+        raise InputError(path, f"{what} not found")
+    if not path.is_file():
+        raise InputError(path, f"{what} must be a regular CSV file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(path, f"cannot read the {what}: {exc.strerror or exc}") from None
+    bom = len(_BOM) if data.startswith(_BOM) else 0
+    try:
+        text = data[bom:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        offset = bom + exc.start
+        line = data.count(b"\n", 0, offset) + 1
+        if data.startswith(b"PK\x03\x04"):
+            kind = "a zip file (an Excel workbook?), not a CSV text file"
+        elif data.startswith((b"\xff\xfe", b"\xfe\xff")):
+            kind = "UTF-16 text, not UTF-8"
+        else:
+            kind = f"not UTF-8 text: byte at offset {offset} (line {line}) is 0x{data[offset]:02x}"
+        raise InputError(path, f"{kind}; the {what} must be a UTF-8 CSV (in Excel: Save As 'CSV UTF-8 "
+                               f"(Comma delimited)'; or convert it, e.g. iconv -f cp1252 -t utf-8)") from None
+    reader = csv.reader(_io.StringIO(text, newline=""))
+    header: list[str] | None = None
+    rows: list[tuple[int, dict]] = []
+    while True:
+        start = reader.line_num + 1
+        try:
+            cells = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            raise InputError(path, f"line {reader.line_num}: not a valid CSV row ({exc})") from None
+        if not cells:  # a blank line
+            continue
+        if header is None:
+            header = cells
+            continue
+        row: dict = dict(zip(header, cells))
+        if len(cells) > len(header):
+            row[None] = cells[len(header):]
+        for name in header[len(cells):]:
+            row[name] = None
+        rows.append((start, row))
+    return header or [], rows
+
+
 def read_study_table(path: str | os.PathLike) -> dict[str, TableRow]:
-    """``id -> TableRow`` from a CSV with a header: ``id`` and any of ``group``,
-    :data:`SUBJECT_COLUMNS` and :data:`SPACING_COLUMNS` (other columns are ignored; an empty cell =
-    not given).
+    """``id -> TableRow`` from a UTF-8 CSV with a header: ``id`` and any of ``group``,
+    :data:`SUBJECT_COLUMNS` and :data:`SPACING_COLUMNS` (other columns are ignored, unless their name
+    is one of these quantities with another unit or spelling, e.g. ``height_m``, ``weight_lb``,
+    ``rr_ms``, ``slice_cm``: refused; an empty cell = not given). A row's line (in messages and in
+    :attr:`TableRow.source`) is the 1-based line of the file where the row starts, blank lines counted.
 
     Raises :class:`InputError` naming the file and line for a missing ``id`` column, a column
-    whose unit is not in its name (``height``, ``weight``...), an empty or repeated id, a value
-    that is not a number or not plausible (:data:`deepstrain.cine.PLAUSIBLE_SUBJECT`; spacing
-    positive), and a spacing with only some of its three values.
+    whose unit is not in its name (``height``, ``weight``...) or is not the one taken, an empty or
+    repeated id, a value that is not a number or not plausible (:data:`deepstrain.cine.PLAUSIBLE_SUBJECT`;
+    spacing positive), a spacing with only some of its three values, and a file that is not UTF-8 text.
     """
     from .cine import subject_value_problem
 
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "study table not found")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        fields = {(name or "").strip().lower(): name for name in (reader.fieldnames or [])}
-        if "id" not in fields:
-            raise InputError(path, f"study table needs a header with an 'id' column, got {reader.fieldnames}")
-        for bare, named in _UNITLESS.items():
-            if bare in fields:
-                raise InputError(path, f"column {fields[bare]!r}: name the unit in the header ({named})")
-        known = ("group", *SUBJECT_COLUMNS, *SPACING_COLUMNS)
-        if not any(k in fields for k in known):
-            raise InputError(path, f"study table has none of the columns {', '.join(known)}: got {reader.fieldnames}")
+    fieldnames, rows = _read_csv(path, "study table")
+    fields = {(name or "").strip().lower(): name for name in fieldnames}
+    if "id" not in fields:
+        raise InputError(path, f"study table needs a header with an 'id' column, got {fieldnames}")
+    known = ("group", *SUBJECT_COLUMNS, *SPACING_COLUMNS)
+    for low, name in fields.items():
+        if low not in ("id", *known) and (problem := _column_problem(name)):
+            raise InputError(path, f"column {name!r}: {problem}")
+    if not any(k in fields for k in known):
+        raise InputError(path, f"study table has none of the columns {', '.join(known)}: got {fieldnames}")
 
-        def cell(row: dict, name: str) -> str:
-            return (row.get(fields[name]) or "").strip() if name in fields else ""
+    def cell(row: dict, name: str) -> str:
+        return (row.get(fields[name]) or "").strip() if name in fields else ""
 
-        out: dict[str, TableRow] = {}
-        for line, row in enumerate(reader, start=2):
-            if None in row:
-                raise InputError(path, f"line {line}: more cells than header columns")
-            sid = (row.get(fields["id"]) or "").strip()
-            if not sid:
-                raise InputError(path, f"line {line}: empty id")
-            if sid in out:
-                raise InputError(path, f"line {line}: id {sid!r} listed twice")
-            options: dict[str, Any] = {}
-            for name in SUBJECT_COLUMNS:
-                if text := cell(row, name):
-                    value = _table_number(path, line, sid, name, text)
-                    if problem := subject_value_problem(name, value):
-                        raise InputError(path, f"line {line} ({sid}): {problem}")
-                    options[name] = value
-            texts = [cell(row, name) for name in SPACING_COLUMNS]
-            if any(texts):
-                if not all(texts):
-                    raise InputError(path, f"line {line} ({sid}): give all of {', '.join(SPACING_COLUMNS)} or none")
-                spacing = tuple(_table_number(path, line, sid, n, t) for n, t in zip(SPACING_COLUMNS, texts))
-                if min(spacing) <= 0:
-                    raise InputError(path, f"line {line} ({sid}): the voxel spacing must be positive, got {spacing} mm")
-                options["spacing"] = spacing
-            out[sid] = TableRow(cell(row, "group") or None, options, f"{path} line {line}")
+    out: dict[str, TableRow] = {}
+    for line, row in rows:
+        if None in row:
+            raise InputError(path, f"line {line}: more cells than header columns")
+        sid = (row.get(fields["id"]) or "").strip()
+        if not sid:
+            raise InputError(path, f"line {line}: empty id")
+        if sid in out:
+            raise InputError(path, f"line {line}: id {sid!r} listed twice")
+        options: dict[str, Any] = {}
+        for name in SUBJECT_COLUMNS:
+            if text := cell(row, name):
+                value = _table_number(path, line, sid, name, text)
+                if problem := subject_value_problem(name, value):
+                    raise InputError(path, f"line {line} ({sid}): {problem}")
+                options[name] = value
+        texts = [cell(row, name) for name in SPACING_COLUMNS]
+        if any(texts):
+            if not all(texts):
+                raise InputError(path, f"line {line} ({sid}): give all of {', '.join(SPACING_COLUMNS)} or none")
+            spacing = tuple(_table_number(path, line, sid, n, t) for n, t in zip(SPACING_COLUMNS, texts))
+            if min(spacing) <= 0:
+                raise InputError(path, f"line {line} ({sid}): the voxel spacing must be positive, got {spacing} mm")
+            options["spacing"] = spacing
+        out[sid] = TableRow(cell(row, "group") or None, options, f"{path} line {line}")
     return out
 
 
@@ -363,15 +466,15 @@ def summary_row(
             vals = report.get(block) or {}
             for k in keys:
                 row[k] = _fmt(vals.get(k))
-        for p in ("ess", "srs", "sre"):
+        for p in PEAK_UNITS:
             vals = report.get(p) or {}
             for c in COMPONENTS:
-                row[f"{p}_{c}"] = _fmt(vals.get(c))
+                row[peak_column(p, c)] = _fmt(vals.get(c))
         aha = report.get("aha") or {}
-        for c in ("radial", "circumferential"):
+        for c in AHA_COMPONENTS:
             segs = aha.get(f"{c}_percent") or {}
             for s in range(1, 18):
-                row[f"aha_{c}_{s}"] = _fmt(segs.get(str(s)))
+                row[aha_column(c, s)] = _fmt(segs.get(str(s)))
     return row
 
 
@@ -399,19 +502,16 @@ def write_summary(rows: Iterable[Mapping[str, str]], path: str | os.PathLike) ->
 
 
 def read_summary(path: str | os.PathLike) -> list[dict[str, str]]:
-    """Rows of a ``summary.csv`` (or any CSV with an ``id`` column) as dicts of text."""
+    """Rows of a ``summary.csv`` (or any UTF-8 CSV with an ``id`` column) as dicts of text. A bad row
+    is named by the 1-based line of the file where it starts (blank lines counted)."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "table not found")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or "id" not in reader.fieldnames:
-            raise InputError(path, f"not a study table: needs an 'id' column, got {reader.fieldnames}")
-        rows = list(reader)
-    for i, r in enumerate(rows, start=2):
+    header, rows = _read_csv(path, "table")
+    if "id" not in header:
+        raise InputError(path, f"not a study table: needs an 'id' column, got {header or None}")
+    for line, r in rows:
         if None in r or any(v is None for v in r.values()):
-            raise InputError(path, f"line {i}: wrong number of cells")
-    return rows
+            raise InputError(path, f"line {line}: wrong number of cells")
+    return [r for _, r in rows]
 
 
 # =========================================================================== one study
@@ -850,7 +950,7 @@ def _run_pool(todo, out, workers, study_fn, study_kwargs, threads, record) -> No
     # is a suspect, and each is run again alone in its own process, so that only the study that
     # kills its process is failed, and the others get done
     suspects: set[str] = set()
-    with pool(min(workers, len(todo))) as p:
+    with _stopped_on_interrupt(pool(min(workers, len(todo)))) as p:
         futures = {p.submit(run_one, s, str(out), study_fn, study_kwargs, threads): s for s in todo}
         for fut in as_completed(futures):
             s = futures[fut]
@@ -861,7 +961,7 @@ def _run_pool(todo, out, workers, study_fn, study_kwargs, threads, record) -> No
             except Exception as exc:  # e.g. the study function cannot be pickled
                 record(_failed_row(s, _one_line(exc)))
     for s in (s for s in todo if s.id in suspects):
-        with pool(1) as p:
+        with _stopped_on_interrupt(pool(1)) as p:
             try:
                 record(p.submit(run_one, s, str(out), study_fn, study_kwargs, threads).result())
             except BrokenProcessPool:
@@ -869,6 +969,27 @@ def _run_pool(todo, out, workers, study_fn, study_kwargs, threads, record) -> No
                                       "it ran alone"))
             except Exception as exc:
                 record(_failed_row(s, _one_line(exc)))
+
+
+@contextlib.contextmanager
+def _stopped_on_interrupt(executor: ProcessPoolExecutor) -> Iterator[ProcessPoolExecutor]:
+    """The pool, shut down on the way out; on Ctrl-C or SIGTERM (:class:`KeyboardInterrupt`, as the
+    ``deepstrain`` command turns SIGTERM into) at once: the studies queued are cancelled and the
+    workers stopped, instead of waiting for every study queued (the shutdown of a ``with`` block).
+    Their unfinished folders are in ``OUT/.tmp``, which the next run clears."""
+    interrupted = False
+    try:
+        yield executor
+    except KeyboardInterrupt:
+        interrupted = True
+        workers = list((getattr(executor, "_processes", None) or {}).values())  # no public accessor
+        executor.shutdown(wait=False, cancel_futures=True)  # (forgets the processes)
+        for proc in workers:
+            proc.terminate()
+        raise
+    finally:
+        if not interrupted:
+            executor.shutdown(wait=True)
 
 
 def _run_dask(todo, out, address, study_fn, study_kwargs, threads, record) -> None:

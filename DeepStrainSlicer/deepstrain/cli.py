@@ -7,9 +7,13 @@ function (what it does). Bad input raises :class:`deepstrain.errors.InputError`,
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 from .errors import InputError
 from .networks import TTA_MODES
@@ -344,9 +348,9 @@ def _cmd_robustness(args: argparse.Namespace) -> int:
               f"{Path(args.out) / 'baseline' / 'report.json'}): how stable a result is says little when the result "
               "itself is doubtful")
     for r in res["perturbations"]:
-        print(f"{r['name']:>14}: dESS radial {r['ess_radial_diff']:+.2f}, circumferential "
-              f"{r['ess_circumferential_diff']:+.2f} %; segments mean |d| {r['segments_mean_abs_diff']:.2f}, "
-              f"max {r['segments_max_abs_diff']:.2f} %: {'within' if r['within_tolerance'] else 'OUTSIDE'} tolerance"
+        print(f"{r['name']:>14}: dESS radial {r['ess_radial_diff_percent']:+.2f}, circumferential "
+              f"{r['ess_circumferential_diff_percent']:+.2f} %; segments mean |d| {r['segments_mean_abs_diff_percent']:.2f}, "
+              f"max {r['segments_max_abs_diff_percent']:.2f} %: {'within' if r['within_tolerance'] else 'OUTSIDE'} tolerance"
               + (f" (analysis failed: {r['error']})" if r["error"] else ""))
     return 0 if all(r["within_tolerance"] for r in res["perturbations"]) else 1
 
@@ -435,21 +439,43 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = globals()[f"_cmd_{args.command}"]
-    with warnings.catch_warnings():  # restores the previous warning display on the way out
+    terminated: list[int] = []
+    with warnings.catch_warnings(), _sigterm_as_interrupt(terminated):  # both restored on the way out
         warnings.showwarning = _show_warning
         try:
             return int(handler(args) or 0)
         except InputError as exc:
             print(f"deepstrain: error: {exc}", file=sys.stderr)
             return 2
-        except KeyboardInterrupt as exc:  # Ctrl-C: nothing half-written is kept (atomic outputs)
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: nothing half-written is kept (atomic outputs)
+            code, what = (143, "terminated") if terminated else (130, "interrupted")
             if args.command == "train":  # training keeps its checkpoints: say where (_cmd_train)
-                print(f"deepstrain: interrupted; {exc}", file=sys.stderr)
-                return 130
+                print(f"deepstrain: {what}; {exc}", file=sys.stderr)
+                return code
             again = ("; the studies finished are kept: run the same command again to go on"
                      if args.command == "batch" else "")
-            print(f"deepstrain: interrupted, no partial output kept{again}", file=sys.stderr)
-            return 130
+            print(f"deepstrain: {what}, no partial output kept{again}", file=sys.stderr)
+            return code
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt(terminated: list[int]) -> Iterator[None]:
+    """Inside the block, SIGTERM (``kill``, ``timeout``, a job scheduler's stop) is handled as Ctrl-C,
+    so that the same clean-up runs (temporary output folders removed, checkpoints named); the signal
+    is appended to ``terminated``. Only where handlers can be set (the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigterm(signum, frame):
+        terminated.append(signum)
+        raise KeyboardInterrupt("terminated (SIGTERM)")
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -2,16 +2,27 @@
 
 Rows are paired by ``id`` (only rows with status ``ok`` when the table has a ``status`` column).
 Every numeric column present in both tables is a metric (global values, and the AHA segment
-columns ``aha_<component>_<segment>``); an empty cell or a usual missing-value mark (:data:`MISSING`:
+columns ``aha_<component>_<segment>_percent``); an empty cell or a usual missing-value mark (:data:`MISSING`:
 ``NA``, ``N/A``, ``nan``, ``-``, ...) is a missing value, dropped pairwise. A column with numbers
 and other text is left out with a warning, and listed in ``agreement.json`` (``skipped_columns``); for each, :func:`deepstrain.stats.agreement` gives
 Bland-Altman bias / SD / 95 % limits (difference ``B - A``), ICC(A,1) = ICC(2,1) with its
 McGraw & Wong 95 % CI, and the relative changes ``100 (B - A) / ((A + B) / 2)`` (mean and mean
 absolute). Study ids in one table only, and columns in one table only, are left out with a
-warning naming the table, and listed in ``agreement.json``; a cell ``inf`` is not a number.
+warning naming the table, and listed in ``agreement.json``; a cell ``inf`` is not a number. A column
+in both tables that no study has a value for in both (e.g. a heart rate given for one run only) is
+listed in ``agreement.json`` (``unpaired_columns``), with a warning when either table has values.
 Outputs, written atomically: ``agreement.csv`` (one row per metric),
 ``agreement.json`` (the same plus the formulas and the unmatched ids and columns) and Bland-Altman plots
 ``bland_altman_global.png``, ``bland_altman_aha_radial.png``, ``bland_altman_aha_circumferential.png``.
+
+Tables written before the column names carried their units are read under today's names
+(:data:`LEGACY_COLUMNS`), so an old ``summary.csv`` pairs its columns with a new one's:
+``ess_<component>`` -> ``ess_<component>_percent``, ``srs_<component>`` -> ``srs_<component>_per_s``,
+``sre_<component>`` -> ``sre_<component>_per_s`` (component radial, circumferential or longitudinal) and
+``aha_<component>_<segment>`` -> ``aha_<component>_<segment>_percent`` (radial or circumferential,
+segments 1 to 17). A legacy name is left as it is in a table that also has its new name. The columns
+renamed are listed per table in ``agreement.json`` (``renamed_columns``, old -> new name); warnings
+and outputs use the new names.
 """
 from __future__ import annotations
 
@@ -25,26 +36,38 @@ from pathlib import Path
 import numpy as np
 
 from . import stats
-from .batch import STUDY_KEYS
+from .batch import AHA_COMPONENTS, COMPONENTS, PEAK_UNITS, STUDY_KEYS, peak_column
 from .errors import InputError, first_few
 from .io import DeepStrainWarning
-from .report import json_safe
+from .report import aha_column, json_safe
 from .outputs import atomic_output_dir
 
 MISSING = {"", "na", "n/a", "nan", "none", "null", "-", "--", "."}
 """Cell texts (case-insensitive) read as a missing value."""
 NON_METRIC = {"id", "group", "status", "error", "seconds", "input", "quality", *STUDY_KEYS}
 """Columns that name or describe a study (:data:`deepstrain.batch.STUDY_KEYS`) rather than measure it: not compared."""
+LEGACY_COLUMNS = {
+    **{f"{p}_{c}": peak_column(p, c) for p in PEAK_UNITS for c in COMPONENTS},
+    **{f"aha_{c}_{s}": aha_column(c, s) for c in AHA_COMPONENTS for s in range(1, 18)},
+}
+"""Column names of ``summary.csv`` before the unit suffixes (``ess_radial``, ``srs_radial``,
+``sre_radial``, ``aha_radial_3``, ...) -> today's names (``ess_radial_percent``, ``srs_radial_per_s``,
+``sre_radial_per_s``, ``aha_radial_3_percent``, ...), applied when a table is read."""
 TABLE_COLUMNS = ("metric", "n", "mean_a", "mean_b", "bias", "sd_diff", "loa_low", "loa_high", "icc",
                  "icc_ci_low", "icc_ci_high", "relative_change_percent", "abs_relative_change_percent")
 
 
-def _table(path: Path) -> tuple[list[str], dict[str, dict[str, str]]]:
+def _table(path: Path) -> tuple[list[str], dict[str, dict[str, str]], dict[str, str]]:
+    """The table's columns (legacy names read as today's, :data:`LEGACY_COLUMNS`), its rows with status
+    ok by id, and the columns renamed (old -> new)."""
     from .batch import read_summary
 
     rows = read_summary(path)
     if not rows:
         raise InputError(path, "the table has no rows (a header only, or empty)")
+    renamed = {c: LEGACY_COLUMNS[c] for c in rows[0] if c in LEGACY_COLUMNS and LEGACY_COLUMNS[c] not in rows[0]}
+    if renamed:
+        rows = [{renamed.get(k, k): v for k, v in r.items()} for r in rows]
     cols = list(rows[0].keys())
     out: dict[str, dict[str, str]] = {}
     for r in rows:
@@ -54,7 +77,7 @@ def _table(path: Path) -> tuple[list[str], dict[str, dict[str, str]]]:
         if sid in out:
             raise InputError(path, f"id {sid!r} appears more than once")
         out[sid] = r
-    return cols, out
+    return cols, out, renamed
 
 
 def _number(text: str) -> float | None:
@@ -84,8 +107,8 @@ def compare_tables(a_csv: str | os.PathLike, b_csv: str | os.PathLike, out_dir: 
                    overwrite: bool = False, multiplier: float = 1.96) -> dict:
     """Agreement of table B against table A per metric (see the module docstring); returns the JSON dict."""
     a_csv, b_csv = Path(a_csv), Path(b_csv)
-    cols_a, rows_a = _table(a_csv)
-    cols_b, rows_b = _table(b_csv)
+    cols_a, rows_a, renamed_a = _table(a_csv)
+    cols_b, rows_b, renamed_b = _table(b_csv)
     for name, table in ((a_csv, rows_a), (b_csv, rows_b)):
         if not table:
             raise InputError(name, "no row with status ok")
@@ -97,6 +120,7 @@ def compare_tables(a_csv: str | os.PathLike, b_csv: str | os.PathLike, out_dir: 
                               [c for c in cols_b if c not in NON_METRIC], "column(s) not in the other table, not compared")
     metrics: list[dict] = []
     skipped: dict[str, str] = {}
+    unpaired: dict[str, str] = {}  # numeric in both, but never in both for one study
     at_fault: list[Path] = []  # the tables with cells that are not numbers, in the order A, B
     values: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for col in cols_a:
@@ -116,6 +140,11 @@ def compare_tables(a_csv: str | os.PathLike, b_csv: str | os.PathLike, out_dir: 
             continue  # a text column
         a_arr, b_arr = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
         if not np.any(np.isfinite(a_arr) & np.isfinite(b_arr)):
+            n_a, n_b = int(np.isfinite(a_arr).sum()), int(np.isfinite(b_arr).sum())
+            unpaired[col] = f"no study with a value in both tables (values: {n_a} in A, {n_b} in B)"
+            if n_a or n_b:  # e.g. a heart rate given for one run only
+                warnings.warn(f"{b_csv}: column {col!r} not compared with {a_csv}: {unpaired[col]}",
+                              DeepStrainWarning, stacklevel=2)
             continue
         values[col] = (a_arr, b_arr)
         metrics.append({"metric": col, **stats.agreement(a_arr, b_arr, multiplier=multiplier)})
@@ -131,6 +160,8 @@ def compare_tables(a_csv: str | os.PathLike, b_csv: str | os.PathLike, out_dir: 
         "only_in_a": only["a"], "only_in_b": only["b"],
         "columns_only_in_a": columns_only["a"], "columns_only_in_b": columns_only["b"],
         "skipped_columns": skipped,
+        "unpaired_columns": unpaired,
+        "renamed_columns": {"a": renamed_a, "b": renamed_b},
         "definitions": {
             "difference": "B - A",
             "bland_altman": f"bias = mean(B - A); sd_diff = SD(B - A), n - 1; limits = bias -/+ {multiplier} sd_diff",
@@ -150,8 +181,8 @@ def compare_tables(a_csv: str | os.PathLike, b_csv: str | os.PathLike, out_dir: 
         global_cols = [m["metric"] for m in metrics if not m["metric"].startswith("aha_")]
         _ba_grid(values, global_cols, multiplier, "Bland-Altman, global metrics (B - A)",
                  tmp / "bland_altman_global.png")
-        for comp in ("radial", "circumferential"):
-            seg_cols = [f"aha_{comp}_{s}" for s in range(1, 18) if f"aha_{comp}_{s}" in values]
+        for comp in AHA_COMPONENTS:
+            seg_cols = [aha_column(comp, s) for s in range(1, 18) if aha_column(comp, s) in values]
             _ba_grid(values, seg_cols, multiplier, f"Bland-Altman, AHA segments, {comp} strain at ES (%)",
                      tmp / f"bland_altman_aha_{comp}.png")
     return result

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -137,6 +138,38 @@ def check_folder_can_be_made(folder: str | os.PathLike) -> None:
         raise InputError(folder, f"cannot be created: {anchor} is not writable (permissions, or a read-only disk)")
 
 
+def remove_orphans(out: Path) -> list[Path]:
+    """Remove the temporary folders of earlier runs writing ``out`` that were killed (SIGKILL, power
+    loss) before they could clean up: ``.<name>.partial-<pid>-*`` (an unfinished output) and
+    ``.<name>.old-<pid>`` (the output being replaced) beside ``out``, whose process ``pid`` no longer
+    exists. Folders of a live process, of this process, or without a pid in their name (written
+    before 2026-11-23) are left. Not on Windows (no safe way to ask whether a process exists).
+    Returns the folders removed."""
+    if os.name == "nt" or not out.parent.is_dir():
+        return []
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.(?:partial-(\d+)-.+|old-(\d+))")
+    removed = []
+    for p in out.parent.iterdir():
+        m = pattern.fullmatch(p.name)
+        if m is None or not p.is_dir() or p.is_symlink():
+            continue
+        pid = int(m.group(1) or m.group(2))
+        if pid != os.getpid() and not _process_exists(pid):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks (POSIX)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def _remove_empty(folders: list[Path]) -> None:
     """Remove the folders a failed run created for its output (deepest first), if still empty."""
     for f in folders:
@@ -158,9 +191,10 @@ def atomic_output_dir(out: str | os.PathLike, overwrite: bool = False,
     """
     out = check_output_dir(out, overwrite, inputs, kind)
     created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
+    remove_orphans(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
     except OSError as exc:
         _remove_empty(created)
         raise InputError(out, f"cannot be created ({exc.strerror or exc})") from exc

@@ -29,6 +29,13 @@ TWIST_KEYS = TWIST_CURVES + ("es_twist_deg", "peak_systolic_twist_deg", "es_tors
 
 SUBJECT_KEYS = ("height_cm", "weight_kg", "bsa_m2", "heart_rate_bpm")
 
+
+def aha_column(component: str, segment: int) -> str:
+    """The table column of one AHA segment's strain (percent): ``aha_<component>_<segment>_percent``,
+    in ``strain.csv`` (per frame) and the batch ``summary.csv`` (at ES)."""
+    return f"aha_{component}_{segment}_percent"
+
+
 CONVENTIONS = (
     "Strain is the Lagrangian Green-Lagrange strain E = (F^T F - I)/2 relative to end-diastole (ED), "
     "F = I + du/dX with X the ED position in RAS world mm (voxel spacing and orientation applied), "
@@ -261,7 +268,7 @@ def write_report(
     ``strain.csv`` has one row per frame: frame, time_ms, global strain (percent), strain rates
     (1/s), the volumes when ``volume_curves`` (``{"lv", "myo", "rv"}`` -> ``(T,)`` ml) is given,
     the level rotations ``rotation_<level>_deg``, ``twist_deg`` and ``twist_rate_deg_per_s``,
-    then ``aha_<component>_<segment>`` (percent). ``slices.csv`` has one row per slice with the
+    then ``aha_<component>_<segment>_percent`` (:func:`aha_column`). ``slices.csv`` has one row per slice with the
     columns of :data:`SLICE_COLUMNS`. Refuses to replace existing files.
     """
     out = Path(out_dir)
@@ -299,7 +306,7 @@ def write_report(
         columns.append((key, twist.get(key) or empty))
     for c in COMPONENTS:
         for s in range(1, 18):
-            columns.append((f"aha_{c}_{s}", report["aha_curves"][f"{c}_percent"][str(s)] or empty))
+            columns.append((aha_column(c, s), report["aha_curves"][f"{c}_percent"][str(s)] or empty))
 
     with open(json_path, "x", encoding="utf-8") as fh:
         fh.write(text + "\n")

@@ -24,14 +24,16 @@ Inputs: a 4D NIfTI file or an ACDC patient folder (NIfTI frames). Output folder 
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
 import os
 import shutil
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -40,10 +42,10 @@ from .report import json_safe
 from .outputs import atomic_output_dir, check_output_dir
 
 PERTURBATIONS = ("shift", "noise", "scale")
-CSV_COLUMNS = ("name", "description", "error", "ess_radial_diff", "ess_circumferential_diff",
-               "segments_radial_mean_abs_diff", "segments_radial_max_abs_diff",
-               "segments_circumferential_mean_abs_diff", "segments_circumferential_max_abs_diff",
-               "segments_mean_abs_diff", "segments_max_abs_diff", "n_segment_values", "within_tolerance")
+CSV_COLUMNS = ("name", "description", "error", "ess_radial_diff_percent", "ess_circumferential_diff_percent",
+               "segments_radial_mean_abs_diff_percent", "segments_radial_max_abs_diff_percent",
+               "segments_circumferential_mean_abs_diff_percent", "segments_circumferential_max_abs_diff_percent",
+               "segments_mean_abs_diff_percent", "segments_max_abs_diff_percent", "n_segment_values", "within_tolerance")
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,19 @@ def perturbed_copy(input_path: str | os.PathLike, kind: str, dest: str | os.Path
     return out_root if src.is_dir() else dest / src.name
 
 
+@contextlib.contextmanager
+def _warnings_naming(scratch: Path, name: str) -> Iterator[None]:
+    """Warnings raised inside the block, passed on with the path of the perturbed copy's scratch folder
+    (deleted afterwards) replaced by ``name``, as :func:`_name_the_copy` names it in the files."""
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            yield
+    finally:  # also those of an analysis that failed
+        for w in caught:
+            warnings.warn_explicit(str(w.message).replace(str(scratch), name), w.category, w.filename, w.lineno)
+
+
 def _name_the_copy(folder: Path, scratch: Path, name: str) -> None:
     """Replace the path of the perturbed copy's scratch folder (deleted afterwards) by ``name`` in the
     analysis written to ``folder``: inside the strings of its JSON files (its report's warnings and
@@ -187,16 +202,16 @@ def compare_reports(base: Mapping, other: Mapping) -> dict[str, float | int]:
     out: dict[str, float | int] = {}
     pooled: list[float] = []
     for c in ("radial", "circumferential"):
-        out[f"ess_{c}_diff"] = _num(other["ess"].get(c)) - _num(base["ess"].get(c))
+        out[f"ess_{c}_diff_percent"] = _num(other["ess"].get(c)) - _num(base["ess"].get(c))
         a = (base.get("aha") or {}).get(f"{c}_percent") or {}
         b = (other.get("aha") or {}).get(f"{c}_percent") or {}
         d = [abs(_num(b.get(str(s))) - _num(a.get(str(s)))) for s in range(1, 18)]
         d = [x for x in d if math.isfinite(x)]
-        out[f"segments_{c}_mean_abs_diff"] = float(np.mean(d)) if d else math.nan
-        out[f"segments_{c}_max_abs_diff"] = float(np.max(d)) if d else math.nan
+        out[f"segments_{c}_mean_abs_diff_percent"] = float(np.mean(d)) if d else math.nan
+        out[f"segments_{c}_max_abs_diff_percent"] = float(np.max(d)) if d else math.nan
         pooled += d
-    out["segments_mean_abs_diff"] = float(np.mean(pooled)) if pooled else math.nan
-    out["segments_max_abs_diff"] = float(np.max(pooled)) if pooled else math.nan
+    out["segments_mean_abs_diff_percent"] = float(np.mean(pooled)) if pooled else math.nan
+    out["segments_max_abs_diff_percent"] = float(np.max(pooled)) if pooled else math.nan
     out["n_segment_values"] = len(pooled)  # segments x components
     return out
 
@@ -250,16 +265,17 @@ def robustness_study(
             # the copy that fails (e.g. no LV found in the noise) is a result, recorded in its row
             copy = perturbed_copy(src, name, scratch / name, snr=snr, scale=scale, seed=seed)
             try:
-                fn(str(copy), str(tmp / name), **kw)
+                with _warnings_naming(scratch / name, f"<{name} copy of {src.name}>"):
+                    fn(str(copy), str(tmp / name), **kw)
                 _name_the_copy(tmp / name, scratch / name, f"<{name} copy of {src.name}>")
                 rep = load_report(tmp / name)
                 if rep is None:
                     raise RuntimeError("the analysis wrote no valid report.json")
                 row.update(compare_reports(base, rep))
                 row["within_tolerance"] = bool(
-                    abs(row["ess_radial_diff"]) <= tolerance.global_ess
-                    and abs(row["ess_circumferential_diff"]) <= tolerance.global_ess
-                    and row["segments_mean_abs_diff"] <= tolerance.segment_mean)
+                    abs(row["ess_radial_diff_percent"]) <= tolerance.global_ess
+                    and abs(row["ess_circumferential_diff_percent"]) <= tolerance.global_ess
+                    and row["segments_mean_abs_diff_percent"] <= tolerance.segment_mean)
             except Exception as exc:
                 msg = _one_line(exc).replace(str(copy), f"<{name} copy of {src.name}>")  # not the scratch path
                 row.update({k: math.nan for k in CSV_COLUMNS[3:-2]}, n_segment_values=0, within_tolerance=False,

@@ -108,7 +108,8 @@ class Harness:
         self.scene.SetCacheManager(manager)
         self.scene.SetDataIOManager(io)
         assert self.scene.ReadFromMRB(str(path)), f"could not read {path}"
-        self.params = self.logic.parameter_node()
+        self.params = self.logic.parameter_node()  # as the module's panel does on a scene change
+        self.logic.show_study(self.params)
 
     def node_ids(self) -> set[str]:
         return {self.scene.GetNthNode(i).GetID() for i in range(self.scene.GetNumberOfNodes())}

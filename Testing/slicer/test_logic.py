@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import json
 import sys
 import xml.etree.ElementTree as ET
@@ -565,8 +566,35 @@ def test_rv_insertion_point_orients_the_aha_segments_at_recompute(study):
     assert back.report["aha"] == analysis.report["aha"]
     assert back.report["aha_reference"]["septum_from"] == "RV contact of the ED labels"
     node_id = node.GetID()
-    h.logic.run(cine, p, labels, disp)
+    h.logic.run(cine, p, labels, disp)  # an empty point list goes with the study
     assert h.scene.GetNodeByID(node_id) is None and p.ref("RvInsertion") is None
+
+
+def test_run_again_keeps_the_rv_insertion_point_for_the_same_input_only(study):
+    """Run again on the study's own input keeps the point the user placed (the same node, now the new
+    study's) and orients the AHA segments with it; on another input Run says why it cannot keep it
+    (the module asks first) and the point goes with the study."""
+    h, cine, labels, disp, analysis = study
+    p = h.params
+    frame = analysis.frame
+    ks = np.nonzero(np.all(np.isfinite(frame.centers), axis=1))[0]
+    side = np.cross(frame.long_axis, [1.0, 0.0, 0.0])
+    point = frame.centers[ks[ks.size // 2]] + 25.0 * side / np.linalg.norm(side)
+    node = h.logic.rv_insertion_node(p)
+    node.AddControlPointWorld(vtk.vtkVector3d(*point))
+    kept, why_not = h.logic.kept_rv_insertion(p, cine)
+    np.testing.assert_allclose(kept, point, atol=1e-6)
+    assert why_not == ""
+    again = h.logic.run(cine, p, labels, disp)
+    assert p.ref("RvInsertion") is node and h.scene.GetNodeByID(node.GetID()) is node
+    assert node.GetAttribute(dlogic.STUDY_ATTRIBUTE) == p.study_id
+    assert again.report["aha_reference"]["septum_from"] == "given anterior RV insertion point"
+    np.testing.assert_allclose(h.logic.rv_insertion_point(p), point, atol=1e-6)
+    other = dataclasses.replace(cine, data=cine.data * 0.5)
+    kept, why_not = h.logic.kept_rv_insertion(p, other)
+    assert kept is None and "not the study's" in why_not
+    h.logic.run(other, p, labels, disp)
+    assert p.ref("RvInsertion") is None and h.scene.GetNodeByID(node.GetID()) is None
 
 
 def test_quality_findings_follow_edits_and_show_their_frame_and_slice(study):

@@ -177,6 +177,33 @@ def test_export_is_refused_after_an_edit_until_recompute(study, tmp_path):
     assert any(f.name.endswith("_qc.png") for f in files)
 
 
+def test_export_is_refused_after_a_field_or_the_rv_point_changed_until_recompute(study, tmp_path):
+    """What Recompute would change (weight field, RV insertion point, ES field) stops the export,
+    naming the change; undoing it or pressing Recompute lets it through."""
+    import vtk
+
+    h, analysis = study
+    p = h.params
+    p.weight_kg = 120.0
+    with pytest.raises(ValueError, match="height or weight field"):
+        h.logic.export(p, tmp_path)
+    p.weight_kg = 0.0  # undone: the results are the study's again
+    assert h.logic.changes_since_results(p, *h.logic.study_arrays(p)[:2]) == []
+    frame = analysis.frame
+    ks = np.nonzero(np.all(np.isfinite(frame.centers), axis=1))[0]
+    side = np.cross(frame.long_axis, [1.0, 0.0, 0.0])
+    point = frame.centers[ks[ks.size // 2]] + 25.0 * side / np.linalg.norm(side)
+    h.logic.rv_insertion_node(p).AddControlPointWorld(vtk.vtkVector3d(*point))
+    assert analysis.es - 1 != analysis.ed  # the phantom's frames are the whole cycle: index = frame number
+    p.es = analysis.es - 1
+    with pytest.raises(ValueError, match="RV insertion point.*ES field gives frame") as err:
+        h.logic.export(p, tmp_path)
+    assert "press Recompute" in str(err.value) and list(tmp_path.iterdir()) == []
+    h.logic.recompute(p)
+    assert h.logic.changes_since_results(p, *h.logic.study_arrays(p)[:2]) == []
+    assert any(f.name.endswith("_report.json") for f in h.logic.export(p, tmp_path))
+
+
 def test_pictures_of_every_frame_show_the_ed_slice_and_crop(study, monkeypatch):
     """The slice and the field of view come from the ED contours for the ED and the ES picture
     alike (before: each frame's own contours, so ED and ES could show different slices)."""

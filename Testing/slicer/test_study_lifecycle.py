@@ -21,6 +21,17 @@ def _run_other_patient(h, params, cine, labels, disp, **kw):
     return h.logic.run(other, params, labels, disp * 0.5, **kw)
 
 
+def _saved_other_study(harness_class, phantom, folder):
+    """A second study run in a scene of its own and saved as ``folder/scene.mrb``; its path."""
+    cine, labels, disp = phantom
+    hs = harness_class()
+    try:
+        _run_other_patient(hs, hs.params, cine, labels, disp)
+        return hs.write_mrb(folder)
+    finally:
+        hs.close()
+
+
 def _state(params):
     """The parameter node's parameters and study references."""
     node = params.node
@@ -244,12 +255,7 @@ def test_a_saved_study_added_to_a_scene_with_a_module_node_is_the_one_shown(harn
     opened; or another study is shown): the module shows the study added, and names the one it does
     not show, which stays in the scene as it is."""
     cine, labels, disp = phantom
-    hs = type(harness)()
-    try:
-        _run_other_patient(hs, hs.params, cine, labels, disp)
-        saved = hs.write_mrb(tmp_path)
-    finally:
-        hs.close()
+    saved = _saved_other_study(type(harness), phantom, tmp_path)
     h = harness  # its empty parameter node stays in the scene
     h.read_mrb(saved, tmp_path / "cache")
     p = h.params
@@ -264,3 +270,41 @@ def test_a_saved_study_added_to_a_scene_with_a_module_node_is_the_one_shown(harn
         assert h2.logic.other_studies(h2.params) == [shown_before]
     finally:
         h2.close()
+
+
+def _visible_parts(h, params) -> dict[str, bool]:
+    """Whether the study's segmentation and glyph overlays, polar map, its legend and numbers are shown."""
+    browser = params.ref("Browser")
+    model = params.ref("PolarModel")
+    return {
+        "segmentation": bool(browser.GetProxyNode(params.ref("SegmentationSequence")).GetDisplayNode().GetVisibility()),
+        "glyphs": bool(browser.GetProxyNode(params.ref("GlyphSequence")).GetDisplayNode().GetVisibility()),
+        "polar map": bool(model.GetDisplayNode().GetVisibility()),
+        "legend": bool(dlogic.color_legend(model).GetVisibility()),
+        "numbers": bool(params.ref("PolarLabels").GetDisplayNode().GetVisibility()),
+    }
+
+
+def test_only_the_shown_study_is_drawn_when_the_scene_holds_two(harness, phantom, tmp_path):
+    """A saved study added to a scene with another study: the one added is shown, the other one's
+    overlays and polar map are hidden (drawn at the same place they would cover the shown study's),
+    its nodes stay; the overlay toggles act on the shown study; when the other study is shown again
+    its views come back."""
+    cine, labels, disp = phantom
+    saved = _saved_other_study(type(harness), phantom, tmp_path)
+    h = harness
+    h.logic.run(cine, h.params, labels, disp)
+    first = h.params
+    assert all(_visible_parts(h, first).values())
+    h.read_mrb(saved, tmp_path / "cache")
+    shown = h.params
+    assert shown.node is not first.node and h.logic.other_studies(shown) == [first.study_name]
+    assert all(_visible_parts(h, shown).values())
+    assert not any(_visible_parts(h, first).values()), _visible_parts(h, first)
+    h.logic.set_overlays(shown, False, False)
+    assert not any(_visible_parts(h, first).values())
+    assert [k for k, v in _visible_parts(h, shown).items() if not v] == ["segmentation", "glyphs"]
+    h.scene.RemoveNode(shown.node)  # the study added is put aside: the first is shown again
+    again = h.logic.parameter_node()
+    h.logic.show_study(again)
+    assert again.node is first.node and all(_visible_parts(h, again).values())
