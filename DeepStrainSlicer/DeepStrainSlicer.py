@@ -144,7 +144,7 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._register_layout()
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self._on_scene_closed)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self._on_scene_changed)
-        self._to_gui()
+        self._on_scene_changed()  # a scene loaded before the panel opened may hold several studies
 
     def _load_ui(self, path):
         w = slicer.util.loadUI(path)

@@ -99,7 +99,14 @@ class Harness:
         return path
 
     def read_mrb(self, path: Path, cache: Path) -> None:
-        """Read a scene bundle into this scene, as File > Load scene does (``cache``: a new folder)."""
+        """Read a scene bundle into this scene, as File > Load scene does (``cache``: a new folder),
+        then take the study shown, as the module's panel does on the scene change."""
+        self.load_mrb(path, cache)
+        self.params = self.logic.parameter_node()
+        self.logic.show_study(self.params)
+
+    def load_mrb(self, path: Path, cache: Path) -> None:
+        """Only read a scene bundle into this scene (``cache``: a new folder)."""
         cache.mkdir(parents=True, exist_ok=True)
         (cache / ".slicer-cache").touch()  # the cache manager's sentinel
         manager, io = slicer.vtkCacheManager(), slicer.vtkDataIOManager()
@@ -108,8 +115,6 @@ class Harness:
         self.scene.SetCacheManager(manager)
         self.scene.SetDataIOManager(io)
         assert self.scene.ReadFromMRB(str(path)), f"could not read {path}"
-        self.params = self.logic.parameter_node()  # as the module's panel does on a scene change
-        self.logic.show_study(self.params)
 
     def node_ids(self) -> set[str]:
         return {self.scene.GetNthNode(i).GetID() for i in range(self.scene.GetNumberOfNodes())}

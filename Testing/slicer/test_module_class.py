@@ -397,3 +397,23 @@ def test_the_polar_caption_names_the_frame_of_the_cycle_too(harness, phantom):
     harness.logic.run(two, p, labels[[0, es]], disp[[0, es]])
     assert harness.logic.report(p)["frames"]["cycle_frames"] == [0, 11]
     assert p.ref("PolarModel").GetAttribute("DeepStrain.title").endswith("at ES (frame 1, frame 11 of the cycle)")
+
+
+def test_a_scene_with_two_studies_shows_one_and_says_so(widget, harness, phantom, tmp_path):
+    """A saved study added to a scene holding another (the panel's scene-change handler, also run at
+    setup): the study added is shown, the other one's polar map is hidden, the status line names it."""
+    cine, labels, disp = phantom
+    other = type(harness)()
+    try:
+        other.logic.run(cine, other.params, labels, disp)
+        saved = other.write_mrb(tmp_path)
+    finally:
+        other.close()
+    harness.logic.run(cine, harness.params, labels, disp)
+    first = harness.params
+    harness.load_mrb(saved, tmp_path / "cache")  # File > Add data: the application then sends EndImportEvent
+    widget._on_scene_changed()
+    assert widget.params.node is not first.node and widget.params.ref("Browser") is not None
+    assert not first.ref("PolarModel").GetDisplayNode().GetVisibility()
+    assert widget.params.ref("PolarModel").GetDisplayNode().GetVisibility()
+    assert "holds 2 DeepStrain studies" in widget.ui.statusLabel.text and "hidden in the views" in widget.ui.statusLabel.text
