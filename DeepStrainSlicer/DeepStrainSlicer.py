@@ -472,7 +472,7 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not self._ensure_packages(need_torch=False):  # the pictures need matplotlib
             return
         folder = self.params.export_folder or qt.QFileDialog.getExistingDirectory(None, "Export folder")
-        if not folder:
+        if not folder or not self._recomputed_for_export():
             return
         self.ui.statusLabel.text = f"exporting pictures and tables to {folder} (a few seconds)"
         slicer.app.processEvents()
@@ -483,6 +483,24 @@ class DeepStrainSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             done = True
         if not done:  # the error was shown; the export writes all of its folder or nothing
             self.ui.statusLabel.text = "export failed: nothing was written"
+
+    def _recomputed_for_export(self):
+        """Before Export: when only Recompute stands between the study and its results (edits, fields,
+        the RV insertion point), offer to recompute first. False: the user cancelled, or Recompute
+        failed. What needs Run is left to Export, which refuses naming it."""
+        p = self.params
+        with slicer.util.tryWithErrorDisplay("Export failed.", waitCursor=True):
+            changes = self.logic.changes_since_results(p, *self.logic.study_arrays(p)[:2])
+            if not changes or any("press Run" in c for c in changes):
+                return True
+            if not slicer.util.confirmOkCancelDisplay(
+                    "The results are not those of the study as it is now: " + "; ".join(changes)
+                    + ".\n\nRecompute now, then export the new results?", windowTitle="DeepStrain"):
+                self.ui.statusLabel.text = "export cancelled: nothing was written"
+                return False
+            self.on_recompute()
+            return not self.logic.changes_since_results(p, *self.logic.study_arrays(p)[:2])
+        return False
 
     # ------------------------------------------------------------------ layout, plots, polar map picking
     def _register_layout(self):

@@ -199,6 +199,12 @@ class PackageLogic(FindingLogic):
         self.exported.append(folder)
         return [Path(folder) / "study" / "report.json"]
 
+    def study_arrays(self, params):
+        return None, None, None
+
+    def changes_since_results(self, params, cine, labels):
+        return []
+
     def run(self, *args, **kwargs):
         raise AssertionError("Run went on without the packages")
 
@@ -417,3 +423,23 @@ def test_a_scene_with_two_studies_shows_one_and_says_so(widget, harness, phantom
     assert not first.ref("PolarModel").GetDisplayNode().GetVisibility()
     assert widget.params.ref("PolarModel").GetDisplayNode().GetVisibility()
     assert "holds 2 DeepStrain studies" in widget.ui.statusLabel.text and "hidden in the views" in widget.ui.statusLabel.text
+
+
+@pytest.mark.parametrize("answer", [True, False])
+def test_export_offers_to_recompute_a_changed_field_first(widget, harness, phantom, monkeypatch, tmp_path, answer):
+    """A weight entered after Run: Export asks to Recompute first; yes: the results are recomputed and
+    exported with it; no: nothing is exported."""
+    _widget_study(widget, harness, phantom)
+    asked, exported = [], []
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda text, **kw: asked.append(text) or answer,
+                        raising=False)
+    monkeypatch.setattr(widget.module.dependencies, "missing", lambda need_torch: [])
+    monkeypatch.setattr(widget.logic, "export", lambda params, folder: exported.append(params.subject["weight_kg"])
+                        or [Path(folder) / "study" / "report.json"])
+    widget.ui.weightSpin.value = 120.0
+    widget.ui.weightSpin.emit("valueChanged(double)", 120.0)
+    widget.ui.exportFolderEdit.currentPath = str(tmp_path)
+    widget.on_export()
+    assert len(asked) == 1 and "height or weight field" in asked[0]
+    assert exported == ([120.0] if answer else [])
+    assert ("exported" if answer else "export cancelled") in widget.ui.statusLabel.text
