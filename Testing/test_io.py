@@ -816,9 +816,16 @@ def test_dicom_enhanced_multiframe(shared_data, tmp_path):
     ds.PixelSpacing = [1, 1]
     (tmp_path / "bad").mkdir()
     ds.save_as(str(tmp_path / "bad" / "multi.dcm"))
-    with pytest.raises(InputError, match="multi-frame DICOM without per-frame functional groups") as e:
+    for given in (tmp_path / "bad", tmp_path / "bad" / "multi.dcm"):  # the folder or the file itself
+        with pytest.raises(InputError, match="multi-frame DICOM without a plane position per frame") as e:
+            quiet_load(given)
+        assert "multi.dcm" in str(e.value)
+    from pydicom.sequence import Sequence
+
+    ds.PerFrameFunctionalGroupsSequence = Sequence([])  # empty, as some scanners write it
+    ds.save_as(str(tmp_path / "bad" / "multi.dcm"))
+    with pytest.raises(InputError, match="multi-frame DICOM without a plane position per frame"):
         quiet_load(tmp_path / "bad")
-    assert "multi.dcm" in str(e.value)
 
 
 def test_ukbb_single_frame_is_not_a_cine(shared_data):
@@ -1096,3 +1103,58 @@ def test_dicom_frames_missing_from_every_slice_are_warned(shared_data, tmp_path)
                                                "says 20"):
         cine = load_cine(tmp_path / "gap")
     assert cine.n_frames == 19
+
+
+def test_dicom_frames_without_trigger_time_are_ordered_per_slice_never_by_file_name(shared_data, tmp_path):
+    """Frames are ordered by TriggerTime per slice; a slice whose images lack some is ordered by
+    InstanceNumber, checked against the trigger times present; the timing comes from the complete
+    slices; the ordering note stays when --heart-rate gives the timing. Images with neither, an
+    InstanceNumber that is not an integer where it is needed, or an InstanceNumber order that the
+    trigger times contradict are refused, naming the slice: file names never order frames."""
+    src = shared_data / "sunnybrook" / "SCD0000101"
+    names = [z * 20 + t + 1 for z in range(3) for t in range(20)]
+    _copy_dicoms(src, tmp_path / "ref", names)
+    ref = quiet_load(tmp_path / "ref")
+
+    def no_trigger_on_slice_1(ds, n):
+        if (n - 1) // 20 == 1 and n % 3 == 0:
+            del ds.TriggerTime
+
+    _edited_copies(src, names, tmp_path / "partial", no_trigger_on_slice_1)
+    with pytest.warns(DeepStrainWarning, match=r"without TriggerTime in 1 of 3 slices .* ordered by InstanceNumber"):
+        cine = load_cine(tmp_path / "partial")
+    np.testing.assert_array_equal(cine.data, ref.data)
+    np.testing.assert_allclose(cine.times_ms, ref.times_ms, rtol=0.03)  # from slices 0 and 2 (37-41 ms apart)
+    with pytest.warns(DeepStrainWarning) as caught:
+        load_cine(tmp_path / "partial", heart_rate_bpm=79)
+    assert any("ordered by InstanceNumber" in str(w.message) for w in caught)
+
+    def scrambled(ds, n):  # InstanceNumber reversed within each slice
+        z, t = divmod(n - 1, 20)
+        ds.InstanceNumber = z * 20 + (20 - t)
+
+    def scrambled_partial(ds, n):
+        scrambled(ds, n)
+        no_trigger_on_slice_1(ds, n)
+
+    _edited_copies(src, names, tmp_path / "contradict", scrambled_partial)
+    with pytest.raises(InputError, match=r"slice at .* cannot be ordered: .* InstanceNumber order .* disagrees"):
+        quiet_load(tmp_path / "contradict")
+    _edited_copies(src, names, tmp_path / "scrambled", scrambled)  # every TriggerTime there: they decide
+    np.testing.assert_array_equal(quiet_load(tmp_path / "scrambled").data, ref.data)
+
+    def nothing(ds, n):
+        del ds.TriggerTime
+        del ds.InstanceNumber
+
+    _edited_copies(src, names, tmp_path / "nothing", nothing)
+    with pytest.raises(InputError, match=r"cannot be ordered: 20 of its images have neither a TriggerTime nor an "
+                                         r"integer InstanceNumber .*file names is not trusted"):
+        quiet_load(tmp_path / "nothing")
+
+    def bad_number(ds, n):
+        if n == 30:  # written as text: pydicom refuses such an IS value when it is set
+            ds.add_new(0x00200013, "LO", "A0")
+
+    _edited_copies(src, names, tmp_path / "badnumber", bad_number)  # a tie-breaker only: read as none
+    np.testing.assert_array_equal(quiet_load(tmp_path / "badnumber").data, ref.data)

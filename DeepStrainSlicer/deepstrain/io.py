@@ -790,7 +790,10 @@ def _read_dicom_folder(folder: Path, messages: list[str]) -> Cine:
             if folder.is_file() or _meant_as_dicom(f):
                 unreadable.append((f, f"cannot be parsed as DICOM ({type(exc).__name__}: {exc})"))
             continue  # not DICOM
-        if int(ds.get("NumberOfFrames", 1) or 1) > 1 and "PerFrameFunctionalGroupsSequence" in ds:
+        if _number_of_frames(ds) > 1:
+            if not _has_frame_geometry(ds):
+                raise InputError(f, "multi-frame DICOM without a plane position per frame (not an enhanced MR "
+                                    "image) is not supported; export the cine as one image per file")
             images = _enhanced_frames(f, ds)
             multi_frame = True
         elif "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds or "Rows" not in ds:
@@ -916,6 +919,23 @@ FRAME_INDEX_ATTR = "deepstrain_frame_index"
 """Python attribute (not a DICOM tag) marking a frame of a multi-frame file."""
 
 
+def _number_of_frames(ds) -> int:
+    """``NumberOfFrames`` (1 when absent or malformed)."""
+    try:
+        return int(float(str(ds.get("NumberOfFrames", 1) or 1)))
+    except (TypeError, ValueError, OverflowError):
+        return 1
+
+
+def _has_frame_geometry(ds) -> bool:
+    """Whether a multi-frame file gives each frame a plane position (enhanced MR): in its per-frame
+    functional groups, one per frame, or in the shared ones. A file with an empty per-frame sequence
+    (as some scanners write) has none."""
+    per = ds.get("PerFrameFunctionalGroupsSequence") or []
+    shared = ds.get("SharedFunctionalGroupsSequence") or []
+    return len(per) > 0 and ("PlanePositionSequence" in per[0] or (len(shared) > 0 and "PlanePositionSequence" in shared[0]))
+
+
 def _enhanced_frames(f: Path, ds: object) -> list:
     """One header-only dataset per frame of a multi-frame (enhanced) file, with the tags the
     assembler reads (geometry, rescaling, trigger time) taken from the per-frame functional
@@ -994,9 +1014,6 @@ def _assemble_dicom_series(folder: Path, items: list[tuple[Path, object]], messa
     rc0 = (int(ds0.Rows), int(ds0.Columns))
     recs = []
     for f, ds in items:
-        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-            raise InputError(f, "multi-frame DICOM without per-frame functional groups (not enhanced MR) is not "
-                                "supported; export the cine as one image per file")
         iop = _dicom_float(ds, "ImageOrientationPatient", f, 6)
         ps = _dicom_float(ds, "PixelSpacing", f, 2)
         if not np.allclose(iop, iop0, atol=1e-4):
@@ -1014,8 +1031,7 @@ def _assemble_dicom_series(folder: Path, items: list[tuple[Path, object]], messa
             trigger = float(tt) if tt is not None and str(tt).strip() != "" else np.nan
         except (TypeError, ValueError):
             trigger = np.nan
-        inst = ds.get("InstanceNumber")
-        recs.append((f, ipp, trigger, int(inst) if inst not in (None, "") else 0, ds))
+        recs.append((f, ipp, trigger, _instance_number(ds), ds))
 
     row_dir, col_dir = iop0[:3], iop0[3:]  # row_dir: along a row (increasing column index)
     row_dir = row_dir / np.linalg.norm(row_dir)
@@ -1035,22 +1051,13 @@ def _assemble_dicom_series(folder: Path, items: list[tuple[Path, object]], messa
         else:
             slices.append([int(i)])
 
-    no_trigger = any(not np.isfinite(recs[i][2]) for i in range(len(recs)))
-    if no_trigger:
-        _warn(messages, f"{folder}: some images have no TriggerTime; frames ordered by InstanceNumber and no "
-                        "frame timing (give --heart-rate BPM or --rr-ms MS)")
-    per_slice = []
-    for members in slices:
-        key = (lambda i: (recs[i][3], recs[i][0].name)) if no_trigger else (lambda i: (recs[i][2], recs[i][3]))
-        members = sorted(members, key=key)
-        if not no_trigger:
-            tts = [recs[i][2] for i in members]
-            dup = [t for a, t in zip(tts, tts[1:]) if t == a]
-            if dup:
-                raise InputError(folder, f"inconsistent DICOM series: two images of the slice at "
-                                         f"{pos[members[0]]:.2f} mm have the same TriggerTime {dup[0]} ms "
-                                         f"({', '.join(_within(recs[i][0], folder) for i in members if recs[i][2] == dup[0])})")
-        per_slice.append(members)
+    per_slice = [_frames_in_order(members, recs, f"the slice at {pos[members[0]]:.2f} mm", folder)
+                 for members in slices]
+    untimed = [k for k, m in enumerate(per_slice) if not all(np.isfinite(recs[i][2]) for i in m)]
+    if untimed:  # not a timing note: it stays when --heart-rate gives the frame times
+        _warn(messages, f"{folder}: images without TriggerTime in {len(untimed)} of {len(per_slice)} slices ("
+                        + first_few(f"{pos[per_slice[k][0]]:.2f} mm" for k in untimed)
+                        + "): their frames are ordered by InstanceNumber (checked against the trigger times present)")
     n_frames = {len(m) for m in per_slice}
     if len(n_frames) != 1:
         detail = ", ".join(f"slice {k} at {pos[m[0]]:.2f} mm: {len(m)}" for k, m in enumerate(per_slice))
@@ -1118,14 +1125,61 @@ def _assemble_dicom_series(folder: Path, items: list[tuple[Path, object]], messa
             inter = float(meta.get("RescaleIntercept", 0) or 0)
             data[t, z] = arr.astype(np.float64) * slope + inter
     _check_finite(folder, data)
-    if no_trigger:
+    if len(untimed) == Z:
         times = np.full(T, np.nan)
-    else:
+        _warn(messages, f"{folder}: no slice has a TriggerTime on every image: no frame timing; strain rates "
+                        "cannot be computed. Give the heart rate with --heart-rate BPM or the RR interval with --rr-ms MS")
+    else:  # from the slices with a trigger time on every frame
         times = _dicom_frame_times(folder, np.array([[recs[i][2] for i in m] for m in per_slice]),
                                    [pos[m[0]] for m in per_slice], messages)
     name = folder.stem if folder.is_file() else folder.name
     return Cine(data=data, geometry=geom, times_ms=times, name=name, source=str(folder),
                 subject=_dicom_subject(folder, [r[4] for r in recs], messages))
+
+
+def _instance_number(ds) -> int | None:
+    """``InstanceNumber`` as an integer; None when absent or not an integer (then it cannot order)."""
+    try:  # pydicom converts the value when it is read: a malformed one raises there
+        number = float(str(ds.get("InstanceNumber")).strip())
+    except (TypeError, ValueError):
+        return None
+    return int(number) if np.isfinite(number) and number == int(number) else None
+
+
+def _frames_in_order(members: list[int], recs: list, where: str, folder: Path) -> list[int]:
+    """The images ``members`` of one slice in frame order: by TriggerTime where every image has one
+    (two images with one TriggerTime are an error); else by InstanceNumber, which every image must
+    then have, once each, in an order that agrees with the trigger times present. Never by file name.
+    ``recs``: (file, position, TriggerTime or NaN, InstanceNumber or None, dataset)."""
+    def names(idx: list[int]) -> str:
+        return first_few(_within(recs[i][0], folder) for i in idx)
+
+    if all(np.isfinite(recs[i][2]) for i in members):
+        members = sorted(members, key=lambda i: (recs[i][2], recs[i][3] if recs[i][3] is not None else 0))
+        tts = [recs[i][2] for i in members]
+        dup = [t for a, t in zip(tts, tts[1:]) if t == a]
+        if dup:
+            raise InputError(folder, f"inconsistent DICOM series: two images of {where} have the same TriggerTime "
+                                     f"{dup[0]} ms ({names([i for i in members if recs[i][2] == dup[0]])})")
+        return members
+    unnumbered = [i for i in members if recs[i][3] is None]
+    if unnumbered:
+        raise InputError(folder, f"the frames of {where} cannot be ordered: {len(unnumbered)} of its images have "
+                                 f"neither a TriggerTime nor an integer InstanceNumber ({names(unnumbered)}); "
+                                 "the order of the file names is not trusted")
+    members = sorted(members, key=lambda i: recs[i][3])
+    numbers = [recs[i][3] for i in members]
+    dup = [n for a, n in zip(numbers, numbers[1:]) if n == a]
+    if dup:
+        raise InputError(folder, f"the frames of {where} cannot be ordered: some images have no TriggerTime and "
+                                 f"two have the InstanceNumber {dup[0]} ({names([i for i in members if recs[i][3] == dup[0]])})")
+    timed = [i for i in members if np.isfinite(recs[i][2])]
+    late = [b for a, b in zip(timed, timed[1:]) if recs[b][2] <= recs[a][2]]
+    if late:
+        raise InputError(folder, f"the frames of {where} cannot be ordered: some images have no TriggerTime, and "
+                                 f"the InstanceNumber order of the others disagrees with their TriggerTime "
+                                 f"({names(late)} comes after a later trigger time)")
+    return members
 
 
 def _dicom_cardiac_images(recs: list) -> int | None:
@@ -1142,10 +1196,13 @@ def _dicom_cardiac_images(recs: list) -> int | None:
 
 
 def _dicom_frame_times(folder: Path, trigger_ms: np.ndarray, positions: list[float], messages: list[str]) -> np.ndarray:
-    """Frame times (ms) of a DICOM cine from its ``TriggerTime`` s ``(Z, T)``: the mean over slices;
+    """Frame times (ms) of a DICOM cine from its ``TriggerTime`` s ``(Z, T)``: the mean over the slices
+    with a TriggerTime on every frame (NaN elsewhere; at least one such slice);
     NaN (with a warning) when the median frame interval is not plausible; a warning for slices
     whose own frame interval is more than :data:`SLICE_INTERVAL_TOLERANCE` off the slices' median."""
-    times = trigger_ms.mean(axis=0)
+    complete = np.all(np.isfinite(trigger_ms), axis=1)  # slices with a TriggerTime on every frame
+    trigger_ms = np.where(complete[:, None], trigger_ms, np.nan)
+    times = np.nanmean(trigger_ms, axis=0)
     dt = float(np.median(np.diff(times)))
     lo, hi = _PLAUSIBLE_FRAME_INTERVAL_MS
     if not np.isfinite(dt) or not lo <= dt <= hi:
@@ -1153,8 +1210,8 @@ def _dicom_frame_times(folder: Path, trigger_ms: np.ndarray, positions: list[flo
                         f"to {hi:g} ms; TriggerTime in seconds?); timing ignored. Give the heart rate with "
                         "--heart-rate BPM or the RR interval with --rr-ms MS")
         return np.full(times.shape, np.nan)
-    per_slice = np.median(np.diff(trigger_ms, axis=1), axis=1)
-    typical = float(np.median(per_slice))
+    per_slice = np.median(np.diff(trigger_ms, axis=1), axis=1)  # NaN for the other slices: not compared
+    typical = float(np.nanmedian(per_slice))
     bad = np.flatnonzero(np.abs(per_slice / typical - 1.0) > SLICE_INTERVAL_TOLERANCE)
     if bad.size:
         which = ", ".join(f"slice {k} at {positions[k]:.2f} mm ({per_slice[k]:.1f} ms)" for k in bad[:4])
